@@ -1,0 +1,125 @@
+"""The broker protocol that the embedded (local) broker and Kafka both implement.
+
+Invariants every implementation keeps:
+- Per partition, records have strictly increasing offsets; a consumer sees them in order.
+- ``Producer.flush()`` returns only when every record sent before it is durable
+  (LMDB commit for local, acks=all for Kafka). The runtime commits input offsets only
+  after a successful flush (at-least-once).
+- Partitions are chosen by the caller (``edm_runner.brokers.partitioner``), never by the
+  broker, so a topology's outputs are identical on every broker.
+- Committed offsets are "next offset to read", as in Kafka.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, NamedTuple, Protocol, Sequence
+
+Headers = tuple[tuple[str, bytes], ...]
+
+
+class TopicPartition(NamedTuple):
+    topic: str
+    partition: int
+
+
+@dataclass(slots=True)
+class Record:
+    """A record as read from a broker."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+    headers: Headers = ()
+
+
+@dataclass(slots=True)
+class OutRecord:
+    """A record to write; ``partition`` is always decided by the caller."""
+
+    topic: str
+    partition: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+    headers: Headers = ()
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """What a topology needs of a topic. ``compacted`` for entity streams and changelogs."""
+
+    name: str
+    partitions: int
+    compacted: bool = False
+    replication_factor: int | None = None
+    config: Mapping[str, str] = field(default_factory=dict)
+
+
+class Consumer(Protocol):
+    """A member of a consumer group. ``group`` is the microservice name."""
+
+    async def start(self) -> None: ...
+
+    def assignment(self) -> set[TopicPartition]: ...
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Record]]:
+        """Up to ``max_records`` records across the assigned partitions; {} after ``timeout_ms``."""
+        ...
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Commit next-offset-to-read per partition for the group."""
+        ...
+
+    async def committed(self, tp: TopicPartition) -> int | None: ...
+
+    async def end_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]: ...
+
+    async def position(self, tp: TopicPartition) -> int: ...
+
+    def seek(self, tp: TopicPartition, offset: int) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class Producer(Protocol):
+    async def start(self) -> None: ...
+
+    def send(self, record: OutRecord) -> None:
+        """Queue a record; durable only after ``flush()`` returns."""
+        ...
+
+    async def flush(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class Broker(Protocol):
+    """A connection to one broker (cluster). ``describe()`` is a one-line human description."""
+
+    def describe(self) -> str: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ensure_topics(self, specs: Sequence[TopicSpec], create: bool = True) -> None:
+        """Create missing topics (unless ``create`` is False: then missing ones are an error
+        listing them). A topic whose partition count differs from its spec is a BrokerError
+        naming both numbers."""
+        ...
+
+    async def list_topics(self) -> dict[str, int]:
+        """Topic name -> partition count."""
+        ...
+
+    def consumer(self, group: str | None, topics: Sequence[str], *,
+                 from_beginning: bool = True) -> Consumer:
+        """A consumer subscribed to ``topics``. ``group=None``: no group, no commits, reads
+        from the beginning (or the end when ``from_beginning`` is False). With a group, a
+        partition without a committed offset starts at the beginning."""
+        ...
+
+    def producer(self) -> Producer: ...

@@ -1,0 +1,52 @@
+"""Errors a user can meet. The CLI maps them to messages and exit codes, never tracebacks.
+
+Invariant: every exception that reaches the CLI for a user mistake is an ``EdmError``;
+anything else is a bug in edm.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, order=True)
+class Diagnostic:
+    """One problem in a topology file, located at ``file:line:col`` (1-based)."""
+
+    file: str
+    line: int
+    col: int
+    message: str
+    hint: str = ""
+    code: str = field(default="invalid", compare=False)
+
+    def format(self) -> str:
+        text = f"{self.file}:{self.line}:{self.col}: {self.message}"
+        if self.hint:
+            text += f"\n    hint: {self.hint}"
+        return text
+
+    def as_json(self) -> dict:
+        return {"file": self.file, "line": self.line, "col": self.col, "message": self.message,
+                "hint": self.hint, "code": self.code}
+
+
+class EdmError(Exception):
+    """A user-facing error: the message says what is wrong and what to do."""
+
+    exit_code = 1
+
+
+class ConfigError(EdmError):
+    """A topology file is invalid; carries every diagnostic of the file at once."""
+
+    def __init__(self, diagnostics: list[Diagnostic]):
+        self.diagnostics = sorted(diagnostics)
+        super().__init__("\n".join(d.format() for d in self.diagnostics))
+
+
+class BrokerError(EdmError):
+    """The broker cannot be reached or refuses what the topology needs."""
+
+
+class ProcessingError(EdmError):
+    """An event failed under the `fail` error policy; the runner stops without committing it."""

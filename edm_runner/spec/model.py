@@ -1,0 +1,174 @@
+"""The typed model of a topology file, built by ``spec.build`` after validation.
+
+Everything later stages need is here; they never look at raw YAML. Every element keeps the
+``Pos`` of its YAML node so run-time errors can point into the file too.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class Pos:
+    """A 1-based position in a topology file."""
+
+    file: str
+    line: int
+    col: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+NOWHERE = Pos("<none>", 0, 0)
+
+Format = Literal["json", "string", "bytes"]
+StreamType = Literal["unkeyed", "keyed", "entity"]
+
+
+@dataclass(frozen=True)
+class SerdeSpec:
+    """How a key or a value is encoded. ``schema`` is an absolute path to a JSON Schema file."""
+
+    format: Format = "json"
+    schema: Path | None = None
+
+
+@dataclass(frozen=True)
+class ErrorPolicy:
+    """What happens to an event that fails to decode or to process.
+
+    fail: stop the service, nothing committed past the event. skip: count it, log a sample.
+    dead_letter: write the original bytes to ``dead_letter`` (a declared stream) with the
+    error and the source topic/partition/offset in headers.
+    """
+
+    kind: Literal["fail", "skip", "dead_letter"] = "fail"
+    dead_letter: str | None = None
+    pos: Pos = NOWHERE
+
+
+@dataclass
+class StreamSpec:
+    name: str
+    topic: str
+    partitions: int = 1
+    type: StreamType = "keyed"
+    key: SerdeSpec = field(default_factory=lambda: SerdeSpec("string"))
+    value: SerdeSpec = field(default_factory=SerdeSpec)
+    on_error: ErrorPolicy | None = None
+    replication_factor: int | None = None
+    retention_ms: int | None = None
+    config: dict[str, str] = field(default_factory=dict)
+    pos: Pos = NOWHERE
+
+    @property
+    def compacted(self) -> bool:
+        return self.type == "entity"
+
+
+@dataclass
+class FunctionSpec:
+    """A Python function ``module:function`` resolved next to the topology file."""
+
+    name: str
+    python: str
+    pos: Pos = NOWHERE
+
+
+@dataclass
+class StepSpec:
+    """One step of a pipeline: an operator name and its (schema-valid) configuration."""
+
+    op: str
+    config: Any
+    pos: Pos = NOWHERE
+
+
+@dataclass
+class ToSpec:
+    """A pipeline's sink: one declared stream, or one of ``streams`` chosen per event by the
+    expression ``select`` (which must evaluate to one of the listed stream names)."""
+
+    stream: str | None = None
+    select: str | None = None
+    streams: list[str] = field(default_factory=list)
+    pos: Pos = NOWHERE
+
+    def targets(self) -> list[str]:
+        return [self.stream] if self.stream else list(self.streams)
+
+
+@dataclass
+class BranchSpec:
+    """A branch: events for which ``when`` holds (first match wins; ``when=None`` is
+    ``otherwise``) go through ``steps`` then to ``to``."""
+
+    when: str | None
+    steps: list[StepSpec] = field(default_factory=list)
+    to: ToSpec | None = None
+    pos: Pos = NOWHERE
+
+
+@dataclass
+class PipelineSpec:
+    name: str
+    sources: list[str]
+    steps: list[StepSpec] = field(default_factory=list)
+    to: ToSpec | None = None
+    branch: list[BranchSpec] = field(default_factory=list)
+    on_error: ErrorPolicy | None = None
+    pos: Pos = NOWHERE
+
+
+@dataclass
+class BrokerSpec:
+    """``kind=local``: ``path`` is the embedded broker's directory (None: the state dir).
+    ``kind=kafka``: ``options`` holds bootstrap_servers, client_id, security, producer, consumer."""
+
+    kind: Literal["local", "kafka"] = "local"
+    path: Path | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    pos: Pos = NOWHERE
+
+
+@dataclass
+class ProcessingSpec:
+    guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    commit_interval_ms: int = 100
+    max_batch: int = 1000
+    pos: Pos = NOWHERE
+
+
+@dataclass
+class Topology:
+    """One microservice. ``name`` is its consumer group and the prefix of internal topics."""
+
+    name: str
+    source_file: Path
+    description: str = ""
+    broker: BrokerSpec = field(default_factory=BrokerSpec)
+    processing: ProcessingSpec = field(default_factory=ProcessingSpec)
+    streams: dict[str, StreamSpec] = field(default_factory=dict)
+    functions: dict[str, FunctionSpec] = field(default_factory=dict)
+    pipelines: dict[str, PipelineSpec] = field(default_factory=dict)
+    kind: Literal["microservice"] = "microservice"
+
+    @property
+    def base_dir(self) -> Path:
+        return self.source_file.parent
+
+
+@dataclass
+class BusinessTopology:
+    """Several microservices sharing streams; each stream has exactly one writer."""
+
+    name: str
+    source_file: Path
+    services: list[Topology] = field(default_factory=list)
+    external_streams: list[str] = field(default_factory=list)
+    description: str = ""
+    broker: BrokerSpec = field(default_factory=BrokerSpec)
+    kind: Literal["business"] = "business"
