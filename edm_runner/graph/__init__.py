@@ -1,0 +1,1 @@
+"""Model -> processor DAG (dag.py) and drawings (draw.py)."""

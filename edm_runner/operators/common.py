@@ -1,0 +1,35 @@
+"""Schema fragments and helpers shared by the operator modules (registers nothing)."""
+from __future__ import annotations
+
+from typing import Any
+
+EXPRESSION: dict = {
+    "type": "string",
+    "minLength": 1,
+    "description": "A Jinja2 expression evaluated per event with `key`, `value` and `event` in scope.",
+}
+
+STREAM_NAME: dict = {"type": "string", "minLength": 1, "description": "A stream declared under `streams:`."}
+
+PARTITIONER: dict = {
+    "description": "How the partition is chosen: `default` (murmur2 of the key bytes, as Kafka's "
+                   "Java client; null keys round robin), `round_robin`, or a declared function "
+                   "`fn(key, value, num_partitions) -> int`.",
+    "oneOf": [
+        {"enum": ["default", "round_robin"]},
+        {"type": "object", "properties": {"function": {"type": "string", "minLength": 1}},
+         "required": ["function"], "additionalProperties": False},
+    ],
+}
+
+
+def whole_expression(config: Any) -> list[tuple[tuple, str]]:
+    """``expressions()`` for operators whose whole config is one expression string."""
+    return [((), config)] if isinstance(config, str) else []
+
+
+def keyed_expressions(config: Any, *names: str) -> list[tuple[tuple, str]]:
+    """``expressions()`` for mapping configs: the expression strings under ``names``."""
+    if not isinstance(config, dict):
+        return []
+    return [((name,), config[name]) for name in names if isinstance(config.get(name), str)]

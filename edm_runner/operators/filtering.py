@@ -1,0 +1,50 @@
+"""filter and filter_not: keep the events for which an expression is (not) truthy."""
+from __future__ import annotations
+
+from edm_runner.operators.common import EXPRESSION, whole_expression
+from edm_runner.operators.registry import Operator, register
+from edm_runner.runtime.event import Event
+from edm_runner.runtime.node import BuildContext, ExprFn, Processor
+from edm_runner.spec.model import StepSpec
+
+
+class Filter(Processor):
+    """Keeps events where ``predicate`` is truthy (``keep=True``) or falsy (``keep=False``)."""
+
+    def __init__(self, predicate: ExprFn, keep: bool, label: str, step: StepSpec) -> None:
+        self.predicate = predicate
+        self.keep = keep
+        self.label = label
+        self.pos = step.pos
+
+    def process(self, batch: list[Event]) -> list[Event]:
+        f = self.predicate
+        if self.keep:
+            return [e for e in batch if f(e.key, e.value, e)]
+        return [e for e in batch if not f(e.key, e.value, e)]
+
+    def process_one(self, event: Event) -> list[Event]:
+        return [event] if bool(self.predicate(event.key, event.value, event)) == self.keep else []
+
+
+def _build(keep: bool, label: str):
+    def build(step: StepSpec, ctx: BuildContext) -> Filter:
+        return Filter(ctx.compile(step.config, step.pos), keep, label, step)
+    return build
+
+
+register(Operator(
+    name="filter",
+    schema=EXPRESSION,
+    build=_build(True, "filter"),
+    description="Keep the events for which the expression is truthy.",
+    expressions=whole_expression,
+))
+
+register(Operator(
+    name="filter_not",
+    schema=EXPRESSION,
+    build=_build(False, "filter_not"),
+    description="Drop the events for which the expression is truthy.",
+    expressions=whole_expression,
+))

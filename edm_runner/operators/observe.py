@@ -1,0 +1,103 @@
+"""peek and log: look at events without changing them."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from edm_runner.operators.common import EXPRESSION, whole_expression
+from edm_runner.operators.registry import Operator, register
+from edm_runner.runtime.event import Event
+from edm_runner.runtime.node import BuildContext, ExprFn, Processor
+from edm_runner.spec.model import StepSpec
+
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+class Peek(Processor):
+    """Evaluates the expression per event for its side effects (typically a function call).
+    A batch that raises is replayed per event, so a side effect may happen twice."""
+
+    label = "peek"
+
+    def __init__(self, fn: ExprFn, step: StepSpec) -> None:
+        self.fn = fn
+        self.pos = step.pos
+
+    def process(self, batch: list[Event]) -> list[Event]:
+        f = self.fn
+        for e in batch:
+            f(e.key, e.value, e)
+        return batch
+
+    def process_one(self, event: Event) -> list[Event]:
+        self.fn(event.key, event.value, event)
+        return [event]
+
+
+class Log(Processor):
+    """Logs one line per event on logger ``edm.<service>.<pipeline>``; messages of a batch are
+    all computed before any is logged."""
+
+    label = "log"
+
+    def __init__(self, fn: ExprFn | None, level: int, logger: logging.Logger, step: StepSpec) -> None:
+        self.fn = fn
+        self.level = level
+        self.logger = logger
+        self.pos = step.pos
+
+    def _message(self, e: Event) -> Any:
+        return self.fn(e.key, e.value, e) if self.fn else f"key={e.key!r} value={e.value!r}"
+
+    def process(self, batch: list[Event]) -> list[Event]:
+        if not self.logger.isEnabledFor(self.level):
+            return batch
+        for message in [self._message(e) for e in batch]:
+            self.logger.log(self.level, "%s", message)
+        return batch
+
+    def process_one(self, event: Event) -> list[Event]:
+        if self.logger.isEnabledFor(self.level):
+            self.logger.log(self.level, "%s", self._message(event))
+        return [event]
+
+
+def _build_peek(step: StepSpec, ctx: BuildContext) -> Peek:
+    return Peek(ctx.compile(step.config, step.pos), step)
+
+
+def _build_log(step: StepSpec, ctx: BuildContext) -> Log:
+    cfg = step.config if isinstance(step.config, dict) else {}
+    fn = ctx.compile(cfg["message"], step.pos) if "message" in cfg else None
+    logger = logging.getLogger(f"edm.{ctx.topology.name}.{ctx.pipeline}")
+    return Log(fn, LEVELS[cfg.get("level", "info")], logger, step)
+
+
+register(Operator(
+    name="peek",
+    schema={**EXPRESSION, "description": "An expression evaluated per event for its side effects."},
+    build=_build_peek,
+    description="Evaluate an expression per event (e.g. call a function) and pass the event on unchanged.",
+    expressions=whole_expression,
+))
+
+register(Operator(
+    name="log",
+    schema={
+        "oneOf": [
+            {"const": True},
+            {"type": "object",
+             "properties": {
+                 "message": {**EXPRESSION, "description": "What to log (default: key and value)."},
+                 "level": {"enum": list(LEVELS), "default": "info"},
+             },
+             "additionalProperties": False},
+        ],
+        "description": "`true` (log key and value at info) or {message, level}.",
+    },
+    build=_build_log,
+    description="Log each event and pass it on unchanged.",
+    expressions=lambda config: ([(("message",), config["message"])]
+                                if isinstance(config, dict) and isinstance(config.get("message"), str)
+                                else []),
+))
