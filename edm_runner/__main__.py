@@ -1,0 +1,3 @@
+from edm_runner.cli import main
+
+main()

@@ -1,0 +1,109 @@
+"""repartition: write events to a topic keyed (and partitioned) anew; the pipeline goes on
+from that topic, in a new sub-topology.
+
+Either an internal topic ``<service>-<name>-repartition`` with ``partitions`` partitions (key
+and value encoded as JSON), or ``to:`` a declared stream (its serdes and partition count).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from edm_runner.operators.common import EXPRESSION, PARTITIONER, STREAM_NAME, keyed_expressions
+from edm_runner.operators.registry import Operator, register
+from edm_runner.runtime.event import Event
+from edm_runner.runtime.node import BuildContext, ExprFn, Processor, repartition_topic
+from edm_runner.spec.model import SerdeSpec, StepSpec, Topology
+
+INTERNAL_SERDE = SerdeSpec("json")
+
+
+@dataclass(frozen=True)
+class RepartitionTarget:
+    """Where a repartition step writes. ``stream`` is None for an internal topic."""
+
+    topic: str
+    partitions: int
+    stream: str | None
+    key: SerdeSpec
+    value: SerdeSpec
+
+
+def repartition_target(topology: Topology, config: dict) -> RepartitionTarget:
+    if "to" in config:
+        spec = topology.streams[config["to"]]
+        return RepartitionTarget(spec.topic, spec.partitions, spec.name, spec.key, spec.value)
+    return RepartitionTarget(repartition_topic(topology.name, config["name"]), config["partitions"],
+                             None, INTERNAL_SERDE, INTERNAL_SERDE)
+
+
+class Repartition(Processor):
+    """A sink: sets the new key (if any) and emits records to the target topic."""
+
+    label = "repartition"
+
+    def __init__(self, key_fn: ExprFn | None, writer: Any, outputs: list, step: StepSpec) -> None:
+        self.key_fn = key_fn
+        self.writer = writer
+        self.outputs = outputs
+        self.pos = step.pos
+
+    def process(self, batch: list[Event]) -> list[Event]:
+        f = self.key_fn
+        if f is not None:
+            keys = [f(e.key, e.value, e) for e in batch]
+            for e, k in zip(batch, keys):
+                e.key = k
+        self.outputs.extend(self.writer.records(batch))
+        return []
+
+    def process_one(self, event: Event) -> list[Event]:
+        return self.process([event])
+
+
+def _build(step: StepSpec, ctx: BuildContext) -> Repartition:
+    from edm_runner.runtime.sink import DefaultPartitioner, FunctionPartitioner, RoundRobin, TopicWriter
+    from edm_runner.serde import make_serde
+
+    cfg = step.config
+    if "to" in cfg:
+        ctx.stream(cfg["to"], step.pos)
+    target = repartition_target(ctx.topology, cfg)
+    n = target.partitions
+    kind = cfg.get("partitioner", "default")
+    if kind == "round_robin":
+        partitioner: Any = RoundRobin(n)
+    elif isinstance(kind, dict):
+        partitioner = FunctionPartitioner(kind["function"], ctx.function(kind["function"], step.pos), n)
+    else:
+        partitioner = DefaultPartitioner(n)
+    writer = TopicWriter(target.topic, n, make_serde(target.key), make_serde(target.value), partitioner)
+    key_fn = ctx.compile(cfg["key"], step.pos) if "key" in cfg else None
+    return Repartition(key_fn, writer, ctx.outputs, step)
+
+
+_COMMON = {"key": {**EXPRESSION, "description": "A new key (default: keep the key)."},
+           "partitioner": PARTITIONER}
+
+register(Operator(
+    name="repartition",
+    schema={
+        "oneOf": [
+            {"type": "object",
+             "properties": {
+                 "name": {"type": "string", "pattern": "^[A-Za-z0-9._-]+$",
+                          "description": "Names the internal topic `<service>-<name>-repartition`."},
+                 "partitions": {"type": "integer", "minimum": 1},
+                 **_COMMON},
+             "required": ["name", "partitions"], "additionalProperties": False},
+            {"type": "object",
+             "properties": {"to": STREAM_NAME, **_COMMON},
+             "required": ["to"], "additionalProperties": False},
+        ],
+        "description": "{name, partitions, key?, partitioner?} for an internal topic, or "
+                       "{to: <stream>, key?, partitioner?} for a declared stream.",
+    },
+    build=_build,
+    description="Re-key and redistribute events over a topic; the pipeline continues from it.",
+    expressions=lambda config: keyed_expressions(config, "key"),
+))

@@ -1,0 +1,94 @@
+"""Writing events to a topic: encoding with the target's serdes and choosing partitions.
+
+Invariants: the partition is always chosen here (never by the broker), with the same
+murmur2 mapping as Kafka's Java client for non-null keys; null keys go round robin over the
+partitions in event order, so a run is deterministic. Output timestamp and headers are the
+input event's.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from edm_runner.brokers.base import OutRecord
+from edm_runner.brokers.partitioner import default_partition
+from edm_runner.runtime.event import Event
+from edm_runner.serde import Serde
+
+# (key, key_bytes, value) -> partition
+Partitioner = Callable[[Any, "bytes | None", Any], int]
+
+
+class RoundRobin:
+    """Partitions 0, 1, ..., n-1, 0, ... in call order."""
+
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+        self.next = 0
+
+    def __call__(self, key: Any, key_bytes: bytes | None, value: Any) -> int:
+        p = self.next
+        self.next = (p + 1) % self.partitions
+        return p
+
+
+class DefaultPartitioner:
+    """murmur2 of the key bytes (cached per key: keys repeat), round robin for null keys."""
+
+    _CACHE_LIMIT = 100_000
+
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+        self.null_keys = RoundRobin(partitions)
+        self.cache: dict[bytes, int] = {}
+
+    def __call__(self, key: Any, key_bytes: bytes | None, value: Any) -> int:
+        if key_bytes is None:
+            return self.null_keys(key, key_bytes, value)
+        p = self.cache.get(key_bytes)
+        if p is None:
+            if len(self.cache) >= self._CACHE_LIMIT:
+                self.cache.clear()
+            p = self.cache[key_bytes] = default_partition(key_bytes, self.partitions)
+        return p
+
+
+class FunctionPartitioner:
+    """A declared function ``fn(key, value, num_partitions) -> int``; the result is checked."""
+
+    def __init__(self, name: str, fn: Callable[[Any, Any, int], int], partitions: int) -> None:
+        self.name = name
+        self.fn = fn
+        self.partitions = partitions
+
+    def __call__(self, key: Any, key_bytes: bytes | None, value: Any) -> int:
+        p = self.fn(key, value, self.partitions)
+        if not isinstance(p, int) or isinstance(p, bool) or not 0 <= p < self.partitions:
+            raise ValueError(f"partitioner function {self.name!r} returned {p!r}; "
+                             f"it must return an int in [0, {self.partitions})")
+        return p
+
+
+class TopicWriter:
+    """Turns events into ``OutRecord``s for one topic."""
+
+    def __init__(self, topic: str, partitions: int, key_serde: Serde, value_serde: Serde,
+                 partitioner: Partitioner | None = None) -> None:
+        self.topic = topic
+        self.partitions = partitions
+        self.key_serde = key_serde
+        self.value_serde = value_serde
+        self.partitioner = partitioner or DefaultPartitioner(partitions)
+
+    def records(self, batch: list[Event]) -> list[OutRecord]:
+        topic, part = self.topic, self.partitioner
+        ke, ve = self.key_serde.encode, self.value_serde.encode
+        out = []
+        append = out.append
+        for e in batch:
+            kb = ke(e.key)
+            value = e.value
+            append(OutRecord(topic, part(e.key, kb, value), kb, ve(value), e.timestamp, e.headers))
+        return out
+
+    def record(self, event: Event) -> OutRecord:
+        return self.records([event])[0]

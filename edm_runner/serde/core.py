@@ -1,0 +1,154 @@
+"""Serde construction.
+
+Invariants:
+- ``None`` is never encoded or decoded: it stays ``None`` both ways (a null key, or a
+  tombstone value on an entity stream). Schemas are not applied to ``None``.
+- Every failure is a ``SerdeError`` whose message says what was expected and what came.
+- A schema file is read and its validator compiled once per ``make_serde`` call.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+import jsonschema
+
+from edm_runner.errors import EdmError
+from edm_runner.spec.model import SerdeSpec
+
+
+class SerdeError(EdmError):
+    """A key or value cannot be encoded or decoded in its declared format or schema."""
+
+
+Encoder = Callable[[Any], "bytes | None"]
+Decoder = Callable[["bytes | None"], Any]
+
+
+@dataclass(frozen=True)
+class Serde:
+    """``encode(obj) -> bytes | None`` and ``decode(bytes | None) -> obj`` for one format."""
+
+    format: str
+    encode: Encoder
+    decode: Decoder
+
+
+_json_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, sort_keys=False).encode
+_json_decode = json.JSONDecoder().decode
+
+
+def _json_encoder(obj: Any) -> bytes | None:
+    if obj is None:
+        return None
+    try:
+        return _json_encode(obj).encode()
+    except (TypeError, ValueError) as exc:
+        raise SerdeError(f"cannot encode {type(obj).__name__} as JSON: {exc}") from None
+
+
+def _json_decoder(data: bytes | None) -> Any:
+    if data is None:
+        return None
+    try:
+        return _json_decode(data.decode())
+    except UnicodeDecodeError as exc:
+        raise SerdeError(f"invalid UTF-8 in JSON data: {exc}") from None
+    except ValueError as exc:
+        raise SerdeError(f"invalid JSON: {exc} in {_preview(data)}") from None
+
+
+def _string_encoder(obj: Any) -> bytes | None:
+    if obj is None:
+        return None
+    if isinstance(obj, str):
+        return obj.encode()
+    if isinstance(obj, (int, float, bool)):
+        return str(obj).encode()
+    raise SerdeError(f"cannot encode {type(obj).__name__} as a string: {_preview(obj)} "
+                     "(use format json, or map it to a string first)")
+
+
+def _string_decoder(data: bytes | None) -> Any:
+    if data is None:
+        return None
+    try:
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        raise SerdeError(f"invalid UTF-8 string: {exc} in {_preview(data)}") from None
+
+
+def _bytes_encoder(obj: Any) -> bytes | None:
+    if obj is None or isinstance(obj, bytes):
+        return obj
+    if isinstance(obj, (bytearray, memoryview)):
+        return bytes(obj)
+    raise SerdeError(f"cannot encode {type(obj).__name__} as bytes (format bytes expects bytes)")
+
+
+def _bytes_decoder(data: bytes | None) -> Any:
+    return data
+
+
+_FORMATS: dict[str, tuple[Encoder, Decoder]] = {
+    "json": (_json_encoder, _json_decoder),
+    "string": (_string_encoder, _string_decoder),
+    "bytes": (_bytes_encoder, _bytes_decoder),
+}
+
+
+def _preview(obj: Any, limit: int = 80) -> str:
+    text = repr(obj)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+@lru_cache(maxsize=None)
+def _validator(path: Path) -> jsonschema.protocols.Validator:
+    try:
+        schema = json.loads(path.read_text())
+    except OSError as exc:
+        raise SerdeError(f"cannot read event schema {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise SerdeError(f"event schema {path} is not valid JSON: {exc}") from None
+    cls = jsonschema.validators.validator_for(schema)
+    try:
+        cls.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise SerdeError(f"event schema {path} is not a valid JSON Schema: {exc.message}") from None
+    return cls(schema)
+
+
+def _schema_error(validator: jsonschema.protocols.Validator, path: Path, obj: Any) -> SerdeError:
+    error = jsonschema.exceptions.best_match(validator.iter_errors(obj))
+    where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+    return SerdeError(f"value does not match schema {path.name} at {where}: {error.message}")
+
+
+def make_serde(spec: SerdeSpec) -> Serde:
+    """The serde for ``spec``; with a schema, values are validated after decoding and
+    before encoding."""
+    try:
+        encode, decode = _FORMATS[spec.format]
+    except KeyError:
+        raise SerdeError(f"unknown format {spec.format!r}; use one of {', '.join(_FORMATS)}") from None
+    if spec.schema is None:
+        return Serde(spec.format, encode, decode)
+    path = Path(spec.schema)
+    validator = _validator(path)
+    is_valid = validator.is_valid
+
+    def checked_encode(obj: Any) -> bytes | None:
+        if obj is not None and not is_valid(obj):
+            raise _schema_error(validator, path, obj)
+        return encode(obj)
+
+    def checked_decode(data: bytes | None) -> Any:
+        obj = decode(data)
+        if obj is not None and not is_valid(obj):
+            raise _schema_error(validator, path, obj)
+        return obj
+
+    return Serde(spec.format, checked_encode, checked_decode)

@@ -1,0 +1,216 @@
+"""Reading a topology file into plain data plus a side table of positions.
+
+Invariants:
+- ``read_source`` never raises for bad input: unreadable files, non-UTF-8 bytes, YAML syntax
+  errors, duplicate keys, unknown tags and template errors all become ``Diagnostic``s.
+- Mapping keys are the key's literal text (so ``on:`` is the string ``"on"``, never ``True``).
+- Every key and value node has a 1-based position under its path tuple, e.g.
+  ``("pipelines", "by-user", "steps", 0, "filter")``. Keys live in ``SourceMap.keys``,
+  values in ``SourceMap.values``.
+- Scalars containing ``{{`` are rendered by ``spec.templating`` (see its rule); positions stay
+  those of the original scalar.
+- YAML timestamps stay strings (topologies are JSON-shaped data).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+from yaml.constructor import SafeConstructor
+
+from edm_runner.errors import Diagnostic
+from edm_runner.spec import templating
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+
+Path_ = tuple  # a path into the document: keys (str) and list indices (int)
+
+
+@dataclass(frozen=True)
+class NodePos:
+    """Where a node starts (1-based) and, for scalars, its style and whether it spans lines."""
+
+    line: int
+    col: int
+    one_line: bool = True
+    style: str | None = None
+
+
+@dataclass
+class SourceMap:
+    """Positions of the nodes of one file. Lookups fall back to the nearest ancestor."""
+
+    file: str
+    values: dict[Path_, NodePos] = field(default_factory=dict)
+    keys: dict[Path_, NodePos] = field(default_factory=dict)
+
+    def value(self, path: Path_) -> NodePos:
+        path = tuple(path)
+        while path not in self.values and path:
+            if path in self.keys:
+                return self.keys[path]
+            path = path[:-1]
+        return self.values.get(path, NodePos(1, 1))
+
+    def key(self, path: Path_) -> NodePos:
+        path = tuple(path)
+        return self.keys[path] if path in self.keys else self.value(path)
+
+    def expression(self, path: Path_, col: int | None) -> NodePos:
+        """The position of column ``col`` (1-based) inside the scalar expression at ``path``;
+        the scalar's own start when ``col`` is unknown or the scalar spans several lines."""
+        pos = self.value(path)
+        if not col or not pos.one_line or tuple(path) not in self.values:
+            return pos
+        quote = 1 if pos.style in ("'", '"') else 0
+        return NodePos(pos.line, pos.col + quote + col - 1, True, pos.style)
+
+
+@dataclass
+class Source:
+    """A parsed file: ``data`` is None when the file could not be parsed at all."""
+
+    path: Path
+    data: Any
+    smap: SourceMap
+    diagnostics: list[Diagnostic]
+
+
+def read_source(path: Path, env: Mapping[str, str]) -> Source:
+    """Read, decode, parse and template ``path``; see the module invariants."""
+    file = str(path)
+    smap = SourceMap(file)
+    try:
+        raw = path.read_bytes()
+    except IsADirectoryError:
+        return _fail(path, smap, f"{file} is a directory, not a topology file",
+                     "pass the path of a .yaml file")
+    except FileNotFoundError:
+        return _fail(path, smap, f"file not found: {file}", "check the path")
+    except OSError as e:
+        return _fail(path, smap, f"cannot read {file}: {e.strerror or e}",
+                     "check the path and its permissions")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        before = raw[: e.start]
+        line = before.count(b"\n") + 1
+        col = len(before) - (before.rfind(b"\n") + 1) + 1
+        return _fail(path, smap, f"the file is not UTF-8 text (byte 0x{raw[e.start]:02x})",
+                     "save the file as UTF-8", line, col)
+    return parse_text(text, path, env)
+
+
+def parse_text(text: str, path: Path, env: Mapping[str, str]) -> Source:
+    smap = SourceMap(str(path))
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        problem = e.problem or "invalid YAML"
+        if e.context and "single document" in e.context:
+            problem = "a topology file holds one YAML document, but a second one starts here"
+        elif e.context:
+            problem = f"{problem} ({e.context})"
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        return _fail(path, smap, f"YAML syntax error: {problem}",
+                     "check indentation, quoting and brackets near here", line, col)
+    except yaml.YAMLError as e:
+        return _fail(path, smap, f"YAML syntax error: {e}", "check the YAML syntax")
+    finally:
+        loader.dispose()
+    if node is None:
+        return _fail(path, smap, "the file is empty",
+                     "a topology starts with `kind: microservice` or `kind: business`")
+    builder = _Builder(smap, env)
+    data = builder.build(node, ())
+    return Source(path, data, smap, builder.diagnostics)
+
+
+def _fail(path: Path, smap: SourceMap, message: str, hint: str = "", line: int = 1,
+          col: int = 1) -> Source:
+    return Source(path, None, smap, [Diagnostic(str(path), line, col, message, hint)])
+
+
+def _pos(node: yaml.Node) -> NodePos:
+    start, end = node.start_mark, node.end_mark
+    style = node.style if isinstance(node, yaml.ScalarNode) else None
+    one_line = start.line == end.line and style not in ("|", ">")
+    return NodePos(start.line + 1, start.column + 1, one_line, style)
+
+
+class _Builder:
+    """Turns a composed node tree into plain data, recording positions and problems."""
+
+    def __init__(self, smap: SourceMap, env: Mapping[str, str]):
+        self.smap = smap
+        self.env = env
+        self.diagnostics: list[Diagnostic] = []
+        self._constructor = SafeConstructor()
+        self._active: set[int] = set()
+
+    def error(self, pos: NodePos, message: str, hint: str = "") -> None:
+        self.diagnostics.append(Diagnostic(self.smap.file, pos.line, pos.col, message, hint))
+
+    def build(self, node: yaml.Node, path: Path_) -> Any:
+        self.smap.values[path] = _pos(node)
+        if id(node) in self._active:
+            self.error(_pos(node), "recursive YAML alias", "an anchor cannot contain itself")
+            return None
+        if isinstance(node, yaml.ScalarNode):
+            return self._scalar(node)
+        self._active.add(id(node))
+        try:
+            if isinstance(node, yaml.SequenceNode):
+                return [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
+            return self._mapping(node, path)
+        finally:
+            self._active.discard(id(node))
+
+    def _mapping(self, node: yaml.MappingNode, path: Path_) -> dict:
+        result: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            kpos = _pos(key_node)
+            if not isinstance(key_node, yaml.ScalarNode):
+                self.error(kpos, "a mapping key must be a plain string",
+                           "write the key as a simple word, e.g. `name:`")
+                continue
+            key = key_node.value
+            if key == "<<" and key_node.tag == "tag:yaml.org,2002:merge":
+                self.error(kpos, "YAML merge keys (<<) are not supported",
+                           "write the keys out explicitly")
+                continue
+            if key in result:
+                first = self.smap.keys[path + (key,)]
+                self.error(kpos, f"duplicate key '{key}' (first defined at line {first.line})",
+                           "each key may appear once in a mapping; remove or rename one")
+                continue
+            self.smap.keys[path + (key,)] = kpos
+            result[key] = self.build(value_node, path + (key,))
+        return result
+
+    def _scalar(self, node: yaml.ScalarNode) -> Any:
+        if node.tag == _TIMESTAMP:
+            return node.value
+        if isinstance(node.value, str) and templating.is_template(node.value):
+            try:
+                rendered = templating.render(node.value, self.env)
+            except templating.TemplateProblem as e:
+                pos = _pos(node)
+                self.error(NodePos(pos.line + e.line_offset, pos.col) if e.line_offset else pos,
+                           e.message, e.hint)
+                return node.value
+            return templating.retype(node.value, node.style, rendered)
+        try:
+            return self._constructor.construct_object(node)
+        except yaml.YAMLError as e:
+            problem = getattr(e, "problem", None) or str(e)
+            self.error(_pos(node), f"invalid YAML value: {problem}",
+                       "remove the tag or quote the value")
+            return None

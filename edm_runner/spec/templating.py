@@ -1,0 +1,87 @@
+"""Load-time templating of YAML scalars with Jinja2.
+
+Rule (applied by ``spec.source`` while it builds the document):
+
+- Only scalars containing ``{{`` are rendered; bare expressions (no braces) are per-event
+  expressions and are left alone.
+- The context has one variable, ``env``: the process environment (or the mapping given to
+  ``load_file``). Undefined variables are errors unless filtered through ``default(...)``.
+- Rendering is sandboxed (no attribute access to internals), so a template cannot run code.
+- Re-typing: when a *plain or double-quoted* scalar is entirely one template
+  (``"{{ env.P | default(8) }}"``), its rendered text is re-read as a YAML scalar, so numbers
+  become ints and ``true`` a bool. A single-quoted scalar, or one where the template is only
+  part of the text (``host-{{ env.H }}``), stays a string.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+import yaml
+from jinja2 import StrictUndefined, TemplateError, UndefinedError
+from jinja2.exceptions import SecurityError, TemplateSyntaxError
+from jinja2.sandbox import SandboxedEnvironment
+
+_JINJA = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+_WHOLE = re.compile(r"\s*\{\{(?:(?!\{\{|\}\}).)*\}\}\s*", re.S)
+
+
+class TemplateProblem(Exception):
+    """A template that cannot be rendered; ``message`` and ``hint`` are user-facing."""
+
+    def __init__(self, message: str, hint: str = "", line_offset: int = 0):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.line_offset = line_offset
+
+
+def is_template(text: str) -> bool:
+    return "{{" in text
+
+
+def render(text: str, env: Mapping[str, str]) -> str:
+    """Render ``text`` with context ``env``; raises ``TemplateProblem``."""
+    try:
+        return _JINJA.from_string(text).render(env=dict(env))
+    except UndefinedError as e:
+        name = _undefined_name(str(e))
+        var = name.removeprefix("env.")
+        raise TemplateProblem(
+            f"undefined variable '{name}' in template",
+            hint=(f"set the environment variable {var} or give a default: "
+                  f"{{{{ {name} | default('...') }}}}") if name.startswith("env.")
+            else "the only template variable is 'env' (the environment), e.g. {{ env.HOME }}",
+        ) from None
+    except TemplateSyntaxError as e:
+        raise TemplateProblem(f"template syntax error: {e.message}",
+                              hint="templates look like {{ env.NAME | default('value') }}",
+                              line_offset=max((e.lineno or 1) - 1, 0)) from None
+    except SecurityError as e:
+        raise TemplateProblem(f"template refused by the sandbox: {e}",
+                              hint="templates may only read env variables and apply filters") from None
+    except TemplateError as e:
+        raise TemplateProblem(f"template error: {e}") from None
+    except Exception as e:  # a filter called with bad arguments, e.g. int('x')
+        raise TemplateProblem(f"template failed: {type(e).__name__}: {e}") from None
+
+
+def retype(original: str, style: str | None, rendered: str) -> Any:
+    """The value of a rendered scalar, by the rule in the module docstring."""
+    if style not in (None, '"') or not _WHOLE.fullmatch(original):
+        return rendered
+    try:
+        value = yaml.safe_load(rendered)
+    except yaml.YAMLError:
+        return rendered
+    if value is None and rendered.strip() == "":
+        return rendered
+    return value if isinstance(value, (str, int, float, bool)) or value is None else rendered
+
+
+def _undefined_name(message: str) -> str:
+    m = re.search(r"'dict object' has no (?:attribute|element) '([^']*)'", message)
+    if m:
+        return f"env.{m.group(1)}"
+    m = re.search(r"'([^']*)' is undefined", message)
+    return m.group(1) if m else message

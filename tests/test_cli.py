@@ -1,0 +1,104 @@
+"""The CLI as a user meets it: exit codes, error output without tracebacks, drawings."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cli_helpers import ROOT, TOPOLOGIES, edm, ok
+
+BAD = """kind: microservice
+name: bad
+streams:
+  a: {partitions: 1}
+pipelines:
+  p:
+    from: a
+    steps:
+      - fliter: value.x > 1
+    to: nowhere
+"""
+
+
+def test_validate_exit_codes_and_positions(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BAD)
+    result = edm("validate", bad)
+    assert result.code == 1
+    assert f"{bad}:9:9:" in result.stderr and "fliter" in result.stderr and "filter" in result.stderr
+    assert f"{bad}:10:9:" in result.stderr and "nowhere" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    assert ok("validate", TOPOLOGIES / "quickstart" / "topology.yaml").code == 0
+    assert edm("validate").code == 2  # usage error: no file
+    assert edm("validate", "--format", "yaml", bad).code == 2
+
+
+def test_validate_json_output_for_ci(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BAD)
+    result = edm("validate", "--format", "json", bad)
+    assert result.code == 1
+    report = json.loads(result.stdout)
+    assert report["valid"] is False
+    assert {(e["line"], e["col"]) for e in report["errors"]} >= {(9, 9), (10, 9)}
+    assert all(e["file"] == str(bad) and e["message"] for e in report["errors"])
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    result = edm("run", tmp_path / "absent.yaml", "--until-idle")
+    assert result.code == 1
+    assert "absent.yaml" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_graph_of_a_business_topology_draws_services_and_shared_streams() -> None:
+    mermaid = ok("graph", TOPOLOGIES / "payroll" / "payroll.yaml").stdout
+    assert mermaid.startswith("flowchart LR")
+    for name in ("payroll-calculation", "payments", "notifications", "payment-batches", "timesheets"):
+        assert name in mermaid
+    dot = ok("graph", TOPOLOGIES / "payroll" / "payroll.yaml", "--format", "dot").stdout
+    assert dot.startswith('digraph "payroll"')
+    assert "svc_payments -> t_payments" in dot and "t_payment_batches -> svc_payments" in dot
+
+
+def test_graph_of_a_microservice_draws_its_steps_and_branches() -> None:
+    mermaid = ok("graph", TOPOLOGIES / "branch-merge" / "topology.yaml").stdout
+    assert "when value.country == 'BE'" in mermaid and "otherwise" in mermaid
+    assert "s_shop_orders -->" in mermaid
+
+
+def test_schema_command_writes_the_checked_in_schema(tmp_path: Path) -> None:
+    out = tmp_path / "schema.json"
+    ok("schema", "-o", out)
+    assert json.loads(out.read_text()) == json.loads((ROOT / "schemas" / "topology.schema.json").read_text())
+
+
+def test_produce_reports_a_malformed_line_with_its_position(tmp_path: Path) -> None:
+    result = edm("produce", "events", "--state-dir", tmp_path, stdin='{"value": 1}\n{"value": \n')
+    assert result.code == 1
+    assert "<stdin>:2:" in result.stderr and "not valid JSON" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_produce_consume_and_topics_without_a_topology(tmp_path: Path) -> None:
+    ok("produce", "events", "--state-dir", tmp_path, "--partitions", "2",
+       stdin='{"key": "a", "value": {"n": 1}}\n{"key": "b", "value": {"n": 2}}\n{"value": {"n": 3}}\n')
+    lines = ok("consume", "events", "--from-beginning", "--state-dir", tmp_path).lines()
+    assert sorted(line["value"]["n"] for line in lines) == [1, 2, 3]
+    assert ok("consume", "events", "--from-beginning", "--max", "1", "--state-dir", tmp_path).lines()[0]["value"]
+    listing = ok("topics", "--state-dir", tmp_path).stdout
+    assert "events" in listing and " 2 " in listing
+
+    missing = edm("consume", "nope", "--from-beginning", "--state-dir", tmp_path)
+    assert missing.code == 1 and "'nope' does not exist" in missing.stderr
+
+
+def test_unknown_stream_with_a_topology_lists_the_declared_ones(tmp_path: Path) -> None:
+    result = edm("produce", "ordrs", "-t", TOPOLOGIES / "quickstart" / "topology.yaml",
+                 "--state-dir", tmp_path, stdin="")
+    assert result.code == 1
+    assert "'ordrs' is not declared" in result.stderr and "orders" in result.stderr
+
+
+def test_broker_url_override_is_checked(tmp_path: Path) -> None:
+    result = edm("topics", "--broker", "carrier-pigeon://x", "--state-dir", tmp_path)
+    assert result.code == 1 and "kafka://" in result.stderr
