@@ -254,7 +254,10 @@ def _free_port() -> int:
 
 
 def _port_free(port: int) -> bool:
+    """Nobody listens on ``port``. SO_REUSEADDR (as the broker's own listener uses) lets
+    connections of the previous run lingering in TIME_WAIT not count as a listener."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -296,6 +299,10 @@ def _write_configs(workdir: Path, port: int, controller_port: int) -> None:
         "share.coordinator.state.topic.replication.factor": "1",
         "share.coordinator.state.topic.min.isr": "1",
         "group.initial.rebalance.delay.ms": "0",
+        # A restarted node must wait out its previous registration's session before it is
+        # unfenced: keep that short so restarts take seconds, not ~10 s more.
+        "broker.heartbeat.interval.ms": "500",
+        "broker.session.timeout.ms": "4000",
         "num.network.threads": "2",
         "num.io.threads": "4",
     }

@@ -9,10 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from edm_runner.brokers.base import OutRecord
 from edm_runner.operators.common import EXPRESSION, PARTITIONER, STREAM_NAME, keyed_expressions
 from edm_runner.operators.registry import Operator, register
 from edm_runner.runtime.event import Event
 from edm_runner.runtime.node import BuildContext, ExprFn, Processor, repartition_topic
+from edm_runner.runtime.sink import DefaultPartitioner, FunctionPartitioner, RoundRobin, TopicWriter
+from edm_runner.serde import make_serde
 from edm_runner.spec.model import SerdeSpec, StepSpec, Topology
 
 INTERNAL_SERDE = SerdeSpec("json")
@@ -42,7 +45,8 @@ class Repartition(Processor):
 
     label = "repartition"
 
-    def __init__(self, key_fn: ExprFn | None, writer: Any, outputs: list, step: StepSpec) -> None:
+    def __init__(self, key_fn: ExprFn | None, writer: TopicWriter, outputs: list[OutRecord],
+                 step: StepSpec) -> None:
         self.key_fn = key_fn
         self.writer = writer
         self.outputs = outputs
@@ -62,9 +66,6 @@ class Repartition(Processor):
 
 
 def _build(step: StepSpec, ctx: BuildContext) -> Repartition:
-    from edm_runner.runtime.sink import DefaultPartitioner, FunctionPartitioner, RoundRobin, TopicWriter
-    from edm_runner.serde import make_serde
-
     cfg = step.config
     if "to" in cfg:
         ctx.stream(cfg["to"], step.pos)

@@ -35,6 +35,11 @@ class Event:
     def offset(self) -> int:
         return self.origin.offset
 
+    @property
+    def header_map(self) -> dict[str, str]:
+        """The headers as text (what expressions see as ``headers``); later duplicates win."""
+        return {k: v.decode("utf-8", "replace") for k, v in self.headers}
+
     def derive(self, key: Any, value: Any) -> "Event":
         """A new event with the same timestamp, headers and origin (flat_map outputs)."""
         return Event(key, value, self.timestamp, self.headers, self.origin)

@@ -42,6 +42,8 @@ class DefaultPartitioner:
         self.cache: dict[bytes, int] = {}
 
     def __call__(self, key: Any, key_bytes: bytes | None, value: Any) -> int:
+        if self.partitions == 1:
+            return 0
         if key_bytes is None:
             return self.null_keys(key, key_bytes, value)
         p = self.cache.get(key_bytes)
@@ -90,5 +92,7 @@ class TopicWriter:
             append(OutRecord(topic, part(e.key, kb, value), kb, ve(value), e.timestamp, e.headers))
         return out
 
-    def record(self, event: Event) -> OutRecord:
-        return self.records([event])[0]
+    def record(self, e: Event) -> OutRecord:
+        kb = self.key_serde.encode(e.key)
+        return OutRecord(self.topic, self.partitioner(e.key, kb, e.value), kb,
+                         self.value_serde.encode(e.value), e.timestamp, e.headers)

@@ -1,0 +1,48 @@
+"""The topology language: loading, templating, the JSON Schema, validation, the typed model.
+
+``load_file`` is the one entry point: it returns the typed model of a valid file, or raises
+``ConfigError`` carrying every diagnostic of the file (and, for a business topology, of its
+service files) at once. It never raises anything else for bad input.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping
+
+from edm_runner.errors import ConfigError
+from edm_runner.spec.business import check_business
+from edm_runner.spec.model import BusinessTopology, Topology
+from edm_runner.spec.report import Report
+from edm_runner.spec.schema import topology_schema, write_schema
+from edm_runner.spec.service import check_service, document_kind
+from edm_runner.spec.source import read_source
+
+__all__ = ["load_file", "topology_schema", "write_schema"]
+
+
+def load_file(path: Path, *, no_code: bool = False,
+              env: Mapping[str, str] | None = None) -> Topology | BusinessTopology:
+    """Load and validate a topology file.
+
+    ``no_code``: refuse Python function references (and never import user code).
+    ``env``: the variables templates see as ``env`` (default: the process environment).
+    """
+    env = os.environ if env is None else env
+    path = Path(path)
+    source = read_source(path, env)
+    report = Report(source.smap, list(source.diagnostics))
+    if source.data is None:
+        raise ConfigError(report.diagnostics)
+    kind = document_kind(source.data, report)
+    if kind == "business":
+        business, diagnostics = check_business(source, report, no_code, env)
+        if diagnostics:
+            raise ConfigError(diagnostics)
+        return business
+    if kind is None:
+        raise ConfigError(report.diagnostics)
+    service = check_service(source, report, no_code)
+    if service.topology is None:
+        raise ConfigError(report.diagnostics)
+    return service.topology

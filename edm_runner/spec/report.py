@@ -23,6 +23,8 @@ class Report:
 
     def error(self, path: tuple, message: str, hint: str = "", *, key: bool = False,
               code: str = "invalid") -> None:
+        if self.smap.is_broken(path):
+            return
         pos = self.smap.key(path) if key else self.smap.value(path)
         self.add(pos, message, hint, code)
 

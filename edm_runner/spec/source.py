@@ -25,6 +25,7 @@ from edm_runner.spec import templating
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _TIMESTAMP = "tag:yaml.org,2002:timestamp"
+_SECTION_ITEMS = {("streams",): "stream", ("pipelines",): "pipeline", ("functions",): "function"}
 
 Path_ = tuple  # a path into the document: keys (str) and list indices (int)
 
@@ -46,6 +47,12 @@ class SourceMap:
     file: str
     values: dict[Path_, NodePos] = field(default_factory=dict)
     keys: dict[Path_, NodePos] = field(default_factory=dict)
+    broken: set[Path_] = field(default_factory=set)  # values that failed to load (reported)
+
+    def is_broken(self, path: Path_) -> bool:
+        """True when ``path`` is at or under a value already reported as unloadable, so later
+        checks stay quiet about it instead of cascading."""
+        return any(tuple(path[: n]) in self.broken for n in range(len(path) + 1))
 
     def value(self, path: Path_) -> NodePos:
         path = tuple(path)
@@ -105,6 +112,7 @@ def read_source(path: Path, env: Mapping[str, str]) -> Source:
 
 
 def parse_text(text: str, path: Path, env: Mapping[str, str]) -> Source:
+    """Parse and template decoded ``text`` as the contents of ``path``; see the module invariants."""
     smap = SourceMap(str(path))
     if text.startswith("\ufeff"):
         text = text[1:]
@@ -117,7 +125,9 @@ def parse_text(text: str, path: Path, env: Mapping[str, str]) -> Source:
         if e.context and "single document" in e.context:
             problem = "a topology file holds one YAML document, but a second one starts here"
         elif e.context:
-            problem = f"{problem} ({e.context})"
+            started = e.context_mark
+            where = f" at line {started.line + 1}" if started and mark and started.line != mark.line else ""
+            problem = f"{problem} ({e.context}{where})"
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         return _fail(path, smap, f"YAML syntax error: {problem}",
                      "check indentation, quoting and brackets near here", line, col)
@@ -162,9 +172,10 @@ class _Builder:
         self.smap.values[path] = _pos(node)
         if id(node) in self._active:
             self.error(_pos(node), "recursive YAML alias", "an anchor cannot contain itself")
+            self.smap.broken.add(path)
             return None
         if isinstance(node, yaml.ScalarNode):
-            return self._scalar(node)
+            return self._scalar(node, path)
         self._active.add(id(node))
         try:
             if isinstance(node, yaml.SequenceNode):
@@ -188,14 +199,15 @@ class _Builder:
                 continue
             if key in result:
                 first = self.smap.keys[path + (key,)]
-                self.error(kpos, f"duplicate key '{key}' (first defined at line {first.line})",
-                           "each key may appear once in a mapping; remove or rename one")
+                what = _SECTION_ITEMS.get(path, "key")
+                self.error(kpos, f"duplicate {what} '{key}' (first defined at line {first.line})",
+                           f"each {what} may appear once; remove or rename one")
                 continue
             self.smap.keys[path + (key,)] = kpos
             result[key] = self.build(value_node, path + (key,))
         return result
 
-    def _scalar(self, node: yaml.ScalarNode) -> Any:
+    def _scalar(self, node: yaml.ScalarNode, path: Path_) -> Any:
         if node.tag == _TIMESTAMP:
             return node.value
         if isinstance(node.value, str) and templating.is_template(node.value):
@@ -205,7 +217,8 @@ class _Builder:
                 pos = _pos(node)
                 self.error(NodePos(pos.line + e.line_offset, pos.col) if e.line_offset else pos,
                            e.message, e.hint)
-                return node.value
+                self.smap.broken.add(path)
+                return None
             return templating.retype(node.value, node.style, rendered)
         try:
             return self._constructor.construct_object(node)
@@ -213,4 +226,5 @@ class _Builder:
             problem = getattr(e, "problem", None) or str(e)
             self.error(_pos(node), f"invalid YAML value: {problem}",
                        "remove the tag or quote the value")
+            self.smap.broken.add(path)
             return None

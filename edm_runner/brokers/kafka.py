@@ -1,0 +1,428 @@
+"""The Apache Kafka broker, through aiokafka.
+
+Options (``broker: {kind: kafka, ...}`` in a topology):
+    bootstrap_servers   "host:port[,host:port]" or a list (required)
+    client_id           prefix of the client ids (default "edm")
+    connect_timeout_s   how long ``start`` retries an unreachable cluster (default 30)
+    security            {protocol, sasl_mechanism, username, password,
+                         ssl_cafile, ssl_certfile, ssl_keyfile}
+    producer, consumer  extra keyword arguments for AIOKafkaProducer / AIOKafkaConsumer
+
+Invariants:
+- The producer always sends to the partition given in the ``OutRecord``; aiokafka's
+  partitioner is never consulted.
+- ``Producer.flush()`` returns only when every record sent before it is acknowledged by all
+  in-sync replicas (acks=all, idempotent, so broker-side retries never duplicate); if any
+  failed it raises ``BrokerError`` and the caller must not commit its inputs.
+- Every aiokafka error that leaves this module is a ``BrokerError`` with a message naming
+  the bootstrap servers or the topic concerned.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Mapping, Sequence
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka import TopicPartition as KafkaTP
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.helpers import create_ssl_context
+
+from edm_runner.brokers.base import OutRecord, Record, TopicPartition, TopicSpec
+from edm_runner.errors import BrokerError
+
+_OPTIONS = {"bootstrap_servers", "client_id", "connect_timeout_s", "security", "producer", "consumer"}
+_SECURITY = {"protocol", "sasl_mechanism", "username", "password",
+             "ssl_cafile", "ssl_certfile", "ssl_keyfile"}
+_UNKNOWN_TOPIC = 3
+JOIN_TIMEOUT_S = 60.0
+
+
+class KafkaBroker:
+    """A connection to a Kafka cluster (see the module docstring for ``options``)."""
+
+    def __init__(self, options: Mapping[str, Any]):
+        unknown = sorted(set(options) - _OPTIONS)
+        if unknown:
+            raise BrokerError(f"unknown kafka broker option(s): {', '.join(unknown)}; "
+                              f"known: {', '.join(sorted(_OPTIONS))}")
+        servers = options.get("bootstrap_servers")
+        if not servers:
+            raise BrokerError("the kafka broker needs bootstrap_servers, e.g. "
+                              "{kind: kafka, bootstrap_servers: 'localhost:9092'}")
+        self.bootstrap: list[str] = (
+            [s.strip() for s in servers.split(",") if s.strip()] if isinstance(servers, str)
+            else [str(s) for s in servers])
+        self.client_id = str(options.get("client_id", "edm"))
+        self.connect_timeout_s = float(options.get("connect_timeout_s", 30.0))
+        self._common = {"bootstrap_servers": self.bootstrap,
+                        **_security_kwargs(dict(options.get("security") or {}))}
+        self._producer_options = dict(options.get("producer") or {})
+        self._consumer_options = dict(options.get("consumer") or {})
+        self._admin: AIOKafkaAdminClient | None = None
+
+    def describe(self) -> str:
+        return f"kafka at {','.join(self.bootstrap)}"
+
+    async def start(self) -> None:
+        """Connect, retrying with backoff for ``connect_timeout_s``, then give up clearly."""
+        deadline = time.monotonic() + self.connect_timeout_s
+        backoff = 0.25
+        last_error: Exception | None = None
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            admin = AIOKafkaAdminClient(client_id=f"{self.client_id}-admin",
+                                        request_timeout_ms=max(1000, int(remaining * 1000)),
+                                        **self._common)
+            try:
+                await asyncio.wait_for(admin.start(), timeout=remaining)
+                self._admin = admin
+                return
+            except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+                last_error = exc
+                await admin.close()
+            await asyncio.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
+            backoff = min(backoff * 2, 2.0)
+        detail = f" (last error: {_describe_error(last_error)})" if last_error else ""
+        raise BrokerError(
+            f"cannot reach Kafka at {','.join(self.bootstrap)} after {self.connect_timeout_s:g} s"
+            f"{detail}; check bootstrap_servers and security, and that the broker is running "
+            "(for a local one: edm dev kafka start)")
+
+    async def close(self) -> None:
+        if self._admin is not None:
+            await self._admin.close()
+            self._admin = None
+
+    async def list_topics(self) -> dict[str, int]:
+        topics = await self._call("listing topics", self._started_admin().describe_topics())
+        return {t["topic"]: len(t["partitions"]) for t in topics
+                if t["error_code"] == 0 and not t["is_internal"] and not t["topic"].startswith("__")}
+
+    async def ensure_topics(self, specs: Sequence[TopicSpec], create: bool = True) -> None:
+        if not specs:
+            return
+        existing = await self._partition_counts([s.name for s in specs])
+        missing = [s for s in specs if s.name not in existing]
+        if missing and not create:
+            raise BrokerError(
+                f"topic(s) missing on {self.describe()}: {', '.join(s.name for s in missing)}; "
+                "create them on the cluster, or let edm create them")
+        if missing:
+            await self._create(missing)
+            existing.update(await self._partition_counts([s.name for s in missing]))
+        mismatches = [f"'{s.name}' has {existing[s.name]} partition(s) on the broker but the "
+                      f"topology declares {s.partitions}"
+                      for s in specs if existing.get(s.name, s.partitions) != s.partitions]
+        if mismatches:
+            raise BrokerError(
+                f"partition counts differ on {self.describe()}: {'; '.join(mismatches)}. "
+                "Declare the broker's count, or recreate the topic (partitions cannot shrink, "
+                "and growing them moves keys to other partitions)")
+
+    def consumer(self, group: str | None, topics: Sequence[str], *,
+                 from_beginning: bool = True) -> KafkaConsumer:
+        kwargs: dict[str, Any] = {
+            **self._common,
+            "client_id": f"{self.client_id}-{group or 'reader'}",
+            "group_id": group,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest" if from_beginning else "latest",
+            # Range gives partition N of equally partitioned topics to one member
+            # (copartitioning); the runtime may pass its own assignor in consumer options.
+            "partition_assignment_strategy": (RangePartitionAssignor,),
+            **self._consumer_options,
+        }
+        return KafkaConsumer(self, list(topics), kwargs)
+
+    def producer(self) -> KafkaProducer:
+        kwargs: dict[str, Any] = {
+            **self._common,
+            "client_id": f"{self.client_id}-producer",
+            "acks": "all",
+            "enable_idempotence": True,
+            "linger_ms": 5,
+            "max_batch_size": 256 * 1024,
+            # Batches wait this long for a missing leader before failing: rides out a broker
+            # restart of up to a minute.
+            "request_timeout_ms": 60_000,
+            **self._producer_options,
+        }
+        return KafkaProducer(self, kwargs)
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _started_admin(self) -> AIOKafkaAdminClient:
+        if self._admin is None:
+            raise BrokerError(f"{self.describe()} is not started; call start() first")
+        return self._admin
+
+    async def _call(self, what: str, awaitable: Any) -> Any:
+        try:
+            return await awaitable
+        except KafkaError as exc:
+            raise BrokerError(f"{what} on {self.describe()} failed: {_describe_error(exc)}") from exc
+
+    async def _partition_counts(self, names: list[str]) -> dict[str, int]:
+        """Partition count of each named topic that exists (its leaders need not be elected)."""
+        topics = await self._call("describing topics", self._started_admin().describe_topics(names))
+        counts: dict[str, int] = {}
+        for topic in topics:
+            if topic["error_code"] == 0:
+                counts[topic["topic"]] = len(topic["partitions"])
+            elif topic["error_code"] != _UNKNOWN_TOPIC:
+                raise BrokerError(f"describing topic '{topic['topic']}' on {self.describe()} "
+                                  f"failed: {for_code(topic['error_code']).__name__}")
+        return counts
+
+    async def _create(self, specs: list[TopicSpec]) -> None:
+        # aiokafka speaks CreateTopics <= v3, which cannot ask for the broker's default
+        # replication factor: use the usual production default, capped by the cluster size.
+        cluster = await self._call("describing the cluster", self._started_admin().describe_cluster())
+        default_replicas = max(1, min(3, len(cluster["brokers"])))
+        new = [NewTopic(s.name, s.partitions, s.replication_factor or default_replicas,
+                        topic_configs=_configs(s))
+               for s in specs]
+        response = await self._call("creating topics", self._started_admin().create_topics(new))
+        failures = []
+        for name, code, *rest in response.topic_errors:
+            if code == 0 or for_code(code) is TopicAlreadyExistsError:  # a concurrent creator
+                continue
+            message = rest[0] if rest and rest[0] else for_code(code).__name__
+            failures.append(f"'{name}': {message}")
+        if failures:
+            raise BrokerError(f"creating topics on {self.describe()} failed: {'; '.join(failures)}")
+        await self._wait_for_leaders([s.name for s in specs])
+
+    async def _wait_for_leaders(self, names: list[str], timeout_s: float = 30.0) -> None:
+        """Creation returns before leaders are elected everywhere; clients need them."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            topics = await self._call("describing topics", self._started_admin().describe_topics(names))
+            if all(t["error_code"] == 0 and t["partitions"]
+                   and all(p["leader"] >= 0 for p in t["partitions"]) for t in topics):
+                return
+            if time.monotonic() > deadline:
+                raise BrokerError(f"topics {', '.join(names)} have no leader on {self.describe()} "
+                                  f"{timeout_s:g} s after creation; check the broker's health")
+            await asyncio.sleep(0.05)  # no event to await: metadata is polled
+
+
+class _FirstAssignment(ConsumerRebalanceListener):
+    """Sets ``event`` once the group has handed this member its (possibly empty) share."""
+
+    def __init__(self, event: asyncio.Event):
+        self.event = event
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        pass
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.event.set()
+
+
+class KafkaConsumer:
+    """A group member (or a group-less reader) over aiokafka. Commits are explicit only."""
+
+    def __init__(self, broker: KafkaBroker, topics: list[str], kwargs: dict[str, Any]):
+        self._broker = broker
+        self._topics = topics
+        self._group = kwargs.get("group_id")
+        try:
+            self._consumer = AIOKafkaConsumer(**kwargs)
+        except TypeError as exc:
+            raise BrokerError(f"invalid kafka consumer option: {exc}") from exc
+
+    async def start(self) -> None:
+        """Join the group and wait for the first assignment (so ``assignment()`` is
+        meaningful on return), or without a group assign every partition of the topics."""
+        await self._broker._call(f"starting a consumer of {', '.join(self._topics)}",
+                                 self._consumer.start())
+        if self._group is not None:
+            assigned = asyncio.Event()
+            self._consumer.subscribe(self._topics, listener=_FirstAssignment(assigned))
+            try:
+                await asyncio.wait_for(assigned.wait(), JOIN_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                raise BrokerError(
+                    f"consumer group '{self._group}' got no partition assignment from "
+                    f"{self._broker.describe()} within {JOIN_TIMEOUT_S:g} s; check the broker's "
+                    "health and that the group's other members run the same topology") from None
+            return
+        counts = await self._broker._partition_counts(self._topics)
+        missing = [t for t in self._topics if t not in counts]
+        if missing:
+            raise BrokerError(f"cannot read missing topic(s) on {self._broker.describe()}: "
+                              f"{', '.join(missing)}")
+        self._consumer.assign([KafkaTP(t, p) for t in self._topics for p in range(counts[t])])
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Record]]:
+        batches = await self._broker._call(
+            "fetching records", self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records))
+        return {
+            TopicPartition(tp.topic, tp.partition): [
+                Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp, tuple(m.headers))
+                for m in messages]
+            for tp, messages in batches.items()}
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        if not offsets:
+            return
+        if self._group is None:
+            raise BrokerError("a consumer without a group cannot commit offsets")
+        await self._broker._call(
+            f"committing offsets of group '{self._group}'",
+            self._consumer.commit({KafkaTP(tp.topic, tp.partition): offset
+                                   for tp, offset in offsets.items()}))
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        if self._group is None:
+            return None
+        return await self._broker._call(f"reading committed offsets of group '{self._group}'",
+                                        self._consumer.committed(KafkaTP(*tp)))
+
+    async def end_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        ends = await self._broker._call("reading end offsets",
+                                        self._consumer.end_offsets([KafkaTP(*tp) for tp in tps]))
+        return {TopicPartition(tp.topic, tp.partition): offset for tp, offset in ends.items()}
+
+    async def position(self, tp: TopicPartition) -> int:
+        return await self._broker._call("reading a position", self._consumer.position(KafkaTP(*tp)))
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self._consumer.seek(KafkaTP(*tp), offset)
+
+    async def close(self) -> None:
+        await self._consumer.stop()
+
+
+class KafkaProducer:
+    """An idempotent acks=all producer with a synchronous ``send``.
+
+    ``send`` only queues; one pump task per burst packs the queue into one record batch per
+    partition run (aiokafka ``create_batch``/``send_batch``: no per-record coroutine or
+    future) and hands the batches to aiokafka, keeping each partition's order.
+    ``flush`` waits for the pump and for every batch's acknowledgement. Once a flush has
+    failed, records queued with it may be lost, so the producer refuses further use: the
+    caller must not commit and must restart from its committed offsets.
+    """
+
+    def __init__(self, broker: KafkaBroker, kwargs: dict[str, Any]):
+        self._broker = broker
+        try:
+            self._producer = AIOKafkaProducer(**kwargs)
+        except TypeError as exc:
+            raise BrokerError(f"invalid kafka producer option: {exc}") from exc
+        self._queue: list[OutRecord] = []
+        self._pump: asyncio.Task[None] | None = None
+        self._deliveries: list[asyncio.Future[Any]] = []
+        self._failed: BrokerError | None = None
+
+    async def start(self) -> None:
+        await self._broker._call("starting the producer", self._producer.start())
+
+    def send(self, record: OutRecord) -> None:
+        if self._failed is not None:
+            raise self._failed
+        self._queue.append(record)
+        if self._pump is None or self._pump.done():
+            self._pump = asyncio.get_running_loop().create_task(self._drain())
+
+    async def flush(self) -> None:
+        if self._failed is not None:
+            raise self._failed
+        try:
+            while self._pump is not None and not self._pump.done():
+                await self._pump  # a new pump may start while we wait; loop until none runs
+            pump, self._pump = self._pump, None
+            if pump is not None:
+                pump.result()
+            deliveries, self._deliveries = self._deliveries, []
+            await asyncio.gather(*deliveries)
+        except KafkaError as exc:
+            self._failed = BrokerError(f"writing records to {self._broker.describe()} failed: "
+                                       f"{_describe_error(exc)}; the inputs were not committed")
+            raise self._failed from exc
+        except BrokerError as exc:
+            self._failed = exc
+            raise
+
+    async def close(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+        await self._producer.stop()
+
+    async def _drain(self) -> None:
+        while self._queue:
+            records, self._queue = self._queue, []
+            by_partition: dict[tuple[str, int], list[OutRecord]] = {}
+            for r in records:
+                by_partition.setdefault((r.topic, r.partition), []).append(r)
+            for (topic, partition), run in by_partition.items():
+                partitions = await self._producer.partitions_for(topic)
+                if partition not in partitions:
+                    raise BrokerError(
+                        f"cannot write to partition {partition} of '{topic}' on "
+                        f"{self._broker.describe()}: it has {len(partitions)} partition(s)")
+                batch = self._producer.create_batch()
+                for r in run:
+                    while batch.append(timestamp=r.timestamp_ms, key=r.key, value=r.value,
+                                       headers=list(r.headers)) is None:
+                        # Full: ship it and start the next one (a record too large for an
+                        # empty batch fails in aiokafka's size check instead of looping).
+                        if batch.record_count() == 0:
+                            raise BrokerError(
+                                f"a record for '{topic}' is larger than the producer's "
+                                "max_batch_size; raise producer.max_batch_size")
+                        await self._ship(batch, topic, partition)
+                        batch = self._producer.create_batch()
+                if batch.record_count():
+                    await self._ship(batch, topic, partition)
+
+    async def _ship(self, batch: Any, topic: str, partition: int) -> None:
+        batch.close()
+        self._deliveries.append(await self._producer.send_batch(batch, topic, partition=partition))
+
+
+def _security_kwargs(security: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(security) - _SECURITY)
+    if unknown:
+        raise BrokerError(f"unknown kafka security option(s): {', '.join(unknown)}; "
+                          f"known: {', '.join(sorted(_SECURITY))}")
+    protocol = str(security.get("protocol", "PLAINTEXT")).upper()
+    if protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+        raise BrokerError(f"unknown kafka security protocol '{protocol}'; use PLAINTEXT, SSL, "
+                          "SASL_PLAINTEXT or SASL_SSL")
+    kwargs: dict[str, Any] = {"security_protocol": protocol}
+    if protocol in ("SSL", "SASL_SSL"):
+        try:
+            kwargs["ssl_context"] = create_ssl_context(
+                cafile=security.get("ssl_cafile"), certfile=security.get("ssl_certfile"),
+                keyfile=security.get("ssl_keyfile"))
+        except (OSError, ValueError) as exc:
+            raise BrokerError(f"cannot load the kafka TLS files: {exc}") from exc
+    if protocol.startswith("SASL"):
+        kwargs["sasl_mechanism"] = str(security.get("sasl_mechanism", "PLAIN")).upper()
+        kwargs["sasl_plain_username"] = security.get("username")
+        kwargs["sasl_plain_password"] = security.get("password")
+    return kwargs
+
+
+def _configs(spec: TopicSpec) -> dict[str, str]:
+    """Compacted topics keep the latest value per key; event streams keep everything forever."""
+    defaults = {"cleanup.policy": "compact"} if spec.compacted else {"retention.ms": "-1"}
+    return {**defaults, **{k: str(v) for k, v in spec.config.items()}}
+
+
+def _describe_error(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

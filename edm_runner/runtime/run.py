@@ -1,0 +1,103 @@
+"""Running one or several microservices (a business topology) concurrently in one process."""
+from __future__ import annotations
+
+import asyncio
+from typing import Callable
+
+from edm_runner.brokers.base import Broker
+from edm_runner.runtime.service import ServiceRunner
+from edm_runner.runtime.stats import RunStats, ServiceStats
+from edm_runner.spec.model import Topology
+
+POLL_MS = 100
+IDLE_POLL_MS = 10
+PROGRESS_INTERVAL_S = 1.0
+
+
+class _IdleTracker:
+    """Decides when a set of services is idle as a whole.
+
+    ``generation`` grows after every durable write of any service. A service reports idle
+    with the generation it saw when it found all its partitions consumed to the end; the
+    set is idle when every service reported the current generation, i.e. nothing was
+    written since each of them last looked.
+    """
+
+    def __init__(self, names: list[str]) -> None:
+        self.generation = 0
+        self.idle_at: dict[str, int] = dict.fromkeys(names, -1)
+
+    def activity(self) -> None:
+        self.generation += 1
+
+    def idle(self, name: str) -> bool:
+        self.idle_at[name] = self.generation
+        return all(g == self.generation for g in self.idle_at.values())
+
+
+async def run_services(services: list[Topology], broker: Broker, *, until_idle: bool = False,
+                       stop: asyncio.Event | None = None,
+                       on_progress: Callable[[RunStats], None] | None = None) -> RunStats:
+    """Runs ``services`` on ``broker``, each in its own consumer group (its name).
+
+    Returns when ``stop`` is set (each service finishes its batch, flushes and commits),
+    when ``until_idle`` and no service has anything left to consume (including records
+    another service just wrote), or raises the first error (``ProcessingError`` under the
+    fail policy) after the other services have stopped cleanly.
+    """
+    stats = RunStats({t.name: ServiceStats() for t in services})
+    runners = [ServiceRunner(t, broker, stats.services[t.name]) for t in services]
+    for runner in runners:
+        await runner.provision()
+    halt = asyncio.Event()
+    tracker = _IdleTracker([r.name for r in runners])
+    poll_ms = IDLE_POLL_MS if until_idle else POLL_MS
+
+    def stopping() -> bool:
+        return halt.is_set() or (stop is not None and stop.is_set())
+
+    async def loop(runner: ServiceRunner) -> None:
+        try:
+            while not stopping():
+                if await runner.poll(poll_ms):
+                    tracker.activity()
+                elif until_idle:
+                    if runner.unflushed:
+                        await runner.commit()
+                        tracker.activity()
+                    elif await runner.caught_up() and tracker.idle(runner.name):
+                        halt.set()
+        except BaseException:
+            halt.set()
+            raise
+
+    async def progress() -> None:
+        while not stopping():
+            try:
+                await asyncio.wait_for(halt.wait(), PROGRESS_INTERVAL_S)
+            except TimeoutError:
+                on_progress(stats)
+
+    started: list[ServiceRunner] = []
+    errors: list[BaseException] = []
+    reporter = asyncio.create_task(progress()) if on_progress is not None else None
+    try:
+        for runner in runners:
+            await runner.start()
+            started.append(runner)
+        results = await asyncio.gather(*(loop(r) for r in runners), return_exceptions=True)
+        errors += [e for e in results if isinstance(e, BaseException)]
+    finally:
+        halt.set()
+        for runner in started:
+            try:
+                await runner.close()
+            except Exception as exc:
+                errors.append(exc)
+        if reporter is not None:
+            await reporter
+    if errors:
+        raise errors[0]
+    if on_progress is not None:
+        on_progress(stats)
+    return stats

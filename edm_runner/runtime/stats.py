@@ -1,0 +1,37 @@
+"""Counters of a run, per service and in total."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ServiceStats:
+    """``events_out`` counts records written to streams and repartition topics; dead letters
+    are counted in ``dead_lettered`` only. ``skipped_by_pipeline`` sums to ``skipped``."""
+
+    events_in: int = 0
+    events_out: int = 0
+    skipped: int = 0
+    dead_lettered: int = 0
+    skipped_by_pipeline: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class RunStats:
+    services: dict[str, ServiceStats] = field(default_factory=dict)
+
+    @property
+    def events_in(self) -> int:
+        return sum(s.events_in for s in self.services.values())
+
+    @property
+    def events_out(self) -> int:
+        return sum(s.events_out for s in self.services.values())
+
+    @property
+    def skipped(self) -> int:
+        return sum(s.skipped for s in self.services.values())
+
+    @property
+    def dead_lettered(self) -> int:
+        return sum(s.dead_lettered for s in self.services.values())

@@ -1,0 +1,107 @@
+"""Building the typed model (``spec.model``) from a document that passed validation.
+
+Precondition: the data has no diagnostics, so shapes are those of the schema; defaults are
+applied here, in one place. Schema paths become absolute Paths; every element gets the
+``Pos`` of its YAML key.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edm_runner.spec.model import (BranchSpec, BrokerSpec, ErrorPolicy, FunctionSpec, PipelineSpec, Pos,
+                                   ProcessingSpec, SerdeSpec, StepSpec, StreamSpec, ToSpec, Topology)
+from edm_runner.spec.source import SourceMap
+
+
+class _Builder:
+    def __init__(self, smap: SourceMap, base_dir: Path):
+        self.smap = smap
+        self.base_dir = base_dir
+
+    def pos(self, path: tuple, key: bool = True) -> Pos:
+        node = self.smap.key(path) if key else self.smap.value(path)
+        return Pos(self.smap.file, node.line, node.col)
+
+    def broker(self, cfg: dict | None, path: tuple) -> BrokerSpec:
+        if cfg is None:
+            return BrokerSpec()
+        options = {k: v for k, v in cfg.items() if k not in ("kind", "path")}
+        local_path = self.base_dir / cfg["path"] if "path" in cfg else None
+        return BrokerSpec(cfg["kind"], local_path, options, self.pos(path))
+
+    def error_policy(self, cfg: Any, path: tuple) -> ErrorPolicy | None:
+        if cfg is None:
+            return None
+        if isinstance(cfg, dict):
+            return ErrorPolicy("dead_letter", cfg["dead_letter"], self.pos(path))
+        return ErrorPolicy(cfg, None, self.pos(path))
+
+    def serde(self, cfg: Any, default: str) -> SerdeSpec:
+        if cfg is None:
+            return SerdeSpec(default)
+        if isinstance(cfg, str):
+            return SerdeSpec(cfg)
+        schema = (self.base_dir / cfg["schema"]).resolve() if "schema" in cfg else None
+        return SerdeSpec(cfg.get("format", "json"), schema)
+
+    def stream(self, name: str, cfg: dict) -> StreamSpec:
+        path = ("streams", name)
+        return StreamSpec(
+            name=name, topic=cfg.get("topic", name), partitions=cfg.get("partitions", 1),
+            type=cfg.get("type", "keyed"), key=self.serde(cfg.get("key"), "string"),
+            value=self.serde(cfg.get("value"), "json"),
+            on_error=self.error_policy(cfg.get("on_error"), path + ("on_error",)),
+            replication_factor=cfg.get("replication_factor"), retention_ms=cfg.get("retention_ms"),
+            config=dict(cfg.get("config", {})), pos=self.pos(path))
+
+    def steps(self, steps: list | None, path: tuple) -> list[StepSpec]:
+        out = []
+        for i, step in enumerate(steps or []):
+            (op, config), = step.items()
+            out.append(StepSpec(op, config, self.pos(path + (i, op))))
+        return out
+
+    def sink(self, cfg: Any, path: tuple) -> ToSpec | None:
+        if cfg is None:
+            return None
+        if isinstance(cfg, str):
+            return ToSpec(stream=cfg, pos=self.pos(path))
+        return ToSpec(select=cfg["select"], streams=list(cfg["streams"]), pos=self.pos(path))
+
+    def pipeline(self, name: str, cfg: dict) -> PipelineSpec:
+        path = ("pipelines", name)
+        sources = cfg["from"]
+        branches = [
+            BranchSpec(when=b.get("when"), steps=self.steps(b.get("steps"), path + ("branch", i, "steps")),
+                       to=self.sink(b.get("to"), path + ("branch", i, "to")),
+                       pos=self.pos(path + ("branch", i), key=False))
+            for i, b in enumerate(cfg.get("branch", []))]
+        return PipelineSpec(
+            name=name, sources=[sources] if isinstance(sources, str) else list(sources),
+            steps=self.steps(cfg.get("steps"), path + ("steps",)),
+            to=self.sink(cfg.get("to"), path + ("to",)), branch=branches,
+            on_error=self.error_policy(cfg.get("on_error"), path + ("on_error",)), pos=self.pos(path))
+
+
+def build_topology(data: dict, smap: SourceMap, source_file: Path) -> Topology:
+    """The model of a valid microservice document read from ``source_file`` (absolute)."""
+    b = _Builder(smap, source_file.parent)
+    processing = data.get("processing", {})
+    return Topology(
+        name=data["name"], source_file=source_file, description=data.get("description", ""),
+        broker=b.broker(data.get("broker"), ("broker",)),
+        processing=ProcessingSpec(
+            guarantee=processing.get("guarantee", "at_least_once"),
+            commit_interval_ms=processing.get("commit_interval_ms", 100),
+            max_batch=processing.get("max_batch", 1000),
+            pos=b.pos(("processing",)) if "processing" in data else ProcessingSpec().pos),
+        streams={name: b.stream(name, cfg) for name, cfg in data.get("streams", {}).items()},
+        functions={name: FunctionSpec(name, cfg["python"], b.pos(("functions", name)))
+                   for name, cfg in data.get("functions", {}).items()},
+        pipelines={name: b.pipeline(name, cfg) for name, cfg in data.get("pipelines", {}).items()},
+    )
+
+
+def build_broker(data: dict, smap: SourceMap, source_file: Path) -> BrokerSpec:
+    return _Builder(smap, source_file.parent).broker(data.get("broker"), ("broker",))

@@ -1,0 +1,234 @@
+"""The topology JSON Schema (draft 2020-12), assembled from the operator registry.
+
+``topology_schema()`` is the published schema (editors, ``schemas/topology.schema.json``);
+pipeline steps there are a ``oneOf`` over the registered operators. The validator uses
+``validation_schema()``, identical except that step items are only "a mapping": steps are
+checked one by one (``spec.validate``) so a wrong step gets one precise message instead of
+one error per operator.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from edm_runner.operators.registry import operators
+
+SCHEMA_ID = "https://edm.dev/schemas/topology.schema.json"
+NAME_PATTERN = "^[a-z0-9][a-z0-9._-]*$"
+TOPIC_PATTERN = "^[A-Za-z0-9._-]{1,249}$"
+IDENTIFIER_PATTERN = "^[A-Za-z_][A-Za-z0-9_]*$"
+_DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+PYTHON_REF_PATTERN = f"^{_DOTTED}:{_DOTTED}$"
+
+# What each pattern means, for messages.
+PATTERN_WORDS = {
+    NAME_PATTERN: "lowercase letters, digits, '.', '_' and '-', starting with a letter or digit",
+    TOPIC_PATTERN: "letters, digits, '.', '_' and '-' (at most 249 characters)",
+    IDENTIFIER_PATTERN: "a Python identifier (letters, digits and '_', not starting with a digit)",
+    PYTHON_REF_PATTERN: "'module:function', e.g. 'scoring:risk'",
+}
+
+FORMATS = ["json", "string", "bytes"]
+
+
+def _obj(properties: dict, description: str, required: list[str] | None = None) -> dict:
+    schema: dict[str, Any] = {"type": "object", "description": description,
+                              "properties": properties, "additionalProperties": False}
+    if required:
+        schema["required"] = required
+    return schema
+
+
+def _str(description: str, **extra: Any) -> dict:
+    return {"type": "string", "description": description, **extra}
+
+
+def _int(description: str, minimum: int = 1) -> dict:
+    return {"type": "integer", "minimum": minimum, "description": description}
+
+
+def _defs(step_items: dict) -> dict:
+    stream_ref = {"type": "string", "minLength": 1, "description": "The name of a declared stream."}
+    expression = {"type": "string", "minLength": 1,
+                  "description": "A per-event expression (Jinja2 expression syntax) over key, value, event."}
+    serde = {
+        "description": "Encoding: a format name, or {format, schema} with a JSON Schema file "
+                       "(relative to the topology file) that values must satisfy.",
+        "oneOf": [
+            {"enum": FORMATS},
+            _obj({"format": {"enum": FORMATS, "description": "Encoding (default json)."},
+                  "schema": _str("Path of a JSON Schema file, relative to the topology file.",
+                                 minLength=1)},
+                 "A format with an event schema."),
+        ],
+    }
+    on_error = {
+        "description": "What happens to an event that fails: fail (stop, the default), skip, "
+                       "or {dead_letter: stream}.",
+        "oneOf": [
+            {"enum": ["fail", "skip"]},
+            _obj({"dead_letter": {"$ref": "#/$defs/stream_ref"}},
+                 "Write failing events to a declared stream.", ["dead_letter"]),
+        ],
+    }
+    sink = {
+        "description": "Where events go: a declared stream, or {select, streams} choosing one "
+                       "of streams per event.",
+        "oneOf": [
+            {"$ref": "#/$defs/stream_ref"},
+            _obj({"select": {"$ref": "#/$defs/expression"},
+                  "streams": {"type": "array", "minItems": 1,
+                              "items": {"$ref": "#/$defs/stream_ref"},
+                              "description": "The streams select may name."}},
+                 "A per-event choice of stream.", ["select", "streams"]),
+        ],
+    }
+    steps = {"type": "array", "items": step_items,
+             "description": "Steps applied in order; each is {operator: config}."}
+    stream = _obj({
+        "topic": _str("Topic name (default: the stream's name).", pattern=TOPIC_PATTERN),
+        "partitions": _int("Partition count (default 1)."),
+        "type": {"enum": ["unkeyed", "keyed", "entity"],
+                 "description": "unkeyed, keyed (default) or entity (compacted: latest value per key)."},
+        "key": {"$ref": "#/$defs/serde"},
+        "value": {"$ref": "#/$defs/serde"},
+        "on_error": {"$ref": "#/$defs/on_error"},
+        "replication_factor": _int("Replication factor when edm creates the topic."),
+        "retention_ms": _int("Retention of the topic in milliseconds (-1: infinite).", minimum=-1),
+        "config": {"type": "object", "additionalProperties": {"type": "string"},
+                   "description": "Extra topic configuration (string values)."},
+    }, "A stream: a topic with its encoding.")
+    branch = _obj({
+        "when": {"$ref": "#/$defs/expression"},
+        "otherwise": {"const": True, "description": "The branch taken when no `when` holds (last)."},
+        "steps": {"$ref": "#/$defs/steps"},
+        "to": {"$ref": "#/$defs/sink"},
+    }, "One branch: events for which `when` holds (first match wins) go through steps to `to`.",
+        ["to"])
+    pipeline = _obj({
+        "description": _str("What the pipeline does."),
+        "from": {"description": "The stream(s) the pipeline reads.",
+                 "oneOf": [{"$ref": "#/$defs/stream_ref"},
+                           {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/stream_ref"}}]},
+        "steps": {"$ref": "#/$defs/steps"},
+        "to": {"$ref": "#/$defs/sink"},
+        "branch": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/branch"},
+                   "description": "Routes each event to the first branch whose `when` holds."},
+        "on_error": {"$ref": "#/$defs/on_error"},
+    }, "A pipeline: reads streams, applies steps, writes to a sink or branches.", ["from"])
+    security = _obj({
+        "protocol": {"enum": ["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]},
+        "sasl_mechanism": {"enum": ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]},
+        "username": _str("SASL user name."),
+        "password": _str("SASL password (use a template: {{ env.KAFKA_PASSWORD }})."),
+        "ssl_cafile": _str("CA certificate file."),
+        "ssl_certfile": _str("Client certificate file."),
+        "ssl_keyfile": _str("Client key file."),
+    }, "How to connect securely to Kafka.")
+    broker = {
+        "type": "object",
+        "description": "The broker: {kind: local} (embedded, the default) or {kind: kafka, ...}.",
+        "required": ["kind"],
+        "properties": {"kind": {"enum": ["local", "kafka"]}},
+        "allOf": [
+            {"if": {"properties": {"kind": {"const": "local"}}},
+             "then": _obj({"kind": {"const": "local"},
+                           "path": _str("Directory of the embedded broker (default: the state dir).")},
+                          "The embedded broker (an LMDB log).")},
+            {"if": {"properties": {"kind": {"const": "kafka"}}},
+             "then": _obj({"kind": {"const": "kafka"},
+                           "bootstrap_servers": _str("host:port[,host:port...]", minLength=1),
+                           "client_id": _str("Client id."),
+                           "security": security,
+                           "producer": {"type": "object", "description": "Extra producer settings."},
+                           "consumer": {"type": "object", "description": "Extra consumer settings."}},
+                          "Apache Kafka.", ["bootstrap_servers"])},
+        ],
+    }
+    processing = _obj({
+        "guarantee": {"enum": ["at_least_once", "exactly_once"],
+                      "description": "Processing guarantee (default at_least_once)."},
+        "commit_interval_ms": _int("How often offsets are committed (default 100)."),
+        "max_batch": _int("Most events processed per batch (default 1000)."),
+    }, "How events are processed.")
+    function = _obj({"python": _str("A Python function 'module:function', resolved next to the file.",
+                                    pattern=PYTHON_REF_PATTERN)},
+                    "A Python function usable in expressions.", ["python"])
+    microservice = _obj({
+        "kind": {"const": "microservice", "description": "`microservice`: this file is one service."},
+        "name": _str("The service name: its consumer group and the prefix of its internal topics.",
+                     pattern=NAME_PATTERN),
+        "description": _str("What the service does."),
+        "broker": {"$ref": "#/$defs/broker"},
+        "processing": {"$ref": "#/$defs/processing"},
+        "streams": {"type": "object", "description": "Streams by name.",
+                    "propertyNames": {"pattern": TOPIC_PATTERN},
+                    "additionalProperties": {"$ref": "#/$defs/stream"}},
+        "functions": {"type": "object", "description": "Python functions by name.",
+                      "propertyNames": {"pattern": IDENTIFIER_PATTERN},
+                      "additionalProperties": {"$ref": "#/$defs/function"}},
+        "pipelines": {"type": "object", "description": "Pipelines by name.",
+                      "propertyNames": {"pattern": NAME_PATTERN},
+                      "additionalProperties": {"$ref": "#/$defs/pipeline"}},
+    }, "One microservice.", ["kind", "name"])
+    business = _obj({
+        "kind": {"const": "business", "description": "`business`: this file lists services."},
+        "name": _str("The business topology's name.", pattern=NAME_PATTERN),
+        "description": _str("What the services do together."),
+        "broker": {"$ref": "#/$defs/broker"},
+        "services": {"type": "array", "minItems": 1,
+                     "items": _str("Path of a microservice file, relative to this file.", minLength=1),
+                     "description": "The microservice files."},
+        "external_streams": {"type": "array", "items": _str("A topic name.", pattern=TOPIC_PATTERN),
+                             "description": "Topics written by systems outside this business topology."},
+    }, "Several microservices sharing streams (each stream has exactly one writer).",
+        ["kind", "name", "services"])
+    return {"stream_ref": stream_ref, "expression": expression, "serde": serde,
+            "on_error": on_error, "sink": sink, "steps": steps, "stream": stream, "branch": branch,
+            "pipeline": pipeline, "broker": broker, "processing": processing, "function": function,
+            "microservice": microservice, "business": business}
+
+
+def _step_choices() -> dict:
+    ops = operators()
+    if not ops:
+        return {"type": "object", "description": "A step (no operators are registered)."}
+    return {"oneOf": [_obj({name: op.schema}, op.description or f"The {name} operator.", [name])
+                      for name, op in sorted(ops.items())]}
+
+
+def _assemble(step_items: dict) -> dict:
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": "edm topology",
+        "description": "A microservice topology (kind: microservice) or a business topology "
+                       "(kind: business).",
+        "type": "object",
+        "required": ["kind"],
+        "properties": {"kind": {"enum": ["microservice", "business"]}},
+        "if": {"properties": {"kind": {"const": "business"}}},
+        "then": {"$ref": "#/$defs/business"},
+        "else": {"$ref": "#/$defs/microservice"},
+        "$defs": _defs(step_items),
+    }
+
+
+def topology_schema() -> dict:
+    """The published topology schema (draft 2020-12), steps as a oneOf over operators."""
+    return _assemble(_step_choices())
+
+
+def validation_schema() -> dict:
+    """The schema the validator runs: steps are only required to be mappings."""
+    return _assemble({"type": "object", "description": "A step: {operator: config}."})
+
+
+def render_schema() -> str:
+    return json.dumps(topology_schema(), indent=2, sort_keys=False) + "\n"
+
+
+def write_schema(path: Path) -> None:
+    """Write the published schema to ``path`` (what `edm schema` does)."""
+    path.write_text(render_schema(), encoding="utf-8")

@@ -1,0 +1,351 @@
+"""Validation of one microservice file: structure (JSON Schema), steps, then semantics.
+
+Every check reports into the file's ``Report`` and carries on, so a user sees all problems at
+once. Checks are defensive about shapes the structural pass already reported (they skip what
+is not the expected type) so one mistake yields one diagnostic.
+
+Besides diagnostics, validation returns the service's ``Flows``: which topics each pipeline
+reads and writes, with positions; the cycle check and the business checks work on those.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from jsonschema import Draft202012Validator, SchemaError
+from jsonschema.validators import validator_for
+
+from edm_runner.operators.registry import Operator, operators
+from edm_runner.spec import structure
+from edm_runner.spec.expressions import ExpressionError, compile_expression
+from edm_runner.spec.functions import FunctionRefError, resolve_function
+from edm_runner.spec.graph import find_cycles
+from edm_runner.spec.report import Report, did_you_mean, where
+from edm_runner.spec.schema import IDENTIFIER_PATTERN, PYTHON_REF_PATTERN, validation_schema
+
+EXPRESSION_PARAMS = ("key", "value", "event")
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A use of a stream at ``path`` in the file; ``topic`` is the stream's topic."""
+
+    stream: str
+    topic: str
+    path: tuple
+
+
+@dataclass
+class Flow:
+    """What one pipeline reads (``from``, merge) and writes (sinks, repartition targets).
+    ``dead_letters`` are written too, but only on failures: they are not part of cycles."""
+
+    pipeline: str
+    reads: list[Ref] = field(default_factory=list)
+    writes: list[Ref] = field(default_factory=list)
+    dead_letters: list[Ref] = field(default_factory=list)
+
+
+@dataclass
+class Checked:
+    """The outcome of validating a microservice file."""
+
+    name: str | None
+    streams: dict[str, dict]
+    flows: list[Flow]
+    stream_dead_letters: dict[str, Ref]  # stream name -> its on_error dead letter
+
+
+def _undefined_hint(name: str, declared: Any, section: str) -> str:
+    close = did_you_mean(name, declared) if declared else ""
+    if close.startswith("did"):
+        return f"{close} (or declare '{name}' under `{section}:`)"
+    listed = f" (declared: {', '.join(sorted(declared))})" if declared else ""
+    return f"declare '{name}' under `{section}:`{listed}"
+
+
+def _placeholder(*args: Any, **kwargs: Any) -> None:
+    """Stands for a function that could not be resolved, so expressions calling it are still
+    checked without repeating the function's own error."""
+
+
+class _Context:
+    def __init__(self, data: dict, report: Report, base_dir: Path, no_code: bool):
+        self.data = data
+        self.report = report
+        self.base_dir = base_dir
+        self.no_code = no_code
+        raw_streams = data.get("streams")
+        self.streams: dict[str, dict] = {
+            name: (cfg if isinstance(cfg, dict) else {})
+            for name, cfg in (raw_streams.items() if isinstance(raw_streams, dict) else [])}
+        self.functions: dict[str, Callable] = {}
+        self.operators: dict[str, Operator] = operators()
+
+    def topic(self, stream: str) -> str:
+        topic = self.streams.get(stream, {}).get("topic", stream)
+        return topic if isinstance(topic, str) else stream
+
+    def stream_ref(self, name: Any, path: tuple) -> Ref | None:
+        """A reference to a declared stream, or None (reported) when it is not declared."""
+        if not isinstance(name, str):
+            return None
+        if name not in self.streams:
+            self.report.error(path, f"undefined stream '{name}'", _undefined_hint(name, self.streams, "streams"))
+            return None
+        return Ref(name, self.topic(name), path)
+
+    def expression(self, source: Any, path: tuple) -> None:
+        if not isinstance(source, str):
+            return
+        try:
+            compile_expression(source, params=EXPRESSION_PARAMS, functions=self.functions)
+        except ExpressionError as e:
+            pos = self.report.smap.expression(path, getattr(e, "col", None))
+            message = str(e).removeprefix("invalid expression: ")
+            self.report.add(pos, f"invalid expression in {where(path)}: {message}",
+                            getattr(e, "hint", "") or "")
+
+
+def check_microservice(data: dict, report: Report, base_dir: Path, no_code: bool) -> Checked:
+    """Validate a microservice document (a mapping with ``kind: microservice``)."""
+    schema = validation_schema()
+    structure.check({"$defs": schema["$defs"], "$ref": "#/$defs/microservice"}, data, report)
+    ctx = _Context(data, report, base_dir, no_code)
+    stream_dead_letters = _check_streams(ctx)
+    _check_functions(ctx)
+    flows = _check_pipelines(ctx)
+    _check_cycles(flows, report)
+    name = data.get("name")
+    return Checked(name if isinstance(name, str) else None, ctx.streams, flows, stream_dead_letters)
+
+
+def _check_streams(ctx: _Context) -> dict[str, Ref]:
+    by_topic: dict[str, tuple[str, int]] = {}
+    dead_letters: dict[str, Ref] = {}
+    for name, cfg in ctx.streams.items():
+        path = ("streams", name)
+        partitions = cfg.get("partitions", 1)
+        topic = ctx.topic(name)
+        if isinstance(partitions, int) and not isinstance(partitions, bool):
+            if topic in by_topic and by_topic[topic][1] != partitions:
+                other, count = by_topic[topic]
+                ctx.report.error(path + ("partitions",) if "partitions" in cfg else path,
+                                 f"streams '{other}' and '{name}' share topic '{topic}' but declare "
+                                 f"different partitions ({count} and {partitions})",
+                                 "a topic has one partition count: make them equal or use another topic",
+                                 key="partitions" not in cfg)
+            by_topic.setdefault(topic, (name, partitions))
+        for part in ("key", "value"):
+            serde = cfg.get(part)
+            if isinstance(serde, dict) and isinstance(serde.get("schema"), str):
+                _check_event_schema(ctx, serde["schema"], path + (part, "schema"))
+        on_error = cfg.get("on_error")
+        if isinstance(on_error, dict) and "dead_letter" in on_error:
+            ref = ctx.stream_ref(on_error["dead_letter"], path + ("on_error", "dead_letter"))
+            if ref:
+                dead_letters[name] = ref
+    return dead_letters
+
+
+def _check_event_schema(ctx: _Context, relative: str, path: tuple) -> None:
+    file = ctx.base_dir / relative
+    if not file.is_file():
+        ctx.report.error(path, f"event schema file not found: {relative}",
+                         f"the path is relative to the topology file's directory ({ctx.base_dir.resolve()})")
+        return
+    try:
+        document = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        ctx.report.error(path, f"cannot read event schema {relative}: {e}",
+                         "an event schema is a JSON file holding a JSON Schema")
+        return
+    try:
+        if not isinstance(document, (dict, bool)):
+            raise SchemaError(f"a JSON Schema is an object or a boolean, not {type(document).__name__}")
+        validator_for(document, default=Draft202012Validator).check_schema(document)
+    except SchemaError as e:
+        ctx.report.error(path, f"event schema {relative} is not a valid JSON Schema: {e.message} "
+                               f"(at {e.json_path})",
+                         "see https://json-schema.org/understanding-json-schema/")
+
+
+def _check_functions(ctx: _Context) -> None:
+    functions = ctx.data.get("functions")
+    if not isinstance(functions, dict):
+        return
+    for name, cfg in functions.items():
+        if not re.fullmatch(IDENTIFIER_PATTERN, name):
+            continue  # the structural check reported the name
+        ref = cfg.get("python") if isinstance(cfg, dict) else None
+        ctx.functions[name] = _placeholder
+        if not isinstance(ref, str) or not re.fullmatch(PYTHON_REF_PATTERN, ref):
+            continue  # the structural check reported it
+        path = ("functions", name, "python")
+        if ctx.no_code:
+            ctx.report.error(path, f"--no-code refuses Python functions; function '{name}' "
+                                   f"references '{ref}'",
+                             "rewrite the logic as an expression, or run without --no-code",
+                             code="no-code")
+            continue
+        try:
+            ctx.functions[name] = resolve_function(ref, ctx.base_dir)
+        except FunctionRefError as e:
+            ctx.report.error(path, f"function '{name}': {e}",
+                             "the module is looked up next to the topology file, then on the Python path")
+
+
+def _check_pipelines(ctx: _Context) -> list[Flow]:
+    pipelines = ctx.data.get("pipelines")
+    flows: list[Flow] = []
+    for name, cfg in (pipelines.items() if isinstance(pipelines, dict) else []):
+        if not isinstance(cfg, dict):
+            continue
+        path = ("pipelines", name)
+        flow = Flow(name)
+        sources = cfg.get("from")
+        for i, source in enumerate(sources if isinstance(sources, list) else [sources]):
+            ref = ctx.stream_ref(source, path + ("from", i) if isinstance(sources, list) else path + ("from",))
+            if ref:
+                flow.reads.append(ref)
+        _check_steps(ctx, cfg.get("steps"), path + ("steps",), flow)
+        if "to" in cfg:
+            _check_sink(ctx, cfg["to"], path + ("to",), flow)
+        if isinstance(cfg.get("branch"), list):
+            if "to" in cfg:
+                ctx.report.error(path + ("branch",), "a pipeline has either `to` or `branch`, not both",
+                                 "move the `to` into the branches, or remove `branch`", key=True)
+            _check_branches(ctx, cfg["branch"], path + ("branch",), flow)
+        on_error = cfg.get("on_error")
+        if isinstance(on_error, dict) and "dead_letter" in on_error:
+            ref = ctx.stream_ref(on_error["dead_letter"], path + ("on_error", "dead_letter"))
+            if ref:
+                flow.dead_letters.append(ref)
+        flows.append(flow)
+    return flows
+
+
+def _check_sink(ctx: _Context, sink: Any, path: tuple, flow: Flow) -> None:
+    if isinstance(sink, str):
+        ref = ctx.stream_ref(sink, path)
+        if ref:
+            flow.writes.append(ref)
+    elif isinstance(sink, dict):
+        ctx.expression(sink.get("select"), path + ("select",))
+        streams = sink.get("streams")
+        for i, stream in enumerate(streams if isinstance(streams, list) else []):
+            ref = ctx.stream_ref(stream, path + ("streams", i))
+            if ref:
+                flow.writes.append(ref)
+
+
+def _check_branches(ctx: _Context, branches: list, path: tuple, flow: Flow) -> None:
+    otherwise_seen = False
+    several = sum(1 for b in branches if isinstance(b, dict) and "otherwise" in b) > 1
+    for i, branch in enumerate(branches):
+        if not isinstance(branch, dict):
+            continue
+        bpath = path + (i,)
+        has_when, has_otherwise = "when" in branch, "otherwise" in branch
+        if has_when and has_otherwise:
+            ctx.report.error(bpath + ("otherwise",), "a branch has either `when` or `otherwise: true`, not both",
+                             "remove one of them", key=True)
+        elif not has_when and not has_otherwise:
+            ctx.report.error(bpath, "a branch needs `when: <expression>` or `otherwise: true`",
+                             "add `when:` with the condition events of this branch satisfy")
+        if has_otherwise:
+            if otherwise_seen:
+                ctx.report.error(bpath + ("otherwise",), "only one branch may be `otherwise`",
+                                 "merge the two otherwise branches", key=True)
+            elif i != len(branches) - 1 and not several:
+                ctx.report.error(bpath + ("otherwise",), "the `otherwise` branch must be the last one",
+                                 "branches are tried in order; move it to the end", key=True)
+            otherwise_seen = True
+        ctx.expression(branch.get("when"), bpath + ("when",))
+        _check_steps(ctx, branch.get("steps"), bpath + ("steps",), flow)
+        if "to" in branch:
+            _check_sink(ctx, branch["to"], bpath + ("to",), flow)
+
+
+def _check_steps(ctx: _Context, steps: Any, path: tuple, flow: Flow) -> None:
+    if not isinstance(steps, list):
+        return
+    for i, step in enumerate(steps):
+        spath = path + (i,)
+        if not isinstance(step, dict):
+            continue  # the structural check reported it
+        if len(step) != 1:
+            if step:
+                ctx.report.error(spath, f"a step has exactly one operator, found {len(step)}: "
+                                        f"{', '.join(step)}",
+                                 "write each operator as its own list item (`- filter: ...`)")
+            else:
+                ctx.report.error(spath, "empty step", "a step is `- operator: config`, e.g. `- filter: value.ok`")
+            continue
+        (op_name, config), = step.items()
+        op = ctx.operators.get(op_name)
+        opath = spath + (op_name,)
+        if op is None:
+            hint = did_you_mean(op_name, ctx.operators)
+            ctx.report.error(opath, f"unknown operator '{op_name}'" + (f"; {hint}" if hint.startswith("did") else ""),
+                             "" if hint.startswith("did") else hint, key=True)
+            continue
+        if op_name == "repartition" and isinstance(config, dict) \
+                and "partitions" not in config and "to" not in config:
+            ctx.report.error(opath, "repartition needs a partition count or a target stream",
+                             "add `partitions: N` (with `name:`), or `to: <stream>` to repartition "
+                             "through a declared stream", key=True)
+            continue
+        if not structure.check(op.schema, config, ctx.report, opath):
+            continue
+        for subpath, source in op.expressions(config):
+            ctx.expression(source, opath + tuple(subpath))
+        _step_streams(ctx, op_name, config, opath, flow)
+
+
+def _step_streams(ctx: _Context, op_name: str, config: Any, path: tuple, flow: Flow) -> None:
+    """Names inside step configs: merge reads streams; repartition writes its `to` stream and
+    may name a partitioner function. Called only for schema-valid configs."""
+    if op_name == "merge":
+        names = config if isinstance(config, list) else [config]
+        for i, stream in enumerate(names):
+            ref = ctx.stream_ref(stream, path + (i,) if isinstance(config, list) else path)
+            if ref:
+                flow.reads.append(ref)
+    elif op_name == "repartition":
+        if "to" in config:
+            ref = ctx.stream_ref(config["to"], path + ("to",))
+            if ref:
+                flow.writes.append(ref)
+        partitioner = config.get("partitioner")
+        if isinstance(partitioner, dict) and partitioner["function"] not in ctx.functions:
+            name = partitioner["function"]
+            ctx.report.error(path + ("partitioner", "function"), f"undefined function '{name}'",
+                             _undefined_hint(name, ctx.functions, "functions"))
+
+
+def _check_cycles(flows: list[Flow], report: Report) -> None:
+    readers: dict[str, list[int]] = {}
+    for i, flow in enumerate(flows):
+        for ref in flow.reads:
+            readers.setdefault(ref.topic, []).append(i)
+    edges: dict[int, dict[int, Ref]] = {i: {} for i in range(len(flows))}
+    for i, flow in enumerate(flows):
+        for ref in flow.writes:
+            for j in readers.get(ref.topic, []):
+                edges[i].setdefault(j, ref)
+    for cycle in find_cycles(len(flows), {i: list(e) for i, e in edges.items()}):
+        first = edges[cycle[0]][cycle[1]]
+        if len(cycle) == 2:
+            message = (f"pipeline '{flows[cycle[0]].pipeline}' would consume its own output: "
+                       f"it writes stream '{first.stream}' and reads it")
+        else:
+            steps = [f"'{flows[a].pipeline}' writes '{edges[a][b].stream}', read by '{flows[b].pipeline}'"
+                     for a, b in zip(cycle, cycle[1:])]
+            message = ("pipelines form a cycle, so each would consume its own output: "
+                       + "; ".join(steps))
+        report.error(first.path, message,
+                     "a pipeline must not read, directly or through other pipelines, a stream it writes")

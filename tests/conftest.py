@@ -1,0 +1,52 @@
+"""Shared pytest fixtures. Each section belongs to one area; append new sections, keep them apart."""
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import pytest
+
+from edm_runner import devkafka
+
+
+# --- Kafka --------------------------------------------------------------------------------------
+# `kafka_bootstrap`: a real Apache Kafka broker for the whole session. EDM_KAFKA_BOOTSTRAP=host:port
+# uses an existing broker; otherwise a dev broker (edm_runner.devkafka) is started in a temp dir
+# and stopped by PID at the end. Without Java/Maven the Kafka tests skip, except in CI (CI=true)
+# where they fail. Mark Kafka tests with `@pytest.mark.kafka`.
+
+@pytest.fixture(scope="session")
+def kafka_tools() -> None:
+    """Skips (fails in CI) when a dev broker cannot run here: Java or Maven missing."""
+    missing = devkafka.missing_tools()
+    if not missing:
+        return
+    message = (f"Kafka tests need {' and '.join(missing)}: install a JDK (17+) and Maven, "
+               "or set EDM_KAFKA_BOOTSTRAP=host:port to use a running broker")
+    if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def kafka_dev(request: pytest.FixtureRequest,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[devkafka.KafkaInfo | None]:
+    """The session's dev broker, or None when EDM_KAFKA_BOOTSTRAP names an external one."""
+    if os.environ.get("EDM_KAFKA_BOOTSTRAP"):
+        yield None
+        return
+    request.getfixturevalue("kafka_tools")
+    workdir = tmp_path_factory.mktemp("kafka")
+    info = devkafka.start(workdir)
+    try:
+        yield info
+    finally:
+        devkafka.stop(workdir)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_dev: devkafka.KafkaInfo | None) -> str:
+    """``host:port`` of a real Kafka broker."""
+    return kafka_dev.bootstrap if kafka_dev is not None else os.environ["EDM_KAFKA_BOOTSTRAP"]
+
+# --- end Kafka ----------------------------------------------------------------------------------

@@ -1,0 +1,85 @@
+"""The dev broker (edm_runner.devkafka) and a producer riding out a broker restart."""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from edm_runner import devkafka
+from edm_runner.brokers.base import OutRecord, Record, TopicSpec
+from edm_runner.brokers.kafka import KafkaBroker
+from test_kafka_broker import read_until, unique
+
+
+@pytest.mark.kafka
+def test_start_is_idempotent_and_status_reports_the_running_broker(
+        kafka_dev: devkafka.KafkaInfo | None) -> None:
+    if kafka_dev is None:
+        pytest.skip("EDM_KAFKA_BOOTSTRAP names an external broker; no dev broker to inspect")
+    again = devkafka.start(kafka_dev.workdir)
+    assert again == kafka_dev
+    assert devkafka.status(kafka_dev.workdir) == kafka_dev
+    assert kafka_dev.log_file.stat().st_size > 0  # the broker logs to its file, not stdout
+    assert "Kafka Server started" in kafka_dev.log_file.read_text()
+
+
+def test_status_and_stop_of_an_empty_workdir(tmp_path: Path) -> None:
+    assert devkafka.status(tmp_path) is None
+    assert devkafka.stop(tmp_path) is False
+
+
+@pytest.mark.kafka
+def test_a_broker_that_dies_at_startup_is_reported_with_its_log(
+        tmp_path: Path, kafka_tools: None) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "meta.properties").write_text("version=1\nnode.id=99\ncluster.id=broken\n")
+    with pytest.raises(devkafka.DevKafkaError) as caught:
+        devkafka.start(tmp_path, timeout_s=60)
+    message = str(caught.value)
+    assert "exited during startup" in message
+    assert "--- " + str(tmp_path) in message  # the log tail follows
+    assert devkafka.status(tmp_path) is None
+
+
+@pytest.mark.kafka
+def test_records_sent_while_the_broker_restarts_are_delivered_once(
+        tmp_path: Path, kafka_tools: None) -> None:
+    """Stop the broker mid-stream, keep sending, bring it back: flush succeeds late, and the
+    topic holds every record exactly once, in order (idempotent producer, acks=all)."""
+    info = devkafka.start(tmp_path)
+    topic = unique("restart")
+
+    async def scenario() -> list[Record]:
+        broker = KafkaBroker({"bootstrap_servers": info.bootstrap})
+        await broker.start()
+        await broker.ensure_topics([TopicSpec(topic, 1)])
+        producer = broker.producer()
+        await producer.start()
+        for i in range(100):
+            producer.send(OutRecord(topic, 0, b"k", b"%d" % i, i))
+        await producer.flush()
+
+        await asyncio.to_thread(devkafka.stop, tmp_path)
+        for i in range(100, 200):
+            producer.send(OutRecord(topic, 0, b"k", b"%d" % i, i))
+        flushing = asyncio.ensure_future(producer.flush())
+        restarted = await asyncio.to_thread(devkafka.start, tmp_path)
+        assert restarted.bootstrap == info.bootstrap  # same address: clients reconnect
+        await flushing
+        await producer.close()
+
+        consumer = broker.consumer(None, [topic])
+        await consumer.start()
+        records = await read_until(consumer, 200)
+        extra = await consumer.getmany(timeout_ms=500, max_records=10)
+        await consumer.close()
+        await broker.close()
+        assert extra == {}
+        return records
+
+    try:
+        records = asyncio.run(scenario())
+    finally:
+        devkafka.stop(tmp_path)
+    assert [r.value for r in records] == [b"%d" % i for i in range(200)]

@@ -1,0 +1,94 @@
+"""Serdes: formats, None for null keys and tombstones, schema validation, clear errors."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edm_runner.serde import SerdeError, make_serde
+from edm_runner.spec.model import SerdeSpec
+
+
+def test_json_is_compact_keeps_order_and_unicode() -> None:
+    s = make_serde(SerdeSpec("json"))
+    data = s.encode({"b": 1, "a": [1.5, None, True, "é"]})
+    assert data == '{"b":1,"a":[1.5,null,true,"é"]}'.encode()
+    assert s.decode(data) == {"b": 1, "a": [1.5, None, True, "é"]}
+    assert s.decode(b' {"x": 1}\n') == {"x": 1}
+    assert s.encode("text") == b'"text"' and s.decode(b"3") == 3
+
+
+@pytest.mark.parametrize("fmt", ["json", "string", "bytes"])
+def test_none_stays_none_for_null_keys_and_tombstones(fmt: str) -> None:
+    s = make_serde(SerdeSpec(fmt))
+    assert s.encode(None) is None and s.decode(None) is None
+
+
+def test_json_null_document_decodes_to_none() -> None:
+    assert make_serde(SerdeSpec("json")).decode(b"null") is None
+
+
+def test_string_and_bytes() -> None:
+    s = make_serde(SerdeSpec("string"))
+    assert s.encode("héllo") == "héllo".encode() and s.decode("héllo".encode()) == "héllo"
+    assert s.encode(42) == b"42"
+    b = make_serde(SerdeSpec("bytes"))
+    assert b.encode(b"\x00\xff") == b"\x00\xff" and b.decode(b"\x00\xff") == b"\x00\xff"
+
+
+@pytest.mark.parametrize("fmt,obj,needle", [
+    ("json", float("nan"), "not JSON compliant"),
+    ("json", {"k": object()}, "not JSON serializable"),
+    ("string", {"a": 1}, "use format json"),
+    ("bytes", "text", "format bytes expects bytes"),
+])
+def test_encode_errors_are_serde_errors(fmt: str, obj: object, needle: str) -> None:
+    with pytest.raises(SerdeError, match=needle):
+        make_serde(SerdeSpec(fmt)).encode(obj)
+
+
+def test_cyclic_value_is_a_serde_error() -> None:
+    cyclic: list = []
+    cyclic.append(cyclic)
+    with pytest.raises(SerdeError, match="cyclic"):
+        make_serde(SerdeSpec("json")).encode(cyclic)
+
+
+@pytest.mark.parametrize("data,needle", [(b"{", "invalid JSON"), (b"{}x", "Extra data"),
+                                         (b"\xff", "invalid UTF-8")])
+def test_decode_errors_are_serde_errors(data: bytes, needle: str) -> None:
+    with pytest.raises(SerdeError, match=needle):
+        make_serde(SerdeSpec("json")).decode(data)
+    if needle == "invalid UTF-8":
+        with pytest.raises(SerdeError, match=needle):
+            make_serde(SerdeSpec("string")).decode(data)
+
+
+def _schema(tmp_path: Path) -> Path:
+    path = tmp_path / "order.json"
+    path.write_text(json.dumps({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object", "required": ["id", "total"],
+        "properties": {"id": {"type": "string"}, "total": {"type": "number", "minimum": 0}}}))
+    return path
+
+
+def test_schema_validates_on_decode_and_encode(tmp_path: Path) -> None:
+    s = make_serde(SerdeSpec("json", _schema(tmp_path)))
+    assert s.decode(b'{"id":"o1","total":3}') == {"id": "o1", "total": 3}
+    assert s.encode({"id": "o1", "total": 3}) == b'{"id":"o1","total":3}'
+    assert s.decode(None) is None  # tombstones are not validated
+    with pytest.raises(SerdeError, match=r"order.json at total: -1 is less than the minimum of 0"):
+        s.decode(b'{"id":"o1","total":-1}')
+    with pytest.raises(SerdeError, match=r"order.json at \(root\): 'total' is a required property"):
+        s.encode({"id": "o2"})
+
+
+def test_unreadable_or_invalid_schema_files(tmp_path: Path) -> None:
+    with pytest.raises(SerdeError, match="cannot read event schema"):
+        make_serde(SerdeSpec("json", tmp_path / "missing.json"))
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"type": 12}')
+    with pytest.raises(SerdeError, match="not a valid JSON Schema"):
+        make_serde(SerdeSpec("json", bad))
