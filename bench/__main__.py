@@ -13,6 +13,7 @@ from bench import Skipped
 SCENARIOS: dict[str, str] = {
     "expressions": "bench.expressions",
     "local-stateless": "bench.local_stateless",
+    "kafka-stateless": "bench.kafka_stateless",
 }
 
 

@@ -344,15 +344,19 @@ def produce(
 
 
 def _printable(data: bytes | None, serde) -> object:
+    """A JSON-printable form: the decoded value, else UTF-8 text, else {"base64": ...}."""
     if data is None:
         return None
     try:
-        return serde.decode(data)
-    except Exception:
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError:
-            return {"base64": base64.b64encode(data).decode()}
+        decoded = serde.decode(data)
+    except EdmError:
+        decoded = data
+    if not isinstance(decoded, bytes):
+        return decoded
+    try:
+        return decoded.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(decoded).decode()}
 
 
 @app.command()

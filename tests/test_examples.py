@@ -28,7 +28,7 @@ def test_quickstart_keeps_large_orders_and_dead_letters_invalid_ones(tmp_path: P
     common = ["-t", topology, "--state-dir", tmp_path]
     ok("produce", "orders", "-f", TOPOLOGIES / "quickstart" / "orders.jsonl", *common)
     run = ok("run", topology, "--until-idle", "--state-dir", tmp_path)
-    assert "large order o-2 from bob: 250" in run.stderr  # the log step shows results
+    assert "large order o-2 from BOB: 250" in run.stderr  # the log step shows results
     out = ok("consume", "large-orders", "--from-beginning", *common).lines()
     assert sorted((e["key"], e["value"]["customer"], e["value"]["total"]) for e in out) == [
         ("o-2", "BOB", 250), ("o-3", "CAROL", 120), ("o-5", "ERIN", 999.5)]
