@@ -142,6 +142,35 @@ class ProcessingSpec:
     pos: Pos = NOWHERE
 
 
+StoreType = Literal["key_value", "window", "session"]
+
+
+@dataclass
+class StoreSpec:
+    """A declared state store (``stores:``). Its changelog topic is
+    ``<service>-<name>-changelog`` (compacted), on unless ``changelog`` is False.
+    ``standby_replicas`` is used by the scale-out issue."""
+
+    name: str
+    type: StoreType = "key_value"
+    changelog: bool = True
+    retention_ms: int | None = None
+    standby_replicas: int = 0
+    pos: Pos = NOWHERE
+
+
+@dataclass
+class TableSpec:
+    """A table materialized from an entity stream (``tables:``, or ``global_tables:`` with
+    ``is_global``): latest value per key, a null value deletes. Its key-value store has the
+    table's name and no changelog: the source topic is its changelog (restored from it)."""
+
+    name: str
+    source: str
+    is_global: bool = False
+    pos: Pos = NOWHERE
+
+
 @dataclass
 class Topology:
     """One microservice. ``name`` is its consumer group and the prefix of internal topics."""
@@ -154,6 +183,9 @@ class Topology:
     streams: dict[str, StreamSpec] = field(default_factory=dict)
     functions: dict[str, FunctionSpec] = field(default_factory=dict)
     pipelines: dict[str, PipelineSpec] = field(default_factory=dict)
+    stores: dict[str, StoreSpec] = field(default_factory=dict)
+    tables: dict[str, TableSpec] = field(default_factory=dict)
+    global_tables: dict[str, TableSpec] = field(default_factory=dict)
     kind: Literal["microservice"] = "microservice"
 
     @property
