@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, AsyncIterator, Callable, Optional
@@ -211,6 +212,9 @@ def run(
     broker: BrokerOption = None,
     state_dir: StateDirOption = None,
     no_code: NoCodeOption = False,
+    no_create_topics: Annotated[bool, typer.Option(
+        "--no-create-topics",
+        help="Do not create topics (they are managed elsewhere): missing ones are an error listing them.")] = False,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
 ) -> None:
     """Run a microservice topology, or every microservice of a business topology."""
@@ -232,7 +236,8 @@ def run(
             async with _connected(connection):
                 log.info("running %s on %s", ", ".join(s.name for s in services), connection.describe())
                 return await run_services(services, connection, until_idle=until_idle, stop=stop,
-                                          on_progress=status)
+                                          on_progress=status, create_topics=not no_create_topics,
+                                          state_dir=_state_dir(file, state_dir))
 
         try:
             stats = asyncio.run(go())
@@ -473,8 +478,7 @@ def kafka_stop(workdir: KafkaDirOption = Path(".edm/kafka")) -> None:
     """Stop the dev broker started from this directory."""
     def body() -> int:
         from edm_runner import devkafka
-        devkafka.stop(workdir)
-        typer.echo("kafka stopped", err=True)
+        typer.echo("kafka stopped" if devkafka.stop(workdir) else "kafka not running", err=True)
         return 0
     _run_guarded(body)
 
@@ -492,3 +496,261 @@ def kafka_status(workdir: KafkaDirOption = Path(".edm/kafka")) -> None:
         typer.echo(info.bootstrap)
         return 0
     _run_guarded(body)
+
+
+# ---------------------------------------------------------------- reset, state
+
+def _services(topology, service: str | None = None) -> list:
+    """The microservices of ``topology`` (one, or every one of a business topology), or the
+    one named ``service``."""
+    from edm_runner.spec.model import BusinessTopology
+    services = topology.services if isinstance(topology, BusinessTopology) else [topology]
+    if service is None:
+        return services
+    for candidate in services:
+        if candidate.name == service:
+            return [candidate]
+    raise EdmError(f"{topology.source_file} has no microservice {service!r}; its microservices: "
+                   f"{', '.join(s.name for s in services)}")
+
+
+def _parse_datetime(text: str) -> int:
+    """Milliseconds since the epoch of an ISO 8601 date-time; without an offset it is UTC."""
+    from datetime import datetime, timezone
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise EdmError(f"--to-datetime {text!r} is not an ISO 8601 date-time; write e.g. "
+                       "2026-11-23T10:00:00Z or 2026-11-23T11:00:00+01:00") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return int(moment.timestamp() * 1000)
+
+
+@dataclass
+class _ResetPlan:
+    """What ``edm reset`` does to one service. ``offsets``: input partition -> (committed
+    offset or None, new offset). ``topics``: existing internal topics to delete. ``state``:
+    the service's local state directory when it exists."""
+
+    service: str
+    broker: str
+    offsets: dict = field(default_factory=dict)
+    topics: list[str] = field(default_factory=list)
+    state: Path | None = None
+    state_dir: Path = Path()
+
+    def format(self) -> str:
+        lines = [f"reset plan for service {self.service} on {self.broker} (edm reset stops nothing: "
+                 "every instance of the service must be stopped)"]
+        lines.append(f"  group {self.service}: input offsets")
+        for tp, (old, new) in sorted(self.offsets.items()):
+            lines.append(f"    {tp.topic}[{tp.partition}]: {'none' if old is None else old} -> {new}")
+        if not self.offsets:
+            lines.append("    none (no input topic exists yet)")
+        lines.append("  internal topics to delete:")
+        lines += [f"    {t}" for t in self.topics] or ["    none"]
+        lines.append("  local state to wipe:")
+        lines.append(f"    {self.state}" if self.state is not None else "    none")
+        return "\n".join(lines)
+
+
+def _reset_topics(topology) -> tuple[set[str], set[str]]:
+    """(inputs, internal) of a service: the declared topics its group consumes (sources and
+    table sources; global tables are read without the group), and the topics the runtime
+    creates beyond the declared streams (repartition topics, store changelogs)."""
+    from edm_runner.runtime.processing import CompiledService
+    from edm_runner.runtime.service import topic_specs
+    from edm_runner.runtime.stats import ServiceStats
+    compiled = CompiledService(topology, ServiceStats())
+    declared = {s.topic for s in topology.streams.values()}
+    internal = {spec.name for spec in topic_specs(topology, compiled)} - declared
+    tables = {topology.streams[t.source].topic for t in topology.tables.values()}
+    return (set(compiled.dag.source_topics()) | tables) - internal, internal
+
+
+async def _reset_plan(topology, broker, state_dir: Path, since_ms: int | None) -> _ResetPlan:
+    from edm_runner.brokers.base import TopicPartition
+    from edm_runner.state.task import service_dir
+    group = topology.name
+    if await broker.group_alive(group):
+        raise EdmError(f"an instance of service {group!r} is running on {broker.describe()}; edm reset "
+                       "stops nothing itself: stop every instance, then run edm reset again")
+    inputs, internal = _reset_topics(topology)
+    existing = await broker.list_topics()
+    committed = await broker.group_offsets(group, sorted(inputs))
+    tps = sorted(TopicPartition(t, p) for t in inputs if t in existing for p in range(existing[t]))
+    targets = (await broker.beginning_offsets(tps) if since_ms is None
+               else await broker.offsets_for_times(tps, since_ms))
+    local = service_dir(state_dir, group)
+    return _ResetPlan(group, broker.describe(), {tp: (committed.get(tp), targets[tp]) for tp in tps},
+                      sorted(internal & set(existing)), local if local.exists() else None, state_dir)
+
+
+async def _apply_reset(plan: _ResetPlan, broker) -> None:
+    """Offsets first, then topics, then local state; each step is idempotent, so a reset
+    interrupted half-way is completed by running it again."""
+    from edm_runner.state.offline import wipe
+    await broker.set_group_offsets(plan.service, {tp: new for tp, (_, new) in plan.offsets.items()})
+    await broker.delete_topics(plan.topics)
+    if plan.state is not None:
+        wipe(plan.state_dir, plan.service)
+
+
+@app.command()
+def reset(
+    file: Path,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan, change nothing.")] = False,
+    to_earliest: Annotated[bool, typer.Option(
+        "--to-earliest", help="Reprocess every input from its first event (the default).")] = False,
+    to_datetime: Annotated[Optional[str], typer.Option(
+        "--to-datetime", metavar="T",
+        help="Reprocess inputs from the first event at or after T (ISO 8601; UTC without an offset).")] = None,
+    service: Annotated[Optional[str], typer.Option(
+        "--service", help="Only this microservice of a business topology.")] = None,
+    broker: BrokerOption = None,
+    state_dir: StateDirOption = None,
+) -> None:
+    """Make a service reprocess its inputs from scratch: reset its group's input offsets, delete
+    its internal topics (changelogs, repartitions) and wipe its local state.
+
+    It stops nothing itself: stop every instance of the service first (it refuses while one runs).
+    The plan is printed before anything changes."""
+    def body() -> int:
+        if to_earliest and to_datetime is not None:
+            raise _fail("--to-earliest and --to-datetime exclude each other; give one", 2)
+        since = _parse_datetime(to_datetime) if to_datetime is not None else None
+        topology = _load(file)
+        services = _services(topology, service)
+        connection = _open_broker(topology, file, broker, state_dir)
+        local_state = _state_dir(file, state_dir)
+
+        async def go() -> None:
+            async with _connected(connection):
+                plans = [await _reset_plan(s, connection, local_state, since) for s in services]
+                for plan in plans:
+                    typer.echo(plan.format())
+                if dry_run:
+                    typer.echo("dry run: nothing changed")
+                    return
+                for plan in plans:
+                    await _apply_reset(plan, connection)
+                    typer.echo(f"reset {plan.service}: done")
+
+        asyncio.run(go())
+        return 0
+    _run_guarded(body)
+
+
+state_app = typer.Typer(no_args_is_help=True,
+                        help="Read a service's local state stores offline (no broker, no runner needed).")
+app.add_typer(state_app, name="state")
+
+ServiceOption = Annotated[Optional[str], typer.Option(
+    "--service", help="The microservice of a business topology whose stores to read.")]
+
+
+@dataclass
+class _StateTarget:
+    file: Path
+    service: Optional[str]
+    state_dir: Optional[Path]
+
+
+@state_app.callback()
+def state(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="The topology file.")],
+    service: ServiceOption = None,
+    state_dir: StateDirOption = None,
+) -> None:
+    """edm state FILE get STORE KEY | scan STORE [--prefix P] | stats  (JSON output)."""
+    ctx.obj = _StateTarget(file, service, state_dir)
+
+
+def _state_call(ctx: typer.Context, state_dir: Path | None, store: str | None,
+                action: Callable[[object], None]) -> None:
+    """Opens the service's local state read-only and runs ``action(state)``; a ``store`` must
+    be declared by the topology (or exist in the state: implicit join stores)."""
+    target: _StateTarget = ctx.obj
+
+    def body() -> int:
+        from edm_runner.state.offline import open_readonly
+        topology = _load(target.file)
+        services = _services(topology, target.service)
+        if len(services) > 1:
+            raise EdmError(f"{target.file} has several microservices "
+                           f"({', '.join(s.name for s in services)}); choose one with --service")
+        service = services[0]
+        with open_readonly(_state_dir(target.file, state_dir or target.state_dir), service.name) as state:
+            declared = sorted({*service.stores, *service.tables, *service.global_tables, *state.store_names()})
+            if store is not None and store not in declared:
+                raise EdmError(f"service {service.name!r} has no store {store!r}; its stores: "
+                               f"{', '.join(declared) or 'none'}")
+            action(state)
+        return 0
+    _run_guarded(body)
+
+
+def _echo_entries(found) -> None:
+    """JSON lines ``{"task", "key", "value"}``, plus ``start`` (windows) / ``end`` (sessions)."""
+    for task, entry in found:
+        line = {"task": task, "key": entry.key, "value": entry.value}
+        if entry.start is not None:
+            line["start"] = entry.start
+        if entry.end is not None:
+            line["end"] = entry.end
+        typer.echo(json.dumps(line, ensure_ascii=False))
+
+
+@state_app.command("get")
+def state_get(
+    ctx: typer.Context,
+    store: str,
+    key: str,
+    as_json: Annotated[bool, typer.Option("--json", help="KEY is JSON (e.g. 42 or [\"a\",1]), not a string.")] = False,
+    state_dir: StateDirOption = None,
+) -> None:
+    """Print KEY's entry in STORE (a window or session store prints every window of the key)."""
+    def action(state) -> None:
+        wanted: object = key
+        if as_json:
+            try:
+                wanted = json.loads(key)
+            except json.JSONDecodeError as error:
+                raise EdmError(f"--json: KEY {key!r} is not JSON ({error.msg}); quote a string "
+                               "key as '\"u-1\"'") from None
+        found = state.get(store, wanted)
+        if not found:
+            raise EdmError(f"no key {wanted!r} in store {store!r} of service {state.service!r}; "
+                           f"`edm state FILE scan {store}` lists its keys"
+                           + ("" if as_json else " (--json reads KEY as JSON, e.g. a number)"))
+        _echo_entries(found)
+    _state_call(ctx, state_dir, store, action)
+
+
+@state_app.command("scan")
+def state_scan(
+    ctx: typer.Context,
+    store: str,
+    prefix: Annotated[str, typer.Option("--prefix", help="Only keys whose text starts with P.")] = "",
+    state_dir: StateDirOption = None,
+) -> None:
+    """Print STORE's entries as JSON lines (task, key, value; start/end for windows and sessions)."""
+    _state_call(ctx, state_dir, store, lambda state: _echo_entries(state.scan(store, prefix)))
+
+
+@state_app.command("stats")
+def state_stats(ctx: typer.Context, state_dir: StateDirOption = None) -> None:
+    """Print per task: its stores' entry counts and the checkpoint (changelog and input offsets)."""
+    def action(state) -> None:
+        from edm_runner.state.task import tp_key
+        tasks = [{"task": t.task, "path": str(t.path), "size_bytes": t.size_bytes,
+                  "checkpoint": {"changelogs": {tp_key(tp): o for tp, o in t.checkpoint.changelogs.items()},
+                                 "inputs": {tp_key(tp): o for tp, o in t.checkpoint.inputs.items()}},
+                  "stores": [{"store": s.name, "type": s.type, "params": s.params, "entries": s.entries}
+                             for s in t.stores]}
+                 for t in state.stats()]
+        typer.echo(json.dumps({"service": state.service, "path": str(state.root), "tasks": tasks},
+                              indent=2, ensure_ascii=False))
+    _state_call(ctx, state_dir, None, action)

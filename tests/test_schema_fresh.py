@@ -43,7 +43,7 @@ def test_schema_accepts_the_examples_and_rejects_unknown_keys_and_operators() ->
         errors = [e.message for e in validator.iter_errors(yaml.safe_load(path.read_text()))]
         assert errors == [], f"{path}: {errors}"
     base = {"kind": "microservice", "name": "svc", "streams": {"a": {}, "b": {}}}
-    assert not validator.is_valid({**base, "tables": {}})
+    assert not validator.is_valid({**base, "tabels": {}})
     assert not validator.is_valid({**base, "pipelines": {"p": {"from": "a", "steps": [{"fliter": "x"}]}}})
     assert validator.is_valid({**base, "pipelines": {"p": {"from": "a", "steps": [{"filter": "x"}], "to": "b"}}})
     assert validator.is_valid({"kind": "business", "name": "b", "services": ["a.yaml"]})

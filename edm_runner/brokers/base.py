@@ -123,3 +123,31 @@ class Broker(Protocol):
         ...
 
     def producer(self) -> Producer: ...
+
+    # -- administration (``edm reset``): offsets and topics outside of a running group ---------
+
+    async def beginning_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        """First offset still stored per partition (its end offset when empty)."""
+        ...
+
+    async def offsets_for_times(self, tps: Sequence[TopicPartition],
+                                timestamp_ms: int) -> dict[TopicPartition, int]:
+        """Per partition, the first offset whose record timestamp is >= ``timestamp_ms``;
+        the end offset when there is none (as Kafka's ListOffsets)."""
+        ...
+
+    async def group_offsets(self, group: str, topics: Sequence[str]) -> dict[TopicPartition, int]:
+        """``group``'s committed offsets on ``topics`` (partitions without one are absent)."""
+        ...
+
+    async def group_alive(self, group: str) -> bool:
+        """True when a member of ``group`` is running (its offsets must not be changed)."""
+        ...
+
+    async def set_group_offsets(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
+        """Commit ``offsets`` for ``group`` from outside; a BrokerError when a member is alive."""
+        ...
+
+    async def delete_topics(self, names: Sequence[str]) -> None:
+        """Delete the topics (records and committed offsets); names that do not exist are ignored."""
+        ...

@@ -3,7 +3,8 @@
 Options (``broker: {kind: kafka, ...}`` in a topology):
     bootstrap_servers   "host:port[,host:port]" or a list (required)
     client_id           prefix of the client ids (default "edm")
-    connect_timeout_s   how long ``start`` retries an unreachable cluster (default 30)
+    connect_timeout_s   how long ``start`` retries an unreachable cluster (default: the
+                        EDM_KAFKA_CONNECT_TIMEOUT_S environment variable, else 30)
     security            {protocol, sasl_mechanism, username, password,
                          ssl_cafile, ssl_certfile, ssl_keyfile}
     producer, consumer  extra keyword arguments for AIOKafkaProducer / AIOKafkaConsumer
@@ -20,6 +21,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any, Mapping, Sequence
 
@@ -38,6 +40,7 @@ _SECURITY = {"protocol", "sasl_mechanism", "username", "password",
              "ssl_cafile", "ssl_certfile", "ssl_keyfile"}
 _UNKNOWN_TOPIC = 3
 JOIN_TIMEOUT_S = 60.0
+DEFAULT_CONNECT_TIMEOUT_S = 30.0
 
 
 class KafkaBroker:
@@ -56,7 +59,7 @@ class KafkaBroker:
             [s.strip() for s in servers.split(",") if s.strip()] if isinstance(servers, str)
             else [str(s) for s in servers])
         self.client_id = str(options.get("client_id", "edm"))
-        self.connect_timeout_s = float(options.get("connect_timeout_s", 30.0))
+        self.connect_timeout_s = float(options.get("connect_timeout_s", _default_connect_timeout_s()))
         self._common = {"bootstrap_servers": self.bootstrap,
                         **_security_kwargs(dict(options.get("security") or {}))}
         self._producer_options = dict(options.get("producer") or {})
@@ -153,6 +156,94 @@ class KafkaBroker:
             **self._producer_options,
         }
         return KafkaProducer(self, kwargs)
+
+    # --- administration (edm reset) ----------------------------------------------------------
+
+    async def beginning_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        return await self._with_reader("reading beginning offsets",
+                                       lambda c: c.beginning_offsets([KafkaTP(*tp) for tp in tps]))
+
+    async def offsets_for_times(self, tps: Sequence[TopicPartition],
+                                timestamp_ms: int) -> dict[TopicPartition, int]:
+        async def find(reader: AIOKafkaConsumer) -> dict[Any, int]:
+            found = await reader.offsets_for_times({KafkaTP(*tp): timestamp_ms for tp in tps})
+            ends = await reader.end_offsets([KafkaTP(*tp) for tp in tps])
+            return {tp: found[tp].offset if found.get(tp) is not None else ends[tp] for tp in ends}
+        return await self._with_reader("looking up offsets by time", find)
+
+    async def group_offsets(self, group: str, topics: Sequence[str]) -> dict[TopicPartition, int]:
+        committed = await self._retrying(f"reading committed offsets of group '{group}'",
+                                         lambda: self._started_admin().list_consumer_group_offsets(group))
+        return {TopicPartition(tp.topic, tp.partition): meta.offset
+                for tp, meta in committed.items() if tp.topic in topics and meta.offset >= 0}
+
+    async def group_alive(self, group: str) -> bool:
+        responses = await self._retrying(f"describing group '{group}'",
+                                         lambda: self._started_admin().describe_consumer_groups([group]))
+        for response in responses:
+            for error_code, group_id, state, *_rest in response.groups:
+                if group_id == group and error_code == 0 and state not in ("Empty", "Dead", ""):
+                    return True
+        return False
+
+    async def set_group_offsets(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
+        """Commits as a group-less member (generation -1): Kafka accepts it only while the
+        group has no live member, so a running instance is never overwritten."""
+        if not offsets:
+            return
+        committer = AIOKafkaConsumer(**self._common, group_id=group, enable_auto_commit=False,
+                                     client_id=f"{self.client_id}-reset")
+        await self._call("starting an offset committer", committer.start())
+        try:
+            committer.assign([KafkaTP(*tp) for tp in offsets])
+            await self._retrying(f"committing offsets of group '{group}' (is an instance of the "
+                                 "service still running? stop it first)",
+                                 lambda: committer.commit({KafkaTP(*tp): o for tp, o in offsets.items()}))
+        finally:
+            await committer.stop()
+
+    async def delete_topics(self, names: Sequence[str]) -> None:
+        existing = await self._partition_counts(list(names))
+        doomed = [n for n in names if n in existing]
+        if not doomed:
+            return
+        response = await self._call("deleting topics", self._started_admin().delete_topics(doomed))
+        failures = [f"'{name}': {for_code(code).__name__}" for name, code, *_ in response.topic_error_codes
+                    if code not in (0, _UNKNOWN_TOPIC)]
+        if failures:
+            raise BrokerError(f"deleting topics on {self.describe()} failed: {'; '.join(failures)}")
+        await self._wait_deleted(doomed)
+
+    async def _wait_deleted(self, names: list[str], timeout_s: float = 30.0) -> None:
+        """Deletion is asynchronous on the brokers; a re-creation right after must not race it."""
+        deadline = time.monotonic() + timeout_s
+        while await self._partition_counts(names):
+            if time.monotonic() > deadline:
+                raise BrokerError(f"topics {', '.join(names)} still exist on {self.describe()} "
+                                  f"{timeout_s:g} s after their deletion; check the broker's health")
+            await asyncio.sleep(0.1)  # no event to await: metadata is polled
+
+    async def _retrying(self, what: str, call: Any, timeout_s: float = 30.0) -> Any:
+        """``await call()``, retried while Kafka answers with a retriable error (a group
+        coordinator not elected yet on a fresh cluster, a coordinator loading)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return await call()
+            except KafkaError as exc:
+                if not exc.retriable or time.monotonic() > deadline:
+                    raise BrokerError(f"{what} on {self.describe()} failed: {_describe_error(exc)}") from exc
+            await asyncio.sleep(0.2)  # no event to await: the coordinator is polled
+
+    async def _with_reader(self, what: str, action: Any) -> dict[TopicPartition, int]:
+        reader = AIOKafkaConsumer(**self._common, enable_auto_commit=False,
+                                  client_id=f"{self.client_id}-admin-reader")
+        await self._call(what, reader.start())
+        try:
+            found = await self._call(what, action(reader))
+        finally:
+            await reader.stop()
+        return {TopicPartition(tp.topic, tp.partition): offset for tp, offset in found.items()}
 
     # --- internals ---------------------------------------------------------------------------
 
@@ -389,6 +480,21 @@ class KafkaProducer:
     async def _ship(self, batch: Any, topic: str, partition: int) -> None:
         batch.close()
         self._deliveries.append(await self._producer.send_batch(batch, topic, partition=partition))
+
+
+def _default_connect_timeout_s() -> float:
+    """EDM_KAFKA_CONNECT_TIMEOUT_S (seconds) when set, else 30."""
+    raw = os.environ.get("EDM_KAFKA_CONNECT_TIMEOUT_S", "").strip()
+    if not raw:
+        return DEFAULT_CONNECT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise BrokerError(f"EDM_KAFKA_CONNECT_TIMEOUT_S={raw!r} is not a positive number of "
+                          "seconds; set it to e.g. 30, or unset it")
+    return value
 
 
 def _security_kwargs(security: dict[str, Any]) -> dict[str, Any]:

@@ -389,6 +389,80 @@ class LocalBroker:
                 txn.delete(k, db=h.offsets)
             return len(stale)
 
+    # -- administration (edm reset) ---------------------------------------------------------
+
+    async def beginning_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        """First stored offset per partition (compaction may have removed offset 0); the
+        end offset when the partition is empty."""
+        ends = await self.end_offsets(tps)
+        with self._read() as (h, txn):
+            metas = self._metas(h, txn, sorted({tp.topic for tp in tps}))
+            cur = txn.cursor(db=h.log)
+            out = {}
+            for tp in tps:
+                prefix = _TP_KEY.pack(metas[tp.topic].id, tp.partition)
+                found = cur.set_range(prefix) and cur.key()[:8] == prefix
+                out[tp] = int.from_bytes(cur.key()[8:], "big") if found else ends[tp]
+            return out
+
+    async def offsets_for_times(self, tps: Sequence[TopicPartition],
+                                timestamp_ms: int) -> dict[TopicPartition, int]:
+        """First offset whose timestamp is >= ``timestamp_ms``, else the end offset. A linear
+        scan (the local log has no time index): fine for a reset, not for a hot path."""
+        return await asyncio.to_thread(self._offsets_for_times_sync, tps, timestamp_ms)
+
+    def _offsets_for_times_sync(self, tps: Sequence[TopicPartition],
+                                timestamp_ms: int) -> dict[TopicPartition, int]:
+        out = {}
+        with self._read() as (h, txn):
+            metas = self._metas(h, txn, sorted({tp.topic for tp in tps}))
+            cur = txn.cursor(db=h.log)
+            for tp in tps:
+                tid = metas[tp.topic].id
+                raw = txn.get(_TP_KEY.pack(tid, tp.partition), db=h.ends)
+                out[tp] = _U64.unpack(raw)[0] if raw else 0
+                prefix = _TP_KEY.pack(tid, tp.partition)
+                if not cur.set_range(prefix):
+                    continue
+                for k, buf in cur:
+                    if k[:8] != prefix:
+                        break
+                    if _REC.unpack_from(buf)[0] >= timestamp_ms:
+                        out[tp] = int.from_bytes(k[8:], "big")
+                        break
+        return out
+
+    async def group_offsets(self, group: str, topics: Sequence[str]) -> dict[TopicPartition, int]:
+        partitions = await self.list_topics()
+        out = {}
+        for topic in topics:
+            for p in range(partitions.get(topic, 0)):
+                offset = await self.committed(group, TopicPartition(topic, p))
+                if offset is not None:
+                    out[TopicPartition(topic, p)] = offset
+        return out
+
+    async def group_alive(self, group: str) -> bool:
+        """True when another process holds the group's lock (a runner of the service)."""
+        try:
+            lock_file = self._lock_group(group)
+        except BrokerError:
+            return True
+        self._unlock_group(lock_file)
+        return False
+
+    async def set_group_offsets(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
+        """Holds the group's lock while committing, so no runner can start in between."""
+        lock_file = self._lock_group(group)
+        try:
+            await asyncio.to_thread(self._commit_sync, group, dict(offsets))
+        finally:
+            self._unlock_group(lock_file)
+
+    async def delete_topics(self, names: Sequence[str]) -> None:
+        for name in names:
+            await self.delete_topic(name)
+
     # -- appending and compaction ----------------------------------------------------------
 
     def _append_in(self, h: _Env, txn: lmdb.Transaction,

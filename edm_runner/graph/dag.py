@@ -1,32 +1,43 @@
-"""A topology's processor DAG and its sub-topologies.
+"""A topology's processor DAG, its sub-topologies and what ``edm describe`` shows of them.
 
 Nodes: ``source`` (reads one topic), ``step`` (one operator), ``branch`` (first matching arm
-wins), ``sink`` (writes to topics: a pipeline's ``to`` or a ``repartition`` step).
+wins), ``sink`` (writes to topics: a pipeline's ``to``, a ``repartition`` or a ``group_by``),
+``table`` (materializes a table from its source and emits its changes), ``side`` (hands a
+join the events of its other side: the other stream, or the other table's changes).
 
 Invariants:
-- Every source node belongs to one pipeline and decodes its own events; steps and sources
-  have at most one child, so events of a batch flow down a chain; only a branch fans out,
-  and it hands each event to exactly one arm.
-- A repartition step is a sink followed by a new source on the repartition topic: pipelines
+- Every source node belongs to one pipeline (or table) and decodes its own events; steps and
+  sources have at most one child, so events of a batch flow down a chain; only a branch
+  (each event to exactly one arm) and a table node (a copy of each change per child) fan out.
+- A repartition or group_by step is a sink followed by a new source on its topic: pipelines
   are cut there, and the connected components that remain are the sub-topologies (sources
-  of the same topic are in the same sub-topology, as in Kafka Streams). Task N of a
-  sub-topology will own partition N of each of its source topics.
+  of the same topic are in the same sub-topology, as in Kafka Streams; a join is connected to
+  its table's materialization or its other stream's source). Task N of a sub-topology owns
+  partition N of each of its source topics and of its stores' changelogs.
+- Sub-topology ids follow the first appearance of their nodes in the file, so the state
+  directories they name survive adding a pipeline at the end of the file.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from edm_runner.spec.model import BranchSpec, PipelineSpec, Pos, SerdeSpec, StepSpec, ToSpec, Topology
 
-NodeKind = Literal["source", "step", "branch", "sink"]
+NodeKind = Literal["source", "step", "branch", "sink", "table", "side"]
+
+INTERNAL_SERDE = SerdeSpec("json")
 
 
 @dataclass
 class Node:
     """One processor node. ``topics`` are read (source) or written (sink). ``stream`` is the
-    declared stream a source reads (None for an internal repartition topic). ``arms`` (branch
-    only) are each arm's first node id in order, None for an arm that drops its events."""
+    declared stream a source reads (None for an internal topic). ``arms`` (branch only) are
+    each arm's first node id in order, None for an arm that drops its events. ``table``: the
+    table a ``table`` node materializes. ``changes``: a source of a group_by topic fed by table
+    changes (its values carry the old value, see ``runtime.processing.GroupBySink``).
+    ``links``: nodes in the same sub-topology without an event flow (a stream-table join and
+    its table). ``stores``: the stores the step uses, by name (from its config)."""
 
     id: str
     kind: NodeKind
@@ -41,20 +52,42 @@ class Node:
     to: ToSpec | None = None
     branch: list[BranchSpec] = field(default_factory=list)
     arms: list[str | None] = field(default_factory=list)
+    table: str | None = None
+    changes: bool = False
+    links: list[str] = field(default_factory=list)
+    stores: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CopartitionGroup:
+    """Topics a join needs copartitioned (equal partition counts). ``names`` are what the user
+    declared (a stream, or the group_by name for an internal topic), index-aligned with ``topics``."""
+
+    node: str
+    pos: Pos
+    names: list[str]
+    topics: list[str]
 
 
 @dataclass
 class SubTopology:
+    """``tasks``: how many tasks run it (the largest partition count of its source topics)."""
+
     id: int
     nodes: list[str]
     source_topics: list[str]
     sink_topics: list[str]
+    tasks: int = 1
+    stores: list[str] = field(default_factory=list)
 
 
 @dataclass
 class Dag:
     nodes: dict[str, Node]
     subtopologies: list[SubTopology]
+    partitions: dict[str, int] = field(default_factory=dict)  # every topic read or written
+    internal_topics: dict[str, int] = field(default_factory=dict)  # repartition topics -> partitions
+    copartition: list[CopartitionGroup] = field(default_factory=list)
 
     def sources(self) -> list[Node]:
         return [n for n in self.nodes.values() if n.kind == "source"]
@@ -65,11 +98,32 @@ class Dag:
     def source_topics(self) -> list[str]:
         return list(dict.fromkeys(t for n in self.sources() for t in n.topics))
 
+    def subtopology_of(self, node_id: str) -> SubTopology:
+        for sub in self.subtopologies:
+            if node_id in sub.nodes:
+                return sub
+        raise KeyError(node_id)
+
+
+def _config(step: StepSpec) -> dict[str, Any]:
+    return step.config if isinstance(step.config, dict) else {}
+
+
+def step_stores(step: StepSpec) -> list[str]:
+    """The stores a step uses by name: ``store:`` of an aggregation, the two buffers of a
+    stream-stream join (``<name>-this``, ``<name>-other``)."""
+    cfg = _config(step)
+    if step.op == "join" and "stream" in cfg:
+        return [f"{cfg['name']}-this", f"{cfg['name']}-other"]
+    return [cfg["store"]] if isinstance(cfg.get("store"), str) else []
+
 
 class _Builder:
     def __init__(self, topology: Topology) -> None:
         self.topology = topology
         self.nodes: dict[str, Node] = {}
+        self.internal: dict[str, int] = {}
+        self.copartition: list[CopartitionGroup] = []
 
     def add(self, node: Node, parents: list[str]) -> str:
         self.nodes[node.id] = node
@@ -82,41 +136,107 @@ class _Builder:
         return self.add(Node(node_id, "source", pipeline, f"source {stream_name}", pos,
                              topics=[spec.topic], stream=stream_name, serdes=(spec.key, spec.value)), [])
 
+    def table(self, name: str) -> None:
+        spec = self.topology.tables[name]
+        owner = f"tables.{name}"
+        src = self.source(owner, f"{owner}.from.{spec.source}", spec.source, spec.pos)
+        self.add(Node(owner, "table", owner, f"table {name}", spec.pos, table=name, stores=[name]), [src])
+
     def pipeline(self, p: PipelineSpec) -> None:
-        tails = [self.source(p.name, f"{p.name}.from.{s}", s, p.pos) for s in p.sources]
-        tails = self.steps(p.name, p.name, p.steps, tails)
+        tails: list[str] = []
+        inputs: list[tuple[str, str]] = []  # (declared name, topic) of the events at this point
+        for s in p.sources:
+            if s in self.topology.tables:
+                tails.append(f"tables.{s}")
+                inputs.append((s, self.topology.streams[self.topology.tables[s].source].topic))
+            else:
+                tails.append(self.source(p.name, f"{p.name}.from.{s}", s, p.pos))
+                inputs.append((s, self.topology.streams[s].topic))
+        from_table = all(s in self.topology.tables for s in p.sources)
+        tails = self.steps(p.name, p.name, p.steps, tails, inputs, from_table)
         if p.branch:
-            self.branch(p, tails)
+            self.branch(p, tails, inputs, from_table)
         elif p.to is not None:
             self.sink(p.name, f"{p.name}.to", p.to, tails)
 
-    def steps(self, pipeline: str, prefix: str, steps: list[StepSpec], tails: list[str]) -> list[str]:
+    def steps(self, pipeline: str, prefix: str, steps: list[StepSpec], tails: list[str],
+              inputs: list[tuple[str, str]], from_table: bool) -> list[str]:
         from edm_runner.operators.merge import merged_streams
         from edm_runner.operators.repartition import repartition_target
 
         for i, step in enumerate(steps):
             node_id = f"{prefix}.steps[{i}]"
-            if step.op == "repartition":
-                target = repartition_target(self.topology, step.config)
-                self.add(Node(node_id, "sink", pipeline, f"repartition -> {target.topic}", step.pos,
-                              topics=[target.topic], step=step), tails)
-                source = Node(f"{node_id}.source", "source", pipeline, f"source {target.topic}",
-                              step.pos, topics=[target.topic], stream=target.stream,
-                              serdes=(target.key, target.value))
+            cfg = _config(step)
+            if step.op in ("repartition", "group_by"):
+                if step.op == "repartition":
+                    target = repartition_target(self.topology, step.config)
+                    topic, partitions, stream, serdes = (target.topic, target.partitions, target.stream,
+                                                         (target.key, target.value))
+                else:
+                    topic = f"{self.topology.name}-{cfg['name']}-repartition"
+                    partitions = cfg.get("partitions") or self._partitions(inputs)
+                    stream, serdes = None, (INTERNAL_SERDE, INTERNAL_SERDE)
+                if stream is None:
+                    self.internal[topic] = partitions
+                self.add(Node(node_id, "sink", pipeline, f"{step.op} -> {topic}", step.pos,
+                              topics=[topic], step=step, changes=from_table and step.op == "group_by"), tails)
+                source = Node(f"{node_id}.source", "source", pipeline, f"source {topic}", step.pos,
+                              topics=[topic], stream=stream, serdes=serdes,
+                              changes=from_table and step.op == "group_by")
                 tails = [self.add(source, [])]
+                inputs = [(stream or cfg.get("name", topic), topic)]
                 continue
-            tails = [self.add(Node(node_id, "step", pipeline, step.op, step.pos, step=step), tails)]
+            node = Node(node_id, "step", pipeline, step.op, step.pos, step=step, stores=step_stores(step))
+            tails = [self.add(node, tails)]
             if step.op == "merge":
                 for s in merged_streams(step.config):
                     self.nodes[self.source(pipeline, f"{node_id}.from.{s}", s, step.pos)].children.append(node_id)
+                    inputs = inputs + [(s, self.topology.streams[s].topic)]
+            elif step.op == "join" or isinstance(cfg.get("table"), str):
+                self.join(pipeline, node, cfg, inputs, from_table and step.op == "join")
         return tails
 
-    def branch(self, p: PipelineSpec, tails: list[str]) -> None:
+    def join(self, pipeline: str, node: Node, cfg: dict[str, Any], inputs: list[tuple[str, str]],
+             table_table: bool) -> None:
+        """Connects a join (or any step reading a ``table:``) to its other side, and records
+        the topics it needs copartitioned. ``table_table``: the other table's changes enter
+        the join (a table-table join); otherwise the table is only read."""
+        topology = self.topology
+        table = cfg.get("table")
+        other = cfg.get("stream")
+        if isinstance(table, str) and table in topology.tables:
+            other_topic = topology.streams[topology.tables[table].source].topic
+            if table_table:
+                side = self.add(Node(f"{node.id}.other", "side", pipeline, f"changes of {table}", node.pos),
+                                [f"tables.{table}"])
+                self.nodes[side].children.append(node.id)
+            else:
+                node.links.append(f"tables.{table}")
+            other_name = table
+        elif node.step.op == "join" and isinstance(other, str) and other in topology.streams:
+            src = self.source(pipeline, f"{node.id}.from.{other}", other, node.pos)
+            side = self.add(Node(f"{node.id}.other", "side", pipeline, f"other side {other}", node.pos), [src])
+            self.nodes[side].children.append(node.id)
+            other_topic, other_name = topology.streams[other].topic, other
+        else:
+            return  # a global table (no copartitioning) or an invalid config the validator reports
+        self.copartition.append(CopartitionGroup(node.id, node.pos, [n for n, _ in inputs] + [other_name],
+                                                 [t for _, t in inputs] + [other_topic]))
+
+    def _partitions(self, inputs: list[tuple[str, str]]) -> int:
+        """The partition count of the first input topic (a group_by's default)."""
+        topic = inputs[0][1]
+        for s in self.topology.streams.values():
+            if s.topic == topic:
+                return s.partitions
+        return self.internal.get(topic, 1)
+
+    def branch(self, p: PipelineSpec, tails: list[str], inputs: list[tuple[str, str]], from_table: bool) -> None:
         node = Node(f"{p.name}.branch", "branch", p.name, "branch", p.branch[0].pos, branch=p.branch)
         self.add(node, tails)
         for j, arm in enumerate(p.branch):
             prefix = f"{p.name}.branch[{j}]"
-            arm_tails = self.steps(p.name, prefix, arm.steps, [])
+            arm_tails = self.steps(p.name, prefix, arm.steps, [], inputs, from_table)
             first = f"{prefix}.steps[0]" if arm.steps else None
             if arm.to is not None:
                 sink = self.sink(p.name, f"{prefix}.to", arm.to, arm_tails)
@@ -132,14 +252,18 @@ class _Builder:
 
 
 def build_dag(topology: Topology) -> Dag:
-    """The DAG of ``topology`` (assumed valid: every referenced stream is declared)."""
+    """The DAG of ``topology`` (assumed valid: every referenced stream and table is declared)."""
     b = _Builder(topology)
+    for name in topology.tables:
+        b.table(name)
     for p in topology.pipelines.values():
         b.pipeline(p)
-    return Dag(b.nodes, _subtopologies(b.nodes))
+    partitions = {s.topic: s.partitions for s in topology.streams.values()}
+    partitions.update(b.internal)
+    return Dag(b.nodes, _subtopologies(b.nodes, partitions), partitions, dict(b.internal), b.copartition)
 
 
-def _subtopologies(nodes: dict[str, Node]) -> list[SubTopology]:
+def _subtopologies(nodes: dict[str, Node], partitions: dict[str, int]) -> list[SubTopology]:
     parent = {n: n for n in nodes}
 
     def find(n: str) -> str:
@@ -153,7 +277,7 @@ def _subtopologies(nodes: dict[str, Node]) -> list[SubTopology]:
 
     by_topic: dict[str, str] = {}
     for node in nodes.values():
-        for child in node.children:
+        for child in node.children + node.links:
             union(node.id, child)
         if node.kind == "source":
             for t in node.topics:
@@ -161,9 +285,48 @@ def _subtopologies(nodes: dict[str, Node]) -> list[SubTopology]:
     groups: dict[str, list[str]] = {}
     for n in nodes:
         groups.setdefault(find(n), []).append(n)
+    order = list(nodes)
+
+    def first_appearance(members: list[str]) -> tuple[int, int, int]:
+        return min((nodes[m].pos.line, nodes[m].pos.col, order.index(m)) for m in members)
+
     result = []
-    for i, members in enumerate(groups.values()):
+    for i, members in enumerate(sorted(groups.values(), key=first_appearance)):
         sources = [t for m in members if nodes[m].kind == "source" for t in nodes[m].topics]
         sinks = [t for m in members if nodes[m].kind == "sink" for t in nodes[m].topics]
-        result.append(SubTopology(i, members, list(dict.fromkeys(sources)), list(dict.fromkeys(sinks))))
+        source_topics = list(dict.fromkeys(sources))
+        stores = list(dict.fromkeys(s for m in members for s in nodes[m].stores))
+        tasks = max((partitions.get(t, 1) for t in source_topics), default=1)
+        result.append(SubTopology(i, members, source_topics, list(dict.fromkeys(sinks)), tasks, stores))
     return result
+
+
+def describe(topology: Topology) -> dict[str, Any]:
+    """What ``edm describe`` shows, as JSON-able data: sub-topologies (their source and sink
+    topics, nodes, stores and task count), tasks (``<sub>_<partition>``), internal topics
+    (repartition and changelog topics with their partition counts), copartition groups, and
+    global tables."""
+    dag = build_dag(topology)
+    changelogs: dict[str, int] = {}
+    subs = []
+    for sub in dag.subtopologies:
+        for store in sub.stores:
+            spec = topology.stores.get(store)
+            if (spec is None or spec.changelog) and store not in topology.tables:
+                changelogs[f"{topology.name}-{store}-changelog"] = sub.tasks
+        subs.append({"id": sub.id, "source_topics": sub.source_topics, "sink_topics": sub.sink_topics,
+                     "tasks": sub.tasks, "stores": sub.stores,
+                     "nodes": [{"id": n, "kind": dag.nodes[n].kind, "label": dag.nodes[n].label}
+                               for n in sub.nodes]})
+    return {
+        "service": topology.name,
+        "subtopologies": subs,
+        "tasks": [f"{sub.id}_{p}" for sub in dag.subtopologies for p in range(sub.tasks)],
+        "internal_topics": {**{t: {"partitions": n, "kind": "repartition"} for t, n in dag.internal_topics.items()},
+                            **{t: {"partitions": n, "kind": "changelog", "compacted": True}
+                               for t, n in changelogs.items()}},
+        "copartition_groups": [{"join": g.node, "streams": g.names, "topics": g.topics,
+                                "partitions": [dag.partitions.get(t) for t in g.topics]}
+                               for g in dag.copartition],
+        "global_tables": {name: topology.streams[t.source].topic for name, t in topology.global_tables.items()},
+    }

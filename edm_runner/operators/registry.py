@@ -19,6 +19,11 @@ class Operator:
     ``expressions(config)``: the expression strings in a config, with their JSON path inside
     the config, so the validator can compile each one and point at it.
     ``description``: one line for docs and the schema.
+    ``stores(config)``: (store name, required store type) of each declared store the step
+    uses; the type is None when it depends on the preceding ``window`` step (see
+    ``operators.window.store_type``).
+    ``references(config)``: (path inside the config, kind, name) of every other name the step
+    refers to; kind is ``stream`` (read or written), ``table`` or ``global_table``.
     """
 
     name: str
@@ -26,6 +31,8 @@ class Operator:
     build: Callable[..., Any]
     description: str = ""
     expressions: Callable[[Any], list[tuple[tuple, str]]] = lambda config: []
+    stores: Callable[[Any], list[tuple[str, str | None]]] = lambda config: []
+    references: Callable[[Any], list[tuple[tuple, str, str]]] = lambda config: []
 
 
 def register(op: Operator) -> Operator:

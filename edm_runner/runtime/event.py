@@ -12,16 +12,22 @@ from edm_runner.brokers.base import Headers, Record
 
 
 class Event:
-    """A decoded event. ``origin`` is the broker record it came from (kept for dead letters)."""
+    """A decoded event. ``origin`` is the broker record it came from (kept for dead letters).
 
-    __slots__ = ("key", "value", "timestamp", "headers", "origin")
+    ``old`` is set only on table-change events (a pipeline ``from:`` a table): the key's value
+    before the change (None when the key was new); ``value`` None means the key was deleted.
+    """
 
-    def __init__(self, key: Any, value: Any, timestamp: int, headers: Headers, origin: Record) -> None:
+    __slots__ = ("key", "value", "timestamp", "headers", "origin", "old")
+
+    def __init__(self, key: Any, value: Any, timestamp: int, headers: Headers, origin: Record,
+                 old: Any = None) -> None:
         self.key = key
         self.value = value
         self.timestamp = timestamp
         self.headers = headers
         self.origin = origin
+        self.old = old
 
     @property
     def topic(self) -> str:

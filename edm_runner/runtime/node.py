@@ -4,6 +4,10 @@ A processor works on BATCHES. ``process(batch)`` is the fast path: it must eithe
 full result or raise before any visible side effect (compute new values first, then assign),
 because when it raises the runtime replays the batch through ``process_one`` event by event
 so that the error policy applies to exactly the failing event.
+
+Stateful operators get their stores at build time as ``StoreRef``s (``BuildContext.store`` /
+``BuildContext.table``) and call ``ref.get()`` once per ``process(batch)``: the runtime binds
+every ref of a sub-topology to the stores of the task whose partition the batch came from.
 """
 from __future__ import annotations
 
@@ -12,9 +16,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edm_runner.brokers.base import OutRecord
+from edm_runner.brokers.partitioner import default_partition
 from edm_runner.errors import EdmError
 from edm_runner.runtime.event import Event
-from edm_runner.spec.model import NOWHERE, Pos, StreamSpec, Topology
+from edm_runner.runtime.stats import ServiceStats
+from edm_runner.spec.model import NOWHERE, Pos, StoreSpec, StoreType, StreamSpec, Topology
 
 ExprFn = Callable[[Any, Any, Event], Any]
 
@@ -34,16 +40,119 @@ class Processor:
     def process_one(self, event: Event) -> list[Event]:
         raise NotImplementedError
 
+    def process_other(self, batch: list[Event]) -> list[Event]:
+        """A join's other side: events of the other stream (stream-stream join) or change
+        events of the other table (table-table join), same contract as ``process``."""
+        raise NotImplementedError(f"{self.label} has no other side")
+
+
+class TaskStoreRef:
+    """A ``state.api.StoreRef``: ``get()`` is the store of the task being processed.
+
+    Invariant: the runtime sets ``current`` before every batch of a task of the ref's
+    sub-topology (global tables: once, to the global store); None outside processing.
+    """
+
+    __slots__ = ("name", "current")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.current: Any = None
+
+    def get(self) -> Any:
+        return self.current
+
+
+@dataclass
+class StoreUse:
+    """A store some operator of the service uses. ``subtopology`` None: a global table.
+    ``params`` (what the operator's semantics depend on: window size, ...) go into the store's
+    fingerprint with ``type``. ``changelog``: its changelog topic, None when it has none
+    (``changelog: false``, or a table: its source topic is its changelog). ``source``: a
+    table's source topic."""
+
+    name: str
+    type: StoreType
+    params: dict[str, Any]
+    subtopology: int | None
+    changelog: str | None
+    ref: TaskStoreRef
+    source: str | None = None
+    pos: Pos = NOWHERE
+
+
+class StoreCatalog:
+    """Every store of one service, registered while its operators are built."""
+
+    def __init__(self) -> None:
+        self.uses: dict[str, StoreUse] = {}
+
+    def register(self, use: StoreUse) -> TaskStoreRef:
+        """Registers ``use``, or returns the ref of the same store already registered by
+        another operator of the same sub-topology (with the same type and params)."""
+        known = self.uses.get(use.name)
+        if known is None:
+            self.uses[use.name] = use
+            return use.ref
+        if known.subtopology != use.subtopology:
+            raise EdmError(f"{use.pos}: store {use.name!r} is used in two sub-topologies (also at "
+                           f"{known.pos}, across a repartition or in an unconnected pipeline); a "
+                           "store belongs to the tasks of one sub-topology: declare one store per use")
+        if known.type != use.type or known.params != use.params:
+            raise EdmError(f"{use.pos}: store {use.name!r} is used as {use.type} {use.params} here and "
+                           f"as {known.type} {known.params} at {known.pos}; give each use its own store")
+        return known.ref
+
+    def for_subtopology(self, sub: int) -> list[StoreUse]:
+        return [u for u in self.uses.values() if u.subtopology == sub]
+
+    def global_tables(self) -> list[StoreUse]:
+        return [u for u in self.uses.values() if u.subtopology is None]
+
+
+class LateEvents:
+    """What a window step does with a late event: count it (``ServiceStats.late``) and, with
+    a dead-letter stream, write the original record there with ``edm.error`` headers."""
+
+    def __init__(self, stats: ServiceStats, outputs: list[OutRecord], dead_letter: StreamSpec | None,
+                 pipeline: str, pos: Pos) -> None:
+        self.stats = stats
+        self.outputs = outputs
+        self.dead_letter = dead_letter
+        self.pipeline = pipeline
+        self.pos = pos
+
+    def __call__(self, event: Event, reason: str) -> None:
+        self.stats.late += 1
+        spec = self.dead_letter
+        if spec is None:
+            return
+        o = event.origin
+        headers = o.headers + (
+            ("edm.error", f"late event: {reason}".encode()),
+            ("edm.error.step", f"{self.pipeline} window at {self.pos}".encode()),
+            ("edm.source.topic", o.topic.encode()),
+            ("edm.source.partition", str(o.partition).encode()),
+            ("edm.source.offset", str(o.offset).encode()),
+        )
+        partition = default_partition(o.key, spec.partitions) if o.key is not None and spec.partitions > 1 else 0
+        self.outputs.append(OutRecord(spec.topic, partition, o.key, o.value, o.timestamp_ms, headers))
+        self.stats.dead_lettered += 1
+
 
 @dataclass
 class BuildContext:
     """What an operator's ``build(step, ctx)`` may use. ``outputs`` collects the records the
-    sinks of one batch produce; the runtime sends them after the batch."""
+    sinks of one batch produce; the runtime sends them after the batch. ``subtopology`` is the
+    sub-topology of the step being built (stores registered here belong to its tasks)."""
 
     topology: Topology
     pipeline: str
     functions: dict[str, Callable[..., Any]]
     outputs: list[OutRecord] = field(default_factory=list)
+    subtopology: int = 0
+    catalog: StoreCatalog = field(default_factory=StoreCatalog)
+    stats: ServiceStats = field(default_factory=ServiceStats)
 
     def compile(self, source: str, pos: Pos = NOWHERE) -> ExprFn:
         from edm_runner.spec.expressions import compile_expression
@@ -70,6 +179,38 @@ class BuildContext:
     def internal_topic(self, name: str) -> str:
         return repartition_topic(self.topology.name, name)
 
+    def store(self, name: str, type: StoreType, params: dict[str, Any], pos: Pos = NOWHERE) -> TaskStoreRef:
+        """The store ``name`` for this step, bound per task at run time. A name not declared
+        under ``stores:`` is an implicit store (stream-stream join buffers) with a changelog.
+        ``params``: JSON-able settings the stored data depends on (fingerprinted)."""
+        spec = self.topology.stores.get(name) or StoreSpec(name, type, pos=pos)
+        if spec.type != type:
+            raise EdmError(f"{pos}: store {name!r} is declared as {spec.type} at {spec.pos} but this step "
+                           f"needs a {type} store; declare `{name}: {{type: {type}}}` or use another store")
+        changelog = changelog_topic(self.topology.name, name) if spec.changelog else None
+        return self.catalog.register(StoreUse(name, type, dict(params), self.subtopology, changelog,
+                                              TaskStoreRef(name), pos=pos))
+
+    def table(self, name: str, pos: Pos = NOWHERE) -> TaskStoreRef:
+        """The key-value store of the table or global table ``name`` (read only for operators:
+        the table's materialization writes it)."""
+        topology = self.topology
+        spec = topology.tables.get(name) or topology.global_tables.get(name)
+        if spec is None:
+            declared = ", ".join(sorted([*topology.tables, *topology.global_tables])) or "none"
+            raise EdmError(f"{pos}: table {name!r} is not declared under `tables:` or `global_tables:` "
+                           f"(declared: {declared})")
+        source = topology.streams[spec.source].topic
+        sub = None if spec.is_global else self.subtopology
+        return self.catalog.register(StoreUse(name, "key_value", {}, sub, None, TaskStoreRef(name),
+                                              source=source, pos=spec.pos))
+
+    def late_events(self, dead_letter: str | None, pos: Pos = NOWHERE) -> LateEvents:
+        """The handler a window step calls as ``late(event, reason)`` for each late event:
+        counted, and written to the ``dead_letter`` stream when one is given."""
+        spec = self.stream(dead_letter, pos) if dead_letter is not None else None
+        return LateEvents(self.stats, self.outputs, spec, self.pipeline, pos)
+
     @property
     def base_dir(self) -> Path:
         return self.topology.base_dir
@@ -78,3 +219,8 @@ class BuildContext:
 def repartition_topic(service: str, name: str) -> str:
     """The stable name of an internal repartition topic."""
     return f"{service}-{name}-repartition"
+
+
+def changelog_topic(service: str, store: str) -> str:
+    """The stable name of a store's changelog topic."""
+    return f"{service}-{store}-changelog"

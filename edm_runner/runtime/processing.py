@@ -10,6 +10,8 @@ Invariants:
   go on unchanged and in order.
 - Every event that does not reach a sink is accounted for: filtered, skipped (counted,
   first few logged) or dead-lettered (original bytes + error headers). Nothing is lost silently.
+- Stores are reached only through the ``TaskStoreRef``s in ``catalog``; the caller binds them
+  to the task of the records' partition before ``process`` (see ``runtime.tasks``).
 """
 from __future__ import annotations
 
@@ -18,12 +20,15 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from edm_runner.brokers.base import OutRecord, Record
+from edm_runner.brokers.partitioner import default_partition
 from edm_runner.errors import ProcessingError
 from edm_runner.graph.dag import Dag, Node, build_dag
 from edm_runner.operators.registry import get as get_operator
 from edm_runner.runtime.event import Event
-from edm_runner.runtime.node import BuildContext, ExprFn, Processor
+from edm_runner.runtime.node import BuildContext, ExprFn, Processor, StoreCatalog, TaskStoreRef
 from edm_runner.runtime.sink import DefaultPartitioner, TopicWriter
+from edm_runner.serde import Serde
+from edm_runner.state.api import encode_json, partition_bytes
 from edm_runner.runtime.stats import ServiceStats
 from edm_runner.serde import make_serde
 from edm_runner.spec.model import ErrorPolicy, Pos, StreamSpec, ToSpec, Topology
@@ -112,9 +117,97 @@ class ToSink(Processor):
         return self.process([event])
 
 
+class TableMaterializer(Processor):
+    """A table's node: the latest value per key in the table's store (a null value deletes);
+    emits one change event per actual change, with ``old`` the previous value."""
+
+    def __init__(self, name: str, ref: TaskStoreRef, pos: Pos) -> None:
+        self.label = f"table {name}"
+        self.ref = ref
+        self.pos = pos
+
+    def process(self, batch: list[Event]) -> list[Event]:
+        store = self.ref.get()
+        out = []
+        for e in batch:
+            old = store.get(e.key)
+            if old is None and e.value is None:
+                continue
+            store.put(e.key, e.value)
+            e.old = old
+            out.append(e)
+        return out
+
+    def process_one(self, event: Event) -> list[Event]:
+        return self.process([event])
+
+
+class SideInput(Processor):
+    """Feeds a join the events of its other side (``Processor.process_other``)."""
+
+    def __init__(self, join: Processor) -> None:
+        self.join = join
+        self.label = f"{join.label} (other side)"
+        self.pos = join.pos
+
+    def process(self, batch: list[Event]) -> list[Event]:
+        return self.join.process_other(batch)
+
+    def process_one(self, event: Event) -> list[Event]:
+        return self.join.process_other([event])
+
+
+class GroupBySink(Processor):
+    """``group_by``: re-keys with ``key`` and writes to the internal repartition topic, key and
+    value as JSON, partition = murmur2 of ``partition_bytes(key)`` (so a re-keyed stream is
+    copartitioned with a declared string-keyed topic). After a table (``changes``) the value
+    is ``{"old": o, "new": n}`` and a change that moves a key between groups becomes two records:
+    the old value leaving its group, the new one entering the other."""
+
+    label = "group_by"
+
+    def __init__(self, key_fn: ExprFn, topic: str, partitions: int, outputs: list[OutRecord],
+                 changes: bool, pos: Pos) -> None:
+        self.key_fn = key_fn
+        self.topic = topic
+        self.partitions = partitions
+        self.outputs = outputs
+        self.changes = changes
+        self.pos = pos
+
+    def _record(self, key: Any, value: Any, e: Event) -> OutRecord:
+        kb = encode_json(key)
+        p = default_partition(partition_bytes(key), self.partitions) if self.partitions > 1 else 0
+        return OutRecord(self.topic, p, kb, None if value is None else encode_json(value), e.timestamp, e.headers)
+
+    def process(self, batch: list[Event]) -> list[Event]:
+        f = self.key_fn
+        if not self.changes:
+            keys = [f(e.key, e.value, e) for e in batch]
+            self.outputs.extend([self._record(k, e.value, e) for k, e in zip(keys, batch)])
+            return []
+        records = []
+        for e in batch:
+            new_key = f(e.key, e.value, e) if e.value is not None else None
+            old_key = f(e.key, e.old, e) if e.old is not None else None
+            if e.value is not None and e.old is not None and new_key == old_key:
+                records.append(self._record(new_key, {"old": e.old, "new": e.value}, e))
+                continue
+            if e.old is not None:
+                records.append(self._record(old_key, {"old": e.old, "new": None}, e))
+            if e.value is not None:
+                records.append(self._record(new_key, {"old": None, "new": e.value}, e))
+        self.outputs.extend(records)
+        return []
+
+    def process_one(self, event: Event) -> list[Event]:
+        return self.process([event])
+
+
 @dataclass(eq=False)
 class Step:
-    """A compiled node. ``arms``/``whens`` are set for a branch (``when`` None = otherwise)."""
+    """A compiled node. ``arms``/``whens`` are set for a branch (``when`` None = otherwise).
+    ``fanout`` (a table node read by several pipelines or joins): each gets its own copies."""
 
     id: str
     label: str
@@ -125,10 +218,13 @@ class Step:
     whens: list[ExprFn | None] = field(default_factory=list)
     when_pos: list[Pos] = field(default_factory=list)
     arms: list["Step | None"] = field(default_factory=list)
+    fanout: list["Step"] = field(default_factory=list)
 
 
 @dataclass(eq=False)
 class Source:
+    """``changes``: the values are a group_by's ``{"old", "new"}`` change records."""
+
     id: str
     topic: str
     decode_key: Callable[[bytes | None], Any]
@@ -136,6 +232,7 @@ class Source:
     handler: ErrorHandler
     next: Step | None
     pos: Pos
+    changes: bool = False
 
 
 class CompiledService:
@@ -147,28 +244,40 @@ class CompiledService:
         self.dag: Dag = build_dag(topology)
         self.outputs: list[OutRecord] = []
         self.functions = _resolve_functions(topology)
-        self._contexts: dict[str, BuildContext] = {}
+        self.catalog = StoreCatalog()
+        self.subtopology_of = {n: sub.id for sub in self.dag.subtopologies for n in sub.nodes}
+        self.table_serdes: dict[str, tuple[Serde, Serde]] = {}  # table -> its stream's serdes
+        self._contexts: dict[tuple[str, int], BuildContext] = {}
         self._handlers: dict[tuple[str, str | None], ErrorHandler] = {}
         self._steps: dict[str, Step] = {}
         self.sources: dict[str, list[Source]] = {}
         for node in self.dag.sources():
             source = self._source(node)
             self.sources.setdefault(source.topic, []).append(source)
+        for name, table in topology.global_tables.items():
+            BuildContext(topology, f"global_tables.{name}", self.functions, self.outputs,
+                         catalog=self.catalog, stats=stats).table(name)
+            spec = topology.streams[table.source]
+            self.table_serdes[name] = (make_serde(spec.key), make_serde(spec.value))
 
     # -- building ---------------------------------------------------------------------------
 
-    def _ctx(self, pipeline: str) -> BuildContext:
-        ctx = self._contexts.get(pipeline)
+    def _ctx(self, node: Node) -> BuildContext:
+        key = (node.pipeline, self.subtopology_of[node.id])
+        ctx = self._contexts.get(key)
         if ctx is None:
-            ctx = self._contexts[pipeline] = BuildContext(self.topology, pipeline, self.functions, self.outputs)
+            ctx = self._contexts[key] = BuildContext(self.topology, node.pipeline, self.functions, self.outputs,
+                                                     subtopology=key[1], catalog=self.catalog, stats=self.stats)
         return ctx
 
     def _handler(self, pipeline: str, stream: str | None) -> ErrorHandler:
         """Processing errors: the pipeline's policy. Decode errors (``stream`` given): the
-        pipeline's, else the stream's. Default: fail."""
+        pipeline's, else the stream's. Default: fail. A table's node has no pipeline: the
+        policy of its stream."""
         key = (pipeline, stream)
         if key not in self._handlers:
-            policy = self.topology.pipelines[pipeline].on_error
+            owner = self.topology.pipelines.get(pipeline)
+            policy = owner.on_error if owner is not None else None
             if policy is None and stream is not None:
                 policy = self.topology.streams[stream].on_error
             policy = policy or FAIL
@@ -186,7 +295,8 @@ class CompiledService:
     def _source(self, node: Node) -> Source:
         key_spec, value_spec = node.serdes
         return Source(node.id, node.topics[0], make_serde(key_spec).decode, make_serde(value_spec).decode,
-                      self._handler(node.pipeline, node.stream), self._step(node.children), node.pos)
+                      self._handler(node.pipeline, node.stream), self._step(node.children), node.pos,
+                      node.changes)
 
     def _step(self, children: list[str]) -> Step | None:
         if not children:
@@ -196,8 +306,21 @@ class CompiledService:
         if step is not None:  # a merge point reached from several sources
             return step
         node = self.dag.nodes[node_id]
-        ctx = self._ctx(node.pipeline)
+        ctx = self._ctx(node)
         step = self._steps[node_id] = Step(node.id, node.label, node.pos, self._handler(node.pipeline, None))
+        if node.kind == "table":
+            step.proc = TableMaterializer(node.table, ctx.table(node.table, node.pos), node.pos)
+            stream = self.topology.streams[self.topology.tables[node.table].source]
+            self.table_serdes[node.table] = (make_serde(stream.key), make_serde(stream.value))
+            if len(node.children) > 1:
+                step.fanout = [self._step([child]) for child in node.children]
+            else:
+                step.next = self._step(node.children)
+            return step
+        if node.kind == "side":
+            join = self._step(node.children)
+            step.proc, step.next, step.handler = SideInput(join.proc), join.next, join.handler
+            return step
         if node.kind == "branch":
             step.whens = [ctx.compile(b.when, b.pos) if b.when is not None else None for b in node.branch]
             step.when_pos = [b.pos for b in node.branch]
@@ -208,6 +331,9 @@ class CompiledService:
             writers = {name: self._writer(self.topology.streams[name]) for name in to.targets()}
             select = ctx.compile(to.select, to.pos) if to.select else None
             step.proc = ToSink(writers, select, self.outputs, to)
+        elif node.kind == "sink" and node.step.op == "group_by":
+            step.proc = GroupBySink(ctx.compile(node.step.config["key"], node.pos), node.topics[0],
+                                    self.dag.partitions[node.topics[0]], self.outputs, node.changes, node.pos)
         else:
             op = get_operator(node.step.op)
             if op is None:
@@ -229,31 +355,44 @@ class CompiledService:
 
     def _decode(self, source: Source, records: list[Record]) -> list[Event]:
         kd, vd = source.decode_key, source.decode_value
+        if source.changes:
+            vd = _change_decoder(vd)
         try:
-            return [Event(kd(r.key), vd(r.value), r.timestamp_ms, r.headers, r) for r in records]
+            events = [Event(kd(r.key), vd(r.value), r.timestamp_ms, r.headers, r) for r in records]
         except Exception:
-            pass
-        events = []
-        for r in records:
-            try:
-                events.append(Event(kd(r.key), vd(r.value), r.timestamp_ms, r.headers, r))
-            except Exception as exc:
-                source.handler.handle(r, f"{source.id} (decode)", source.pos, exc)
+            events = []
+            for r in records:
+                try:
+                    events.append(Event(kd(r.key), vd(r.value), r.timestamp_ms, r.headers, r))
+                except Exception as exc:
+                    source.handler.handle(r, f"{source.id} (decode)", source.pos, exc)
+        if source.changes:
+            for e in events:
+                e.value, e.old = e.value
         return events
 
     def _push(self, step: Step | None, batch: list[Event]) -> None:
         while step is not None and batch:
+            if step.fanout:
+                batch = self._run(step, batch)
+                for i, child in enumerate(step.fanout):
+                    last = i == len(step.fanout) - 1
+                    self._push(child, batch if last else [Event(e.key, e.value, e.timestamp, e.headers,
+                                                                e.origin, e.old) for e in batch])
+                return
             if step.arms:
                 for arm, part in zip(step.arms, self._split(step, batch)):
                     if arm is not None and part:
                         self._push(arm, part)
                 return
-            proc = step.proc
-            try:
-                batch = proc.process(batch)
-            except Exception:
-                batch = self._one_by_one(step, batch)
+            batch = self._run(step, batch)
             step = step.next
+
+    def _run(self, step: Step, batch: list[Event]) -> list[Event]:
+        try:
+            return step.proc.process(batch)
+        except Exception:
+            return self._one_by_one(step, batch)
 
     @staticmethod
     def _one_by_one(step: Step, batch: list[Event]) -> list[Event]:
@@ -298,6 +437,18 @@ class CompiledService:
             if i is not None:
                 parts[i].append(e)
         return parts
+
+
+def _change_decoder(decode: Callable[[bytes | None], Any]) -> Callable[[bytes | None], Any]:
+    """Decodes a group_by change record into (new, old), unpacked into value/old by ``_decode``."""
+
+    def decode_change(data: bytes | None) -> tuple[Any, Any]:
+        change = decode(data)
+        if not isinstance(change, dict) or set(change) != {"old", "new"}:
+            raise ValueError(f"not a group_by change record: {change!r}")
+        return change["new"], change["old"]
+
+    return decode_change
 
 
 def _resolve_functions(topology: Topology) -> dict[str, Callable[..., Any]]:

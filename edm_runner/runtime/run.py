@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Callable
 
 from edm_runner.brokers.base import Broker
@@ -37,18 +38,21 @@ class _IdleTracker:
 
 async def run_services(services: list[Topology], broker: Broker, *, until_idle: bool = False,
                        stop: asyncio.Event | None = None,
-                       on_progress: Callable[[RunStats], None] | None = None) -> RunStats:
+                       on_progress: Callable[[RunStats], None] | None = None,
+                       create_topics: bool = True, state_dir: Path | None = None) -> RunStats:
     """Runs ``services`` on ``broker``, each in its own consumer group (its name).
 
     Returns when ``stop`` is set (each service finishes its batch, flushes and commits),
     when ``until_idle`` and no service has anything left to consume (including records
     another service just wrote), or raises the first error (``ProcessingError`` under the
-    fail policy) after the other services have stopped cleanly.
+    fail policy) after the other services have stopped cleanly. Without ``create_topics``,
+    topics are never created: a missing one is a ``BrokerError`` listing them. Local state
+    (stores, tables) lives under ``state_dir`` (default: ``.edm`` beside each topology file).
     """
     stats = RunStats({t.name: ServiceStats() for t in services})
-    runners = [ServiceRunner(t, broker, stats.services[t.name]) for t in services]
+    runners = [ServiceRunner(t, broker, stats.services[t.name], state_dir) for t in services]
     for runner in runners:
-        await runner.provision()
+        await runner.provision(create_topics)
     halt = asyncio.Event()
     tracker = _IdleTracker([r.name for r in runners])
     poll_ms = IDLE_POLL_MS if until_idle else POLL_MS

@@ -7,13 +7,18 @@ from dataclasses import dataclass, field
 @dataclass
 class ServiceStats:
     """``events_out`` counts records written to streams and repartition topics; dead letters
-    are counted in ``dead_lettered`` only. ``skipped_by_pipeline`` sums to ``skipped``."""
+    are counted in ``dead_lettered`` only. ``skipped_by_pipeline`` sums to ``skipped``.
+    ``restored``: changelog (or table source) records applied by restores since start.
+    ``late``: window events dropped or dead-lettered as late (also in ``dead_lettered`` when
+    dead-lettered)."""
 
     events_in: int = 0
     events_out: int = 0
     skipped: int = 0
     dead_lettered: int = 0
     skipped_by_pipeline: dict[str, int] = field(default_factory=dict)
+    restored: int = 0
+    late: int = 0
 
 
 @dataclass
@@ -35,3 +40,11 @@ class RunStats:
     @property
     def dead_lettered(self) -> int:
         return sum(s.dead_lettered for s in self.services.values())
+
+    @property
+    def restored(self) -> int:
+        return sum(s.restored for s in self.services.values())
+
+    @property
+    def late(self) -> int:
+        return sum(s.late for s in self.services.values())

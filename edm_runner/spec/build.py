@@ -9,8 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from edm_runner.spec.durations import parse_duration
 from edm_runner.spec.model import (BranchSpec, BrokerSpec, ErrorPolicy, FunctionSpec, PipelineSpec, Pos,
-                                   ProcessingSpec, SerdeSpec, StepSpec, StreamSpec, ToSpec, Topology)
+                                   ProcessingSpec, SerdeSpec, StepSpec, StoreSpec, StreamSpec, TableSpec,
+                                   ToSpec, Topology)
 from edm_runner.spec.source import SourceMap
 
 
@@ -54,6 +56,15 @@ class _Builder:
             on_error=self.error_policy(cfg.get("on_error"), path + ("on_error",)),
             replication_factor=cfg.get("replication_factor"), retention_ms=cfg.get("retention_ms"),
             config=dict(cfg.get("config", {})), pos=self.pos(path))
+
+    def store(self, name: str, cfg: dict) -> StoreSpec:
+        retention = parse_duration(cfg["retention"]) if "retention" in cfg else None
+        return StoreSpec(name=name, type=cfg.get("type", "key_value"), changelog=cfg.get("changelog", True),
+                         retention_ms=retention, pos=self.pos(("stores", name)))
+
+    def tables(self, data: dict, section: str) -> dict[str, TableSpec]:
+        return {name: TableSpec(name, cfg["from"], section == "global_tables", self.pos((section, name)))
+                for name, cfg in data.get(section, {}).items()}
 
     def steps(self, steps: list | None, path: tuple) -> list[StepSpec]:
         out = []
@@ -100,6 +111,9 @@ def build_topology(data: dict, smap: SourceMap, source_file: Path) -> Topology:
         functions={name: FunctionSpec(name, cfg["python"], b.pos(("functions", name)))
                    for name, cfg in data.get("functions", {}).items()},
         pipelines={name: b.pipeline(name, cfg) for name, cfg in data.get("pipelines", {}).items()},
+        stores={name: b.store(name, cfg) for name, cfg in data.get("stores", {}).items()},
+        tables=b.tables(data, "tables"),
+        global_tables=b.tables(data, "global_tables"),
     )
 
 

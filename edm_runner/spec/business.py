@@ -7,7 +7,10 @@ other file and position when two places disagree):
 - every consumed topic is written by a service or declared in ``external_streams``, and an
   external topic is not written by a service;
 - services sharing a topic agree on its partitions, type and formats;
-- no cycle through several services (a cycle inside one service is that service's error).
+- no cycle through several services (a cycle inside one service is that service's error);
+- tables read streams like pipelines do (they need a writer or must be external);
+- internal topics (changelogs, repartition topics) belong to their service: no other service
+  declares them.
 Cross-service checks use what validation could extract from every service file (the
 streams, reads and writes that are themselves valid), so one mistake is reported once.
 """
@@ -120,19 +123,38 @@ def _check_topics(data: dict, services: list[Service], report: Report) -> None:
                          f"'{topic}' is declared external but service '{writers[topic].name}' writes it "
                          f"({writers[topic].location()})",
                          "remove it from external_streams: it has a writer here")
+    internal = {topic for service in services for topic in service.checked.internal_topics}
     for service in services:
-        reported: set[str] = set()
-        for flow in service.checked.flows:
-            for ref in flow.reads:
-                if ref.topic in writers or ref.topic in external or ref.topic in reported:
-                    continue
-                reported.add(ref.topic)
-                _Use(service, ref).error(
-                    f"service '{service.checked.name}' reads topic '{ref.topic}', which no service of "
-                    f"business topology '{data.get('name')}' writes",
-                    f"add the service that writes it to `services:`, or list '{ref.topic}' in "
-                    f"`external_streams:` of {report.file}")
+        reported = set(internal)  # reading another service's internal topic: see _check_internal
+        reads = service.checked.table_reads + [ref for flow in service.checked.flows for ref in flow.reads]
+        for ref in reads:
+            if ref.topic in writers or ref.topic in external or ref.topic in reported:
+                continue
+            reported.add(ref.topic)
+            _Use(service, ref).error(
+                f"service '{service.checked.name}' reads topic '{ref.topic}', which no service of "
+                f"business topology '{data.get('name')}' writes",
+                f"add the service that writes it to `services:`, or list '{ref.topic}' in "
+                f"`external_streams:` of {report.file}")
     _check_shared(services)
+    _check_internal(services)
+
+
+def _check_internal(services: list[Service]) -> None:
+    owners = {topic: (service, what) for service in services
+              for topic, what in service.checked.internal_topics.items()}
+    for service in services:
+        for stream, cfg in service.checked.streams.items():
+            topic = cfg.get("topic", stream)
+            owner, what = owners.get(topic, (service, ""))
+            if owner is service:
+                continue  # its own internal topics are checked with the service
+            service.report.error(
+                ("streams", stream, "topic") if "topic" in cfg else ("streams", stream),
+                f"topic '{topic}' is internal to service '{owner.checked.name}' ({what}): internal "
+                f"topics are never shared between services",
+                f"have '{owner.checked.name}' write what you need to a declared stream (`to:`) and "
+                f"read that stream", key="topic" not in cfg)
 
 
 def _stream_shape(cfg: dict) -> dict[str, Any]:

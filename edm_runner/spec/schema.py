@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edm_runner.operators.registry import operators
+from edm_runner.spec.durations import DURATION_SCHEMA
 
 SCHEMA_ID = "https://edm.dev/schemas/topology.schema.json"
 NAME_PATTERN = "^[a-z0-9][a-z0-9._-]*$"
@@ -106,9 +107,27 @@ def _defs(step_items: dict) -> dict:
         "to": {"$ref": "#/$defs/sink"},
     }, "One branch: events for which `when` holds (first match wins) go through steps to `to`.",
         ["to"])
+    store = _obj({
+        "type": {"enum": ["key_value", "window", "session"],
+                 "description": "key_value (default), window (windowed aggregations) or session "
+                                "(session windows)."},
+        "changelog": {"type": "boolean",
+                      "description": "Keep the store in the compacted topic "
+                                     "`<service>-<store>-changelog` (default true)."},
+        "retention": {"$ref": "#/$defs/duration",
+                      "description": "Window and session stores: how long old windows are kept "
+                                     "(default: window size + grace, at least one day)."},
+    }, "A state store, named by the step that uses it (`store: NAME`).")
+    table = _obj({
+        "from": {"$ref": "#/$defs/stream_ref",
+                 "description": "The entity stream the table materializes."},
+        "description": _str("What the table holds."),
+    }, "A table: the latest value per key of an entity stream; a null value deletes the key.",
+        ["from"])
     pipeline = _obj({
         "description": _str("What the pipeline does."),
-        "from": {"description": "The stream(s) the pipeline reads.",
+        "from": {"description": "The stream(s) the pipeline reads, or one table (the pipeline "
+                                "then sees the table's changes).",
                  "oneOf": [{"$ref": "#/$defs/stream_ref"},
                            {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/stream_ref"}}]},
         "steps": {"$ref": "#/$defs/steps"},
@@ -168,6 +187,19 @@ def _defs(step_items: dict) -> dict:
         "functions": {"type": "object", "description": "Python functions by name.",
                       "propertyNames": {"pattern": IDENTIFIER_PATTERN},
                       "additionalProperties": {"$ref": "#/$defs/function"}},
+        "stores": {"type": "object", "description": "State stores by name.",
+                   "propertyNames": {"pattern": NAME_PATTERN},
+                   "additionalProperties": {"$ref": "#/$defs/store"}},
+        "tables": {"type": "object",
+                   "description": "Tables by name, each partitioned like its stream (names are "
+                                  "shared with streams and global tables).",
+                   "propertyNames": {"pattern": TOPIC_PATTERN},
+                   "additionalProperties": {"$ref": "#/$defs/table"}},
+        "global_tables": {"type": "object",
+                          "description": "Global tables by name: every partition on every instance, "
+                                         "loaded before processing starts.",
+                          "propertyNames": {"pattern": TOPIC_PATTERN},
+                          "additionalProperties": {"$ref": "#/$defs/table"}},
         "pipelines": {"type": "object", "description": "Pipelines by name.",
                       "propertyNames": {"pattern": NAME_PATTERN},
                       "additionalProperties": {"$ref": "#/$defs/pipeline"}},
@@ -184,9 +216,10 @@ def _defs(step_items: dict) -> dict:
                              "description": "Topics written by systems outside this business topology."},
     }, "Several microservices sharing streams (each stream has exactly one writer).",
         ["kind", "name", "services"])
-    return {"stream_ref": stream_ref, "expression": expression, "serde": serde,
-            "on_error": on_error, "sink": sink, "steps": steps, "stream": stream, "branch": branch,
-            "pipeline": pipeline, "broker": broker, "processing": processing, "function": function,
+    return {"stream_ref": stream_ref, "expression": expression, "duration": DURATION_SCHEMA,
+            "serde": serde, "on_error": on_error, "sink": sink, "steps": steps, "stream": stream,
+            "store": store, "table": table, "branch": branch, "pipeline": pipeline,
+            "broker": broker, "processing": processing, "function": function,
             "microservice": microservice, "business": business}
 
 

@@ -13,6 +13,7 @@ from typing import Any, Iterable
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
+from edm_runner.spec.durations import DURATION_PATTERN, DURATION_WORDS
 from edm_runner.spec.report import Report, describe_value, did_you_mean, where
 from edm_runner.spec.schema import PATTERN_WORDS
 
@@ -65,6 +66,9 @@ def _convert(error: ValidationError, report: Report, prefix: tuple, root: dict) 
     elif kind == "const":
         report.error(path, f"{place} must be {_literal(error.validator_value)}, "
                            f"not {describe_value(value)}")
+    elif kind == "pattern" and error.validator_value == DURATION_PATTERN:
+        report.error(path, f"{place}: {describe_value(value).removesuffix(' (a string)')} is not a "
+                           f"duration: use {DURATION_WORDS}")
     elif kind == "pattern":
         words = PATTERN_WORDS.get(error.validator_value, f"the pattern {error.validator_value}")
         report.error(path, f"invalid {place} {describe_value(value)}: use {words}")

@@ -21,42 +21,25 @@ from jsonschema.validators import validator_for
 from edm_runner.operators.registry import Operator, operators
 from edm_runner.spec import structure
 from edm_runner.spec.expressions import ExpressionError, compile_expression
+from edm_runner.spec.flows import Flow, Ref
 from edm_runner.spec.functions import FunctionRefError, resolve_function
 from edm_runner.spec.graph import find_cycles
 from edm_runner.spec.report import Report, did_you_mean, where
 from edm_runner.spec.schema import IDENTIFIER_PATTERN, PYTHON_REF_PATTERN, validation_schema
-
-EXPRESSION_PARAMS = ("key", "value", "event")
-
-
-@dataclass(frozen=True)
-class Ref:
-    """A use of a stream at ``path`` in the file; ``topic`` is the stream's topic."""
-
-    stream: str
-    topic: str
-    path: tuple
-
-
-@dataclass
-class Flow:
-    """What one pipeline reads (``from``, merge) and writes (sinks, repartition targets).
-    ``dead_letters`` are written too, but only on failures: they are not part of cycles."""
-
-    pipeline: str
-    reads: list[Ref] = field(default_factory=list)
-    writes: list[Ref] = field(default_factory=list)
-    dead_letters: list[Ref] = field(default_factory=list)
-
+from edm_runner.spec.stateful import EXPRESSION_PARAMS, StateChecks, Step, expression_params
 
 @dataclass
 class Checked:
-    """The outcome of validating a microservice file."""
+    """The outcome of validating a microservice file. ``table_reads``: the streams tables and
+    global tables materialize (consumed, like pipeline sources). ``internal_topics``: topic ->
+    what it is (a store's changelog, a repartition topic), never shared with other services."""
 
     name: str | None
     streams: dict[str, dict]
     flows: list[Flow]
     stream_dead_letters: dict[str, Ref]  # stream name -> its on_error dead letter
+    table_reads: list[Ref] = field(default_factory=list)
+    internal_topics: dict[str, str] = field(default_factory=dict)
 
 
 def _undefined_hint(name: str, declared: Any, section: str) -> str:
@@ -78,10 +61,11 @@ class _Context:
         self.report = report
         self.base_dir = base_dir
         self.no_code = no_code
-        raw_streams = data.get("streams")
-        self.streams: dict[str, dict] = {
-            name: (cfg if isinstance(cfg, dict) else {})
-            for name, cfg in (raw_streams.items() if isinstance(raw_streams, dict) else [])}
+        self.streams = _section(data, "streams")
+        self.tables = _section(data, "tables")
+        self.global_tables = _section(data, "global_tables")
+        self.stores = _section(data, "stores")
+        self.table_reads: list[Ref] = []
         self.functions: dict[str, Callable] = {}
         self.operators: dict[str, Operator] = operators()
 
@@ -98,16 +82,23 @@ class _Context:
             return None
         return Ref(name, self.topic(name), path)
 
-    def expression(self, source: Any, path: tuple) -> None:
+    def expression(self, source: Any, path: tuple, params: tuple[str, ...] = EXPRESSION_PARAMS) -> None:
         if not isinstance(source, str):
             return
         try:
-            compile_expression(source, params=EXPRESSION_PARAMS, functions=self.functions)
+            compile_expression(source, params=params, functions=self.functions)
         except ExpressionError as e:
             pos = self.report.smap.expression(path, getattr(e, "col", None))
             message = str(e).removeprefix("invalid expression: ")
             self.report.add(pos, f"invalid expression in {where(path)}: {message}",
                             getattr(e, "hint", "") or "")
+
+
+def _section(data: dict, key: str) -> dict[str, dict]:
+    """A top-level mapping of named items, non-mapping items as empty (the schema reports them)."""
+    raw = data.get(key)
+    return {name: (cfg if isinstance(cfg, dict) else {})
+            for name, cfg in (raw.items() if isinstance(raw, dict) else [])}
 
 
 def check_microservice(data: dict, report: Report, base_dir: Path, no_code: bool) -> Checked:
@@ -117,10 +108,14 @@ def check_microservice(data: dict, report: Report, base_dir: Path, no_code: bool
     ctx = _Context(data, report, base_dir, no_code)
     stream_dead_letters = _check_streams(ctx)
     _check_functions(ctx)
-    flows = _check_pipelines(ctx)
+    state = StateChecks(ctx)
+    state.check_declarations()
+    flows = _check_pipelines(ctx, state)
+    state.finish()
     _check_cycles(flows, report)
     name = data.get("name")
-    return Checked(name if isinstance(name, str) else None, ctx.streams, flows, stream_dead_letters)
+    return Checked(name if isinstance(name, str) else None, ctx.streams, flows, stream_dead_letters,
+                   ctx.table_reads, state.internal_topics)
 
 
 def _check_streams(ctx: _Context) -> dict[str, Ref]:
@@ -198,7 +193,7 @@ def _check_functions(ctx: _Context) -> None:
                              "the module is looked up next to the topology file, then on the Python path")
 
 
-def _check_pipelines(ctx: _Context) -> list[Flow]:
+def _check_pipelines(ctx: _Context, state: StateChecks) -> list[Flow]:
     pipelines = ctx.data.get("pipelines")
     flows: list[Flow] = []
     for name, cfg in (pipelines.items() if isinstance(pipelines, dict) else []):
@@ -206,19 +201,16 @@ def _check_pipelines(ctx: _Context) -> list[Flow]:
             continue
         path = ("pipelines", name)
         flow = Flow(name)
-        sources = cfg.get("from")
-        for i, source in enumerate(sources if isinstance(sources, list) else [sources]):
-            ref = ctx.stream_ref(source, path + ("from", i) if isinstance(sources, list) else path + ("from",))
-            if ref:
-                flow.reads.append(ref)
-        _check_steps(ctx, cfg.get("steps"), path + ("steps",), flow)
+        steps = _check_steps(ctx, cfg.get("steps"), path + ("steps",), flow)
         if "to" in cfg:
             _check_sink(ctx, cfg["to"], path + ("to",), flow)
+        branches: list[list[Step]] = []
         if isinstance(cfg.get("branch"), list):
             if "to" in cfg:
                 ctx.report.error(path + ("branch",), "a pipeline has either `to` or `branch`, not both",
                                  "move the `to` into the branches, or remove `branch`", key=True)
-            _check_branches(ctx, cfg["branch"], path + ("branch",), flow)
+            branches = _check_branches(ctx, cfg["branch"], path + ("branch",), flow)
+        state.pipeline(cfg, path, flow, steps, branches)
         on_error = cfg.get("on_error")
         if isinstance(on_error, dict) and "dead_letter" in on_error:
             ref = ctx.stream_ref(on_error["dead_letter"], path + ("on_error", "dead_letter"))
@@ -242,7 +234,9 @@ def _check_sink(ctx: _Context, sink: Any, path: tuple, flow: Flow) -> None:
                 flow.writes.append(ref)
 
 
-def _check_branches(ctx: _Context, branches: list, path: tuple, flow: Flow) -> None:
+def _check_branches(ctx: _Context, branches: list, path: tuple, flow: Flow) -> list[list[Step]]:
+    """Check each branch; returns each valid branch's steps (for the stateful checks)."""
+    arms: list[list[Step]] = []
     otherwise_seen = False
     several = sum(1 for b in branches if isinstance(b, dict) and "otherwise" in b) > 1
     for i, branch in enumerate(branches):
@@ -265,14 +259,17 @@ def _check_branches(ctx: _Context, branches: list, path: tuple, flow: Flow) -> N
                                  "branches are tried in order; move it to the end", key=True)
             otherwise_seen = True
         ctx.expression(branch.get("when"), bpath + ("when",))
-        _check_steps(ctx, branch.get("steps"), bpath + ("steps",), flow)
+        arms.append(_check_steps(ctx, branch.get("steps"), bpath + ("steps",), flow))
         if "to" in branch:
             _check_sink(ctx, branch["to"], bpath + ("to",), flow)
+    return arms
 
 
-def _check_steps(ctx: _Context, steps: Any, path: tuple, flow: Flow) -> None:
+def _check_steps(ctx: _Context, steps: Any, path: tuple, flow: Flow) -> list[Step]:
+    """Check each step on its own; returns the steps in order (an unknown operator's as invalid)."""
+    known: list[Step] = []
     if not isinstance(steps, list):
-        return
+        return known
     for i, step in enumerate(steps):
         spath = path + (i,)
         if not isinstance(step, dict):
@@ -289,6 +286,7 @@ def _check_steps(ctx: _Context, steps: Any, path: tuple, flow: Flow) -> None:
         op = ctx.operators.get(op_name)
         opath = spath + (op_name,)
         if op is None:
+            known.append(Step(opath, op_name, config, False))
             hint = did_you_mean(op_name, ctx.operators)
             ctx.report.error(opath, f"unknown operator '{op_name}'" + (f"; {hint}" if hint.startswith("did") else ""),
                              "" if hint.startswith("did") else hint, key=True)
@@ -298,12 +296,16 @@ def _check_steps(ctx: _Context, steps: Any, path: tuple, flow: Flow) -> None:
             ctx.report.error(opath, "repartition needs a partition count or a target stream",
                              "add `partitions: N` (with `name:`), or `to: <stream>` to repartition "
                              "through a declared stream", key=True)
+            known.append(Step(opath, op_name, config, False))
             continue
-        if not structure.check(op.schema, config, ctx.report, opath):
+        valid = structure.check(op.schema, config, ctx.report, opath)
+        known.append(Step(opath, op_name, config, valid))
+        if not valid:
             continue
         for subpath, source in op.expressions(config):
-            ctx.expression(source, opath + tuple(subpath))
+            ctx.expression(source, opath + tuple(subpath), expression_params(op_name, tuple(subpath)))
         _step_streams(ctx, op_name, config, opath, flow)
+    return known
 
 
 def _step_streams(ctx: _Context, op_name: str, config: Any, path: tuple, flow: Flow) -> None:

@@ -1,0 +1,326 @@
+"""Tasks: the stores of a sub-topology bound to one partition, restored before processing,
+committed with their changelogs and checkpoints.
+
+Invariants (see docs/design/stateful.md):
+- Task ``(sub, N)`` exists only for stateful sub-topologies (with stores or tables) and owns
+  partition N of their source topics and of their stores' changelogs.
+- A task processes nothing before every store of it is restored; then its input partitions
+  are seeked to max(group committed offset, the inputs its restored state reflects), so an
+  update already in the state is never applied twice. A task with a store without changelog
+  (not a table) rebuilds it from its inputs: they are seeked to the checkpointed inputs.
+- The changelog records of a commit are the tasks' dirty keys (latest value each), on the
+  task's partition; the last one a task writes carries ``edm.input`` (its input offsets).
+  ``commit`` writes the stores and the checkpoint only after those records are durable.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from edm_runner.brokers.base import Broker, Consumer, OutRecord, Record, TopicPartition
+from edm_runner.runtime.node import StoreUse
+from edm_runner.runtime.processing import CompiledService
+from edm_runner.runtime.stats import ServiceStats
+from edm_runner.serde import Serde
+from edm_runner.state.api import encode_json
+from edm_runner.state.progress import RestoreProgress
+from edm_runner.state.restore import INPUT_HEADER, restore_task
+from edm_runner.state.task import Checkpoint, TaskState, global_dir, task_dir, tp_key
+
+log = logging.getLogger("edm.runtime")
+
+
+@dataclass(eq=False)
+class Task:
+    """``inputs``: next offsets of the input partitions processed since the last commit."""
+
+    sub: int
+    partition: int
+    state: TaskState
+    uses: list[StoreUse]
+    inputs: dict[TopicPartition, int] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return f"{self.sub}_{self.partition}"
+
+
+def table_converter(name: str, serdes: tuple[Serde, Serde]) -> Callable[[Record], tuple[bytes, bytes | None] | None]:
+    """Source record -> the table store's (key bytes, value bytes or None); records whose key
+    or value does not decode are skipped with a warning (they never entered the table)."""
+    decode_key, decode_value = serdes[0].decode, serdes[1].decode
+    warned = [0]
+
+    def convert(r: Record) -> tuple[bytes, bytes | None] | None:
+        try:
+            key = decode_key(r.key)
+            value = decode_value(r.value)
+        except Exception as exc:
+            warned[0] += 1
+            if warned[0] <= 5:
+                log.warning("table %s: skipped the record at %s/%d/%d: %s", name, r.topic, r.partition,
+                            r.offset, exc)
+            return None
+        if key is None:
+            return None
+        return encode_json(key), None if value is None else encode_json(value)
+
+    return convert
+
+
+def changelog_partitions(compiled: CompiledService) -> dict[str, int]:
+    """Changelog topic -> partition count (the task count of its store's sub-topology)."""
+    tasks = {sub.id: sub.tasks for sub in compiled.dag.subtopologies}
+    return {u.changelog: tasks[u.subtopology] for u in compiled.catalog.uses.values()
+            if u.changelog is not None and u.subtopology is not None}
+
+
+async def _restore_store(state: TaskState, use: StoreUse, consumer: Consumer, tp: TopicPartition, end: int,
+                         from_offset: int, progress: RestoreProgress | None, label: str,
+                         stats: ServiceStats, convert: Any = None) -> None:
+    result = await restore_task(state, use.name, consumer, tp, end, from_offset=from_offset,
+                                progress=progress, convert=convert, source=convert is not None)
+    stats.restored += result.records_read
+    log.info("restored %s %s: %d records from offset %d to %d", use.name, label, result.records_read,
+             from_offset if from_offset <= end else 0, end)
+
+
+class TaskManager:
+    """The tasks of one service on this instance, created for the partitions assigned to it."""
+
+    def __init__(self, compiled: CompiledService, state_dir: Path, stats: ServiceStats) -> None:
+        self.compiled = compiled
+        self.topology = compiled.topology
+        self.service = self.topology.name
+        self.state_dir = state_dir
+        self.stats = stats
+        self.uses: dict[int, list[StoreUse]] = {}
+        for use in compiled.catalog.uses.values():
+            if use.subtopology is not None:
+                self.uses.setdefault(use.subtopology, []).append(use)
+        self.subs = {sub.id: sub for sub in compiled.dag.subtopologies if sub.id in self.uses}
+        self.sub_of_topic = {t: sub.id for sub in self.subs.values() for t in sub.source_topics}
+        self.tasks: dict[tuple[int, int], Task] = {}
+        self.touched: dict[tuple[int, int], Task] = {}
+
+    def owns(self, tp: TopicPartition) -> bool:
+        """True when ``tp`` is an input of a stateful sub-topology."""
+        return tp.topic in self.sub_of_topic
+
+    def missing(self, tps: Iterable[TopicPartition]) -> set[TopicPartition]:
+        """The stateful input partitions among ``tps`` whose task does not exist yet."""
+        return {tp for tp in tps if tp.topic in self.sub_of_topic
+                and (self.sub_of_topic[tp.topic], tp.partition) not in self.tasks}
+
+    # -- creation and restore ---------------------------------------------------------------
+
+    async def assign(self, broker: Broker, consumer: Consumer, tps: Iterable[TopicPartition]) -> None:
+        """Opens and restores the tasks of ``tps`` that do not exist yet, then seeks their input
+        partitions (see the module invariants)."""
+        wanted = sorted({(self.sub_of_topic[tp.topic], tp.partition) for tp in tps
+                         if tp.topic in self.sub_of_topic} - set(self.tasks))
+        for key in wanted:
+            task = await asyncio.to_thread(self._open, *key)
+            try:
+                await self._restore(broker, consumer, task)
+                await self._seek_inputs(consumer, task)
+            except BaseException:
+                task.state.close()
+                raise
+            self.tasks[key] = task
+
+    def _open(self, sub: int, partition: int) -> Task:
+        state = TaskState.open(task_dir(self.state_dir, self.service, sub, partition),
+                               topology_file=self.topology.source_file)
+        try:
+            for use in self.uses[sub]:
+                state.register(use.name, use.type, use.params, changelog=use.changelog is not None)
+        except BaseException:
+            state.close()
+            raise
+        return Task(sub, partition, state, self.uses[sub])
+
+    async def _restore(self, broker: Broker, consumer: Consumer, task: Task) -> None:
+        """Stores from their changelog (checkpoint -> end offset captured now), tables from
+        their source topic (checkpoint -> the group's committed offset)."""
+        plan: list[tuple[StoreUse, TopicPartition, int, int]] = []
+        checkpoint = task.state.checkpoint()
+        for use in task.uses:
+            if use.changelog is not None:
+                tp = TopicPartition(use.changelog, task.partition)
+                end = (await consumer.end_offsets([tp]))[tp]
+                plan.append((use, tp, checkpoint.changelogs.get(tp, 0), end))
+            elif use.source is not None:
+                tp = TopicPartition(use.source, task.partition)
+                end = await consumer.committed(tp) or 0
+                plan.append((use, tp, checkpoint.inputs.get(tp, 0), end))
+        todo = [p for p in plan if p[2] != p[3]]
+        if not todo:
+            return
+        total = sum(max(0, end - start) if start <= end else end for _, _, start, end in todo)
+        progress = RestoreProgress(f"restoring {self.service} task {task.id}", total) if total else None
+        reader = broker.consumer(None, sorted({tp.topic for _, tp, _, _ in todo}))
+        await reader.start()
+        try:
+            for use, tp, start, end in todo:
+                convert = None
+                if use.changelog is None:
+                    convert = table_converter(use.name, self.compiled.table_serdes[use.name])
+                await _restore_store(task.state, use, reader, tp, end, start, progress, f"task {task.id}",
+                                     self.stats, convert)
+        finally:
+            await reader.close()
+            if progress is not None:
+                progress.finish()
+
+    async def _seek_inputs(self, consumer: Consumer, task: Task) -> None:
+        inputs = task.state.checkpoint().inputs
+        rebuild = any(u.changelog is None and u.source is None for u in task.uses)
+        if rebuild and not inputs:
+            log.warning("%s task %s: a store without changelog has no local state; rebuilding it "
+                        "from the inputs (their outputs are produced again)", self.service, task.id)
+        assigned = consumer.assignment()
+        for topic in self.subs[task.sub].source_topics:
+            tp = TopicPartition(topic, task.partition)
+            if tp in assigned:
+                target = inputs.get(tp, 0) if rebuild else max(await consumer.committed(tp) or 0,
+                                                                inputs.get(tp, 0))
+                consumer.seek(tp, target)
+
+    async def reseek(self, consumer: Consumer) -> None:
+        """After a failed flush (Kafka): seek every task's inputs again from its local state."""
+        for task in self.tasks.values():
+            await self._seek_inputs(consumer, task)
+
+    # -- processing -------------------------------------------------------------------------
+
+    def bind(self, tp: TopicPartition, next_offset: int) -> None:
+        """Binds the stores of ``tp``'s sub-topology to the task of ``tp`` (which must exist,
+        see ``missing``) and records that the task processed ``tp`` up to ``next_offset``."""
+        sub = self.sub_of_topic.get(tp.topic)
+        if sub is None:
+            return
+        key = (sub, tp.partition)
+        task = self.tasks[key]
+        for use in task.uses:
+            use.ref.current = task.state.store(use.name)
+        task.inputs[tp] = next_offset
+        self.touched[key] = task
+
+    def changelog_records(self) -> list[OutRecord]:
+        """The changelog records of every touched task's dirty keys; each task's last record
+        carries ``edm.input``."""
+        now = int(time.time() * 1000)
+        out: list[OutRecord] = []
+        topics = {u.name: u.changelog for uses in self.uses.values() for u in uses}
+        for task in self.touched.values():
+            rows = task.state.dirty_changelog_records()
+            if not rows:
+                continue
+            p = task.partition
+            out.extend(OutRecord(topics[store], p, k, v, now) for store, k, v in rows)
+            header = json.dumps({tp_key(tp): o for tp, o in task.inputs.items()}, separators=(",", ":"))
+            last = out[-1]
+            last.headers = ((INPUT_HEADER, header.encode()),)
+        return out
+
+    def touched_changelogs(self) -> list[TopicPartition]:
+        return [TopicPartition(u.changelog, t.partition) for t in self.touched.values()
+                for u in t.uses if u.changelog is not None]
+
+    def commit(self, ends: Mapping[TopicPartition, int]) -> None:
+        """Writes every touched task's stores and checkpoint (changelog ends from ``ends``, the
+        end offsets after the flush) in one LMDB transaction per task."""
+        for task in self.touched.values():
+            changelogs = {TopicPartition(u.changelog, task.partition): ends[tp]
+                          for u in task.uses if u.changelog is not None
+                          and (tp := TopicPartition(u.changelog, task.partition)) in ends}
+            task.state.commit(Checkpoint(changelogs, dict(task.inputs)))
+            task.inputs.clear()
+        self.touched.clear()
+
+    def abort(self) -> None:
+        """Drops the buffered updates of every touched task (a failed batch or flush)."""
+        for task in self.touched.values():
+            task.state.abort()
+            task.inputs.clear()
+        self.touched.clear()
+
+    def close(self) -> None:
+        for task in self.tasks.values():
+            task.state.close()
+        self.tasks.clear()
+
+
+class GlobalTables:
+    """Every global table of a service, materialized from all partitions of its source topic
+    by a group-less consumer, in ``<state_dir>/state/<service>/global/``.
+
+    Invariant: ``bootstrap`` reads every partition to the end offset it found at start before
+    it returns; ``tail`` applies whatever arrived since, before the runner processes a batch.
+    """
+
+    def __init__(self, compiled: CompiledService, state_dir: Path, stats: ServiceStats) -> None:
+        self.compiled = compiled
+        self.topology = compiled.topology
+        self.state_dir = state_dir
+        self.stats = stats
+        self.uses = compiled.catalog.global_tables()
+        self.by_topic: dict[str, list[tuple[StoreUse, Any]]] = {}
+        for use in self.uses:
+            convert = table_converter(use.name, compiled.table_serdes[use.name])
+            self.by_topic.setdefault(use.source, []).append((use, convert))
+        self.state: TaskState | None = None
+        self.consumer: Consumer | None = None
+
+    async def bootstrap(self, broker: Broker) -> None:
+        service = self.topology.name
+        self.state = state = TaskState.open(global_dir(self.state_dir, service),
+                                            topology_file=self.topology.source_file)
+        for use in self.uses:
+            state.register(use.name, "key_value", {}, changelog=False)
+            use.ref.current = state.store(use.name)
+        topics = sorted(self.by_topic)
+        self.consumer = consumer = broker.consumer(None, topics)
+        await consumer.start()
+        tps = sorted(consumer.assignment())
+        ends = await consumer.end_offsets(tps)
+        checkpoint = state.checkpoint().inputs
+        plan = [(use, convert, tp) for tp in tps for use, convert in self.by_topic[tp.topic]]
+        total = sum(max(0, ends[tp] - checkpoint.get(tp, 0)) for _, _, tp in plan)
+        progress = RestoreProgress(f"bootstrapping {service} global tables", total) if total else None
+        for use, convert, tp in plan:
+            start = checkpoint.get(tp, 0)
+            if start != ends[tp]:
+                await _restore_store(state, use, consumer, tp, ends[tp], start, progress, "global", self.stats,
+                                     convert)
+        if progress is not None:
+            progress.finish()
+        positions = state.checkpoint().inputs
+        for tp in tps:
+            consumer.seek(tp, positions.get(tp, 0))
+
+    async def tail(self, max_records: int = 10_000) -> int:
+        """Applies the records that arrived since the last call; returns how many."""
+        fetched = await self.consumer.getmany(timeout_ms=0, max_records=max_records)
+        count = 0
+        for tp, records in fetched.items():
+            position = {tp: records[-1].offset + 1}
+            for use, convert in self.by_topic[tp.topic]:
+                entries = [kv for r in records if (kv := convert(r)) is not None]
+                self.state.apply_changelog(use.name, entries, inputs_at_least=position)
+            count += len(records)
+        return count
+
+    async def close(self) -> None:
+        try:
+            if self.consumer is not None:
+                await self.consumer.close()
+        finally:
+            if self.state is not None:
+                self.state.close()

@@ -1,0 +1,142 @@
+"""Restoring a store from its changelog (or a table from its source topic).
+
+Invariants:
+- Records are applied byte for byte (or through ``convert`` for a source topic), in log
+  order, in batches: one LMDB transaction per batch that also advances the checkpoint, so
+  an interrupted restore resumes where it stopped.
+- Only offsets in ``[from_offset, end_offset)`` are applied; ``end_offset`` is captured by
+  the caller when restore starts (records appended later are the task's to process).
+- A checkpoint ahead of the end offset means the changelog was recreated: the store is
+  wiped (with a warning) and restored from offset 0.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from edm_runner.brokers.base import Consumer, Record, TopicPartition
+from edm_runner.errors import BrokerError
+from edm_runner.state.progress import RestoreProgress
+from edm_runner.state.task import TaskState, parse_offsets
+
+log = logging.getLogger("edm.state")
+
+INPUT_HEADER = "edm.input"
+RESTORE_BATCH = 50_000
+POLL_MS = 500
+STALL_S = 120.0
+
+Convert = Callable[[Record], "tuple[bytes, bytes | None] | None"]
+
+
+@dataclass
+class RestoreResult:
+    """``records_read``: changelog records applied. ``input_position``: the inputs' next
+    offsets from the last ``edm.input`` header applied ({} when none was)."""
+
+    records_read: int
+    input_position: dict[TopicPartition, int] = field(default_factory=dict)
+
+
+def _input_position(records: list[Record]) -> dict[TopicPartition, int] | None:
+    """The ``edm.input`` header of the last record carrying one, decoded."""
+    for r in reversed(records):
+        for name, value in r.headers:
+            if name == INPUT_HEADER:
+                try:
+                    return parse_offsets(json.loads(value))
+                except (ValueError, TypeError, AttributeError):
+                    log.warning("ignoring a malformed %s header at %s[%d]@%d: %r", INPUT_HEADER,
+                                r.topic, r.partition, r.offset, value[:100])
+    return None
+
+
+async def _isolate(consumer: Consumer, tp: TopicPartition, offset: int) -> None:
+    """Make ``consumer`` read ``tp`` only, from ``offset``: a group-less consumer holds every
+    partition of its topics, the others are moved to their end."""
+    if tp not in consumer.assignment():
+        raise BrokerError(f"cannot restore from {tp.topic}[{tp.partition}]: the restore consumer "
+                          "does not hold that partition; does the topic have enough partitions?")
+    others = [p for p in consumer.assignment() if p != tp]
+    if others:
+        for p, end in (await consumer.end_offsets(others)).items():
+            consumer.seek(p, end)
+    consumer.seek(tp, offset)
+
+
+async def restore_task(state: TaskState, store: str, consumer: Consumer, tp: TopicPartition,
+                       end_offset: int, *, from_offset: int,
+                       progress: RestoreProgress | None = None, convert: Convert | None = None,
+                       source: bool = False, batch_size: int = RESTORE_BATCH) -> RestoreResult:
+    """Restore ``store`` of ``state`` from ``tp`` (read with ``consumer``, a started
+    group-less consumer this call seeks as it needs) from ``from_offset`` up to
+    ``end_offset`` (exclusive).
+
+    A changelog (``source`` False) advances ``checkpoint().changelogs[tp]`` and raises the
+    checkpoint's input offsets to the last ``edm.input`` header. A table's source topic
+    (``source`` True; end = the group's committed offset) advances
+    ``checkpoint().inputs[tp]`` instead. ``convert`` turns a source record into store
+    (key, value) bytes, or None to skip it; without it records are copied as they are.
+    """
+    if from_offset > end_offset:
+        log.warning("the checkpoint of store %r at %s is at offset %d but %s[%d] ends at %d: "
+                    "the topic was recreated; wiping the store and restoring it from offset 0",
+                    store, state.path, from_offset, tp.topic, tp.partition, end_offset)
+        state.wipe_store(store, changelog_tps=() if source else (tp,), forget_inputs=True)
+        from_offset = 0
+    result = RestoreResult(0)
+    if from_offset >= end_offset:
+        return result
+    await _isolate(consumer, tp, from_offset)
+    position = from_offset
+    stalled_since = time.monotonic()
+    skipped_null_keys = 0
+    # The LMDB write of a batch (a thread) overlaps the fetch of the next one; writes stay
+    # in log order because a batch is written only after the previous write finished.
+    writing: asyncio.Future[None] | None = None
+    try:
+        while position < end_offset:
+            records = (await consumer.getmany(timeout_ms=POLL_MS, max_records=batch_size)).get(tp)
+            if not records:
+                # Nothing below the end (e.g. the topic was truncated meanwhile): stop there.
+                current_end = (await consumer.end_offsets([tp]))[tp]
+                if current_end <= position:
+                    break
+                if time.monotonic() - stalled_since > STALL_S:
+                    raise BrokerError(f"restoring store {store!r} from {tp.topic}[{tp.partition}] "
+                                      f"made no progress for {STALL_S:.0f} s at offset {position} "
+                                      f"(end {end_offset}); check the broker's health")
+                continue
+            stalled_since = time.monotonic()
+            new_position = min(records[-1].offset + 1, end_offset)
+            if records[-1].offset >= end_offset:
+                records = [r for r in records if r.offset < end_offset]
+            if convert is None:
+                entries = [(r.key, r.value) for r in records if r.key is not None]
+                skipped_null_keys += len(records) - len(entries)
+            else:
+                entries = [kv for r in records if (kv := convert(r)) is not None]
+            headers = None if source else _input_position(records)
+            if headers:
+                result.input_position = headers
+            if writing is not None:
+                await writing
+            writing = asyncio.ensure_future(asyncio.to_thread(
+                state.apply_changelog, store, entries,  # type: ignore[arg-type]
+                changelog=None if source else {tp: new_position},
+                inputs_at_least={tp: new_position} if source else headers))
+            result.records_read += len(entries)
+            if progress is not None:
+                progress.advance(new_position - position)
+            position = new_position
+    finally:
+        if writing is not None:
+            await writing
+    if skipped_null_keys:
+        log.warning("skipped %d records without a key while restoring store %r from %s[%d]",
+                    skipped_null_keys, store, tp.topic, tp.partition)
+    return result

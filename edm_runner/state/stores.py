@@ -1,0 +1,243 @@
+"""LMDB-backed implementations of ``state.api``'s stores, over a per-task write buffer.
+
+Invariants:
+- A store's writes land in ``writes`` (key bytes -> value bytes, None = delete) and nothing
+  else until the task commits them (``TaskState.commit``); reads look at ``writes`` first,
+  so a batch reads its own writes, and a failed batch (``TaskState.abort``) leaves LMDB as it was.
+- ``writes`` keeps the latest value per key, so it is also the batch's changelog (one record
+  per dirty key).
+- Every value returned is decoded afresh: mutating it never changes the store.
+- Iteration order is stored-bytes order (see ``state.keys`` for the window/session layout).
+"""
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator
+
+from edm_runner.errors import EdmError
+from edm_runner.state.api import encode_json
+from edm_runner.state.keys import (key_prefix, session_key, split_session_key,
+                                   split_window_key, window_key)
+
+if TYPE_CHECKING:
+    import lmdb
+
+    from edm_runner.state.task import TaskState
+
+_loads = json.loads
+_MIN_TIME = -(1 << 63)
+_MAX_TIME = (1 << 63) - 1
+
+
+def _merge(stored: Iterable[tuple[bytes, bytes]], buffered: list[tuple[bytes, bytes | None]]
+           ) -> Iterator[tuple[bytes, bytes]]:
+    """Merge two byte-ordered streams; a buffered entry overrides (None hides) a stored one."""
+    i, n = 0, len(buffered)
+    for k, v in stored:
+        while i < n and buffered[i][0] < k:
+            bk, bv = buffered[i]
+            i += 1
+            if bv is not None:
+                yield bk, bv
+        if i < n and buffered[i][0] == k:
+            bv = buffered[i][1]
+            i += 1
+            if bv is not None:
+                yield k, bv
+            continue
+        yield k, v
+    for bk, bv in buffered[i:]:
+        if bv is not None:
+            yield bk, bv
+
+
+class _Store:
+    """What the three store types share: the buffer and merged range reads."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, name: str, db: "lmdb._Database", state: "TaskState", changelog: bool):
+        self.name = name
+        self.db = db
+        self.changelog = changelog
+        self.writes: dict[bytes, bytes | None] = {}
+        self._state = state
+        self._max_key = state.max_key_size
+
+    def _get_raw(self, k: bytes) -> bytes | None:
+        writes = self.writes
+        if k in writes:
+            return writes[k]
+        return self._state.read_txn().get(k, db=self.db)
+
+    def _put_raw(self, k: bytes, v: bytes | None) -> None:
+        if len(k) > self._max_key:
+            raise EdmError(f"store {self.name!r}: a key of {len(k)} bytes exceeds LMDB's limit of "
+                           f"{self._max_key} bytes ({k[:60]!r}...); use a shorter key")
+        self.writes[k] = v
+
+    def _stored_range(self, lo: bytes, hi: bytes | None) -> Iterator[tuple[bytes, bytes]]:
+        """Stored entries with ``lo <= key <= hi`` (``hi`` None: to the end)."""
+        cur = self._state.read_txn().cursor(db=self.db)
+        if not cur.set_range(lo):
+            return
+        for k, v in cur:
+            if hi is not None and k > hi:
+                return
+            yield k, v
+
+    def _range(self, lo: bytes, hi: bytes | None,
+               candidates: Iterable[bytes] | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Live entries with ``lo <= key <= hi`` in byte order, the buffer merged in.
+        ``candidates``: the buffered keys worth looking at (default: all of them)."""
+        pool = self.writes if candidates is None else candidates
+        buffered = sorted((k, self.writes[k]) for k in pool
+                          if lo <= k and (hi is None or k <= hi))
+        return _merge(self._stored_range(lo, hi), buffered)
+
+    def clear(self) -> None:
+        self.writes.clear()
+
+
+class LmdbKeyValueStore(_Store):
+    """``api.KeyValueStore``: key bytes are the key's compact JSON."""
+
+    kind = "key_value"
+
+    def get(self, key: Any) -> Any | None:
+        v = self._get_raw(encode_json(key))
+        return None if v is None else _loads(v)
+
+    def put(self, key: Any, value: Any | None) -> None:
+        self._put_raw(encode_json(key), None if value is None else encode_json(value))
+
+    def scan(self, prefix: bytes = b"") -> Iterator[tuple[Any, Any]]:
+        for k, v in self._range(prefix, None):
+            if not k.startswith(prefix):
+                return
+            yield _loads(k), _loads(v)
+
+
+class _Composite(_Store):
+    """Window and session stores: the buffer is also indexed by key prefix, so a per-key
+    range read looks at that key's buffered windows only."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._by_prefix: dict[bytes, set[bytes]] = {}
+
+    def _put_composite(self, prefix: bytes, k: bytes, v: bytes | None) -> None:
+        self._put_raw(k, v)
+        keys = self._by_prefix.get(prefix)
+        if keys is None:
+            self._by_prefix[prefix] = {k}
+        else:
+            keys.add(k)
+
+    def clear(self) -> None:
+        super().clear()
+        self._by_prefix.clear()
+
+
+class LmdbWindowStore(_Composite):
+    """``api.WindowStore`` (layout in ``state.keys``)."""
+
+    kind = "window"
+
+    def get(self, key: Any, start: int) -> Any | None:
+        v = self._get_raw(window_key(encode_json(key), start))
+        return None if v is None else _loads(v)
+
+    def put(self, key: Any, start: int, value: Any | None) -> None:
+        kb = encode_json(key)
+        self._put_composite(key_prefix(kb), window_key(kb, start),
+                            None if value is None else encode_json(value))
+
+    def fetch(self, key: Any, start_from: int, start_to: int) -> Iterator[tuple[int, Any]]:
+        kb = encode_json(key)
+        candidates = self._by_prefix.get(key_prefix(kb), ())
+        # Every key between two windows of one key is a window of that key (state.keys).
+        for k, v in self._range(window_key(kb, start_from), window_key(kb, start_to), candidates):
+            yield split_window_key(k)[1], _loads(v)
+
+    def fetch_all(self, start_from: int, start_to: int) -> Iterator[tuple[Any, int, Any]]:
+        found = []
+        for k, v in self._range(b"", None):
+            kb, start = split_window_key(k)
+            if start_from <= start <= start_to:
+                found.append((start, k, kb, v))
+        found.sort()
+        for start, _, kb, v in found:
+            yield _loads(kb), start, _loads(v)
+
+
+class LmdbSessionStore(_Composite):
+    """``api.SessionStore`` (layout in ``state.keys``)."""
+
+    kind = "session"
+
+    def get(self, key: Any, start: int, end: int) -> Any | None:
+        v = self._get_raw(session_key(encode_json(key), start, end))
+        return None if v is None else _loads(v)
+
+    def put(self, key: Any, start: int, end: int, value: Any | None) -> None:
+        kb = encode_json(key)
+        self._put_composite(key_prefix(kb), session_key(kb, start, end),
+                            None if value is None else encode_json(value))
+
+    def find(self, key: Any, earliest_end: int, latest_start: int) -> list[tuple[int, int, Any]]:
+        kb = encode_json(key)
+        candidates = self._by_prefix.get(key_prefix(kb), ())
+        out = []
+        for k, v in self._range(session_key(kb, _MIN_TIME, _MIN_TIME),
+                                session_key(kb, latest_start, _MAX_TIME), candidates):
+            _, start, end = split_session_key(k)
+            if end >= earliest_end:
+                out.append((start, end, _loads(v)))
+        return out
+
+    def fetch_all(self, end_from: int, end_to: int) -> Iterator[tuple[Any, int, int, Any]]:
+        found = []
+        for k, v in self._range(b"", None):
+            kb, start, end = split_session_key(k)
+            if end_from <= end <= end_to:
+                found.append((end, k, kb, start, v))
+        found.sort()
+        for end, _, kb, start, v in found:
+            yield _loads(kb), start, end, _loads(v)
+
+
+STORE_CLASSES: dict[str, type[_Store]] = {
+    cls.kind: cls for cls in (LmdbKeyValueStore, LmdbWindowStore, LmdbSessionStore)}
+AnyStore = LmdbKeyValueStore | LmdbWindowStore | LmdbSessionStore
+
+
+class BoundStores:
+    """The stores of one sub-topology (or of the global tables), bound to one task at a time.
+
+    Operators keep ``ref(name)`` handles from build time; the runtime calls ``bind(state)``
+    before processing a task's batch, and ``ref.get()`` returns that task's store.
+    """
+
+    def __init__(self) -> None:
+        self.current: TaskState | None = None
+
+    def bind(self, state: "TaskState | None") -> None:
+        self.current = state
+
+    def ref(self, name: str) -> "StoreHandle":
+        return StoreHandle(name, self)
+
+
+class StoreHandle:
+    """``api.StoreRef`` over ``BoundStores``."""
+
+    def __init__(self, name: str, owner: BoundStores):
+        self.name = name
+        self._owner = owner
+
+    def get(self) -> Any:
+        state = self._owner.current
+        if state is None:
+            raise RuntimeError(f"store {self.name!r} used while no task is bound (runtime bug)")
+        return state.store(self.name)
