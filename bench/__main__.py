@@ -14,6 +14,8 @@ SCENARIOS: dict[str, str] = {
     "expressions": "bench.expressions",
     "local-stateless": "bench.local_stateless",
     "kafka-stateless": "bench.kafka_stateless",
+    "local-count": "bench.local_count",
+    "kafka-restore": "bench.kafka_restore",
 }
 
 

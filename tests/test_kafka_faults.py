@@ -1,5 +1,6 @@
-"""Faults around a real `edm run` subprocess: the runner SIGKILLed mid-stream, the Kafka
-broker stopped for 20 s mid-stream, the broker unreachable at start.
+"""Faults around a real `edm run` subprocess: the runner SIGKILLed mid-stream (on Kafka and
+on the embedded broker), the Kafka broker stopped for 20 s mid-stream. (An unreachable broker
+at start is tested in test_kafka_cli.)
 
 Inputs flow continuously from the test while the fault happens; afterwards every input must
 be in the output. Duplicates are allowed under at-least-once on Kafka (they are counted and
@@ -14,13 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from cli_helpers import edm
 from edm_runner import devkafka
 from edm_runner.brokers.base import Broker
 from edm_runner.brokers.kafka import KafkaBroker
 from edm_runner.brokers.local import LocalBroker
 from helpers.kafka_flow import Feeder, OutputReader, Runner, topics, write_topology
-from test_kafka_broker import closed_port
 
 TOTAL = 4000
 OUTAGE_S = 20.0
@@ -53,13 +52,12 @@ async def kill_and_restart(broker: Broker, topology: Path, name: str) -> dict[in
     first = Runner(topology)
     second: Runner | None = None
     try:
-        await reader.wait_for(TOTAL // 5, 60, "before the kill")
+        await reader.wait_for(TOTAL // 5, 60, "before the kill", first)
         first.kill()
-        killed_at = feeder.produced
-        assert killed_at < TOTAL, "the feeder finished before the kill: not mid-stream"
+        assert feeder.produced < TOTAL, "the feeder finished before the kill: not mid-stream"
         second = Runner(topology)
         await feeding
-        await reader.wait_for(TOTAL, 60, "after the restart")
+        await reader.wait_for(TOTAL, 60, "after the restart", second)
         assert await asyncio.to_thread(second.stop) == 0, second.stderr()
     finally:
         for task in (feeding, reading):
@@ -106,15 +104,14 @@ def test_runner_waits_out_a_broker_outage_and_loses_nothing(tmp_path: Path, kafk
         reading = asyncio.create_task(reader.run())
         runner = Runner(topology)
         try:
-            await reader.wait_for(TOTAL // 5, 60, "before the outage")
+            await reader.wait_for(TOTAL // 5, 60, "before the outage", runner)
             await asyncio.to_thread(devkafka.stop, workdir)
-            stopped_at = feeder.produced
-            assert stopped_at < TOTAL, "the feeder finished before the outage: not mid-stream"
+            assert feeder.produced < TOTAL, "the feeder finished before the outage: not mid-stream"
             await asyncio.sleep(OUTAGE_S)  # the outage itself: a deliberate duration
             assert runner.alive(), f"the runner died during the outage:\n{runner.stderr()}"
             await asyncio.to_thread(devkafka.start, workdir)
             await asyncio.wait_for(feeding, 90)
-            await reader.wait_for(TOTAL, 90, "after the outage")
+            await reader.wait_for(TOTAL, 90, "after the outage", runner)
             assert runner.alive(), f"the runner died after the outage:\n{runner.stderr()}"
             assert await asyncio.to_thread(runner.stop) == 0, runner.stderr()
         finally:

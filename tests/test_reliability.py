@@ -146,3 +146,13 @@ def test_a_deleted_state_directory_is_restored_from_the_changelog(
     assert resumed.code == 0, resumed.stderr
     assert sum(resumed.restored().values()) == 0, resumed.stderr
     assert scan(service.topology, service.state_dir) == reference_counts(first + second)
+
+
+def test_a_malformed_crash_point_stops_the_runner_before_it_processes(
+        tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    service = Service("local", tmp_path, request)
+    service.produce(events(10))
+    result = run_until_idle(service.topology, service.state_dir, crash_at="after_prodcue:1")
+    assert result.code == 1 and "EDM_CRASH_AT='after_prodcue:1' is not POINT:N" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (service.state_dir / "state").exists()

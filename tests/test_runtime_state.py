@@ -1,6 +1,6 @@
 """The stateful runtime on the real local broker: tasks, restore, changelogs, checkpoints,
-tables and global tables. The operators used here are small test operators registered by this
-module, so these tests exercise the runtime (store binding, commit, restore) on their own."""
+tables and global tables. The operators used here are small test operators registered for
+each test, so these tests exercise the runtime (store binding, commit, restore) on their own."""
 from __future__ import annotations
 
 import asyncio
@@ -14,7 +14,8 @@ import pytest
 from edm_runner.brokers.base import OutRecord, TopicPartition, TopicSpec
 from edm_runner.brokers.local import LocalBroker
 from edm_runner.brokers.partitioner import default_partition
-from edm_runner.operators.registry import Operator, get, register
+from edm_runner.operators import registry
+from edm_runner.operators.registry import Operator, operators
 from edm_runner.runtime import run_services
 from edm_runner.runtime.copartition import CopartitionError
 from edm_runner.runtime.event import Event
@@ -67,16 +68,40 @@ class _Changes(Processor):
         return batch
 
 
-def _register(name: str, build: Any) -> None:
-    if get(name) is None:  # loads every real operator first, so no name clash
-        register(Operator(name, {}, build))
+class _TableCount(Processor):
+    """Counts keys per group from group_by change records: +1 for a new value, -1 for an old."""
+
+    label = "test_table_count"
+
+    def __init__(self, ref: Any) -> None:
+        self.ref = ref
+
+    def process(self, batch: list[Event]) -> list[Event]:
+        store = self.ref.get()
+        for e in batch:
+            n = (store.get(e.key) or 0) + (e.value is not None) - (e.old is not None)
+            store.put(e.key, n)
+            e.value = n
+        return batch
 
 
-_register("test_count", lambda step, ctx: _Count(ctx.store(step.config["store"], "key_value", {}, step.pos)))
-_register("test_lookup", lambda step, ctx: _Lookup(ctx.table(step.config.get("table")
-                                                              or step.config["global_table"]),
-                                                    step.config.get("key")))
-_register("test_changes", lambda step, ctx: _Changes())
+_TEST_OPERATORS = [
+    Operator("test_count", {}, lambda step, ctx: _Count(ctx.store(step.config["store"], "key_value", {}, step.pos))),
+    Operator("test_lookup", {}, lambda step, ctx: _Lookup(ctx.table(step.config.get("table")
+                                                                    or step.config["global_table"]),
+                                                          step.config.get("key"))),
+    Operator("test_changes", {}, lambda step, ctx: _Changes()),
+    Operator("test_table_count", {}, lambda step, ctx: _TableCount(ctx.store(step.config["store"], "key_value", {}))),
+]
+
+
+@pytest.fixture(autouse=True)
+def stub_operators(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Registers the test operators for one test only (the schema must not see them)."""
+    operators()  # the real ones first, so they never clash with these
+    for op in _TEST_OPERATORS:
+        monkeypatch.setitem(registry._OPERATORS, op.name, op)
+
 
 # -- helpers --------------------------------------------------------------------------------
 
@@ -344,6 +369,31 @@ def test_copartition_mismatch_on_the_broker_names_streams_and_counts(tmp_path: P
             assert "'activity' (topic 'activity') has 2" in message
             assert "'users-table' (topic 'users') has 3" in message
             assert "activity" not in await broker.list_topics()  # refused before creating topics
+        finally:
+            await broker.close()
+
+    asyncio.run(main())
+
+
+
+def test_group_by_a_table_moves_keys_between_groups(tmp_path: Path) -> None:
+    topology = _topology(
+        tmp_path, {"users": (2, "entity"), "team-sizes": (1, "keyed")},
+        {"sizes": (["users-table"], [("group_by", {"key": "value.team", "name": "by-team"}),
+                                     ("test_table_count", {"store": "sizes"})], "team-sizes")},
+        stores={"sizes": StoreSpec("sizes")}, tables={"users-table": "users"})
+    users = [("u1", {"team": "red"}), ("u2", {"team": "red"}), ("u3", {"team": "blue"}),
+             ("u1", {"team": "blue"}), ("u2", None), ("u3", {"team": "blue", "x": 1})]
+
+    async def main() -> None:
+        broker = LocalBroker(tmp_path / "broker")
+        await broker.start()
+        try:
+            await _produce(broker, topology, "users", users)
+            stats = await _run(topology, broker, tmp_path / "state")
+            assert stats.events_out > 0
+            assert (await broker.list_topics())["svc-by-team-repartition"] == 2  # the source's count
+            assert _last_by_key(await _read(broker, "team-sizes")) == {"red": 0, "blue": 2}
         finally:
             await broker.close()
 

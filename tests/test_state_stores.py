@@ -12,8 +12,7 @@ import pytest
 
 from edm_runner.brokers.base import TopicPartition
 from edm_runner.errors import EdmError
-from edm_runner.state import (BoundStores, Checkpoint, IncompatibleStoreError, TaskState,
-                              task_dir)
+from edm_runner.state import Checkpoint, IncompatibleStoreError, TaskState, task_dir
 from edm_runner.state.keys import (session_key, split_session_key, split_window_key,
                                    window_key)
 
@@ -153,23 +152,6 @@ def test_oversized_key_is_a_clear_error(tmp_path: Path) -> None:
             kv.put("x" * 1000, 1)
 
 
-def test_bound_stores_follow_the_current_task(tmp_path: Path) -> None:
-    bound = BoundStores()
-    ref = bound.ref("counts")
-    with TaskState.open(task_dir(tmp_path, "svc", 0, 0)) as t0, \
-            TaskState.open(task_dir(tmp_path, "svc", 0, 1)) as t1:
-        for t in (t0, t1):
-            t.register("counts", "key_value")
-        bound.bind(t0)
-        ref.get().put("k", 0)
-        bound.bind(t1)
-        ref.get().put("k", 1)
-        assert t0.store("counts").get("k") == 0 and t1.store("counts").get("k") == 1
-        bound.bind(None)
-        with pytest.raises(RuntimeError, match="no task is bound"):
-            ref.get()
-
-
 def test_fingerprint_change_refuses_with_the_fix(tmp_path: Path) -> None:
     with open_task(tmp_path) as st:
         st.register("hourly", "window", {"size": 3_600_000, "grace": 0})
@@ -274,3 +256,18 @@ def test_commit_is_atomic_under_sigkill(tmp_path: Path) -> None:
             assert batch >= 14
             assert cp.changelogs[TopicPartition("cl", 0)] == batch + 1
             assert {kv.get(f"k{k}") for k in range(200)} == {batch}
+
+
+def test_crash_inside_the_commit_transaction_keeps_the_previous_batch(tmp_path: Path) -> None:
+    """``EDM_CRASH_AT=store_write:N`` kills the child inside its N-th commit, after the puts
+    and the checkpoint were written into the open transaction: none of that batch survives."""
+    path = task_dir(tmp_path, "svc", 0, 0)
+    env = {**os.environ, "EDM_CRASH_AT": "store_write:4"}
+    child = subprocess.run([sys.executable, "-c", _COMMIT_LOOP, str(path)], env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert child.returncode == -signal.SIGKILL
+    assert child.stdout.split() == ["0", "1", "2"]  # the 4th commit (batch 3) never returned
+    with TaskState.open(path) as st:
+        kv = st.register("counts", "key_value")
+        assert st.checkpoint().inputs == {IN: 3}
+        assert {kv.get(f"k{k}") for k in range(200)} == {2}

@@ -287,8 +287,9 @@ def _subtopologies(nodes: dict[str, Node], partitions: dict[str, int]) -> list[S
         groups.setdefault(find(n), []).append(n)
     order = list(nodes)
 
-    def first_appearance(members: list[str]) -> tuple[int, int, int]:
-        return min((nodes[m].pos.line, nodes[m].pos.col, order.index(m)) for m in members)
+    def first_appearance(members: list[str]) -> tuple[float, int, int]:
+        # Nodes without a position (built in code) sort after those with one.
+        return min((nodes[m].pos.line or float("inf"), nodes[m].pos.col, order.index(m)) for m in members)
 
     result = []
     for i, members in enumerate(sorted(groups.values(), key=first_appearance)):

@@ -100,6 +100,7 @@ def _check_names(services: list[tuple[int, Service]], report: Report) -> None:
 def _writes(service: Service) -> list[Ref]:
     checked = service.checked
     reads = {ref.stream for flow in checked.flows for ref in flow.reads}
+    reads.update(ref.stream for ref in checked.table_reads)
     refs = [ref for flow in checked.flows for ref in flow.writes + flow.dead_letters]
     return refs + [ref for stream, ref in checked.stream_dead_letters.items() if stream in reads]
 

@@ -20,8 +20,7 @@ the key changed since the last repartition, and the pending group/window.
 """
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from edm_runner.spec.durations import parse_duration
@@ -108,43 +107,45 @@ class StateChecks:
     # -- declarations -------------------------------------------------------------------
 
     def check_declarations(self) -> None:
+        """Tables, global tables and stores on their own (before any pipeline)."""
         ctx = self.ctx
-        for section, kind, suffix, others in (
-                ("tables", "table", "table", (("streams", ctx.streams),)),
-                ("global_tables", "global table", "global", (("streams", ctx.streams), ("tables", ctx.tables)))):
-            for name, cfg in getattr(ctx, section).items():
-                path = (section, name)
-                for other_section, names in others:
-                    if name in names:
-                        self.report.error(path, f"'{name}' names both a {other_section[:-1].replace('_', ' ')} "
-                                                f"and a {kind}: streams, tables and global tables share "
-                                                f"one namespace", f"rename the {kind}, e.g. '{name}-{suffix}'",
-                                          key=True)
-                source = cfg.get("from")
-                ref = ctx.stream_ref(source, path + ("from",))
-                if ref is None:
-                    continue
-                stream_type = ctx.streams[source].get("type", "keyed")
-                if stream_type != "entity":
-                    self.report.error(path + ("from",), f"{kind} '{name}' reads stream '{source}', which is "
-                                                        f"not an entity stream (type: {stream_type})",
-                                      f"declare `type: entity` on stream '{source}': a table keeps the "
-                                      f"latest value per key, so its topic is compacted")
-                ctx.table_reads.append(ref)
+        self._tables("tables", "table", "table", {"stream": ctx.streams})
+        self._tables("global_tables", "global table", "global", {"stream": ctx.streams, "table": ctx.tables})
         for name, cfg in ctx.stores.items():
             path = ("stores", name)
-            for section, kind in (("tables", "table"), ("global_tables", "global table")):
-                if name in getattr(ctx, section):
+            for kind, names in (("table", ctx.tables), ("global table", ctx.global_tables)):
+                if name in names:
                     self.report.error(path, f"store '{name}' has the name of {kind} '{name}', whose store "
                                             f"is implicit and named after it", "rename the store", key=True)
-            store_type = cfg.get("type", "key_value")
-            if "retention" in cfg and store_type == "key_value":
+            if "retention" in cfg and cfg.get("type", "key_value") == "key_value":
                 self.report.error(path + ("retention",), f"retention applies to window and session stores; "
                                                          f"'{name}' is a key_value store",
                                   "remove `retention:`, or declare `type: window`", key=True)
             if cfg.get("changelog", True) is not False:
                 self._internal(self._topic(name, "changelog"), f"the changelog of store '{name}'",
                                path, check=False)
+
+    def _tables(self, section: str, kind: str, suffix: str, taken: dict[str, dict]) -> None:
+        """One namespace for sources; a table reads a declared entity stream (a table read)."""
+        ctx = self.ctx
+        for name, cfg in getattr(ctx, section).items():
+            path = (section, name)
+            for other, names in taken.items():
+                if name in names:
+                    self.report.error(path, f"'{name}' names both a {other} and a {kind}: streams, tables "
+                                            f"and global tables share one namespace",
+                                      f"rename the {kind}, e.g. '{name}-{suffix}'", key=True)
+            source = cfg.get("from")
+            ref = ctx.stream_ref(source, path + ("from",))
+            if ref is None:
+                continue
+            stream_type = ctx.streams[source].get("type", "keyed")
+            if stream_type != "entity":
+                self.report.error(path + ("from",), f"{kind} '{name}' reads stream '{source}', which is "
+                                                    f"not an entity stream (type: {stream_type})",
+                                  f"declare `type: entity` on stream '{source}': a table keeps the "
+                                  f"latest value per key, so its topic is compacted")
+            ctx.table_reads.append(ref)
 
     # -- pipelines ----------------------------------------------------------------------
 
@@ -155,7 +156,7 @@ class StateChecks:
         for step in steps:
             self._step(walk, step, flow)
         for branch in branches or [[]]:
-            arm = copy.deepcopy(walk) if branches else walk
+            arm = replace(walk, feeds=list(walk.feeds)) if branches else walk
             for step in branch:
                 self._step(arm, step, flow)
             self._expectation(arm, None)

@@ -15,9 +15,35 @@ import json
 from typing import Any, Iterator, Protocol
 
 
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_encode_str = json.encoder.encode_basestring  # what the encoder uses for str, without its setup
+
+
 def encode_json(obj: Any) -> bytes:
-    """Store and changelog bytes of a key or a value."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """Store and changelog bytes of a key or a value: compact JSON, UTF-8
+    (``json.dumps(obj, separators=(",", ":"), ensure_ascii=False)``; str and int take a
+    fast path with the same output, as keys and counts are on every store access)."""
+    kind = type(obj)
+    if kind is str:
+        return _encode_str(obj).encode("utf-8")
+    if kind is int:
+        return repr(obj).encode()
+    return _encode(obj).encode("utf-8")
+
+
+def decode_json(data: bytes) -> Any:
+    """The value of store or changelog bytes (inverse of ``encode_json``; bytes after the
+    first JSON value are not checked)."""
+    if data[:1] in _INT_START:
+        try:
+            return int(data)
+        except ValueError:  # a float
+            pass
+    return _raw_decode(data.decode("utf-8"))[0]
+
+
+_INT_START = frozenset(bytes([c]) for c in b"-0123456789")
+_raw_decode = json.JSONDecoder().raw_decode
 
 
 def partition_bytes(key: Any) -> bytes:

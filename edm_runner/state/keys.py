@@ -20,7 +20,6 @@ _LEN = struct.Struct(">I")
 _TIME = struct.Struct(">Q")
 _TIME2 = struct.Struct(">QQ")
 _BIAS = 1 << 63
-TIME_SIZE = _TIME.size
 
 
 def key_prefix(key_bytes: bytes) -> bytes:
@@ -28,7 +27,9 @@ def key_prefix(key_bytes: bytes) -> bytes:
     return _LEN.pack(len(key_bytes)) + key_bytes
 
 
-def pack_time(ms: int) -> bytes:
+def time_bytes(ms: int) -> bytes:
+    """The stored form of a time: the last 8 bytes of a window key (start) or a session key
+    (end) compare as the times do."""
     return _TIME.pack(ms + _BIAS)
 
 

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import lmdb
 
 from edm_runner.errors import EdmError
-from edm_runner.state.api import encode_json
+from edm_runner.state.api import decode_json, encode_json
 from edm_runner.state.keys import key_prefix, split_session_key, split_window_key
 from edm_runner.state.task import (_CHECKPOINT, _STORE, MAX_STORES, META_DB, Checkpoint,
                                    service_dir)
@@ -119,11 +119,11 @@ class TaskReader:
         kind = self.definitions[store]["type"]
         if kind == "window":
             kb, start = split_window_key(k)
-            return Entry(json.loads(kb), json.loads(v), start)
+            return Entry(decode_json(kb), decode_json(v), start)
         if kind == "session":
             kb, start, end = split_session_key(k)
-            return Entry(json.loads(kb), json.loads(v), start, end)
-        return Entry(json.loads(k), json.loads(v))
+            return Entry(decode_json(kb), decode_json(v), start, end)
+        return Entry(decode_json(k), decode_json(v))
 
     def get(self, store: str, key: Any) -> list[Entry]:
         """The value of ``key`` (every window or session of it in window/session stores)."""
@@ -131,7 +131,7 @@ class TaskReader:
         if self.definitions[store]["type"] == "key_value":
             with self._env.begin(db=self._db(store)) as txn:
                 v = txn.get(kb)
-            return [] if v is None else [Entry(key, json.loads(v))]
+            return [] if v is None else [Entry(key, decode_json(v))]
         prefix = key_prefix(kb)
         out = []
         for k, v in self._entries(store, prefix):

@@ -11,20 +11,20 @@ Invariants:
 """
 from __future__ import annotations
 
-import json
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, NoReturn
 
 from edm_runner.errors import EdmError
-from edm_runner.state.api import encode_json
+from edm_runner.state.api import decode_json, encode_json
 from edm_runner.state.keys import (key_prefix, session_key, split_session_key,
-                                   split_window_key, window_key)
+                                   split_window_key, time_bytes, window_key)
 
 if TYPE_CHECKING:
     import lmdb
 
     from edm_runner.state.task import TaskState
 
-_loads = json.loads
+_loads = decode_json
+_UNSET: Any = object()
 _MIN_TIME = -(1 << 63)
 _MAX_TIME = (1 << 63) - 1
 
@@ -72,9 +72,12 @@ class _Store:
 
     def _put_raw(self, k: bytes, v: bytes | None) -> None:
         if len(k) > self._max_key:
-            raise EdmError(f"store {self.name!r}: a key of {len(k)} bytes exceeds LMDB's limit of "
-                           f"{self._max_key} bytes ({k[:60]!r}...); use a shorter key")
+            self._too_long(k)
         self.writes[k] = v
+
+    def _too_long(self, k: bytes) -> NoReturn:
+        raise EdmError(f"store {self.name!r}: a key of {len(k)} bytes exceeds LMDB's limit of "
+                       f"{self._max_key} bytes ({k[:60]!r}...); use a shorter key")
 
     def _stored_range(self, lo: bytes, hi: bytes | None) -> Iterator[tuple[bytes, bytes]]:
         """Stored entries with ``lo <= key <= hi`` (``hi`` None: to the end)."""
@@ -104,12 +107,19 @@ class LmdbKeyValueStore(_Store):
 
     kind = "key_value"
 
+    # get and put inline _get_raw/_put_raw: they run for every event of a count.
     def get(self, key: Any) -> Any | None:
-        v = self._get_raw(encode_json(key))
+        k = encode_json(key)
+        v = self.writes.get(k, _UNSET)
+        if v is _UNSET:
+            v = (self._state._rtxn or self._state.read_txn()).get(k, db=self.db)
         return None if v is None else _loads(v)
 
     def put(self, key: Any, value: Any | None) -> None:
-        self._put_raw(encode_json(key), None if value is None else encode_json(value))
+        k = encode_json(key)
+        if len(k) > self._max_key:
+            self._too_long(k)
+        self.writes[k] = None if value is None else encode_json(value)
 
     def scan(self, prefix: bytes = b"") -> Iterator[tuple[Any, Any]]:
         for k, v in self._range(prefix, None):
@@ -138,6 +148,19 @@ class _Composite(_Store):
         super().clear()
         self._by_prefix.clear()
 
+    def _by_last_time(self, lo: int, hi: int) -> list[tuple[bytes, bytes]]:
+        """Live (key, value) bytes whose last 8 key bytes (window start, session end) are in
+        ``[lo, hi]``, by that time then key. A full scan comparing raw bytes, nothing decoded
+        (the store is bounded by retention)."""
+        lo_b, hi_b = time_bytes(lo), time_bytes(hi)
+        writes = self.writes
+        found = [(k[-8:], k, v) for k, v in self._state.read_txn().cursor(db=self.db)
+                 if lo_b <= k[-8:] <= hi_b and k not in writes]
+        found += [(k[-8:], k, v) for k, v in writes.items()
+                  if v is not None and lo_b <= k[-8:] <= hi_b]
+        found.sort()
+        return [(k, v) for _, k, v in found]
+
 
 class LmdbWindowStore(_Composite):
     """``api.WindowStore`` (layout in ``state.keys``)."""
@@ -161,13 +184,8 @@ class LmdbWindowStore(_Composite):
             yield split_window_key(k)[1], _loads(v)
 
     def fetch_all(self, start_from: int, start_to: int) -> Iterator[tuple[Any, int, Any]]:
-        found = []
-        for k, v in self._range(b"", None):
+        for k, v in self._by_last_time(start_from, start_to):
             kb, start = split_window_key(k)
-            if start_from <= start <= start_to:
-                found.append((start, k, kb, v))
-        found.sort()
-        for start, _, kb, v in found:
             yield _loads(kb), start, _loads(v)
 
 
@@ -197,47 +215,11 @@ class LmdbSessionStore(_Composite):
         return out
 
     def fetch_all(self, end_from: int, end_to: int) -> Iterator[tuple[Any, int, int, Any]]:
-        found = []
-        for k, v in self._range(b"", None):
+        for k, v in self._by_last_time(end_from, end_to):
             kb, start, end = split_session_key(k)
-            if end_from <= end <= end_to:
-                found.append((end, k, kb, start, v))
-        found.sort()
-        for end, _, kb, start, v in found:
             yield _loads(kb), start, end, _loads(v)
 
 
 STORE_CLASSES: dict[str, type[_Store]] = {
     cls.kind: cls for cls in (LmdbKeyValueStore, LmdbWindowStore, LmdbSessionStore)}
 AnyStore = LmdbKeyValueStore | LmdbWindowStore | LmdbSessionStore
-
-
-class BoundStores:
-    """The stores of one sub-topology (or of the global tables), bound to one task at a time.
-
-    Operators keep ``ref(name)`` handles from build time; the runtime calls ``bind(state)``
-    before processing a task's batch, and ``ref.get()`` returns that task's store.
-    """
-
-    def __init__(self) -> None:
-        self.current: TaskState | None = None
-
-    def bind(self, state: "TaskState | None") -> None:
-        self.current = state
-
-    def ref(self, name: str) -> "StoreHandle":
-        return StoreHandle(name, self)
-
-
-class StoreHandle:
-    """``api.StoreRef`` over ``BoundStores``."""
-
-    def __init__(self, name: str, owner: BoundStores):
-        self.name = name
-        self._owner = owner
-
-    def get(self) -> Any:
-        state = self._owner.current
-        if state is None:
-            raise RuntimeError(f"store {self.name!r} used while no task is bound (runtime bug)")
-        return state.store(self.name)

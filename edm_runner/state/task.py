@@ -292,10 +292,6 @@ class TaskState:
             raise RuntimeError(f"store {name!r} is not registered in the task at {self.path}; "
                                f"registered: {', '.join(sorted(self._stores)) or 'none'}") from None
 
-    @property
-    def stores(self) -> dict[str, AnyStore]:
-        return dict(self._stores)
-
     def read_txn(self) -> lmdb.Transaction:
         """The read transaction store reads use; renewed after every write."""
         if self._rtxn is None:
@@ -323,6 +319,8 @@ class TaskState:
         """Write every store's buffered updates and ``checkpoint`` (merged into the stored
         one, entry by entry) in one transaction, then clear the buffers. On failure nothing
         is written and the buffers are kept (the caller aborts)."""
+        from edm_runner.runtime import faults  # here: the runtime package imports this one
+
         self._end_read()
         merged = self._checkpoint.merged(checkpoint)
         with self._errors(), self.env.begin(write=True) as txn:
@@ -338,6 +336,7 @@ class TaskState:
                         if v is None:
                             txn.delete(k, db=s.db)
             txn.put(_CHECKPOINT, merged.to_json(), db=self._meta)
+            faults.reached("store_write")
         self._checkpoint = merged
         for s in self._stores.values():
             s.clear()

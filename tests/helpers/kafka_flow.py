@@ -137,13 +137,15 @@ class OutputReader:
         finally:
             await consumer.close()
 
-    async def wait_for(self, distinct: int, timeout_s: float, what: str) -> None:
-        """Until ``distinct`` different inputs reached the output; fails after ``timeout_s``."""
+    async def wait_for(self, distinct: int, timeout_s: float, what: str, runner: Runner) -> None:
+        """Until ``distinct`` different inputs reached the output; fails after ``timeout_s``
+        showing the end of the ``runner``'s log."""
         deadline = time.monotonic() + timeout_s
         while len(self.seen) < distinct:
             remaining = deadline - time.monotonic()
             assert remaining > 0, f"{what}: {len(self.seen)} of {distinct} inputs in the output " \
-                                  f"after {timeout_s:g} s"
+                                  f"after {timeout_s:g} s; the runner's log ends with:\n" + \
+                                  "\n".join(runner.stderr().splitlines()[-30:])
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), remaining)

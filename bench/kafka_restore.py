@@ -1,0 +1,189 @@
+"""Benchmark: restore a 1,000,000-key store from its changelog on a real Apache Kafka broker,
+against a hand-written restore in the same run: an aiokafka consumer reading every changelog
+partition from the beginning to its end offset and writing each fetched batch into LMDB with one
+``putmulti`` per write transaction (sync on, as edm's task environments).
+
+The changelog ``<service>-counts-changelog`` (4 partitions, compacted) is filled directly with
+1,000,000 distinct keys, as a count-per-user service would have left it. The edm side is that
+service started on an empty state directory and an empty input topic with ``until_idle``: its
+time runs from the start (group join included) until it is idle, i.e. every task restored. Each
+side runs in its own subprocess, so peak RSS (ru_maxrss of the child) is the restore's alone.
+
+The broker is EDM_KAFKA_BOOTSTRAP when set, else a dev broker (``edm_runner.devkafka``) started
+in a temporary directory for the run. ``ratio`` = edm restore throughput / hand-written throughput.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from bench import Skipped
+from edm_runner import devkafka
+from edm_runner.brokers.base import OutRecord, TopicSpec
+from edm_runner.brokers.kafka import KafkaBroker
+from edm_runner.brokers.partitioner import default_partition
+
+KEYS = 1_000_000
+PARTITIONS = 4
+FETCH = 50_000
+TARGET_RATIO = 0.7
+RSS_LIMIT_MB = 300
+
+
+def _topology(name: str, bootstrap: str, directory: Path):
+    from edm_runner.spec.model import (BrokerSpec, PipelineSpec, StepSpec, StoreSpec, StreamSpec,
+                                       Topology, ToSpec)
+    return Topology(
+        name, directory / "bench.yaml",
+        broker=BrokerSpec("kafka", options={"bootstrap_servers": bootstrap}),
+        streams={"in": StreamSpec("in", f"{name}-events", PARTITIONS),
+                 "out": StreamSpec("out", f"{name}-counts", PARTITIONS, type="entity")},
+        stores={"counts": StoreSpec("counts")},
+        pipelines={"p": PipelineSpec("p", ["in"], steps=[StepSpec("group_by_key", {}),
+                                                         StepSpec("count", {"store": "counts"})],
+                                     to=ToSpec("out"))})
+
+
+async def _fill(bootstrap: str, name: str, keys: int) -> str:
+    """Creates the service's topics and writes ``keys`` changelog records; returns the changelog."""
+    changelog = f"{name}-counts-changelog"
+    broker = KafkaBroker({"bootstrap_servers": bootstrap})
+    await broker.start()
+    try:
+        await broker.ensure_topics([TopicSpec(f"{name}-events", PARTITIONS),
+                                    TopicSpec(f"{name}-counts", PARTITIONS, compacted=True),
+                                    TopicSpec(changelog, PARTITIONS, compacted=True)])
+        producer = broker.producer()
+        await producer.start()
+        for i in range(keys):
+            user = f"user-{i}"
+            producer.send(OutRecord(changelog, default_partition(user.encode(), PARTITIONS),
+                                    b'"%s"' % user.encode(), b"%d" % (i % 1000 + 1), 0))
+            if i % 50_000 == 49_999:
+                await producer.flush()
+        await producer.flush()
+        await producer.close()
+    finally:
+        await broker.close()
+    return changelog
+
+
+async def _edm(name: str, bootstrap: str, directory: Path) -> tuple[int, float]:
+    from edm_runner.runtime import run_services
+    broker = KafkaBroker({"bootstrap_servers": bootstrap})
+    await broker.start()
+    try:
+        start = time.perf_counter()
+        stats = await run_services([_topology(name, bootstrap, directory)], broker, until_idle=True,
+                                   state_dir=directory)
+        return stats.services[name].restored, time.perf_counter() - start
+    finally:
+        await broker.close()
+
+
+async def _baseline(name: str, bootstrap: str, directory: Path) -> tuple[int, float]:
+    import lmdb
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    changelog = f"{name}-counts-changelog"
+    start = time.perf_counter()
+    env = lmdb.open(str(directory / "baseline"), map_size=16 << 30, max_dbs=2, sync=True,
+                    metasync=True, readahead=False)
+    db = env.open_db(b"counts")
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    tps = [TopicPartition(changelog, p) for p in range(PARTITIONS)]
+    consumer.assign(tps)
+    ends = await consumer.end_offsets(tps)
+    restored = 0
+    try:
+        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
+            fetched = await consumer.getmany(timeout_ms=500, max_records=FETCH)
+            for records in fetched.values():
+                with env.begin(write=True, db=db) as txn:
+                    txn.cursor().putmulti([(r.key, r.value) for r in records])
+                restored += len(records)
+    finally:
+        await consumer.stop()
+        env.close()
+    return restored, time.perf_counter() - start
+
+
+def _child(mode: str, name: str, bootstrap: str, directory: Path) -> dict:
+    """Runs in a subprocess; prints its figures as JSON on stdout."""
+    side = _edm if mode == "edm" else _baseline
+    restored, elapsed = asyncio.run(side(name, bootstrap, directory))
+    return {"restored": restored, "seconds": elapsed}
+
+
+def _run_child(mode: str, name: str, bootstrap: str, directory: Path) -> tuple[dict, float]:
+    """The child's figures and its own peak RSS in MB (``wait4`` gives per-child usage)."""
+    with tempfile.TemporaryFile("w+") as errors:
+        proc = subprocess.Popen([sys.executable, "-m", "bench.kafka_restore", mode, name, bootstrap,
+                                 str(directory)], cwd=Path(__file__).resolve().parent.parent,
+                                stdout=subprocess.PIPE, stderr=errors, text=True)
+        stdout = proc.stdout.read()
+        proc.stdout.close()
+        _, status, usage = os.wait4(proc.pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            errors.seek(0)
+            raise RuntimeError(f"{mode} run failed:\n{errors.read()[-4000:]}")
+    return json.loads(stdout), usage.ru_maxrss / 1024
+
+
+def _scenario(bootstrap: str, keys: int) -> dict:
+    name = f"bench-restore-{uuid.uuid4().hex[:8]}"
+    asyncio.run(_fill(bootstrap, name, keys))
+    with tempfile.TemporaryDirectory(prefix="edm-bench-restore-") as tmp:
+        edm, edm_rss = _run_child("edm", name, bootstrap, Path(tmp))
+        base, base_rss = _run_child("baseline", name, bootstrap, Path(tmp))
+    if edm["restored"] != keys or base["restored"] != keys:
+        raise RuntimeError(f"expected {keys} records restored; edm restored {edm['restored']}, "
+                           f"the hand-written loop {base['restored']}")
+    edm_tput = keys / edm["seconds"]
+    base_tput = keys / base["seconds"]
+    ratio = edm_tput / base_tput
+    return {
+        "keys": keys,
+        "partitions": PARTITIONS,
+        "edm_seconds": round(edm["seconds"], 3),
+        "edm_records_per_s": round(edm_tput),
+        "baseline_seconds": round(base["seconds"], 3),
+        "baseline_records_per_s": round(base_tput),
+        "ratio": round(ratio, 3),
+        "target_ratio": TARGET_RATIO,
+        "edm_peak_rss_mb": round(edm_rss, 1),
+        "baseline_peak_rss_mb": round(base_rss, 1),
+        "rss_limit_mb": RSS_LIMIT_MB,
+        "ok": ratio >= TARGET_RATIO and edm_rss < RSS_LIMIT_MB,
+    }
+
+
+def run(keys: int = KEYS) -> dict:
+    bootstrap = os.environ.get("EDM_KAFKA_BOOTSTRAP")
+    if bootstrap:
+        return _scenario(bootstrap, keys)
+    if devkafka.missing_tools():
+        raise Skipped(f"needs {' and '.join(devkafka.missing_tools())} for a dev Kafka broker, "
+                      "or EDM_KAFKA_BOOTSTRAP=host:port")
+    with tempfile.TemporaryDirectory(prefix="edm-bench-kafka-") as tmp:
+        info = devkafka.start(Path(tmp))
+        try:
+            return _scenario(info.bootstrap, keys)
+        finally:
+            devkafka.stop(Path(tmp))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5:
+        print(json.dumps(_child(sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4]))))
+    else:
+        print(json.dumps(run(int(sys.argv[1]) if len(sys.argv) == 2 else KEYS), indent=2))
