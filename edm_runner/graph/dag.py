@@ -224,12 +224,11 @@ class _Builder:
                                                  [t for _, t in inputs] + [other_topic]))
 
     def _partitions(self, inputs: list[tuple[str, str]]) -> int:
-        """The partition count of the first input topic (a group_by's default)."""
-        topic = inputs[0][1]
-        for s in self.topology.streams.values():
-            if s.topic == topic:
-                return s.partitions
-        return self.internal.get(topic, 1)
+        """A group_by's default partition count: the most of the topics feeding it (as the
+        validator computes it, and as Kafka Streams sizes repartition topics)."""
+        counts = {s.topic: s.partitions for s in self.topology.streams.values()}
+        counts.update(self.internal)
+        return max(counts.get(topic, 1) for _, topic in inputs)
 
     def branch(self, p: PipelineSpec, tails: list[str], inputs: list[tuple[str, str]], from_table: bool) -> None:
         node = Node(f"{p.name}.branch", "branch", p.name, "branch", p.branch[0].pos, branch=p.branch)

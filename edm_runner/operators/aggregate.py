@@ -74,9 +74,7 @@ class AggregateFns:
 
 
 def _compile(ctx: BuildContext, src: str, params: tuple[str, ...]) -> Callable:
-    from edm_runner.spec.expressions import compile_expression
-
-    return compile_expression(src, params=(*params, "event"), functions=ctx.functions)
+    return ctx.compile(src, params=(*params, "event"))
 
 
 KVA = ("key", "value", "aggregate")

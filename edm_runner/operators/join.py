@@ -202,9 +202,7 @@ def _build(step: StepSpec, ctx: BuildContext) -> Processor:
 
 
 def _compile_value(ctx: BuildContext, source: str) -> Any:
-    from edm_runner.spec.expressions import compile_expression
-
-    return compile_expression(source, params=("key", "value", "other", "event"), functions=ctx.functions)
+    return ctx.compile(source, params=("key", "value", "other", "event"))
 
 
 def _references(config: Any) -> list[tuple[tuple, str, str]]:

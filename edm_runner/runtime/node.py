@@ -11,6 +11,8 @@ every ref of a sub-topology to the stores of the task whose partition the batch 
 """
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -154,10 +156,27 @@ class BuildContext:
     catalog: StoreCatalog = field(default_factory=StoreCatalog)
     stats: ServiceStats = field(default_factory=ServiceStats)
 
-    def compile(self, source: str, pos: Pos = NOWHERE) -> ExprFn:
+    def compile(self, source: str, pos: Pos = NOWHERE, params: tuple[str, ...] = ("key", "value", "event")
+                ) -> ExprFn:
         from edm_runner.spec.expressions import compile_expression
 
-        return compile_expression(source, params=("key", "value", "event"), functions=self.functions)
+        return compile_expression(source, params=params, functions=self.functions_for(source, pos))
+
+    def functions_for(self, source: str, pos: Pos = NOWHERE) -> dict[str, Callable[..., Any]]:
+        """The functions an expression may call. A function that declares ``stores`` and that
+        ``source`` calls gets them bound to this step's sub-topology (registered here, so its
+        stores are restored and changelogged with the step's tasks)."""
+        declared = self.topology.functions
+        if not any(f.stores for f in declared.values()):
+            return self.functions
+        called = _called_names(source)
+        functions = dict(self.functions)
+        for name, spec in declared.items():
+            if spec.stores and name in called:
+                refs = {store: self.store(store, self.topology.stores[store].type, {}, pos)
+                        for store in spec.stores}
+                functions[name] = _with_stores(self.functions[name], FunctionStores(refs))
+        return functions
 
     def function(self, name: str, pos: Pos = NOWHERE) -> Callable[..., Any]:
         try:
@@ -214,6 +233,40 @@ class BuildContext:
     @property
     def base_dir(self) -> Path:
         return self.topology.base_dir
+
+
+class FunctionStores(Mapping[str, Any]):
+    """What a function with ``stores`` receives: store name -> the current task's store."""
+
+    def __init__(self, refs: dict[str, TaskStoreRef]) -> None:
+        self._refs = refs
+
+    def __getitem__(self, name: str) -> Any:
+        return self._refs[name].get()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._refs)
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+
+def _with_stores(fn: Callable[..., Any], stores: FunctionStores) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, stores=stores, **kwargs)
+    return call
+
+
+def _called_names(source: str) -> set[str]:
+    """Free names of an expression (a superset of the functions it calls)."""
+    from jinja2 import meta
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    try:
+        return set(meta.find_undeclared_variables(ImmutableSandboxedEnvironment().parse("{{ " + source + " }}")))
+    except Exception:  # the compiler reports syntax errors with positions
+        return set()
 
 
 def repartition_topic(service: str, name: str) -> str:

@@ -108,7 +108,7 @@ def build_topology(data: dict, smap: SourceMap, source_file: Path) -> Topology:
             max_batch=processing.get("max_batch", 1000),
             pos=b.pos(("processing",)) if "processing" in data else ProcessingSpec().pos),
         streams={name: b.stream(name, cfg) for name, cfg in data.get("streams", {}).items()},
-        functions={name: FunctionSpec(name, cfg["python"], b.pos(("functions", name)))
+        functions={name: FunctionSpec(name, cfg["python"], b.pos(("functions", name)), list(cfg.get("stores", [])))
                    for name, cfg in data.get("functions", {}).items()},
         pipelines={name: b.pipeline(name, cfg) for name, cfg in data.get("pipelines", {}).items()},
         stores={name: b.store(name, cfg) for name, cfg in data.get("stores", {}).items()},

@@ -71,11 +71,14 @@ class StreamSpec:
 
 @dataclass
 class FunctionSpec:
-    """A Python function ``module:function`` resolved next to the topology file."""
+    """A Python function ``module:function`` resolved next to the topology file. A function
+    with ``stores`` is called with the keyword argument ``stores``: a mapping from each of
+    those store names to the store of the task being processed."""
 
     name: str
     python: str
     pos: Pos = NOWHERE
+    stores: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -172,7 +172,11 @@ def _defs(step_items: dict) -> dict:
         "max_batch": _int("Most events processed per batch (default 1000)."),
     }, "How events are processed.")
     function = _obj({"python": _str("A Python function 'module:function', resolved next to the file.",
-                                    pattern=PYTHON_REF_PATTERN)},
+                                    pattern=PYTHON_REF_PATTERN),
+                     "stores": {"type": "array", "items": {"type": "string", "pattern": NAME_PATTERN},
+                                "uniqueItems": True,
+                                "description": "Declared stores the function reads and writes: it is "
+                                               "called with `stores=` (store name -> the current task's store)."}},
                     "A Python function usable in expressions.", ["python"])
     microservice = _obj({
         "kind": {"const": "microservice", "description": "`microservice`: this file is one service."},

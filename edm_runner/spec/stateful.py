@@ -81,7 +81,6 @@ class _Walk:
     """Where a walk through a pipeline is: see the module docstring."""
 
     table: str | None = None
-    source_partitions: int | None = None  # the most of the pipeline's sources (group_by's default)
     feeds: list[Feed] = field(default_factory=list)
     rekeyed: Step | None = None
     grouped: Step | None = None
@@ -194,7 +193,6 @@ class StateChecks:
                 if ref:
                     flow.reads.append(ref)
                     self._feed(walk, f"stream '{name}'", name)
-        walk.source_partitions = max((f.partitions for f in walk.feeds), default=None)
         return walk
 
     def _step(self, walk: _Walk, step: Step, flow: Flow) -> None:
@@ -257,7 +255,7 @@ class StateChecks:
                               "`- group_by: {key: key, name: NAME}` repartitions by the new key", key=True)
         if step.op == "group_by" and step.valid:
             name = config.get("name")
-            partitions = config.get("partitions", walk.source_partitions)
+            partitions = config.get("partitions", max((f.partitions for f in walk.feeds), default=None))
             topic = self._topic(name, "repartition")
             self._internal(topic, f"the repartition topic of group_by '{name}'", step.path + ("name",))
             walk.feeds = [Feed(f"repartition topic '{topic}'", partitions)] if _is_count(partitions) else []

@@ -177,6 +177,10 @@ def _check_functions(ctx: _Context) -> None:
             continue  # the structural check reported the name
         ref = cfg.get("python") if isinstance(cfg, dict) else None
         ctx.functions[name] = _placeholder
+        for index, store in enumerate(cfg.get("stores", []) if isinstance(cfg, dict) else []):
+            if isinstance(store, str) and store not in ctx.stores:
+                ctx.report.error(("functions", name, "stores", index), f"undefined store '{store}'",
+                                 _undefined_hint(store, ctx.stores, "stores"))
         if not isinstance(ref, str) or not re.fullmatch(PYTHON_REF_PATTERN, ref):
             continue  # the structural check reported it
         path = ("functions", name, "python")
