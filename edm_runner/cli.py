@@ -85,9 +85,35 @@ def _run_guarded(action: Callable[[], int | None]) -> None:
     raise typer.Exit(code or 0)
 
 
+class _RepeatFilter(logging.Filter):
+    """Lets one message template through at most once per ``interval_s``, then says how many
+    were held back: a broker outage makes aiokafka log the same line many times a second."""
+
+    def __init__(self, interval_s: float = 10.0) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._seen: dict[str, tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("aiokafka"):
+            return True
+        now = time.monotonic()
+        last, held = self._seen.get(str(record.msg), (float("-inf"), 0))
+        if now - last < self.interval_s:
+            self._seen[str(record.msg)] = (last, held + 1)
+            return False
+        self._seen[str(record.msg)] = (now, 0)
+        if held:
+            record.msg = f"{record.msg} ({held} similar messages held back)"
+        return True
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)-5s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if level.lower() != "debug":
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_RepeatFilter())
 
 
 def _load(path: Path, no_code: bool = False):
@@ -244,7 +270,8 @@ def run(
         finally:
             status.close()
         typer.echo(f"{topology.name}: {stats.events_in} in, {stats.events_out} out, {stats.skipped} skipped, "
-                   f"{stats.dead_lettered} dead-lettered", err=True)
+                   f"{stats.dead_lettered} dead-lettered, {stats.late} late, {stats.restored} restored",
+                   err=True)
         return 0
     _run_guarded(body)
 

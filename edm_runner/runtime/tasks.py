@@ -34,6 +34,13 @@ from edm_runner.state.task import Checkpoint, TaskState, global_dir, task_dir, t
 
 log = logging.getLogger("edm.runtime")
 
+# Tasks restored at once by ``TaskManager.assign``: enough to overlap fetches and LMDB writes
+# of several changelog partitions, few enough to bound memory (one reader and batch each).
+RESTORE_CONCURRENCY = 4
+
+# One store's restore: (store, topic partition, from offset, end offset).
+_Step = tuple[StoreUse, TopicPartition, int, int]
+
 
 @dataclass(eq=False)
 class Task:
@@ -121,18 +128,49 @@ class TaskManager:
 
     async def assign(self, broker: Broker, consumer: Consumer, tps: Iterable[TopicPartition]) -> None:
         """Opens and restores the tasks of ``tps`` that do not exist yet, then seeks their input
-        partitions (see the module invariants)."""
+        partitions (see the module invariants). Up to ``RESTORE_CONCURRENCY`` tasks restore at
+        once, each through its own group-less reader; a task enters ``tasks`` only restored."""
         wanted = sorted({(self.sub_of_topic[tp.topic], tp.partition) for tp in tps
                          if tp.topic in self.sub_of_topic} - set(self.tasks))
-        for key in wanted:
-            task = await asyncio.to_thread(self._open, *key)
+        if not wanted:
+            return
+        opened = await asyncio.gather(*(asyncio.to_thread(self._open, *key) for key in wanted),
+                                      return_exceptions=True)
+        new = [task for task in opened if isinstance(task, Task)]
+        failed = [e for e in opened if isinstance(e, BaseException)]
+        try:
+            if failed:
+                raise failed[0]
+            plans = [await self._plan(consumer, task) for task in new]
+            total = sum(max(0, end - start) if start <= end else end
+                        for plan in plans for _, _, start, end in plan)
+            progress = None
+            if total:
+                ids = ", ".join(task.id for task, plan in zip(new, plans) if plan)
+                progress = RestoreProgress(f"restoring {self.service} task(s) {ids}", total)
+            gate = asyncio.Semaphore(RESTORE_CONCURRENCY)
+
+            async def restore(task: Task, plan: list[_Step]) -> None:
+                async with gate:
+                    await self._restore(broker, task, plan, progress)
+
             try:
-                await self._restore(broker, consumer, task)
+                results = await asyncio.gather(*(restore(t, p) for t, p in zip(new, plans) if p),
+                                               return_exceptions=True)
+            finally:
+                if progress is not None:
+                    progress.finish()
+            failed = [e for e in results if isinstance(e, BaseException)]
+            if failed:
+                raise failed[0]
+            for task in new:
                 await self._seek_inputs(consumer, task)
-            except BaseException:
+        except BaseException:
+            for task in new:
                 task.state.close()
-                raise
-            self.tasks[key] = task
+            raise
+        for task in new:
+            self.tasks[(task.sub, task.partition)] = task
 
     def _open(self, sub: int, partition: int) -> Task:
         state = TaskState.open(task_dir(self.state_dir, self.service, sub, partition),
@@ -145,10 +183,11 @@ class TaskManager:
             raise
         return Task(sub, partition, state, self.uses[sub])
 
-    async def _restore(self, broker: Broker, consumer: Consumer, task: Task) -> None:
-        """Stores from their changelog (checkpoint -> end offset captured now), tables from
-        their source topic (checkpoint -> the group's committed offset)."""
-        plan: list[tuple[StoreUse, TopicPartition, int, int]] = []
+    async def _plan(self, consumer: Consumer, task: Task) -> list[_Step]:
+        """What ``task`` must read: stores from their changelog (checkpoint -> end offset
+        captured now), tables from their source topic (checkpoint -> the group's committed
+        offset). Empty when the local state is current."""
+        plan: list[_Step] = []
         checkpoint = task.state.checkpoint()
         for use in task.uses:
             if use.changelog is not None:
@@ -159,15 +198,14 @@ class TaskManager:
                 tp = TopicPartition(use.source, task.partition)
                 end = await consumer.committed(tp) or 0
                 plan.append((use, tp, checkpoint.inputs.get(tp, 0), end))
-        todo = [p for p in plan if p[2] != p[3]]
-        if not todo:
-            return
-        total = sum(max(0, end - start) if start <= end else end for _, _, start, end in todo)
-        progress = RestoreProgress(f"restoring {self.service} task {task.id}", total) if total else None
-        reader = broker.consumer(None, sorted({tp.topic for _, tp, _, _ in todo}))
+        return [step for step in plan if step[2] != step[3]]
+
+    async def _restore(self, broker: Broker, task: Task, plan: list[_Step],
+                       progress: RestoreProgress | None) -> None:
+        reader = broker.consumer(None, sorted({tp.topic for _, tp, _, _ in plan}))
         await reader.start()
         try:
-            for use, tp, start, end in todo:
+            for use, tp, start, end in plan:
                 convert = None
                 if use.changelog is None:
                     convert = table_converter(use.name, self.compiled.table_serdes[use.name])
@@ -175,8 +213,6 @@ class TaskManager:
                                      self.stats, convert)
         finally:
             await reader.close()
-            if progress is not None:
-                progress.finish()
 
     async def _seek_inputs(self, consumer: Consumer, task: Task) -> None:
         inputs = task.state.checkpoint().inputs

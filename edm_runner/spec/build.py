@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from edm_runner.spec.durations import parse_duration
-from edm_runner.spec.model import (BranchSpec, BrokerSpec, ErrorPolicy, FunctionSpec, PipelineSpec, Pos,
+from edm_runner.spec.model import (NOWHERE, AssignmentSpec, BranchSpec, BrokerSpec, ErrorPolicy, FunctionSpec, PipelineSpec, Pos,
                                    ProcessingSpec, SerdeSpec, StepSpec, StoreSpec, StreamSpec, TableSpec,
                                    ToSpec, Topology)
 from edm_runner.spec.source import SourceMap
@@ -57,10 +57,21 @@ class _Builder:
             replication_factor=cfg.get("replication_factor"), retention_ms=cfg.get("retention_ms"),
             config=dict(cfg.get("config", {})), pos=self.pos(path))
 
-    def store(self, name: str, cfg: dict) -> StoreSpec:
+    def store(self, name: str, cfg: dict, standby_replicas: int) -> StoreSpec:
         retention = parse_duration(cfg["retention"]) if "retention" in cfg else None
         return StoreSpec(name=name, type=cfg.get("type", "key_value"), changelog=cfg.get("changelog", True),
-                         retention_ms=retention, pos=self.pos(("stores", name)))
+                         retention_ms=retention, standby_replicas=cfg.get("standby_replicas", standby_replicas),
+                         pos=self.pos(("stores", name)))
+
+    def assignment(self, cfg: dict | None, path: tuple) -> AssignmentSpec:
+        cfg = cfg or {}
+        static = cfg.get("static", {})
+        after = static.get("reassign_after")
+        return AssignmentSpec(strategy=cfg.get("strategy", "balanced"),
+                              instances={k: list(v) for k, v in static.get("instances", {}).items()},
+                              reassign_after_ms=parse_duration(after) if after is not None else None,
+                              custom=cfg.get("custom", {}).get("python"),
+                              pos=self.pos(path) if cfg else NOWHERE)
 
     def tables(self, data: dict, section: str) -> dict[str, TableSpec]:
         return {name: TableSpec(name, cfg["from"], section == "global_tables", self.pos((section, name)))
@@ -106,12 +117,16 @@ def build_topology(data: dict, smap: SourceMap, source_file: Path) -> Topology:
             guarantee=processing.get("guarantee", "at_least_once"),
             commit_interval_ms=processing.get("commit_interval_ms", 100),
             max_batch=processing.get("max_batch", 1000),
-            pos=b.pos(("processing",)) if "processing" in data else ProcessingSpec().pos),
+            pos=b.pos(("processing",)) if "processing" in data else ProcessingSpec().pos,
+            instance_id=processing.get("instance_id") or None,
+            standby_replicas=processing.get("standby_replicas", 0),
+            assignment=b.assignment(processing.get("assignment"), ("processing", "assignment"))),
         streams={name: b.stream(name, cfg) for name, cfg in data.get("streams", {}).items()},
         functions={name: FunctionSpec(name, cfg["python"], b.pos(("functions", name)), list(cfg.get("stores", [])))
                    for name, cfg in data.get("functions", {}).items()},
         pipelines={name: b.pipeline(name, cfg) for name, cfg in data.get("pipelines", {}).items()},
-        stores={name: b.store(name, cfg) for name, cfg in data.get("stores", {}).items()},
+        stores={name: b.store(name, cfg, processing.get("standby_replicas", 0))
+                for name, cfg in data.get("stores", {}).items()},
         tables=b.tables(data, "tables"),
         global_tables=b.tables(data, "global_tables"),
     )

@@ -137,12 +137,35 @@ class BrokerSpec:
     pos: Pos = NOWHERE
 
 
+AssignmentStrategy = Literal["balanced", "round_robin", "static", "custom"]
+
+
+@dataclass
+class AssignmentSpec:
+    """``processing.assignment``: how tasks are spread over a group's members (Kafka).
+    ``instances`` (static): instance id -> task ids (``"<sub>_<partition>"``) pinned to it;
+    ``reassign_after_ms`` (static): how long an absent instance's tasks wait (None: forever).
+    ``custom``: a class ``module:Class`` (see ``runtime.assignment.CustomAssignor``)."""
+
+    strategy: AssignmentStrategy = "balanced"
+    instances: dict[str, list[str]] = field(default_factory=dict)
+    reassign_after_ms: int | None = None
+    custom: str | None = None
+    pos: Pos = NOWHERE
+
+
 @dataclass
 class ProcessingSpec:
+    """``instance_id``: this instance's static group membership id (the CLI's ``--instance-id``
+    or ``EDM_INSTANCE_ID`` replace the file's). ``standby_replicas``: the default of every store."""
+
     guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     commit_interval_ms: int = 100
     max_batch: int = 1000
     pos: Pos = NOWHERE
+    instance_id: str | None = None
+    standby_replicas: int = 0
+    assignment: AssignmentSpec = field(default_factory=AssignmentSpec)
 
 
 StoreType = Literal["key_value", "window", "session"]
@@ -152,7 +175,8 @@ StoreType = Literal["key_value", "window", "session"]
 class StoreSpec:
     """A declared state store (``stores:``). Its changelog topic is
     ``<service>-<name>-changelog`` (compacted), on unless ``changelog`` is False.
-    ``standby_replicas`` is used by the scale-out issue."""
+    ``standby_replicas``: how many other instances keep a hot copy; the store's own setting,
+    else ``processing.standby_replicas`` (resolved when the model is built)."""
 
     name: str
     type: StoreType = "key_value"

@@ -21,6 +21,8 @@ TOPIC_PATTERN = "^[A-Za-z0-9._-]{1,249}$"
 IDENTIFIER_PATTERN = "^[A-Za-z_][A-Za-z0-9_]*$"
 _DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
 PYTHON_REF_PATTERN = f"^{_DOTTED}:{_DOTTED}$"
+INSTANCE_PATTERN = "^([A-Za-z0-9][A-Za-z0-9._-]{0,248})?$"
+TASK_PATTERN = "^[0-9]+_[0-9]+$"
 
 # What each pattern means, for messages.
 PATTERN_WORDS = {
@@ -28,6 +30,8 @@ PATTERN_WORDS = {
     TOPIC_PATTERN: "letters, digits, '.', '_' and '-' (at most 249 characters)",
     IDENTIFIER_PATTERN: "a Python identifier (letters, digits and '_', not starting with a digit)",
     PYTHON_REF_PATTERN: "'module:function', e.g. 'scoring:risk'",
+    INSTANCE_PATTERN: "letters, digits, '.', '_' and '-', starting with a letter or digit (empty: none)",
+    TASK_PATTERN: "a task id '<sub-topology>_<partition>' as `edm describe` prints it, e.g. '0_3'",
 }
 
 FORMATS = ["json", "string", "bytes"]
@@ -117,6 +121,8 @@ def _defs(step_items: dict) -> dict:
         "retention": {"$ref": "#/$defs/duration",
                       "description": "Window and session stores: how long old windows are kept "
                                      "(default: window size + grace, at least one day)."},
+        "standby_replicas": _int("Hot replicas on other instances, tailing the changelog "
+                                 "(default: processing.standby_replicas, else 0).", minimum=0),
     }, "A state store, named by the step that uses it (`store: NAME`).")
     table = _obj({
         "from": {"$ref": "#/$defs/stream_ref",
@@ -170,6 +176,31 @@ def _defs(step_items: dict) -> dict:
                       "description": "Processing guarantee (default at_least_once)."},
         "commit_interval_ms": _int("How often offsets are committed (default 100)."),
         "max_batch": _int("Most events processed per batch (default 1000)."),
+        "instance_id": _str("This instance's static group membership id (e.g. the pod name): a restart "
+                            "within the session timeout causes no rebalance. `edm run --instance-id` "
+                            "and EDM_INSTANCE_ID take precedence.", pattern=INSTANCE_PATTERN),
+        "standby_replicas": _int("Hot replicas of every store on other instances (default 0); a store's "
+                                 "own `standby_replicas` takes precedence.", minimum=0),
+        "assignment": _obj({
+            "strategy": {"enum": ["balanced", "round_robin", "static", "custom"],
+                         "description": "balanced (default: even, sticky, actives where state is "
+                                        "freshest), round_robin, static (tasks pinned to instance "
+                                        "ids) or custom (a Python class)."},
+            "static": _obj({
+                "instances": {"type": "object", "description": "Instance id -> task ids it runs "
+                                                               "(as `edm describe` prints them).",
+                              "propertyNames": {"pattern": INSTANCE_PATTERN},
+                              "additionalProperties": {"type": "array", "uniqueItems": True,
+                                                       "items": _str("A task id <sub>_<partition>.",
+                                                                     pattern=TASK_PATTERN)}},
+                "reassign_after": {"$ref": "#/$defs/duration",
+                                   "description": "How long an absent instance's tasks wait before "
+                                                  "moving to the others (default: forever)."},
+            }, "Tasks pinned to instance ids.", ["instances"]),
+            "custom": _obj({"python": _str("A class 'module:Class' with assign(tasks, members, previous).",
+                                           pattern=PYTHON_REF_PATTERN)},
+                           "A custom assignor class.", ["python"]),
+        }, "How tasks are spread over the instances of the service (Kafka)."),
     }, "How events are processed.")
     function = _obj({"python": _str("A Python function 'module:function', resolved next to the file.",
                                     pattern=PYTHON_REF_PATTERN),

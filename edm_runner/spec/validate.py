@@ -108,6 +108,7 @@ def check_microservice(data: dict, report: Report, base_dir: Path, no_code: bool
     ctx = _Context(data, report, base_dir, no_code)
     stream_dead_letters = _check_streams(ctx)
     _check_functions(ctx)
+    _check_assignment(ctx)
     state = StateChecks(ctx)
     state.check_declarations()
     flows = _check_pipelines(ctx, state)
@@ -195,6 +196,43 @@ def _check_functions(ctx: _Context) -> None:
         except FunctionRefError as e:
             ctx.report.error(path, f"function '{name}': {e}",
                              "the module is looked up next to the topology file, then on the Python path")
+
+
+def _check_assignment(ctx: _Context) -> None:
+    """``processing.assignment``: the strategy's own section is present, the other's absent,
+    and a custom class resolves (``runtime.assignment.load_custom`` checks its interface)."""
+    processing = ctx.data.get("processing")
+    cfg = processing.get("assignment") if isinstance(processing, dict) else None
+    if not isinstance(cfg, dict):
+        return
+    path = ("processing", "assignment")
+    strategy = cfg.get("strategy", "balanced")
+    for section in ("static", "custom"):
+        if section in cfg and strategy != section:
+            ctx.report.error(path + (section,), f"'{section}' is only used with strategy: {section} "
+                                                f"(the strategy is {strategy})",
+                             f"set strategy: {section}, or remove '{section}'", key=True)
+        elif section not in cfg and strategy == section:
+            ctx.report.error(path + ("strategy",), f"strategy {section} needs a '{section}' section",
+                             "static: {instances: {INSTANCE: [TASK, ...]}}" if section == "static"
+                             else "custom: {python: module:Class}")
+    ref = cfg.get("custom", {}).get("python") if isinstance(cfg.get("custom"), dict) else None
+    if strategy != "custom" or not isinstance(ref, str) or not re.fullmatch(PYTHON_REF_PATTERN, ref):
+        return
+    ref_path = path + ("custom", "python")
+    if ctx.no_code:
+        ctx.report.error(ref_path, f"--no-code refuses Python code; the custom assignor references '{ref}'",
+                         "use strategy balanced, round_robin or static, or run without --no-code", code="no-code")
+        return
+    try:
+        target = resolve_function(ref, ctx.base_dir)
+    except FunctionRefError as e:
+        ctx.report.error(ref_path, f"custom assignor: {e}",
+                         "the module is looked up next to the topology file, then on the Python path")
+        return
+    if not isinstance(target, type) or not callable(getattr(target, "assign", None)):
+        ctx.report.error(ref_path, f"custom assignor '{ref}' is not a class with an assign method",
+                         "define a class with assign(self, tasks, members, previous) -> {instance_id: [task, ...]}")
 
 
 def _check_pipelines(ctx: _Context, state: StateChecks) -> list[Flow]:
