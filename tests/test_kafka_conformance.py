@@ -76,7 +76,7 @@ async def produce(broker: Broker, stream: StreamSpec, items: list[dict]) -> None
         partition = (default_partition(key, stream.partitions) if key is not None
                      else index % stream.partitions)
         producer.send(OutRecord(stream.topic, partition, key, value_serde.encode(item["value"]),
-                                1_700_000_000_000 + index))
+                                item.get("timestamp", 1_700_000_000_000 + index)))
     await producer.flush()
     await producer.close()
 
