@@ -35,3 +35,51 @@ def best_times(candidates: Mapping[str, Callable[[], object]], *, repeat: int = 
         for name, timer in timers.items():
             best[name] = min(best[name], timer.timeit(numbers[name]) / numbers[name])
     return best
+
+
+def run_child(module: str, *args: str) -> tuple[dict, float]:
+    """Runs ``python -m module args...`` (a scenario's own side, one per process so that each
+    side's memory is its own) and returns the JSON it printed and its peak RSS in MB
+    (``wait4`` gives the child's own usage)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryFile("w+") as errors:
+        proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=Path(__file__).resolve().parent.parent,
+                                stdout=subprocess.PIPE, stderr=errors, text=True)
+        stdout = proc.stdout.read()
+        proc.stdout.close()
+        _, status, usage = os.wait4(proc.pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            errors.seek(0)
+            raise RuntimeError(f"{module} {' '.join(args)} failed:\n{errors.read()[-4000:]}")
+    return json.loads(stdout), usage.ru_maxrss / 1024
+
+
+def compare(count: int, unit: str, edm: dict, baseline: dict, edm_rss_mb: float, baseline_rss_mb: float,
+            *, target_ratio: float, rss_limit_mb: float | None = None) -> dict:
+    """The result line of a throughput scenario: ``count`` items (``unit``: events, records)
+    processed by each side in ``seconds``; ratio = edm throughput / baseline throughput."""
+    edm_rate = count / edm["seconds"]
+    base_rate = count / baseline["seconds"]
+    ratio = edm_rate / base_rate
+    result = {
+        unit: count,
+        "edm_seconds": round(edm["seconds"], 3),
+        f"edm_{unit}_per_s": round(edm_rate),
+        "baseline_seconds": round(baseline["seconds"], 3),
+        f"baseline_{unit}_per_s": round(base_rate),
+        "ratio": round(ratio, 3),
+        "target_ratio": target_ratio,
+        "edm_peak_rss_mb": round(edm_rss_mb, 1),
+        "baseline_peak_rss_mb": round(baseline_rss_mb, 1),
+        "ok": ratio >= target_ratio,
+    }
+    if rss_limit_mb is not None:
+        result["rss_limit_mb"] = rss_limit_mb
+        result["ok"] = result["ok"] and edm_rss_mb < rss_limit_mb
+    return result

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,6 +20,7 @@ from pathlib import Path
 
 import lmdb
 
+from bench import compare, run_child
 from edm_runner.brokers.base import OutRecord, TopicSpec
 from edm_runner.brokers.local import LocalBroker
 
@@ -112,45 +111,16 @@ def _child(mode: str, path: Path) -> dict:
     return {**figures, "seconds": elapsed}
 
 
-def _run_child(mode: str, path: Path) -> tuple[dict, float]:
-    """The child's figures and its own peak RSS in MB (``wait4`` gives per-child usage)."""
-    with tempfile.TemporaryFile("w+") as errors:
-        proc = subprocess.Popen([sys.executable, __file__, mode, str(path)], stdout=subprocess.PIPE,
-                                stderr=errors, text=True)
-        stdout = proc.stdout.read()
-        proc.stdout.close()
-        _, status, usage = os.wait4(proc.pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            errors.seek(0)
-            raise RuntimeError(f"{mode} run failed:\n{errors.read()[-4000:]}")
-    return json.loads(stdout), usage.ru_maxrss / 1024
-
-
 def run(events: int = EVENTS) -> dict:
     with tempfile.TemporaryDirectory(prefix="edm-bench-count-") as tmp:
         path = Path(tmp)
         asyncio.run(_produce(path / "broker", events))
-        edm, edm_rss = _run_child("edm", path)
-        base, base_rss = _run_child("baseline", path)
+        edm, edm_rss = run_child("bench.local_count", "edm", str(path))
+        base, base_rss = run_child("bench.local_count", "baseline", str(path))
     if edm["written"] != events or base["written"] != events:
         raise RuntimeError(f"expected {events} counts written; edm wrote {edm['written']}, "
                            f"the hand-written loop {base['written']}")
-    edm_tput = events / edm["seconds"]
-    base_tput = events / base["seconds"]
-    ratio = edm_tput / base_tput
-    return {
-        "events": events,
-        "keys": KEYS,
-        "edm_seconds": round(edm["seconds"], 3),
-        "edm_events_per_s": round(edm_tput),
-        "baseline_seconds": round(base["seconds"], 3),
-        "baseline_events_per_s": round(base_tput),
-        "ratio": round(ratio, 3),
-        "target_ratio": TARGET_RATIO,
-        "edm_peak_rss_mb": round(edm_rss, 1),
-        "baseline_peak_rss_mb": round(base_rss, 1),
-        "ok": ratio >= TARGET_RATIO,
-    }
+    return {**compare(events, "events", edm, base, edm_rss, base_rss, target_ratio=TARGET_RATIO), "keys": KEYS}
 
 
 if __name__ == "__main__":

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench import compare, run_child
 from edm_runner.brokers.base import OutRecord, TopicSpec
 from edm_runner.brokers.local import LocalBroker
 
@@ -104,46 +103,16 @@ def _child(mode: str, path: Path) -> dict:
     return {"written": written, "seconds": elapsed}
 
 
-def _run_child(mode: str, path: Path) -> tuple[dict, float]:
-    """The child's figures and its own peak RSS in MB (``wait4`` gives per-child usage)."""
-    with tempfile.TemporaryFile("w+") as errors:
-        proc = subprocess.Popen([sys.executable, __file__, mode, str(path)], stdout=subprocess.PIPE,
-                                stderr=errors, text=True)
-        stdout = proc.stdout.read()
-        proc.stdout.close()
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            errors.seek(0)
-            raise RuntimeError(f"{mode} run failed:\n{errors.read()}")
-    return json.loads(stdout), usage.ru_maxrss / 1024
-
-
 def run(events: int = EVENTS) -> dict:
     with tempfile.TemporaryDirectory(prefix="edm-bench-") as tmp:
         path = Path(tmp) / "broker"
         asyncio.run(_produce(path, events))
-        edm, edm_rss = _run_child("edm", path)
-        base, base_rss = _run_child("baseline", path)
+        edm, edm_rss = run_child("bench.local_stateless", "edm", str(path))
+        base, base_rss = run_child("bench.local_stateless", "baseline", str(path))
     if edm["written"] != base["written"]:
         raise RuntimeError(f"edm wrote {edm['written']} events, the hand-written loop {base['written']}")
-    edm_tput = events / edm["seconds"]
-    base_tput = events / base["seconds"]
-    ratio = edm_tput / base_tput
-    return {
-        "events": events,
-        "written": edm["written"],
-        "edm_seconds": round(edm["seconds"], 3),
-        "edm_events_per_s": round(edm_tput),
-        "baseline_seconds": round(base["seconds"], 3),
-        "baseline_events_per_s": round(base_tput),
-        "ratio": round(ratio, 3),
-        "target_ratio": TARGET_RATIO,
-        "edm_peak_rss_mb": round(edm_rss, 1),
-        "baseline_peak_rss_mb": round(base_rss, 1),
-        "rss_limit_mb": RSS_LIMIT_MB,
-        "ok": ratio >= TARGET_RATIO and edm_rss < RSS_LIMIT_MB,
-    }
+    return {**compare(events, "events", edm, base, edm_rss, base_rss, target_ratio=TARGET_RATIO,
+                      rss_limit_mb=RSS_LIMIT_MB), "written": edm["written"]}
 
 
 if __name__ == "__main__":

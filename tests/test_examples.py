@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_helpers import TOPOLOGIES, edm, ok
+from cli_helpers import TOPOLOGIES, ok
 from edm_runner.brokers.partitioner import default_partition
 
 EXAMPLES = sorted(p for p in TOPOLOGIES.rglob("*.yaml"))

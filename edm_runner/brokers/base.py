@@ -116,10 +116,11 @@ class Broker(Protocol):
         ...
 
     def consumer(self, group: str | None, topics: Sequence[str], *,
-                 from_beginning: bool = True) -> Consumer:
+                 from_beginning: bool = True, partitions: Sequence[TopicPartition] | None = None) -> Consumer:
         """A consumer subscribed to ``topics``. ``group=None``: no group, no commits, reads
-        from the beginning (or the end when ``from_beginning`` is False). With a group, a
-        partition without a committed offset starts at the beginning."""
+        from the beginning (or the end when ``from_beginning`` is False), every partition of
+        ``topics`` or only ``partitions`` when given (restores read just what they need). With a
+        group, a partition without a committed offset starts at the beginning."""
         ...
 
     def producer(self) -> Producer: ...

@@ -602,8 +602,9 @@ class LocalBroker:
     # -- clients ---------------------------------------------------------------------------
 
     def consumer(self, group: str | None, topics: Sequence[str], *,
-                 from_beginning: bool = True) -> LocalConsumer:
-        return LocalConsumer(self, group, list(topics), from_beginning)
+                 from_beginning: bool = True, partitions: Sequence[TopicPartition] | None = None
+                 ) -> LocalConsumer:
+        return LocalConsumer(self, group, list(topics), from_beginning, partitions)
 
     def producer(self) -> LocalProducer:
         return LocalProducer(self)
@@ -649,10 +650,11 @@ class LocalConsumer:
     Positions live in memory; ``commit`` makes them durable for the group."""
 
     def __init__(self, broker: LocalBroker, group: str | None, topics: list[str],
-                 from_beginning: bool):
+                 from_beginning: bool, partitions: Sequence[TopicPartition] | None = None):
         self._broker = broker
         self._group = group
         self._topics = topics
+        self._only = list(partitions) if partitions is not None else None
         self._from_beginning = from_beginning
         self._positions: dict[TopicPartition, int] = {}
         self._order: list[TopicPartition] = []
@@ -668,6 +670,8 @@ class LocalConsumer:
                 raise BrokerError(f"{self._broker.describe()} has no topic(s) "
                                   f"{', '.join(sorted(missing))} to consume; create them first")
             tps = [TopicPartition(t, p) for t in self._topics for p in range(partitions[t])]
+            if self._only is not None:
+                tps = [tp for tp in tps if tp in self._only]
             ends = await self._broker.end_offsets(tps)
             for tp in tps:
                 committed = (await self._broker.committed(self._group, tp)

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 class ServiceStats:
     """``events_out`` counts records written to streams and repartition topics; dead letters
     are counted in ``dead_lettered`` only. ``skipped_by_pipeline`` sums to ``skipped``.
-    ``restored``: changelog (or table source) records applied by restores since start.
+    ``restored``: changelog (or table source) records applied by restores since start, in
+    ``restore_seconds`` of wall time (opening the tasks' state included).
     ``late``: window events dropped or dead-lettered as late (also in ``dead_lettered`` when
     dead-lettered)."""
 
@@ -18,6 +19,7 @@ class ServiceStats:
     dead_lettered: int = 0
     skipped_by_pipeline: dict[str, int] = field(default_factory=dict)
     restored: int = 0
+    restore_seconds: float = 0.0
     late: int = 0
 
 
