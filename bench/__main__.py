@@ -16,6 +16,8 @@ SCENARIOS: dict[str, str] = {
     "kafka-stateless": "bench.kafka_stateless",
     "local-count": "bench.local_count",
     "kafka-restore": "bench.kafka_restore",
+    "rebalance": "bench.rebalance",
+    "kafka-eos": "bench.kafka_eos",
 }
 
 

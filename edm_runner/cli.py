@@ -11,6 +11,7 @@ import base64
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -203,6 +204,51 @@ def graph(
     _run_guarded(body)
 
 
+@app.command()
+def describe(
+    file: Path,
+    output: Annotated[OutputFormat, typer.Option("--format", help="text or json.")] = OutputFormat.text,
+) -> None:
+    """Print a microservice's sub-topologies, tasks, internal topics and copartition groups
+    (a business topology: each of its microservices)."""
+    def body() -> int:
+        from edm_runner.graph.dag import describe as describe_topology
+        from edm_runner.spec.model import BusinessTopology
+        topology = _load(file)
+        services = topology.services if isinstance(topology, BusinessTopology) else [topology]
+        docs = [describe_topology(s) for s in services]
+        if output is OutputFormat.json:
+            typer.echo(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2))
+        else:
+            typer.echo("\n".join(_describe_text(doc) for doc in docs), nl=False)
+        return 0
+    _run_guarded(body)
+
+
+def _describe_text(doc: dict) -> str:
+    lines = [f"service {doc['service']}: {len(doc['subtopologies'])} sub-topologies, {len(doc['tasks'])} tasks"]
+    for sub in doc["subtopologies"]:
+        tasks = ", ".join(f"{sub['id']}_{p}" for p in range(sub["tasks"]))
+        lines += [f"  sub-topology {sub['id']}: tasks {tasks}",
+                  f"    sources: {', '.join(sub['source_topics']) or '-'}",
+                  f"    sinks:   {', '.join(sub['sink_topics']) or '-'}"]
+        if sub["stores"]:
+            lines.append(f"    stores:  {', '.join(sub['stores'])}")
+        lines += [f"    {node['kind']:<7} {node['label']}" for node in sub["nodes"]]
+    if doc["internal_topics"]:
+        lines.append("  internal topics:")
+        lines += [f"    {topic} ({t['kind']}, {t['partitions']} partitions{', compacted' if t.get('compacted') else ''})"
+                  for topic, t in doc["internal_topics"].items()]
+    if doc["copartition_groups"]:
+        lines.append("  copartition groups:")
+        lines += [f"    {g['join']}: " + ", ".join(f"{s} ({t}, {n} partitions)"
+                                                    for s, t, n in zip(g["streams"], g["topics"], g["partitions"]))
+                  for g in doc["copartition_groups"]]
+    if doc["global_tables"]:
+        lines.append("  global tables: " + ", ".join(f"{n} ({t})" for n, t in doc["global_tables"].items()))
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------- run
 
 class _StatusLine:
@@ -242,6 +288,10 @@ def run(
         "--no-create-topics",
         help="Do not create topics (they are managed elsewhere): missing ones are an error listing them.")] = False,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
+    instance_id: Annotated[Optional[str], typer.Option(
+        "--instance-id", envvar="EDM_INSTANCE_ID",
+        help="Static group membership id of this instance (e.g. the pod name); replaces "
+             "processing.instance_id.")] = None,
 ) -> None:
     """Run a microservice topology, or every microservice of a business topology."""
     _setup_logging(log_level)
@@ -251,6 +301,12 @@ def run(
         from edm_runner.spec.model import BusinessTopology
         topology = _load(file, no_code)
         services = topology.services if isinstance(topology, BusinessTopology) else [topology]
+        if instance_id:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,248}", instance_id):
+                raise EdmError(f"invalid --instance-id {instance_id!r}: use letters, digits, '.', '_' "
+                               "and '-', starting with a letter or digit")
+            for service in services:
+                service.processing.instance_id = instance_id
         connection = _open_broker(topology, file, broker, state_dir)
         status = _StatusLine()
 

@@ -128,7 +128,11 @@ class KafkaBroker:
                 "and growing them moves keys to other partitions)")
 
     def consumer(self, group: str | None, topics: Sequence[str], *,
-                 from_beginning: bool = True) -> KafkaConsumer:
+                 from_beginning: bool = True, partitions: Sequence[TopicPartition] | None = None,
+                 assignor: Any = None, group_instance_id: str | None = None) -> KafkaConsumer:
+        """``assignor``: an aiokafka partition assignor instance replacing Range (the runtime's
+        ``EdmAssignor``). ``group_instance_id``: static membership (a restart within the session
+        timeout keeps the assignment without a rebalance)."""
         kwargs: dict[str, Any] = {
             **self._common,
             "client_id": f"{self.client_id}-{group or 'reader'}",
@@ -140,7 +144,11 @@ class KafkaBroker:
             "partition_assignment_strategy": (RangePartitionAssignor,),
             **self._consumer_options,
         }
-        return KafkaConsumer(self, list(topics), kwargs)
+        if assignor is not None:
+            kwargs["partition_assignment_strategy"] = (assignor,)
+        if group_instance_id is not None:
+            kwargs["group_instance_id"] = group_instance_id
+        return KafkaConsumer(self, list(topics), kwargs, partitions)
 
     def producer(self) -> KafkaProducer:
         kwargs: dict[str, Any] = {
@@ -303,25 +311,42 @@ class KafkaBroker:
             await asyncio.sleep(0.05)  # no event to await: metadata is polled
 
 
-class _FirstAssignment(ConsumerRebalanceListener):
-    """Sets ``event`` once the group has handed this member its (possibly empty) share."""
+class _Listener(ConsumerRebalanceListener):
+    """Sets ``event`` once the group has handed this member its (possibly empty) share, and
+    forwards every rebalance to ``consumer.listener`` (see ``KafkaConsumer``)."""
 
-    def __init__(self, event: asyncio.Event):
+    def __init__(self, consumer: KafkaConsumer, event: asyncio.Event):
+        self.consumer = consumer
         self.event = event
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        pass
+        if self.consumer.listener is not None:
+            await self.consumer.listener.revoked({TopicPartition(tp.topic, tp.partition) for tp in revoked})
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         self.event.set()
+        if self.consumer.listener is not None:
+            await self.consumer.listener.assigned({TopicPartition(tp.topic, tp.partition) for tp in assigned})
 
 
 class KafkaConsumer:
-    """A group member (or a group-less reader) over aiokafka. Commits are explicit only."""
+    """A group member (or a group-less reader) over aiokafka. Commits are explicit only.
 
-    def __init__(self, broker: KafkaBroker, topics: list[str], kwargs: dict[str, Any]):
+    ``listener`` (set before ``start``; group members only): an object with
+    ``async revoked(tps: set[TopicPartition])`` and ``async assigned(tps)``, awaited inside
+    aiokafka's rebalance, concurrently with the caller's own code (they run in aiokafka's
+    coordinator task). ``revoked`` runs before the member rejoins, once fetching has stopped,
+    while the old generation can still commit; ``assigned`` after the join, before fetching
+    and heartbeats resume: it must return quickly (long work belongs to the caller's loop).
+    Exceptions in them are logged by aiokafka and do not stop the rebalance.
+    """
+
+    def __init__(self, broker: KafkaBroker, topics: list[str], kwargs: dict[str, Any],
+                 partitions: Sequence[TopicPartition] | None = None):
+        self.listener: Any = None
         self._broker = broker
         self._topics = topics
+        self._partitions = partitions
         self._group = kwargs.get("group_id")
         try:
             self._consumer = AIOKafkaConsumer(**kwargs)
@@ -335,7 +360,7 @@ class KafkaConsumer:
                                  self._consumer.start())
         if self._group is not None:
             assigned = asyncio.Event()
-            self._consumer.subscribe(self._topics, listener=_FirstAssignment(assigned))
+            self._consumer.subscribe(self._topics, listener=_Listener(self, assigned))
             try:
                 await asyncio.wait_for(assigned.wait(), JOIN_TIMEOUT_S)
             except asyncio.TimeoutError:
@@ -349,7 +374,10 @@ class KafkaConsumer:
         if missing:
             raise BrokerError(f"cannot read missing topic(s) on {self._broker.describe()}: "
                               f"{', '.join(missing)}")
-        self._consumer.assign([KafkaTP(t, p) for t in self._topics for p in range(counts[t])])
+        if self._partitions is not None:
+            self._consumer.assign([KafkaTP(*tp) for tp in self._partitions])
+        else:
+            self._consumer.assign([KafkaTP(t, p) for t in self._topics for p in range(counts[t])])
 
     def assignment(self) -> set[TopicPartition]:
         return {TopicPartition(tp.topic, tp.partition) for tp in self._consumer.assignment()}
@@ -357,11 +385,15 @@ class KafkaConsumer:
     async def getmany(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Record]]:
         batches = await self._broker._call(
             "fetching records", self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records))
-        return {
-            TopicPartition(tp.topic, tp.partition): [
-                Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp, tuple(m.headers))
+        # A hot loop (restores read millions of records): no per-record lookups it can avoid.
+        out: dict[TopicPartition, list[Record]] = {}
+        for tp, messages in batches.items():
+            topic, partition = tp.topic, tp.partition
+            out[TopicPartition(topic, partition)] = [
+                Record(topic, partition, m.offset, m.key, m.value, m.timestamp,
+                       tuple(m.headers) if m.headers else ())
                 for m in messages]
-            for tp, messages in batches.items()}
+        return out
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         if not offsets:

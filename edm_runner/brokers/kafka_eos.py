@@ -45,7 +45,7 @@ def transactional_id(service: str, subtopology: int, partition: int) -> str:
 
 def read_committed(broker: KafkaBroker) -> KafkaBroker:
     """A view of ``broker`` whose consumers read committed records only (isolation_level
-    read_committed: no record of an open or aborted transaction, end offsets are the last
+    read_committed: no record of an open or aborted transaction; end offsets are the last
     stable offsets). It shares ``broker``'s connection: close only the original."""
     view = copy.copy(broker)
     view._consumer_options = {**broker._consumer_options, "isolation_level": "read_committed"}

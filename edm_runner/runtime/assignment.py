@@ -386,7 +386,8 @@ class EdmAssignor(AbstractPartitionAssignor):
             {parse_task(k): str(v) for k, v in (doc.get("tasks") or {}).items()}, dict(doc.get("hosts") or {}))
         log.info("assignment %s", json.dumps({
             "service": self.topology.name, "instance": self.instance_id, "generation": self._generation,
-            "active": _names(self.current.active), "standby": _names(self.current.standby)}))
+            "active": _names(self.current.active), "standby": _names(self.current.standby),
+            "partitions": {topic: sorted(ps) for topic, ps in sorted(assignment.assignment)}}))
         if self.on_tasks_assigned is not None:
             self.on_tasks_assigned(self.current)
 
@@ -446,3 +447,21 @@ def checkpointed_offsets(state_dir: Path, service: str,
         finally:
             reader.close()
     return result
+
+
+def group_consumer(broker: Any, topology: Topology, dag: Dag, topics: list[str],
+                   tasks: Any = None) -> tuple[Any, EdmAssignor | None]:
+    """The service's group consumer: on Kafka with an ``EdmAssignor`` (its ``local_offsets``
+    reading ``tasks``' checkpoints, a ``runtime.tasks.TaskManager`` or None when stateless) and
+    static membership when the topology has an instance id; elsewhere the broker's own."""
+    from edm_runner.brokers.kafka import KafkaBroker
+
+    if not isinstance(broker, KafkaBroker):
+        return broker.consumer(topology.name, topics), None
+    instance_id = topology.processing.instance_id
+    assignor = EdmAssignor(topology, dag, instance_id)
+    if tasks is not None:
+        assignor.local_offsets = lambda: checkpointed_offsets(
+            tasks.state_dir, topology.name,
+            {key: task.state.checkpoint().changelogs for key, task in tasks.tasks.items()})
+    return broker.consumer(topology.name, topics, assignor=assignor, group_instance_id=instance_id), assignor

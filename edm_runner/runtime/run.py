@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from pathlib import Path
 from typing import Callable
 
 from edm_runner.brokers.base import Broker
+from edm_runner.errors import EdmError
 from edm_runner.runtime.service import ServiceRunner
 from edm_runner.runtime.stats import RunStats, ServiceStats
 from edm_runner.spec.model import Topology
@@ -13,6 +16,9 @@ from edm_runner.spec.model import Topology
 POLL_MS = 100
 IDLE_POLL_MS = 10
 PROGRESS_INTERVAL_S = 1.0
+DEFAULT_SHUTDOWN_GRACE_MS = 30_000
+
+log = logging.getLogger("edm.runtime")
 
 
 class _IdleTracker:
@@ -39,7 +45,8 @@ class _IdleTracker:
 async def run_services(services: list[Topology], broker: Broker, *, until_idle: bool = False,
                        stop: asyncio.Event | None = None,
                        on_progress: Callable[[RunStats], None] | None = None,
-                       create_topics: bool = True, state_dir: Path | None = None) -> RunStats:
+                       create_topics: bool = True, state_dir: Path | None = None,
+                       shutdown_grace_ms: int = DEFAULT_SHUTDOWN_GRACE_MS) -> RunStats:
     """Runs ``services`` on ``broker``, each in its own consumer group (its name).
 
     Returns when ``stop`` is set (each service finishes its batch, flushes and commits),
@@ -48,6 +55,11 @@ async def run_services(services: list[Topology], broker: Broker, *, until_idle: 
     fail policy) after the other services have stopped cleanly. Without ``create_topics``,
     topics are never created: a missing one is a ``BrokerError`` listing them. Local state
     (stores, tables) lives under ``state_dir`` (default: ``.edm`` beside each topology file).
+
+    Shutdown on ``stop`` (SIGTERM): each service finishes its batch, flushes, commits, writes
+    its checkpoints and closes its stores, all within ``shutdown_grace_ms`` of ``stop``; work
+    still running then (a long restore, a batch) is cancelled, and a close that overruns is
+    an ``EdmError`` (the caller exits non-zero; restores resume from their checkpoints).
     """
     stats = RunStats({t.name: ServiceStats() for t in services})
     runners = [ServiceRunner(t, broker, stats.services[t.name], state_dir) for t in services]
@@ -67,7 +79,7 @@ async def run_services(services: list[Topology], broker: Broker, *, until_idle: 
                     tracker.activity()
                 elif until_idle:
                     if runner.unflushed:
-                        await runner.commit()
+                        await runner.commit_now()
                         tracker.activity()
                     elif await runner.caught_up() and tracker.idle(runner.name):
                         halt.set()
@@ -85,17 +97,46 @@ async def run_services(services: list[Topology], broker: Broker, *, until_idle: 
     started: list[ServiceRunner] = []
     errors: list[BaseException] = []
     reporter = asyncio.create_task(progress()) if on_progress is not None else None
-    try:
+
+    async def run() -> None:
         for runner in runners:
+            started.append(runner)  # ``close`` copes with a start cut short
             await runner.start()
-            started.append(runner)
         results = await asyncio.gather(*(loop(r) for r in runners), return_exceptions=True)
-        errors += [e for e in results if isinstance(e, BaseException)]
+        errors.extend(e for e in results if isinstance(e, BaseException))
+
+    deadline: float | None = None
+    main = asyncio.ensure_future(run())
+    try:
+        if stop is not None:
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({main, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if stop.is_set():
+                deadline = time.monotonic() + shutdown_grace_ms / 1000
+                await asyncio.wait({main}, timeout=shutdown_grace_ms / 1000)
+                if not main.done():
+                    log.warning("stopping: cancelling the work in progress to close within the "
+                                "%d ms grace period", shutdown_grace_ms)
+                    main.cancel()
+        try:
+            await main
+        except asyncio.CancelledError:
+            if deadline is None:
+                raise
     finally:
         halt.set()
         for runner in started:
             try:
-                await runner.close()
+                if deadline is None:
+                    await runner.close()
+                else:
+                    await asyncio.wait_for(runner.close(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                errors.append(EdmError(
+                    f"service '{runner.name}' did not close within the {shutdown_grace_ms} ms shutdown "
+                    "grace period; its last batch is processed again on restart (at-least-once). "
+                    "Raise the grace period if the broker is slow to acknowledge"))
             except Exception as exc:
                 errors.append(exc)
         if reporter is not None:

@@ -13,21 +13,46 @@ Invariants (at-least-once):
   the batch's outputs and changelog records are durable; on the local broker that is right
   after ``append_and_commit``, on Kafka at every commit, after the flush and before the
   input offsets are committed. A failed batch drops the buffered store updates.
+
+Exactly-once (``processing.guarantee: exactly_once``, see ``runtime.eos``): on Kafka every task
+commits its outputs, changelog records and input offsets in one transaction of its own
+producer, and every consumer reads committed; an idle input still commits on the interval (the
+last outputs are invisible until then). On the local broker ``append_and_commit`` already is
+that transaction. On both, a task whose local state was not closed cleanly is wiped and restored.
+
+Rebalancing (Kafka; see ``Rebalance``): a batch is processed under ``batch_lock``. On
+revocation the runner waits for the batch in flight, then flushes, commits (outputs,
+changelogs, checkpoints, input offsets) and closes every task, within ``REVOKE_TIMEOUT_S``.
+On assignment the next ``poll`` restores the assigned tasks before it fetches, and records
+fetched across a rebalance are never processed: their partitions are sought back to them.
 """
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from pathlib import Path
 
-from edm_runner.brokers.base import Broker, Consumer, Producer, TopicPartition, TopicSpec
+from edm_runner.brokers.base import Broker, Consumer, Producer, Record, TopicPartition, TopicSpec
+from edm_runner.brokers.kafka import KafkaBroker
+from edm_runner.brokers.kafka_eos import read_committed
 from edm_runner.brokers.local import LocalBroker
 from edm_runner.errors import ProcessingError
 from edm_runner.runtime import faults
+from edm_runner.runtime.eos import KafkaTransactions
+from edm_runner.runtime.assignment import EdmAssignor, checkpointed_offsets, group_consumer
 from edm_runner.runtime.copartition import check_copartitioning
+from edm_runner.runtime.ordering import InputOrder
 from edm_runner.runtime.processing import CompiledService
 from edm_runner.runtime.stats import ServiceStats
-from edm_runner.runtime.tasks import GlobalTables, TaskManager, changelog_partitions
+from edm_runner.runtime.tasks import GlobalTables, StandbyTasks, TaskManager, changelog_partitions
 from edm_runner.spec.model import Topology
+
+log = logging.getLogger("edm.runtime")
+
+# Bound on the revocation work (finish the batch, flush, commit, close); past it the group
+# moves on without this member's last commit (its partitions are processed again: at-least-once).
+REVOKE_TIMEOUT_S = 30.0
 
 
 def topic_specs(topology: Topology, compiled: CompiledService) -> list[TopicSpec]:
@@ -55,16 +80,26 @@ class ServiceRunner:
         self.broker = broker
         self.stats = stats
         self.compiled = CompiledService(topology, stats)
+        self.order = InputOrder(self.compiled.dag)
         state_dir = state_dir if state_dir is not None else topology.base_dir / ".edm"
         tasks = TaskManager(self.compiled, state_dir, stats)
         self.tasks = tasks if tasks.subs else None
+        self.standbys = StandbyTasks(tasks) if tasks.subs else None
         self.globals = GlobalTables(self.compiled, state_dir, stats) if self.compiled.catalog.global_tables() else None
         self.local = broker if isinstance(broker, LocalBroker) else None
+        # Exactly-once on Kafka: per-task transactions (runtime.eos), read-committed consumers.
+        self.eos: KafkaTransactions | None = None
+        if topology.processing.guarantee == "exactly_once" and isinstance(broker, KafkaBroker):
+            self.broker = read_committed(broker)
+            self.eos = KafkaTransactions(self.compiled, self.broker)
         self.consumer: Consumer | None = None
+        self.assignor: EdmAssignor | None = None  # Kafka only: tasks and standbys of this member
         self.producer: Producer | None = None
         self.pending: dict[TopicPartition, int] = {}  # processed, not yet committed
         self.unflushed = False  # records sent since the last flush
         self.last_commit = time.monotonic()
+        self.batch_lock = asyncio.Lock()  # held while a batch is processed, sent, committed
+        self.rebalance = Rebalance(self)
 
     @property
     def name(self) -> str:
@@ -81,11 +116,22 @@ class ServiceRunner:
         if self.globals is not None:
             await self.globals.bootstrap(self.broker)
         topics = self.compiled.dag.source_topics()
-        self.consumer = self.broker.consumer(self.name, topics)
+        self.consumer, self.assignor = group_consumer(self.broker, self.topology, self.compiled.dag, topics,
+                                                      self.tasks)
+        if hasattr(self.consumer, "listener"):
+            self.consumer.listener = self.rebalance
+        if self.assignor is not None and self.standbys is not None:
+            # Open standbys report from memory too: LMDB must not open an env twice in a process.
+            tasks, standbys = self.tasks, self.standbys
+            self.assignor.local_offsets = lambda: checkpointed_offsets(
+                tasks.state_dir, self.name, {key: t.state.checkpoint().changelogs
+                                             for key, t in [*tasks.tasks.items(), *standbys.tasks.items()]})
         await self.consumer.start()
-        if self.tasks is not None:
-            await self.tasks.assign(self.broker, self.consumer, self.consumer.assignment())
-        if self.local is None:
+        self.rebalance.pending = self.rebalance.revoking = False  # the first assignment: restored below
+        if self.eos is not None:
+            await self.eos.open(self.consumer, self.consumer.assignment())
+        await self.rebalance.adopt()
+        if self.local is None and self.eos is None:
             self.producer = self.broker.producer()
             await self.producer.start()
 
@@ -94,16 +140,38 @@ class ServiceRunner:
         records it held (0: nothing was available within ``timeout_ms``)."""
         if self.globals is not None:
             await self.globals.tail()
+        if self.rebalance.pending:
+            await self.rebalance.adopt()
+        if self.standbys is not None and self.standbys.reader is not None:
+            await self.standbys.tail()
         fetched = await self.consumer.getmany(timeout_ms=timeout_ms,
                                               max_records=self.topology.processing.max_batch)
+        async with self.batch_lock:
+            if self.rebalance.interrupted(fetched):
+                return 0
+            if not fetched and self.eos is not None and self.eos.dirty and self._commit_due():
+                # Idle input: under exactly-once the last outputs are invisible until committed.
+                await self.commit()
+                return 0
+            return await self._process(fetched)
+
+    async def _process(self, fetched: dict[TopicPartition, list[Record]]) -> int:
         tasks = self.tasks
+        eos = self.eos
+        if eos is not None and fetched:
+            # Tasks new here: their producers first (see runtime.eos), then their restore.
+            fetched, new = await eos.admit(self.consumer, fetched)
+            if new and tasks is not None:
+                await tasks.assign(self.broker, self.consumer, new)
         if tasks is not None and fetched and tasks.missing(fetched):
             # Newly assigned partitions: restore their tasks first; the restore seeks their
             # inputs, so what was fetched for them is read again.
             new = tasks.missing(fetched)
             await tasks.assign(self.broker, self.consumer, self.consumer.assignment())
             fetched = {tp: records for tp, records in fetched.items() if tp not in new}
-        if not fetched:
+            self.order.drop(new)
+        runs = await self.order.runs(fetched, self.consumer) if self.order.needed else list(fetched.items())
+        if not runs:
             return 0
         compiled = self.compiled
         outputs = compiled.outputs
@@ -111,14 +179,18 @@ class ServiceRunner:
         count = 0
         dead_before = self.stats.dead_lettered
         try:
-            for tp, records in fetched.items():
+            for tp, records in runs:
                 if tasks is not None:
                     tasks.bind(tp, records[-1].offset + 1)
                 compiled.process(records)
                 offsets[tp] = records[-1].offset + 1
                 count += len(records)
+                if eos is not None:
+                    eos.processed(tp, offsets[tp], len(outputs))
         except ProcessingError:
             outputs.clear()
+            if eos is not None:
+                await eos.abort(tasks)
             if tasks is not None:
                 # Updates of earlier, uncommitted batches are in the same buffers: commit
                 # none of their offsets either (they are processed again on restart).
@@ -139,18 +211,29 @@ class ServiceRunner:
             if tasks is not None:
                 tasks.commit(ends)
             return count
-        send = self.producer.send
-        for record in batch:
-            send(record)
+        if eos is not None:
+            eos.send(batch)
+        else:
+            send = self.producer.send
+            for record in batch:
+                send(record)
+            self.pending.update(offsets)
         self.unflushed = self.unflushed or bool(batch)
-        self.pending.update(offsets)
-        if (time.monotonic() - self.last_commit) * 1000 >= self.topology.processing.commit_interval_ms:
+        if self._commit_due():
             await self.commit()
         return count
+
+    def _commit_due(self) -> bool:
+        return (time.monotonic() - self.last_commit) * 1000 >= self.topology.processing.commit_interval_ms
 
     async def commit(self) -> None:
         """Flush what was sent, then commit the offsets of the batches behind it."""
         tasks = self.tasks
+        if self.eos is not None:
+            await self.eos.commit(self.consumer, tasks)
+            self.unflushed = False
+            self.last_commit = time.monotonic()
+            return
         if self.producer is not None:
             if tasks is not None and tasks.touched:
                 for record in tasks.changelog_records():
@@ -165,8 +248,16 @@ class ServiceRunner:
             self.pending = {}
         self.last_commit = time.monotonic()
 
+    async def commit_now(self) -> None:
+        """``commit`` outside ``poll`` (idle loops, shutdown): waits for a rebalance in progress."""
+        async with self.batch_lock:
+            await self.commit()
+
     async def caught_up(self) -> bool:
-        """True when every assigned partition has been consumed to its end offset."""
+        """True when every assigned partition has been consumed to its end offset and
+        processed (nothing waits in the timestamp-order buffers)."""
+        if self.order.pending():
+            return False
         tps = list(self.consumer.assignment())
         ends = await self.consumer.end_offsets(tps)
         for tp in tps:
@@ -176,15 +267,93 @@ class ServiceRunner:
 
     async def close(self) -> None:
         try:
-            await self.commit()
+            await self.commit_now()
         finally:
             try:
                 if self.producer is not None:
                     await self.producer.close()
+                if self.eos is not None:
+                    await self.eos.close()
                 if self.consumer is not None:
                     await self.consumer.close()
             finally:
                 if self.tasks is not None:
                     self.tasks.close()
+                if self.standbys is not None:
+                    await self.standbys.close()
                 if self.globals is not None:
                     await self.globals.close()
+
+
+class Rebalance:
+    """The rebalance listener of one ``ServiceRunner`` (see ``KafkaConsumer.listener``).
+
+    Invariants: ``revoked`` runs under the runner's ``batch_lock``, so it never overlaps a
+    batch; after it no task is open and nothing is pending. Between a revocation and the
+    ``adopt`` of the next assignment (``pending``), fetched records are rewound, unprocessed.
+    """
+
+    def __init__(self, runner: ServiceRunner) -> None:
+        self.runner = runner
+        self.pending = False  # an assignment arrived; ``adopt`` has not restored it yet
+        self.revoking = False  # revoked, and the next assignment not adopted yet
+
+    async def revoked(self, tps: set[TopicPartition]) -> None:
+        runner = self.runner
+        self.revoking = True
+        started = time.monotonic()
+        try:
+            async with runner.batch_lock:
+                try:
+                    await asyncio.wait_for(runner.commit(), REVOKE_TIMEOUT_S)
+                except Exception as exc:
+                    # The group moves on either way; what was not committed is processed again.
+                    log.warning("%s: committing before the rebalance failed (%s); uncommitted "
+                                "input is processed again by the partitions' next owner", runner.name, exc)
+                    if runner.tasks is not None:
+                        runner.tasks.abort()
+                    runner.pending = {}
+                runner.order.drop(tps)
+                if runner.tasks is not None:
+                    runner.tasks.close()
+        except BaseException:
+            log.exception("%s: releasing revoked partitions failed", runner.name)
+            raise
+        if tps:
+            log.info("%s: revoked %d partition(s); committed and closed in %.3f s", runner.name,
+                     len(tps), time.monotonic() - started)
+
+    async def assigned(self, tps: set[TopicPartition]) -> None:
+        # No restore here: aiokafka resumes heartbeats only after this returns.
+        self.pending = True
+
+    async def adopt(self) -> None:
+        """Restores the tasks of the current assignment (before anything of them is fetched
+        for processing: ``interrupted`` rewinds what the restore did not seek)."""
+        runner = self.runner
+        async with runner.batch_lock:
+            self.pending = False
+            self.revoking = False
+            started = time.monotonic()
+            assignment = runner.consumer.assignment()
+            if runner.tasks is not None:
+                if runner.standbys is not None and runner.assignor is not None:
+                    # Standbys first: a promoted one releases its state to the active task,
+                    # which then restores only the changelog delta past its checkpoint.
+                    current = runner.assignor.current
+                    await runner.standbys.sync(runner.broker, current.standby if current else (),
+                                               runner.tasks.active_ids(assignment))
+                await runner.tasks.assign(runner.broker, runner.consumer, assignment)
+            log.info("%s: assigned %d partition(s); processing after %.3f s of restore", runner.name,
+                     len(assignment), time.monotonic() - started)
+
+    def interrupted(self, fetched: dict[TopicPartition, list[Record]]) -> bool:
+        """True (and ``fetched`` rewound) when a rebalance happened while fetching."""
+        if not (self.pending or self.revoking):
+            return False
+        consumer = self.runner.consumer
+        assignment = consumer.assignment()
+        for tp, records in fetched.items():
+            if tp in assignment:
+                consumer.seek(tp, records[0].offset)
+        return True

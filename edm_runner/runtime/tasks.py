@@ -23,13 +23,15 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from edm_runner.brokers.base import Broker, Consumer, OutRecord, Record, TopicPartition
+from edm_runner.runtime import eos
 from edm_runner.runtime.node import StoreUse
 from edm_runner.runtime.processing import CompiledService
 from edm_runner.runtime.stats import ServiceStats
 from edm_runner.serde import Serde
 from edm_runner.state.api import encode_json
 from edm_runner.state.progress import RestoreProgress
-from edm_runner.state.restore import INPUT_HEADER, restore_task
+# _input_position: the edm.input header semantics of restores, shared by standbys' tailing.
+from edm_runner.state.restore import INPUT_HEADER, _input_position, restore_task
 from edm_runner.state.task import Checkpoint, TaskState, global_dir, task_dir, tp_key
 
 log = logging.getLogger("edm.runtime")
@@ -87,6 +89,19 @@ def changelog_partitions(compiled: CompiledService) -> dict[str, int]:
             if u.changelog is not None and u.subtopology is not None}
 
 
+async def _end_offsets(broker: Broker, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+    """End offsets of changelog partitions, through a reader of just those partitions (the
+    group consumer would first wait for a metadata refresh of topics it does not read)."""
+    if not tps:
+        return {}
+    reader = broker.consumer(None, sorted({tp.topic for tp in tps}), partitions=tps)
+    await reader.start()
+    try:
+        return await reader.end_offsets(tps)
+    finally:
+        await reader.close()
+
+
 async def _restore_store(state: TaskState, use: StoreUse, consumer: Consumer, tp: TopicPartition, end: int,
                          from_offset: int, progress: RestoreProgress | None, label: str,
                          stats: ServiceStats, convert: Any = None) -> None:
@@ -113,11 +128,16 @@ class TaskManager:
         self.subs = {sub.id: sub for sub in compiled.dag.subtopologies if sub.id in self.uses}
         self.sub_of_topic = {t: sub.id for sub in self.subs.values() for t in sub.source_topics}
         self.tasks: dict[tuple[int, int], Task] = {}
+        self.exactly_once = self.topology.processing.guarantee == "exactly_once"
         self.touched: dict[tuple[int, int], Task] = {}
 
     def owns(self, tp: TopicPartition) -> bool:
         """True when ``tp`` is an input of a stateful sub-topology."""
         return tp.topic in self.sub_of_topic
+
+    def active_ids(self, tps: Iterable[TopicPartition]) -> set[tuple[int, int]]:
+        """The tasks whose input partitions are among ``tps``."""
+        return {(self.sub_of_topic[tp.topic], tp.partition) for tp in tps if tp.topic in self.sub_of_topic}
 
     def missing(self, tps: Iterable[TopicPartition]) -> set[TopicPartition]:
         """The stateful input partitions among ``tps`` whose task does not exist yet."""
@@ -134,6 +154,7 @@ class TaskManager:
                          if tp.topic in self.sub_of_topic} - set(self.tasks))
         if not wanted:
             return
+        started = time.perf_counter()
         opened = await asyncio.gather(*(asyncio.to_thread(self._open, *key) for key in wanted),
                                       return_exceptions=True)
         new = [task for task in opened if isinstance(task, Task)]
@@ -141,7 +162,10 @@ class TaskManager:
         try:
             if failed:
                 raise failed[0]
-            plans = [await self._plan(consumer, task) for task in new]
+            changelogs = [TopicPartition(use.changelog, task.partition) for task in new
+                          for use in task.uses if use.changelog is not None]
+            ends = await _end_offsets(broker, changelogs)
+            plans = [await self._plan(consumer, task, ends) for task in new]
             total = sum(max(0, end - start) if start <= end else end
                         for plan in plans for _, _, start, end in plan)
             progress = None
@@ -171,6 +195,7 @@ class TaskManager:
             raise
         for task in new:
             self.tasks[(task.sub, task.partition)] = task
+        self.stats.restore_seconds += time.perf_counter() - started
 
     def _open(self, sub: int, partition: int) -> Task:
         state = TaskState.open(task_dir(self.state_dir, self.service, sub, partition),
@@ -178,22 +203,23 @@ class TaskManager:
         try:
             for use in self.uses[sub]:
                 state.register(use.name, use.type, use.params, changelog=use.changelog is not None)
+            if self.exactly_once:
+                eos.claim_task_state(state, self.uses[sub], partition)
         except BaseException:
             state.close()
             raise
         return Task(sub, partition, state, self.uses[sub])
 
-    async def _plan(self, consumer: Consumer, task: Task) -> list[_Step]:
+    async def _plan(self, consumer: Consumer, task: Task, ends: dict[TopicPartition, int]) -> list[_Step]:
         """What ``task`` must read: stores from their changelog (checkpoint -> end offset
-        captured now), tables from their source topic (checkpoint -> the group's committed
-        offset). Empty when the local state is current."""
+        captured now, in ``ends``), tables from their source topic (checkpoint -> the group's
+        committed offset). Empty when the local state is current."""
         plan: list[_Step] = []
         checkpoint = task.state.checkpoint()
         for use in task.uses:
             if use.changelog is not None:
                 tp = TopicPartition(use.changelog, task.partition)
-                end = (await consumer.end_offsets([tp]))[tp]
-                plan.append((use, tp, checkpoint.changelogs.get(tp, 0), end))
+                plan.append((use, tp, checkpoint.changelogs.get(tp, 0), ends[tp]))
             elif use.source is not None:
                 tp = TopicPartition(use.source, task.partition)
                 end = await consumer.committed(tp) or 0
@@ -202,7 +228,8 @@ class TaskManager:
 
     async def _restore(self, broker: Broker, task: Task, plan: list[_Step],
                        progress: RestoreProgress | None) -> None:
-        reader = broker.consumer(None, sorted({tp.topic for _, tp, _, _ in plan}))
+        reader = broker.consumer(None, sorted({tp.topic for _, tp, _, _ in plan}),
+                                 partitions=sorted({tp for _, tp, _, _ in plan}))
         await reader.start()
         try:
             for use, tp, start, end in plan:
@@ -288,7 +315,11 @@ class TaskManager:
         self.touched.clear()
 
     def close(self) -> None:
+        """Closes every task; buffered updates are dropped, so under exactly-once each task
+        is marked clean (its stores hold committed updates only)."""
         for task in self.tasks.values():
+            if self.exactly_once:
+                eos.release_task_state(task.state)
             task.state.close()
         self.tasks.clear()
 
@@ -360,3 +391,76 @@ class GlobalTables:
         finally:
             if self.state is not None:
                 self.state.close()
+
+
+class StandbyTasks:
+    """Hot copies of tasks active on other members (the assignor's standbys for this member),
+    kept by tailing their changelogs with one group-less reader.
+
+    Invariants: a standby task's state is open only while this member holds it as a standby,
+    never while it is active here (``sync`` closes a promoted standby before ``TaskManager``
+    opens the task, and the task's flock would refuse two holders). Every applied batch advances
+    the standby's checkpoint (changelog offsets, and the inputs of the last ``edm.input``
+    header) in the same LMDB transaction, so a promotion restores only the changelog delta.
+    """
+
+    def __init__(self, manager: TaskManager) -> None:
+        self.manager = manager
+        self.tasks: dict[tuple[int, int], Task] = {}
+        self.stores: dict[TopicPartition, tuple[Task, str]] = {}  # changelog partition -> standby store
+        self.reader: Consumer | None = None
+
+    async def sync(self, broker: Broker, standby: Iterable[tuple[int, int]], active: Iterable[tuple[int, int]]) -> None:
+        """Keeps exactly the ``standby`` tasks that are not ``active`` here and have a changelog."""
+        manager = self.manager
+        target = {key for key in standby if key not in set(active) and key[0] in manager.uses
+                  and any(u.changelog is not None for u in manager.uses[key[0]])}
+        if target == set(self.tasks):
+            return
+        await self.close()
+        for key in sorted(target):
+            self.tasks[key] = task = await asyncio.to_thread(manager._open, *key)
+            for use in task.uses:
+                if use.changelog is not None:
+                    self.stores[TopicPartition(use.changelog, task.partition)] = (task, use.name)
+        if not self.tasks:
+            return
+        self.reader = reader = broker.consumer(None, sorted({tp.topic for tp in self.stores}))
+        await reader.start()
+        ends = await reader.end_offsets(sorted(reader.assignment()))
+        for tp, end in ends.items():
+            if tp in self.stores:
+                task, _ = self.stores[tp]
+                checkpointed = task.state.checkpoint().changelogs.get(tp, 0)
+                reader.seek(tp, checkpointed if checkpointed <= end else 0)
+            else:
+                reader.seek(tp, end)
+        log.info("%s: standby task(s) %s", manager.service, ", ".join(t.id for t in self.tasks.values()))
+
+    async def tail(self, max_records: int = 10_000) -> int:
+        """Applies the changelog records that arrived since the last call; returns how many."""
+        if self.reader is None:
+            return 0
+        fetched = await self.reader.getmany(timeout_ms=0, max_records=max_records)
+        count = 0
+        for tp, records in fetched.items():
+            if tp not in self.stores:
+                continue  # partitions of tasks standing by elsewhere: skipped past at ``sync``
+            task, store = self.stores[tp]
+            entries = [(r.key, r.value) for r in records if r.key is not None]
+            await asyncio.to_thread(task.state.apply_changelog, store, entries,  # type: ignore[arg-type]
+                                    changelog={tp: records[-1].offset + 1},
+                                    inputs_at_least=_input_position(records))
+            count += len(records)
+        return count
+
+    async def close(self) -> None:
+        try:
+            if self.reader is not None:
+                await self.reader.close()
+        finally:
+            self.reader = None
+            for task in self.tasks.values():
+                task.state.close()
+            self.tasks.clear()
+            self.stores.clear()

@@ -102,6 +102,16 @@ async def restore_task(state: TaskState, store: str, consumer: Consumer, tp: Top
         while position < end_offset:
             records = (await consumer.getmany(timeout_ms=POLL_MS, max_records=batch_size)).get(tp)
             if not records:
+                if await consumer.position(tp) >= end_offset:
+                    # Only transaction markers were left below the end: they take offsets but
+                    # never arrive as records (exactly-once changelogs and sources).
+                    if writing is not None:
+                        await writing
+                        writing = None
+                    await asyncio.to_thread(
+                        state.apply_changelog, store, [], changelog=None if source else {tp: end_offset},
+                        inputs_at_least={tp: end_offset} if source else None)
+                    break
                 # Nothing below the end (e.g. the topic was truncated meanwhile): stop there.
                 current_end = (await consumer.end_offsets([tp]))[tp]
                 if current_end <= position:
