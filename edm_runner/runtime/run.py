@@ -16,7 +16,6 @@ from edm_runner.spec.model import Topology
 POLL_MS = 100
 IDLE_POLL_MS = 10
 PROGRESS_INTERVAL_S = 1.0
-DEFAULT_SHUTDOWN_GRACE_MS = 30_000
 
 log = logging.getLogger("edm.runtime")
 
@@ -46,7 +45,7 @@ async def run_services(services: list[Topology], broker: Broker, *, until_idle: 
                        stop: asyncio.Event | None = None,
                        on_progress: Callable[[RunStats], None] | None = None,
                        create_topics: bool = True, state_dir: Path | None = None,
-                       shutdown_grace_ms: int = DEFAULT_SHUTDOWN_GRACE_MS) -> RunStats:
+                       shutdown_grace_ms: int | None = None) -> RunStats:
     """Runs ``services`` on ``broker``, each in its own consumer group (its name).
 
     Returns when ``stop`` is set (each service finishes its batch, flushes and commits),
@@ -57,10 +56,13 @@ async def run_services(services: list[Topology], broker: Broker, *, until_idle: 
     (stores, tables) lives under ``state_dir`` (default: ``.edm`` beside each topology file).
 
     Shutdown on ``stop`` (SIGTERM): each service finishes its batch, flushes, commits, writes
-    its checkpoints and closes its stores, all within ``shutdown_grace_ms`` of ``stop``; work
+    its checkpoints and closes its stores, all within ``shutdown_grace_ms`` of ``stop`` (default:
+    the longest ``processing.shutdown_grace`` of the services); work
     still running then (a long restore, a batch) is cancelled, and a close that overruns is
     an ``EdmError`` (the caller exits non-zero; restores resume from their checkpoints).
     """
+    if shutdown_grace_ms is None:
+        shutdown_grace_ms = max(t.processing.shutdown_grace_ms for t in services)
     stats = RunStats({t.name: ServiceStats() for t in services})
     runners = [ServiceRunner(t, broker, stats.services[t.name], state_dir) for t in services]
     for runner in runners:

@@ -425,16 +425,13 @@ class StandbyTasks:
                     self.stores[TopicPartition(use.changelog, task.partition)] = (task, use.name)
         if not self.tasks:
             return
-        self.reader = reader = broker.consumer(None, sorted({tp.topic for tp in self.stores}))
+        self.reader = reader = broker.consumer(None, sorted({tp.topic for tp in self.stores}),
+                                               partitions=sorted(self.stores))
         await reader.start()
-        ends = await reader.end_offsets(sorted(reader.assignment()))
-        for tp, end in ends.items():
-            if tp in self.stores:
-                task, _ = self.stores[tp]
-                checkpointed = task.state.checkpoint().changelogs.get(tp, 0)
-                reader.seek(tp, checkpointed if checkpointed <= end else 0)
-            else:
-                reader.seek(tp, end)
+        for tp, end in (await reader.end_offsets(sorted(self.stores))).items():
+            task, _ = self.stores[tp]
+            checkpointed = task.state.checkpoint().changelogs.get(tp, 0)
+            reader.seek(tp, checkpointed if checkpointed <= end else 0)
         log.info("%s: standby task(s) %s", manager.service, ", ".join(t.id for t in self.tasks.values()))
 
     async def tail(self, max_records: int = 10_000) -> int:
@@ -444,8 +441,6 @@ class StandbyTasks:
         fetched = await self.reader.getmany(timeout_ms=0, max_records=max_records)
         count = 0
         for tp, records in fetched.items():
-            if tp not in self.stores:
-                continue  # partitions of tasks standing by elsewhere: skipped past at ``sync``
             task, store = self.stores[tp]
             entries = [(r.key, r.value) for r in records if r.key is not None]
             await asyncio.to_thread(task.state.apply_changelog, store, entries,  # type: ignore[arg-type]
@@ -461,6 +456,9 @@ class StandbyTasks:
         finally:
             self.reader = None
             for task in self.tasks.values():
+                if self.manager.exactly_once:
+                    # A standby only ever applied committed changelog records: it is clean.
+                    eos.release_task_state(task.state)
                 task.state.close()
             self.tasks.clear()
             self.stores.clear()

@@ -120,7 +120,8 @@ def build_topology(data: dict, smap: SourceMap, source_file: Path) -> Topology:
             pos=b.pos(("processing",)) if "processing" in data else ProcessingSpec().pos,
             instance_id=processing.get("instance_id") or None,
             standby_replicas=processing.get("standby_replicas", 0),
-            assignment=b.assignment(processing.get("assignment"), ("processing", "assignment"))),
+            assignment=b.assignment(processing.get("assignment"), ("processing", "assignment")),
+            shutdown_grace_ms=parse_duration(processing.get("shutdown_grace", "30s"))),
         streams={name: b.stream(name, cfg) for name, cfg in data.get("streams", {}).items()},
         functions={name: FunctionSpec(name, cfg["python"], b.pos(("functions", name)), list(cfg.get("stores", [])))
                    for name, cfg in data.get("functions", {}).items()},

@@ -157,7 +157,8 @@ class AssignmentSpec:
 @dataclass
 class ProcessingSpec:
     """``instance_id``: this instance's static group membership id (the CLI's ``--instance-id``
-    or ``EDM_INSTANCE_ID`` replace the file's). ``standby_replicas``: the default of every store."""
+    or ``EDM_INSTANCE_ID`` replace the file's). ``standby_replicas``: the default of every store.
+    ``shutdown_grace_ms``: how long a SIGTERM may take (finish the batch, commit, close stores)."""
 
     guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     commit_interval_ms: int = 100
@@ -166,6 +167,7 @@ class ProcessingSpec:
     instance_id: str | None = None
     standby_replicas: int = 0
     assignment: AssignmentSpec = field(default_factory=AssignmentSpec)
+    shutdown_grace_ms: int = 30_000
 
 
 StoreType = Literal["key_value", "window", "session"]

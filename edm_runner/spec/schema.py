@@ -176,6 +176,9 @@ def _defs(step_items: dict) -> dict:
                       "description": "Processing guarantee (default at_least_once)."},
         "commit_interval_ms": _int("How often offsets are committed (default 100)."),
         "max_batch": _int("Most events processed per batch (default 1000)."),
+        "shutdown_grace": {**DURATION_SCHEMA,
+                           "description": "How long a SIGTERM may take: finish the batch, commit, write "
+                                          "checkpoints, close the stores (default 30s)."},
         "instance_id": _str("This instance's static group membership id (e.g. the pod name): a restart "
                             "within the session timeout causes no rebalance. `edm run --instance-id` "
                             "and EDM_INSTANCE_ID take precedence.", pattern=INSTANCE_PATTERN),
