@@ -20,7 +20,7 @@ from edm_runner.operators.common import EXPRESSION, keyed_expressions
 from edm_runner.operators.registry import Operator, register
 from edm_runner.operators.table import EventwiseProcessor, reads_table, steps_before
 from edm_runner.runtime.event import Event
-from edm_runner.runtime.node import BuildContext, Processor
+from edm_runner.runtime.node import BuildContext, PassThrough, Processor
 from edm_runner.spec.model import StepSpec
 
 NAME_SCHEMA = {"type": "string", "pattern": "^[A-Za-z0-9._-]+$"}
@@ -32,21 +32,6 @@ STORE_NAME = {"type": "string", "minLength": 1, "description": "A store declared
 def _null_key() -> ValueError:
     return ValueError("the group key is null; an aggregation needs a key: filter such events out "
                       "first or compute a non-null key")
-
-
-class GroupByKey(Processor):
-    """Pass-through: the key is the group key."""
-
-    label = "group_by_key"
-
-    def __init__(self, step: StepSpec) -> None:
-        self.pos = step.pos
-
-    def process(self, batch: list[Event]) -> list[Event]:
-        return batch
-
-    def process_one(self, event: Event) -> list[Event]:
-        return [event]
 
 
 def _build_group_by(step: StepSpec, ctx: BuildContext) -> Processor:
@@ -184,7 +169,7 @@ register(Operator(
     name="group_by_key",
     schema={"type": "object", "properties": {}, "additionalProperties": False,
             "description": "`{}`: group by the current key."},
-    build=lambda step, ctx: GroupByKey(step),
+    build=lambda step, ctx: PassThrough("group_by_key", step.pos),
     description="Group events by their current key for an aggregation.",
 ))
 

@@ -9,22 +9,7 @@ from typing import Any
 
 from edm_runner.operators.common import STREAM_NAME
 from edm_runner.operators.registry import Operator, register
-from edm_runner.runtime.event import Event
-from edm_runner.runtime.node import Processor
-from edm_runner.spec.model import StepSpec
-
-
-class Merge(Processor):
-    label = "merge"
-
-    def __init__(self, step: StepSpec) -> None:
-        self.pos = step.pos
-
-    def process(self, batch: list[Event]) -> list[Event]:
-        return batch
-
-    def process_one(self, event: Event) -> list[Event]:
-        return [event]
+from edm_runner.runtime.node import PassThrough
 
 
 def merged_streams(config: Any) -> list[str]:
@@ -38,6 +23,6 @@ register(Operator(
         "oneOf": [STREAM_NAME, {"type": "array", "items": STREAM_NAME, "minItems": 1, "uniqueItems": True}],
         "description": "A stream name or a list of stream names whose events join the pipeline here.",
     },
-    build=lambda step, ctx: Merge(step),
+    build=lambda step, ctx: PassThrough("merge", step.pos),
     description="Merge the events of other streams into the pipeline from this step on.",
 ))

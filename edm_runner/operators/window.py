@@ -35,7 +35,7 @@ from edm_runner.operators.common import EXPRESSION, STREAM_NAME
 from edm_runner.operators.registry import Operator, register
 from edm_runner.operators.table import EventwiseProcessor, reads_table
 from edm_runner.runtime.event import Event
-from edm_runner.runtime.node import BuildContext, ExprFn, Processor
+from edm_runner.runtime.node import BuildContext, ExprFn, PassThrough, Processor
 from edm_runner.spec.durations import DURATION_SCHEMA, parse_duration
 from edm_runner.spec.model import StepSpec
 
@@ -359,21 +359,6 @@ def build_windowed(step: StepSpec, window_step: StepSpec, fns: AggregateFns, ctx
     return _KINDS[w.kind](fns, ref, w, retention, _time_fn(ctx, w, window_step.pos), late, step)
 
 
-class WindowMarker(Processor):
-    """Pass-through: the aggregation after it reads the window settings at build time."""
-
-    label = "window"
-
-    def __init__(self, step: StepSpec) -> None:
-        self.pos = step.pos
-
-    def process(self, batch: list[Event]) -> list[Event]:
-        return batch
-
-    def process_one(self, event: Event) -> list[Event]:
-        return [event]
-
-
 def _requires(kind: str, keys: list[str]) -> dict:
     return {"if": {"properties": {"type": {"const": kind}}}, "then": {"required": keys}}
 
@@ -413,7 +398,7 @@ register(Operator(
         "description": "{type, size|advance|gap, grace?, time?, emit?, late?}: window the aggregation "
                        "that follows.",
     },
-    build=lambda step, ctx: WindowMarker(step),
+    build=lambda step, ctx: PassThrough("window", step.pos),
     description="Window the aggregation that follows (tumbling, hopping, sliding, session).",
     expressions=lambda config: [(("time",), config["time"])]
     if isinstance(config, dict) and isinstance(config.get("time"), str) else [],

@@ -142,6 +142,21 @@ class LateEvents:
         self.stats.dead_lettered += 1
 
 
+class PassThrough(Processor):
+    """A step whose work happens elsewhere, so events go on unchanged: ``merge`` (its sources
+    join in the DAG), ``group_by_key`` and ``window`` (the aggregation after them reads them)."""
+
+    def __init__(self, label: str, pos: Pos) -> None:
+        self.label = label
+        self.pos = pos
+
+    def process(self, batch: list[Event]) -> list[Event]:
+        return batch
+
+    def process_one(self, event: Event) -> list[Event]:
+        return [event]
+
+
 @dataclass
 class BuildContext:
     """What an operator's ``build(step, ctx)`` may use. ``outputs`` collects the records the
