@@ -30,8 +30,7 @@ from edm_runner.runtime.stats import ServiceStats
 from edm_runner.serde import Serde
 from edm_runner.state.api import encode_json
 from edm_runner.state.progress import RestoreProgress
-# _input_position: the edm.input header semantics of restores, shared by standbys' tailing.
-from edm_runner.state.restore import INPUT_HEADER, _input_position, restore_task
+from edm_runner.state.restore import INPUT_HEADER, input_position, restore_task
 from edm_runner.state.task import Checkpoint, TaskState, global_dir, task_dir, tp_key
 
 log = logging.getLogger("edm.runtime")
@@ -445,7 +444,7 @@ class StandbyTasks:
             entries = [(r.key, r.value) for r in records if r.key is not None]
             await asyncio.to_thread(task.state.apply_changelog, store, entries,  # type: ignore[arg-type]
                                     changelog={tp: records[-1].offset + 1},
-                                    inputs_at_least=_input_position(records))
+                                    inputs_at_least=input_position(records))
             count += len(records)
         return count
 

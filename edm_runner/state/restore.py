@@ -42,7 +42,7 @@ class RestoreResult:
     input_position: dict[TopicPartition, int] = field(default_factory=dict)
 
 
-def _input_position(records: list[Record]) -> dict[TopicPartition, int] | None:
+def input_position(records: list[Record]) -> dict[TopicPartition, int] | None:
     """The ``edm.input`` header of the last record carrying one, decoded."""
     for r in reversed(records):
         for name, value in r.headers:
@@ -130,7 +130,7 @@ async def restore_task(state: TaskState, store: str, consumer: Consumer, tp: Top
                 skipped_null_keys += len(records) - len(entries)
             else:
                 entries = [kv for r in records if (kv := convert(r)) is not None]
-            headers = None if source else _input_position(records)
+            headers = None if source else input_position(records)
             if headers:
                 result.input_position = headers
             if writing is not None:
