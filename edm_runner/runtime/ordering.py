@@ -6,8 +6,9 @@ stream event could be joined before the table update that precedes it in time, a
 would depend on fetch timing (and differ between brokers). As in Kafka Streams, the task
 processes its buffered records in timestamp order across those partitions (ties: topic name,
 then partition), and stops when a partition it would need next has no buffered record but has
-records on the broker not yet fetched: it waits for the next fetch, at most ``MAX_TASK_IDLE_MS``
-before going on without it.
+records on the broker not yet fetched: it waits for the fetch that brings them (as Kafka
+Streams does with max.task.idle.ms=0), and only after ``MAX_TASK_IDLE_MS`` (a stuck fetch)
+goes on without them, with a warning. It never waits for records not yet written.
 
 Invariants:
 - Per partition, records leave in offset order; nothing is dropped or duplicated.
@@ -17,6 +18,7 @@ Invariants:
 from __future__ import annotations
 
 import heapq
+import logging
 import time
 from collections import deque
 from typing import Iterable
@@ -24,7 +26,9 @@ from typing import Iterable
 from edm_runner.brokers.base import Consumer, Record, TopicPartition
 from edm_runner.graph.dag import Dag
 
-MAX_TASK_IDLE_MS = 1000
+MAX_TASK_IDLE_MS = 30_000
+
+log = logging.getLogger("edm.runtime")
 
 Run = tuple[TopicPartition, list[Record]]
 
@@ -82,7 +86,10 @@ class InputOrder:
             since = self._waiting_since.setdefault(key, time.monotonic())
             if (time.monotonic() - since) * 1000 < MAX_TASK_IDLE_MS:
                 return []  # wait for the next fetch to bring the lagging partition
-            behind = set()  # waited long enough: go on without it
+            log.warning("partitions %s have unfetched records but none arrived for %d ms; processing "
+                        "the task's other inputs without waiting for them (timestamp order may break)",
+                        ", ".join(key), MAX_TASK_IDLE_MS)
+            behind = set()
         self._waiting_since.pop(key, None)
         heads = [(b[0].timestamp_ms, tp.topic, tp.partition, tp) for tp in group if (b := self._buffers.get(tp))]
         heapq.heapify(heads)
