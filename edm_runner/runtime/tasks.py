@@ -35,9 +35,10 @@ from edm_runner.state.task import Checkpoint, TaskState, global_dir, task_dir, t
 
 log = logging.getLogger("edm.runtime")
 
-# Tasks restored at once by ``TaskManager.assign``: enough to overlap fetches and LMDB writes
-# of several changelog partitions, few enough to bound memory (one reader and batch each).
-RESTORE_CONCURRENCY = 4
+# Tasks restored at once by ``TaskManager.assign``: two overlap one reader's fetch with the
+# other's decoding and LMDB write; more only add CPU contention (measured with bench
+# kafka-restore on 2 cores: 1 -> 0.70, 2 -> 0.74-0.80, 4 -> 0.65-0.73) and memory.
+RESTORE_CONCURRENCY = 2
 
 # One store's restore: (store, topic partition, from offset, end offset).
 _Step = tuple[StoreUse, TopicPartition, int, int]
