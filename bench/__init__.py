@@ -8,7 +8,8 @@ behind the ratio. A scenario whose prerequisites are missing raises ``Skipped(wh
 from __future__ import annotations
 
 import timeit
-from typing import Callable, Mapping
+from contextlib import contextmanager
+from typing import Callable, Iterator, Mapping
 
 
 class Skipped(Exception):
@@ -83,3 +84,29 @@ def compare(count: int, unit: str, edm: dict, baseline: dict, edm_rss_mb: float,
         result["rss_limit_mb"] = rss_limit_mb
         result["ok"] = result["ok"] and edm_rss_mb < rss_limit_mb
     return result
+
+
+@contextmanager
+def kafka_bootstrap() -> Iterator[str]:
+    """The broker a Kafka scenario runs on: EDM_KAFKA_BOOTSTRAP when set, else a dev broker
+    (``edm_runner.devkafka``) started in a temporary directory for the scenario and stopped
+    after it. Raises ``Skipped`` when neither is possible (no Java or Maven)."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from edm_runner import devkafka
+
+    bootstrap = os.environ.get("EDM_KAFKA_BOOTSTRAP")
+    if bootstrap:
+        yield bootstrap
+        return
+    if devkafka.missing_tools():
+        raise Skipped(f"needs {' and '.join(devkafka.missing_tools())} for a dev Kafka broker, "
+                      "or EDM_KAFKA_BOOTSTRAP=host:port")
+    with tempfile.TemporaryDirectory(prefix="edm-bench-kafka-") as tmp:
+        info = devkafka.start(Path(tmp))
+        try:
+            yield info.bootstrap
+        finally:
+            devkafka.stop(Path(tmp))

@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-from bench import Skipped
-from edm_runner import devkafka
+from bench import kafka_bootstrap
 from edm_runner.brokers.base import OutRecord, TopicSpec
 from edm_runner.brokers.kafka import KafkaBroker
 from edm_runner.brokers.partitioner import default_partition
@@ -108,19 +106,8 @@ async def _scenario(bootstrap: str, events: int, workdir: Path) -> dict:
 
 
 def run(events: int = EVENTS) -> dict:
-    with tempfile.TemporaryDirectory(prefix="edm-bench-eos-") as tmp:
-        bootstrap = os.environ.get("EDM_KAFKA_BOOTSTRAP")
-        if bootstrap:
-            return asyncio.run(_scenario(bootstrap, events, Path(tmp)))
-        if devkafka.missing_tools():
-            raise Skipped(f"needs {' and '.join(devkafka.missing_tools())} for a dev Kafka broker, "
-                          "or EDM_KAFKA_BOOTSTRAP=host:port")
-        kafka_dir = Path(tmp) / "kafka"
-        info = devkafka.start(kafka_dir)
-        try:
-            return asyncio.run(_scenario(info.bootstrap, events, Path(tmp)))
-        finally:
-            devkafka.stop(kafka_dir)
+    with kafka_bootstrap() as bootstrap, tempfile.TemporaryDirectory(prefix="edm-bench-eos-") as tmp:
+        return asyncio.run(_scenario(bootstrap, events, Path(tmp)))
 
 
 if __name__ == "__main__":

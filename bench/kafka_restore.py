@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-from bench import Skipped, compare, run_child
-from edm_runner import devkafka
+from bench import compare, kafka_bootstrap, run_child
 from edm_runner.brokers.base import OutRecord, TopicSpec
 from edm_runner.brokers.kafka import KafkaBroker
 from edm_runner.brokers.partitioner import default_partition
@@ -153,18 +151,8 @@ def _scenario(bootstrap: str, keys: int) -> dict:
 
 
 def run(keys: int = KEYS) -> dict:
-    bootstrap = os.environ.get("EDM_KAFKA_BOOTSTRAP")
-    if bootstrap:
+    with kafka_bootstrap() as bootstrap:
         return _scenario(bootstrap, keys)
-    if devkafka.missing_tools():
-        raise Skipped(f"needs {' and '.join(devkafka.missing_tools())} for a dev Kafka broker, "
-                      "or EDM_KAFKA_BOOTSTRAP=host:port")
-    with tempfile.TemporaryDirectory(prefix="edm-bench-kafka-") as tmp:
-        info = devkafka.start(Path(tmp))
-        try:
-            return _scenario(info.bootstrap, keys)
-        finally:
-            devkafka.stop(Path(tmp))
 
 
 if __name__ == "__main__":

@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
-from bench import Skipped
-from edm_runner import devkafka
+from bench import kafka_bootstrap
 from edm_runner.brokers.base import OutRecord, TopicSpec
 from edm_runner.brokers.kafka import KafkaBroker
 from edm_runner.brokers.partitioner import default_partition
@@ -151,18 +148,8 @@ async def _scenario(bootstrap: str, events: int) -> dict:
 
 
 def run(events: int = EVENTS) -> dict:
-    bootstrap = os.environ.get("EDM_KAFKA_BOOTSTRAP")
-    if bootstrap:
+    with kafka_bootstrap() as bootstrap:
         return asyncio.run(_scenario(bootstrap, events))
-    if devkafka.missing_tools():
-        raise Skipped(f"needs {' and '.join(devkafka.missing_tools())} for a dev Kafka broker, "
-                      "or EDM_KAFKA_BOOTSTRAP=host:port")
-    with tempfile.TemporaryDirectory(prefix="edm-bench-kafka-") as tmp:
-        info = devkafka.start(Path(tmp))
-        try:
-            return asyncio.run(_scenario(info.bootstrap, events))
-        finally:
-            devkafka.stop(Path(tmp))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -24,8 +23,7 @@ import time
 import uuid
 from pathlib import Path
 
-from bench import Skipped
-from edm_runner import devkafka
+from bench import kafka_bootstrap
 from edm_runner.brokers.base import OutRecord, TopicPartition, TopicSpec
 from edm_runner.brokers.kafka import KafkaBroker
 from edm_runner.brokers.partitioner import default_partition
@@ -212,18 +210,8 @@ def _run(bootstrap: str, keys: int) -> dict:
 
 
 def run(keys: int = KEYS) -> dict:
-    bootstrap = os.environ.get("EDM_KAFKA_BOOTSTRAP")
-    if bootstrap:
+    with kafka_bootstrap() as bootstrap:
         return _run(bootstrap, keys)
-    if devkafka.missing_tools():
-        raise Skipped(f"needs {' and '.join(devkafka.missing_tools())} for a dev Kafka broker, "
-                      "or EDM_KAFKA_BOOTSTRAP=host:port")
-    with tempfile.TemporaryDirectory(prefix="edm-bench-kafka-") as tmp:
-        info = devkafka.start(Path(tmp))
-        try:
-            return _run(info.bootstrap, keys)
-        finally:
-            devkafka.stop(Path(tmp))
 
 
 if __name__ == "__main__":
