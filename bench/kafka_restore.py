@@ -51,28 +51,33 @@ def _topology(name: str, bootstrap: str, directory: Path):
                                      to=ToSpec("out"))})
 
 
-async def _fill(bootstrap: str, name: str, keys: int) -> str:
-    """Creates the service's topics and writes ``keys`` changelog records; returns the changelog."""
+async def fill_changelog(broker: KafkaBroker, name: str, keys: int) -> str:
+    """Creates the count service ``name``'s topics and writes ``keys`` records to its
+    changelog, as the service would have left them; returns the changelog topic."""
     changelog = f"{name}-counts-changelog"
+    await broker.ensure_topics([TopicSpec(f"{name}-events", PARTITIONS),
+                                TopicSpec(f"{name}-counts", PARTITIONS, compacted=True),
+                                TopicSpec(changelog, PARTITIONS, compacted=True)])
+    producer = broker.producer()
+    await producer.start()
+    for i in range(keys):
+        user = f"user-{i}"
+        producer.send(OutRecord(changelog, default_partition(user.encode(), PARTITIONS),
+                                b'"%s"' % user.encode(), b"%d" % (i % 1000 + 1), 0))
+        if i % 50_000 == 49_999:
+            await producer.flush()
+    await producer.flush()
+    await producer.close()
+    return changelog
+
+
+async def _fill(bootstrap: str, name: str, keys: int) -> None:
     broker = KafkaBroker({"bootstrap_servers": bootstrap})
     await broker.start()
     try:
-        await broker.ensure_topics([TopicSpec(f"{name}-events", PARTITIONS),
-                                    TopicSpec(f"{name}-counts", PARTITIONS, compacted=True),
-                                    TopicSpec(changelog, PARTITIONS, compacted=True)])
-        producer = broker.producer()
-        await producer.start()
-        for i in range(keys):
-            user = f"user-{i}"
-            producer.send(OutRecord(changelog, default_partition(user.encode(), PARTITIONS),
-                                    b'"%s"' % user.encode(), b"%d" % (i % 1000 + 1), 0))
-            if i % 50_000 == 49_999:
-                await producer.flush()
-        await producer.flush()
-        await producer.close()
+        await fill_changelog(broker, name, keys)
     finally:
         await broker.close()
-    return changelog
 
 
 async def _edm(name: str, bootstrap: str, directory: Path) -> tuple[int, float]:

@@ -24,13 +24,13 @@ import uuid
 from pathlib import Path
 
 from bench import kafka_bootstrap
-from edm_runner.brokers.base import OutRecord, TopicPartition, TopicSpec
+from bench.kafka_restore import PARTITIONS, fill_changelog
+from edm_runner.brokers.base import OutRecord, TopicPartition
 from edm_runner.brokers.kafka import KafkaBroker
 from edm_runner.brokers.partitioner import default_partition
 from edm_runner.runtime.assignment import checkpointed_offsets
 
 KEYS = 1_000_000
-PARTITIONS = 4
 CONSUMER = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
 TIMEOUT_S = 600.0
 POLL_S = 0.1  # other processes' logs and state have no event to await: they are polled
@@ -62,20 +62,7 @@ pipelines:
 
 async def _fill(broker: KafkaBroker, name: str, keys: int) -> dict[TopicPartition, int]:
     """The service's topics, and ``keys`` changelog records; returns the changelog's ends."""
-    changelog = f"{name}-counts-changelog"
-    await broker.ensure_topics([TopicSpec(f"{name}-events", PARTITIONS),
-                                TopicSpec(f"{name}-counts", PARTITIONS, compacted=True),
-                                TopicSpec(changelog, PARTITIONS, compacted=True)])
-    producer = broker.producer()
-    await producer.start()
-    for i in range(keys):
-        user = f"user-{i}"
-        producer.send(OutRecord(changelog, default_partition(user.encode(), PARTITIONS),
-                                b'"%s"' % user.encode(), b"%d" % (i % 1000 + 1), 0))
-        if i % 50_000 == 49_999:
-            await producer.flush()
-    await producer.flush()
-    await producer.close()
+    changelog = await fill_changelog(broker, name, keys)
     reader = broker.consumer(None, [changelog])
     await reader.start()
     try:

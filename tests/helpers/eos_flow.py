@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from helpers.kafka_flow import broker_yaml
 from edm_runner.brokers.base import Broker, OutRecord, TopicPartition, TopicSpec
 from edm_runner.brokers.kafka import KafkaBroker
 from edm_runner.brokers.kafka_eos import read_committed
@@ -21,16 +22,11 @@ from edm_runner.brokers.partitioner import default_partition
 PARTITIONS = 4
 KEYS = 50
 # The minimum session the broker allows: a SIGKILLed member is evicted within seconds.
-KAFKA_CONSUMER = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
 
 
 def write_topology(directory: Path, name: str, kafka_bootstrap: str | None, guarantee: str, *,
                    max_batch: int = 500, commit_interval_ms: int = 100) -> Path:
-    if kafka_bootstrap is not None:
-        broker = json.dumps({"kind": "kafka", "bootstrap_servers": kafka_bootstrap,
-                             "consumer": KAFKA_CONSUMER})
-    else:
-        broker = json.dumps({"kind": "local", "path": str(directory / "broker")})
+    broker = broker_yaml(directory, kafka_bootstrap)
     path = directory / f"{name}.yaml"
     path.write_text(f"""\
 kind: microservice

@@ -27,13 +27,18 @@ PARTITIONS = 3
 KAFKA_CONSUMER = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
 
 
+def broker_yaml(directory: Path, kafka_bootstrap: str | None) -> str:
+    """A topology's `broker:` value: Kafka (short session timeout, so a killed member's
+    partitions move quickly) when ``kafka_bootstrap`` is given, else a local broker in
+    ``directory / "broker"``."""
+    if kafka_bootstrap is not None:
+        return json.dumps({"kind": "kafka", "bootstrap_servers": kafka_bootstrap, "consumer": KAFKA_CONSUMER})
+    return json.dumps({"kind": "local", "path": str(directory / "broker")})
+
+
 def write_topology(directory: Path, name: str, kafka_bootstrap: str | None) -> Path:
     """A pass-through microservice ``name``; on Kafka when ``kafka_bootstrap`` is given."""
-    if kafka_bootstrap is not None:
-        broker = json.dumps({"kind": "kafka", "bootstrap_servers": kafka_bootstrap,
-                             "consumer": KAFKA_CONSUMER})
-    else:
-        broker = json.dumps({"kind": "local", "path": str(directory / "broker")})
+    broker = broker_yaml(directory, kafka_bootstrap)
     path = directory / f"{name}.yaml"
     path.write_text(f"""\
 kind: microservice

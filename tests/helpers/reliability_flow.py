@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from helpers.kafka_flow import broker_yaml
 from edm_runner.brokers.base import Broker, OutRecord, TopicSpec
 from edm_runner.brokers.partitioner import default_partition
 
@@ -26,7 +27,6 @@ EVENTS = 400
 MAX_BATCH = 20
 # The minimum the broker allows (group.min.session.timeout.ms): a SIGKILLed member is evicted
 # quickly, so the restarted runner gets its partitions within seconds.
-KAFKA_CONSUMER = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
 RUN_TIMEOUT_S = 120
 # R's restore log line: "restored <store> task <sub>_<partition>: <N> records from offset <A> to <B>"
 _RESTORED = re.compile(r"restored (\S+) task (\d+_\d+): (\d+) records? from offset (\d+) to (\d+)")
@@ -35,11 +35,7 @@ _RESTORED = re.compile(r"restored (\S+) task (\d+_\d+): (\d+) records? from offs
 def write_topology(directory: Path, name: str, kafka_bootstrap: str | None = None) -> Path:
     """The count-per-user microservice ``name``; on Kafka when ``kafka_bootstrap`` is given,
     else on a local broker in ``directory / "broker"``."""
-    if kafka_bootstrap is not None:
-        broker = json.dumps({"kind": "kafka", "bootstrap_servers": kafka_bootstrap,
-                             "consumer": KAFKA_CONSUMER})
-    else:
-        broker = json.dumps({"kind": "local", "path": str(directory / "broker")})
+    broker = broker_yaml(directory, kafka_bootstrap)
     path = directory / f"{name}.yaml"
     path.write_text(f"""\
 kind: microservice
