@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Annotated, AsyncIterator, Callable, Optional
 
 import typer
+from typer.core import TyperGroup, TyperOption
 
 from edm_runner.errors import ConfigError, EdmError
+from edm_runner.invocation import Invocation
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="edm: declarative topologies for event-driven microservices.")
@@ -127,6 +129,14 @@ def _state_dir(topology_file: Path | None, state_dir: Path | None) -> Path:
         return state_dir
     base = topology_file.resolve().parent if topology_file is not None else Path.cwd()
     return base / ".edm"
+
+
+def _invocation(topology, file: Path, *, broker: str | None = None, state_dir: Path | None = None,
+                service: str | None = None) -> Invocation:
+    """How the user ran this command: what hints that name a command repeat."""
+    from edm_runner.spec.model import BusinessTopology
+    return Invocation(str(file), broker, None if state_dir is None else str(state_dir), service,
+                      business=isinstance(topology, BusinessTopology))
 
 
 def _open_broker(topology, topology_file: Path | None, broker_url: str | None, state_dir: Path | None):
@@ -319,7 +329,9 @@ def run(
                 log.info("running %s on %s", ", ".join(s.name for s in services), connection.describe())
                 return await run_services(services, connection, until_idle=until_idle, stop=stop,
                                           on_progress=status, create_topics=not no_create_topics,
-                                          state_dir=_state_dir(file, state_dir))
+                                          state_dir=_state_dir(file, state_dir),
+                                          invocation=_invocation(topology, file, broker=broker,
+                                                                 state_dir=state_dir))
 
         try:
             stats = asyncio.run(go())
@@ -652,13 +664,14 @@ def _reset_topics(topology) -> tuple[set[str], set[str]]:
     return (set(compiled.dag.source_topics()) | tables) - internal, internal
 
 
-async def _reset_plan(topology, broker, state_dir: Path, since_ms: int | None) -> _ResetPlan:
+async def _reset_plan(topology, broker, state_dir: Path, since_ms: int | None, again: str) -> _ResetPlan:
+    """``again``: the command line that runs this reset again."""
     from edm_runner.brokers.base import TopicPartition
     from edm_runner.state.task import service_dir
     group = topology.name
     if await broker.group_alive(group):
         raise EdmError(f"an instance of service {group!r} is running on {broker.describe()}; edm reset "
-                       "stops nothing itself: stop every instance, then run edm reset again")
+                       f"stops nothing itself: stop every instance, then run `{again}` again")
     inputs, internal = _reset_topics(topology)
     existing = await broker.list_topics()
     committed = await broker.group_offsets(group, sorted(inputs))
@@ -707,10 +720,12 @@ def reset(
         services = _services(topology, service)
         connection = _open_broker(topology, file, broker, state_dir)
         local_state = _state_dir(file, state_dir)
+        invocation = _invocation(topology, file, broker=broker, state_dir=state_dir, service=service)
+        again = invocation.command("reset", *(["--to-datetime", to_datetime] if to_datetime else []))
 
         async def go() -> None:
             async with _connected(connection):
-                plans = [await _reset_plan(s, connection, local_state, since) for s in services]
+                plans = [await _reset_plan(s, connection, local_state, since, again) for s in services]
                 for plan in plans:
                     typer.echo(plan.format())
                 if dry_run:
@@ -725,7 +740,30 @@ def reset(
     _run_guarded(body)
 
 
-state_app = typer.Typer(no_args_is_help=True,
+class _StateGroup(TyperGroup):
+    """`edm state FILE [OPTIONS] COMMAND ...`: the group's options may follow FILE too. Click
+    takes the first word after a group's arguments for the command name, so `edm state FILE
+    --state-dir D scan S` would look for a command `--state-dir`; the options found before the
+    command name are moved in front of FILE."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        takes_value = {name for param in self.params if isinstance(param, TyperOption)
+                       and not param.is_flag for name in param.opts}
+        options: list[str] = []
+        positionals: list[str] = []
+        i = 0
+        while i < len(args) and len(positionals) < 2:  # FILE, then the command name
+            word = args[i]
+            if word in takes_value and i + 1 < len(args):
+                options += args[i:i + 2]
+                i += 2
+                continue
+            (options if word.startswith("-") and word != "-" else positionals).append(word)
+            i += 1
+        return super().parse_args(ctx, options + positionals + args[i:])
+
+
+state_app = typer.Typer(no_args_is_help=True, cls=_StateGroup,
                         help="Read a service's local state stores offline (no broker, no runner needed).")
 app.add_typer(state_app, name="state")
 
@@ -751,26 +789,30 @@ def state(
     ctx.obj = _StateTarget(file, service, state_dir)
 
 
-def _state_call(ctx: typer.Context, state_dir: Path | None, store: str | None,
-                action: Callable[[object], None]) -> None:
-    """Opens the service's local state read-only and runs ``action(state)``; a ``store`` must
-    be declared by the topology (or exist in the state: implicit join stores)."""
+def _state_call(ctx: typer.Context, state_dir: Path | None, service_name: str | None, store: str | None,
+                action: Callable[[object, Invocation], None]) -> None:
+    """Opens the service's local state read-only and runs ``action(state, invocation)``; a
+    ``store`` must be declared by the topology (or exist in the state: implicit join stores).
+    ``state_dir`` and ``service_name`` are the command's options, which win over the group's."""
     target: _StateTarget = ctx.obj
+    state_dir = state_dir or target.state_dir
+    service_name = service_name or target.service
 
     def body() -> int:
         from edm_runner.state.offline import open_readonly
         topology = _load(target.file)
-        services = _services(topology, target.service)
+        services = _services(topology, service_name)
         if len(services) > 1:
             raise EdmError(f"{target.file} has several microservices "
                            f"({', '.join(s.name for s in services)}); choose one with --service")
         service = services[0]
-        with open_readonly(_state_dir(target.file, state_dir or target.state_dir), service.name) as state:
+        invocation = _invocation(topology, target.file, state_dir=state_dir).for_service(service.name)
+        with open_readonly(_state_dir(target.file, state_dir), service.name, invocation) as state:
             declared = sorted({*service.stores, *service.tables, *service.global_tables, *state.store_names()})
             if store is not None and store not in declared:
                 raise EdmError(f"service {service.name!r} has no store {store!r}; its stores: "
                                f"{', '.join(declared) or 'none'}")
-            action(state)
+            action(state, invocation)
         return 0
     _run_guarded(body)
 
@@ -793,9 +835,10 @@ def state_get(
     key: str,
     as_json: Annotated[bool, typer.Option("--json", help="KEY is JSON (e.g. 42 or [\"a\",1]), not a string.")] = False,
     state_dir: StateDirOption = None,
+    service: ServiceOption = None,
 ) -> None:
     """Print KEY's entry in STORE (a window or session store prints every window of the key)."""
-    def action(state) -> None:
+    def action(state, invocation: Invocation) -> None:
         wanted: object = key
         if as_json:
             try:
@@ -806,10 +849,10 @@ def state_get(
         found = state.get(store, wanted)
         if not found:
             raise EdmError(f"no key {wanted!r} in store {store!r} of service {state.service!r}; "
-                           f"`edm state FILE scan {store}` lists its keys"
+                           f"`{invocation.command('state', 'scan', store)}` lists its keys"
                            + ("" if as_json else " (--json reads KEY as JSON, e.g. a number)"))
         _echo_entries(found)
-    _state_call(ctx, state_dir, store, action)
+    _state_call(ctx, state_dir, service, store, action)
 
 
 @state_app.command("scan")
@@ -818,15 +861,16 @@ def state_scan(
     store: str,
     prefix: Annotated[str, typer.Option("--prefix", help="Only keys whose text starts with P.")] = "",
     state_dir: StateDirOption = None,
+    service: ServiceOption = None,
 ) -> None:
     """Print STORE's entries as JSON lines (task, key, value; start/end for windows and sessions)."""
-    _state_call(ctx, state_dir, store, lambda state: _echo_entries(state.scan(store, prefix)))
+    _state_call(ctx, state_dir, service, store, lambda state, _: _echo_entries(state.scan(store, prefix)))
 
 
 @state_app.command("stats")
-def state_stats(ctx: typer.Context, state_dir: StateDirOption = None) -> None:
+def state_stats(ctx: typer.Context, state_dir: StateDirOption = None, service: ServiceOption = None) -> None:
     """Print per task: its stores' entry counts and the checkpoint (changelog and input offsets)."""
-    def action(state) -> None:
+    def action(state, _: Invocation) -> None:
         from edm_runner.state.task import tp_key
         tasks = [{"task": t.task, "path": str(t.path), "size_bytes": t.size_bytes,
                   "checkpoint": {"changelogs": {tp_key(tp): o for tp, o in t.checkpoint.changelogs.items()},
@@ -836,4 +880,4 @@ def state_stats(ctx: typer.Context, state_dir: StateDirOption = None) -> None:
                  for t in state.stats()]
         typer.echo(json.dumps({"service": state.service, "path": str(state.root), "tasks": tasks},
                               indent=2, ensure_ascii=False))
-    _state_call(ctx, state_dir, None, action)
+    _state_call(ctx, state_dir, service, None, action)

@@ -3,6 +3,7 @@ and their stores (read offline with `edm state`) asserted; and `edm state`'s err
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections import Counter
 from datetime import datetime
@@ -116,3 +117,56 @@ def test_state_errors_name_the_declared_stores_and_missing_state(tmp_path: Path)
     assert "cunts" in unknown.stderr and "counts" in unknown.stderr
     bad_json = edm("state", topology, "get", "counts", "{", "--json", "--state-dir", tmp_path)
     assert bad_json.code == 1 and "not JSON" in bad_json.stderr
+
+
+def test_state_options_work_before_and_after_the_command(tmp_path: Path) -> None:
+    topology = TOPOLOGIES / "user-counts" / "topology.yaml"
+    ok("produce", "user-events", "-f", TOPOLOGIES / "user-counts" / "user-events.jsonl",
+       "-t", topology, "--state-dir", tmp_path)
+    ok("run", topology, "--until-idle", "--state-dir", tmp_path)
+    placements = [
+        ["state", "--state-dir", tmp_path, topology, "scan", "counts", "--prefix", "u-1"],
+        ["state", topology, "--state-dir", tmp_path, "scan", "counts", "--prefix", "u-1"],
+        ["state", topology, f"--state-dir={tmp_path}", "--service", "user-counts", "scan", "counts",
+         "--prefix", "u-1"],
+        ["state", topology, "scan", "counts", "--state-dir", tmp_path, "--prefix", "u-1",
+         "--service", "user-counts"],
+        ["state", topology, "scan", "--prefix", "u-1", "counts", "--state-dir", tmp_path],
+    ]
+    for args in placements:
+        assert [e["key"] for e in ok(*args).lines()] == ["u-1"], args
+    for args in (["state", topology, "--state-dir", tmp_path, "stats"],
+                 ["state", topology, "stats", "--state-dir", tmp_path, "--service", "user-counts"]):
+        assert json.loads(ok(*args).stdout)["service"] == "user-counts"
+    # a hint that names a command repeats the options in effect
+    missing = edm("state", topology, "--state-dir", tmp_path, "get", "counts", "nobody")
+    assert missing.code == 1
+    assert f"`edm state {topology} scan counts --state-dir {tmp_path}` lists its keys" in missing.stderr
+
+
+def test_the_incompatible_store_hint_repeats_broker_and_state_dir_and_works_as_given(tmp_path: Path) -> None:
+    """Followed literally, the `edm reset` the refusal names resets the state and broker the
+    user runs with, so the next run starts."""
+    import shlex
+    import subprocess
+    import sys
+    source = (TOPOLOGIES / "user-counts" / "topology.yaml").read_text()
+    topology = tmp_path / "counts.yaml"
+    topology.write_text(source)
+    state_dir, broker = tmp_path / "my state", f"local:{tmp_path / 'my broker'}"
+    where = ["--broker", broker, "--state-dir", state_dir]
+    ok("produce", "user-events", "-f", TOPOLOGIES / "user-counts" / "user-events.jsonl", "-t", topology, *where)
+    ok("run", topology, "--until-idle", *where)
+    topology.write_text(source.replace("counts: {type: key_value}", "counts: {type: window}").replace(
+        "      - count: {store: counts}", "      - window: {type: tumbling, size: 1h}\n"
+        "      - count: {store: counts}"))
+    refused = edm("run", topology, "--until-idle", *where)
+    assert refused.code == 1 and "Traceback" not in refused.stderr
+    hint = re.search(r"run `(edm reset [^`]*)`", refused.stderr)
+    assert hint, refused.stderr
+    assert hint.group(1) == shlex.join(["edm", "reset", str(topology), "--broker", broker,
+                                        "--state-dir", str(state_dir)])
+    reset = subprocess.run([sys.executable, "-m", "edm_runner", *shlex.split(hint.group(1))[1:]],
+                           capture_output=True, text=True, timeout=120)
+    assert reset.returncode == 0, reset.stderr
+    ok("run", topology, "--until-idle", *where)

@@ -12,6 +12,7 @@ import pytest
 
 from edm_runner.brokers.base import TopicPartition
 from edm_runner.errors import EdmError
+from edm_runner.invocation import Invocation
 from edm_runner.state import Checkpoint, IncompatibleStoreError, TaskState, task_dir
 from edm_runner.state.keys import (session_key, split_session_key, split_window_key,
                                    window_key)
@@ -155,12 +156,12 @@ def test_oversized_key_is_a_clear_error(tmp_path: Path) -> None:
 def test_fingerprint_change_refuses_with_the_fix(tmp_path: Path) -> None:
     with open_task(tmp_path) as st:
         st.register("hourly", "window", {"size": 3_600_000, "grace": 0})
-    with open_task(tmp_path, topology_file="shop.yaml") as st:
+    with open_task(tmp_path, invocation=Invocation("shop.yaml", state_dir="/tmp/my state")) as st:
         with pytest.raises(IncompatibleStoreError) as info:
             st.register("hourly", "window", {"size": 60_000, "grace": 0})
         message = str(info.value)
         assert "'hourly'" in message and "size 3600000 -> 60000" in message
-        assert "edm reset shop.yaml" in message and "grace" not in message
+        assert "`edm reset shop.yaml --state-dir '/tmp/my state'`" in message and "grace" not in message
         with pytest.raises(IncompatibleStoreError, match="type window -> key_value"):
             st.register("hourly", "key_value")
         # a store added to an existing environment is a compatible change

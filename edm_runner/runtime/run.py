@@ -9,6 +9,7 @@ from typing import Callable
 
 from edm_runner.brokers.base import Broker
 from edm_runner.errors import EdmError
+from edm_runner.invocation import Invocation
 from edm_runner.runtime.service import ServiceRunner
 from edm_runner.runtime.stats import RunStats, ServiceStats
 from edm_runner.spec.model import Topology
@@ -45,7 +46,8 @@ async def run_services(services: list[Topology], broker: Broker, *, until_idle: 
                        stop: asyncio.Event | None = None,
                        on_progress: Callable[[RunStats], None] | None = None,
                        create_topics: bool = True, state_dir: Path | None = None,
-                       shutdown_grace_ms: int | None = None) -> RunStats:
+                       shutdown_grace_ms: int | None = None,
+                       invocation: Invocation | None = None) -> RunStats:
     """Runs ``services`` on ``broker``, each in its own consumer group (its name).
 
     Returns when ``stop`` is set (each service finishes its batch, flushes and commits),
@@ -54,6 +56,7 @@ async def run_services(services: list[Topology], broker: Broker, *, until_idle: 
     fail policy) after the other services have stopped cleanly. Without ``create_topics``,
     topics are never created: a missing one is a ``BrokerError`` listing them. Local state
     (stores, tables) lives under ``state_dir`` (default: ``.edm`` beside each topology file).
+    ``invocation`` (how the user ran edm) is repeated by hints that name a command.
 
     Shutdown on ``stop`` (SIGTERM): each service finishes its batch, flushes, commits, writes
     its checkpoints and closes its stores, all within ``shutdown_grace_ms`` of ``stop`` (default:
@@ -64,7 +67,7 @@ async def run_services(services: list[Topology], broker: Broker, *, until_idle: 
     if shutdown_grace_ms is None:
         shutdown_grace_ms = max(t.processing.shutdown_grace_ms for t in services)
     stats = RunStats({t.name: ServiceStats() for t in services})
-    runners = [ServiceRunner(t, broker, stats.services[t.name], state_dir) for t in services]
+    runners = [ServiceRunner(t, broker, stats.services[t.name], state_dir, invocation) for t in services]
     for runner in runners:
         await runner.provision(create_topics)
     halt = asyncio.Event()

@@ -36,6 +36,7 @@ from pathlib import Path
 from edm_runner.brokers.base import Broker, Consumer, Producer, Record, TopicPartition, TopicSpec
 from edm_runner.brokers.kafka import KafkaBroker
 from edm_runner.brokers.kafka_eos import read_committed
+from edm_runner.invocation import Invocation
 from edm_runner.brokers.local import LocalBroker
 from edm_runner.errors import ProcessingError
 from edm_runner.runtime import faults
@@ -75,17 +76,17 @@ class ServiceRunner:
     """Consumes every source topic of one microservice in its consumer group (its name)."""
 
     def __init__(self, topology: Topology, broker: Broker, stats: ServiceStats,
-                 state_dir: Path | None = None) -> None:
+                 state_dir: Path | None = None, invocation: Invocation | None = None) -> None:
         self.topology = topology
         self.broker = broker
         self.stats = stats
         self.compiled = CompiledService(topology, stats)
         self.order = InputOrder(self.compiled.dag)
         state_dir = state_dir if state_dir is not None else topology.base_dir / ".edm"
-        tasks = TaskManager(self.compiled, state_dir, stats)
+        tasks = TaskManager(self.compiled, state_dir, stats, invocation)
         self.tasks = tasks if tasks.subs else None
         self.standbys = StandbyTasks(tasks) if tasks.subs else None
-        self.globals = GlobalTables(self.compiled, state_dir, stats) if self.compiled.catalog.global_tables() else None
+        self.globals = GlobalTables(self.compiled, state_dir, stats, invocation) if self.compiled.catalog.global_tables() else None
         self.local = broker if isinstance(broker, LocalBroker) else None
         # Exactly-once on Kafka: per-task transactions (runtime.eos), read-committed consumers.
         self.eos: KafkaTransactions | None = None

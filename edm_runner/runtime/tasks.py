@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from edm_runner.brokers.base import Broker, Consumer, OutRecord, Record, TopicPartition
+from edm_runner.invocation import Invocation
 from edm_runner.runtime import eos
 from edm_runner.runtime.node import StoreUse
 from edm_runner.runtime.processing import CompiledService
@@ -115,11 +116,13 @@ async def _restore_store(state: TaskState, use: StoreUse, consumer: Consumer, tp
 class TaskManager:
     """The tasks of one service on this instance, created for the partitions assigned to it."""
 
-    def __init__(self, compiled: CompiledService, state_dir: Path, stats: ServiceStats) -> None:
+    def __init__(self, compiled: CompiledService, state_dir: Path, stats: ServiceStats,
+                 invocation: Invocation | None = None) -> None:
         self.compiled = compiled
         self.topology = compiled.topology
         self.service = self.topology.name
         self.state_dir = state_dir
+        self.invocation = (invocation or Invocation(str(self.topology.source_file))).for_service(self.service)
         self.stats = stats
         self.uses: dict[int, list[StoreUse]] = {}
         for use in compiled.catalog.uses.values():
@@ -199,7 +202,7 @@ class TaskManager:
 
     def _open(self, sub: int, partition: int) -> Task:
         state = TaskState.open(task_dir(self.state_dir, self.service, sub, partition),
-                               topology_file=self.topology.source_file)
+                               invocation=self.invocation)
         try:
             for use in self.uses[sub]:
                 state.register(use.name, use.type, use.params, changelog=use.changelog is not None)
@@ -332,10 +335,12 @@ class GlobalTables:
     it returns; ``tail`` applies whatever arrived since, before the runner processes a batch.
     """
 
-    def __init__(self, compiled: CompiledService, state_dir: Path, stats: ServiceStats) -> None:
+    def __init__(self, compiled: CompiledService, state_dir: Path, stats: ServiceStats,
+                 invocation: Invocation | None = None) -> None:
         self.compiled = compiled
         self.topology = compiled.topology
         self.state_dir = state_dir
+        self.invocation = (invocation or Invocation(str(self.topology.source_file))).for_service(self.topology.name)
         self.stats = stats
         self.uses = compiled.catalog.global_tables()
         self.by_topic: dict[str, list[tuple[StoreUse, Any]]] = {}
@@ -348,7 +353,7 @@ class GlobalTables:
     async def bootstrap(self, broker: Broker) -> None:
         service = self.topology.name
         self.state = state = TaskState.open(global_dir(self.state_dir, service),
-                                            topology_file=self.topology.source_file)
+                                            invocation=self.invocation)
         for use in self.uses:
             state.register(use.name, "key_value", {}, changelog=False)
             use.ref.current = state.store(use.name)

@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import lmdb
 
 from edm_runner.errors import EdmError
+from edm_runner.invocation import Invocation
 from edm_runner.state.api import decode_json, encode_json
 from edm_runner.state.keys import key_prefix, split_session_key, split_window_key
 from edm_runner.state.task import (_CHECKPOINT, _STORE, MAX_STORES, META_DB, Checkpoint,
@@ -74,15 +75,17 @@ def state_paths(state_dir: Path, service: str) -> list[Path]:
 class TaskReader:
     """One task environment, opened read-only."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, invocation: Invocation | None = None):
         self.path = path
+        invocation = invocation or Invocation()
         self.task = path.name
         try:
             self._env = lmdb.open(str(path), readonly=True, max_dbs=MAX_STORES + 1, lock=True,
                                   readahead=False)
         except lmdb.Error as e:
-            raise EdmError(f"the local state at {path} is unreadable ({e}); `edm run` wipes and "
-                           "rebuilds it, or `edm reset FILE` deletes it") from e
+            raise EdmError(f"the local state at {path} is unreadable ({e}); "
+                           f"`{invocation.command('run')}` wipes and rebuilds it, or "
+                           f"`{invocation.command('reset')}` deletes it") from e
         try:
             # Handles opened outside any transaction (py-lmdb drops those opened in a read one).
             meta = self._env.open_db(META_DB, create=False)
@@ -100,8 +103,9 @@ class TaskReader:
                          for name in self.definitions}
         except (lmdb.Error, ValueError, TypeError, KeyError) as e:
             self._env.close()
-            raise EdmError(f"the local state at {path} is unreadable ({e}); `edm run` wipes and "
-                           "rebuilds it, or `edm reset FILE` deletes it") from e
+            raise EdmError(f"the local state at {path} is unreadable ({e}); "
+                           f"`{invocation.command('run')}` wipes and rebuilds it, or "
+                           f"`{invocation.command('reset')}` deletes it") from e
 
     def has(self, store: str) -> bool:
         return store in self.definitions
@@ -212,8 +216,9 @@ class OfflineState:
         self.close()
 
 
-def open_readonly(state_dir: Path, service: str) -> OfflineState:
-    """Open every task environment of ``service``; EdmError when there is none."""
+def open_readonly(state_dir: Path, service: str, invocation: Invocation | None = None) -> OfflineState:
+    """Open every task environment of ``service``; EdmError when there is none. Hints repeat
+    ``invocation``."""
     root = service_dir(state_dir, service)
     paths = state_paths(state_dir, service)
     if not paths:
@@ -222,7 +227,7 @@ def open_readonly(state_dir: Path, service: str) -> OfflineState:
     tasks: list[TaskReader] = []
     try:
         for p in paths:
-            tasks.append(TaskReader(p))
+            tasks.append(TaskReader(p, invocation))
     except BaseException:
         for t in tasks:
             t.close()

@@ -35,6 +35,7 @@ import lmdb
 
 from edm_runner.brokers.base import TopicPartition
 from edm_runner.errors import EdmError
+from edm_runner.invocation import Invocation
 from edm_runner.state.stores import STORE_CLASSES, AnyStore
 
 log = logging.getLogger("edm.state")
@@ -188,7 +189,7 @@ class TaskState:
 
     def __init__(self, path: Path, env: lmdb.Environment, meta: lmdb._Database,
                  checkpoint: Checkpoint, definitions: dict[str, dict], lock_fd: int | None,
-                 fresh: bool, topology_file: str):
+                 fresh: bool, invocation: Invocation):
         self.path = path
         self.env = env
         self.fresh = fresh
@@ -197,16 +198,16 @@ class TaskState:
         self._checkpoint = checkpoint
         self._definitions = definitions
         self._lock_fd = lock_fd
-        self._topology_file = topology_file
+        self._invocation = invocation
         self._stores: dict[str, AnyStore] = {}
         self._rtxn: lmdb.Transaction | None = None
 
     @classmethod
-    def open(cls, path: Path, *, topology_file: Path | str | None = None,
+    def open(cls, path: Path, *, invocation: Invocation | None = None,
              map_size: int = DEFAULT_MAP_SIZE, lock: bool = True,
              lock_timeout_s: float = 30.0) -> "TaskState":
         """Open (creating, or wiping when unreadable) the environment at ``path``.
-        ``topology_file`` is named in the `edm reset` hint of errors."""
+        ``invocation`` is how the user ran edm: the `edm reset` hint of errors repeats it."""
         path = Path(path)
         try:
             path.mkdir(parents=True, exist_ok=True)
@@ -234,7 +235,7 @@ class TaskState:
                 os.close(lock_fd)
             raise
         return cls(path, env, meta, checkpoint, definitions, lock_fd, fresh,
-                   str(topology_file or "FILE"))
+                   invocation or Invocation())
 
     @staticmethod
     def _open_env(path: Path, map_size: int
@@ -271,7 +272,7 @@ class TaskState:
             raise IncompatibleStoreError(
                 f"store {name!r} changed since its local state at {self.path} was built "
                 f"({_describe_change(stored, kind, params)}); its data no longer fits the new "
-                f"definition: run `edm reset {self._topology_file}` to rebuild it from its "
+                f"definition: run `{self._invocation.command('reset')}` to rebuild it from its "
                 "inputs, or revert the change")
         self._end_read()
         definition = {"type": kind, "params": params, "fingerprint": fp}
