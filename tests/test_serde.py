@@ -78,11 +78,51 @@ def test_schema_validates_on_decode_and_encode(tmp_path: Path) -> None:
     s = make_serde(SerdeSpec("json", _schema(tmp_path)))
     assert s.decode(b'{"id":"o1","total":3}') == {"id": "o1", "total": 3}
     assert s.encode({"id": "o1", "total": 3}) == b'{"id":"o1","total":3}'
-    assert s.decode(None) is None  # tombstones are not validated
+    with pytest.raises(SerdeError, match=r"order.json at \(root\): None is not of type 'object'"):
+        s.decode(None)  # a null value on a stream whose values are not tombstones
+    with pytest.raises(SerdeError, match="None is not of type 'object'"):
+        s.decode(b"null")
+    with pytest.raises(SerdeError, match="None is not of type 'object'"):
+        s.encode(None)
     with pytest.raises(SerdeError, match=r"order.json at total: -1 is less than the minimum of 0"):
         s.decode(b'{"id":"o1","total":-1}')
     with pytest.raises(SerdeError, match=r"order.json at \(root\): 'total' is a required property"):
         s.encode({"id": "o2"})
+
+
+def test_tombstones_skip_the_schema_only_on_entity_streams(tmp_path: Path) -> None:
+    from edm_runner.spec.model import StreamSpec
+
+    schema = SerdeSpec("json", _schema(tmp_path))
+    entity = StreamSpec("users", "users", type="entity", value=schema)
+    keyed = StreamSpec("orders", "orders", type="keyed", value=schema)
+    assert entity.value.tombstones and not keyed.value.tombstones
+    assert make_serde(entity.value).decode(None) is None and make_serde(entity.value).encode(None) is None
+    with pytest.raises(SerdeError, match="None is not of type 'object'"):
+        make_serde(keyed.value).decode(None)
+
+
+@pytest.mark.parametrize("data", [b"NaN", b"-Infinity", b'{"x":NaN}', b"[Infinity]"])
+def test_nan_and_infinity_are_not_json(data: bytes) -> None:
+    with pytest.raises(SerdeError, match="is not JSON"):
+        make_serde(SerdeSpec("json")).decode(data)
+
+
+def test_stores_and_streams_share_one_json_codec(tmp_path: Path) -> None:
+    """Store and changelog bytes are the `json` format's bytes; NaN is refused by both."""
+    from edm_runner.state.api import decode_json, encode_json
+    from edm_runner.state.task import TaskState
+
+    s = make_serde(SerdeSpec("json"))
+    for obj in ["é", 12, -3, 1.5, True, None, {"b": [1, None]}, [1e300]]:
+        assert encode_json(obj) == (s.encode(obj) if obj is not None else b"null")
+        assert decode_json(encode_json(obj)) == obj
+    with TaskState.open(tmp_path / "task") as state:
+        store = state.register("sums", "key_value")
+        for bad in (float("nan"), {"x": float("inf")}):
+            with pytest.raises(SerdeError, match="not JSON compliant"):
+                store.put("k", bad)
+        assert state.dirty_changelog_records() == []
 
 
 def test_unreadable_or_invalid_schema_files(tmp_path: Path) -> None:

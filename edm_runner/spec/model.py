@@ -5,7 +5,7 @@ Everything later stages need is here; they never look at raw YAML. Every element
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,10 +30,13 @@ StreamType = Literal["unkeyed", "keyed", "entity"]
 
 @dataclass(frozen=True)
 class SerdeSpec:
-    """How a key or a value is encoded. ``schema`` is an absolute path to a JSON Schema file."""
+    """How a key or a value is encoded. ``schema`` is an absolute path to a JSON Schema file.
+    ``tombstones``: a null value is a delete, never checked against ``schema`` (the values of
+    entity streams, see ``StreamSpec``); otherwise a null value must match the schema too."""
 
     format: Format = "json"
     schema: Path | None = None
+    tombstones: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,11 @@ class StreamSpec:
     retention_ms: int | None = None
     config: dict[str, str] = field(default_factory=dict)
     pos: Pos = NOWHERE
+
+    def __post_init__(self) -> None:
+        # One rule: null values are tombstones on entity streams, and only there.
+        if self.value.tombstones != (self.type == "entity"):
+            self.value = replace(self.value, tombstones=self.type == "entity")
 
     @property
     def compacted(self) -> bool:

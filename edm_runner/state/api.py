@@ -11,39 +11,13 @@ Contract (see docs/design/stateful.md):
 """
 from __future__ import annotations
 
-import json
 from typing import Any, Iterator, Protocol
 
+# The one JSON codec of edm (serde.core): stores and changelogs hold exactly the bytes the
+# `json` stream format writes, and refuse what it refuses (NaN, Infinity).
+from edm_runner.serde.core import decode_json, encode_json
 
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-_encode_str = json.encoder.encode_basestring  # what the encoder uses for str, without its setup
-
-
-def encode_json(obj: Any) -> bytes:
-    """Store and changelog bytes of a key or a value: compact JSON, UTF-8
-    (``json.dumps(obj, separators=(",", ":"), ensure_ascii=False)``; str and int take a
-    fast path with the same output, as keys and counts are on every store access)."""
-    kind = type(obj)
-    if kind is str:
-        return _encode_str(obj).encode("utf-8")
-    if kind is int:
-        return repr(obj).encode()
-    return _encode(obj).encode("utf-8")
-
-
-def decode_json(data: bytes) -> Any:
-    """The value of store or changelog bytes (inverse of ``encode_json``; bytes after the
-    first JSON value are not checked)."""
-    if data[:1] in _INT_START:
-        try:
-            return int(data)
-        except ValueError:  # a float
-            pass
-    return _raw_decode(data.decode("utf-8"))[0]
-
-
-_INT_START = frozenset(bytes([c]) for c in b"-0123456789")
-_raw_decode = json.JSONDecoder().raw_decode
+__all__ = ["decode_json", "encode_json", "partition_bytes"]
 
 
 def partition_bytes(key: Any) -> bytes:
