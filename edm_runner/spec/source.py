@@ -6,25 +6,42 @@ Invariants:
 - Mapping keys are the key's literal text (so ``on:`` is the string ``"on"``, never ``True``).
 - Every key and value node has a 1-based position under its path tuple, e.g.
   ``("pipelines", "by-user", "steps", 0, "filter")``. Keys live in ``SourceMap.keys``,
-  values in ``SourceMap.values``.
+  values in ``SourceMap.values``. A value written as an alias (``*name``) is positioned where
+  the alias is written, not at its anchor.
+- Topologies are plain data: an explicit YAML tag (``!name``, ``!!type``) is refused on any
+  node, mapping, list or scalar alike.
 - Scalars containing ``{{`` are rendered by ``spec.templating`` (see its rule); positions stay
-  those of the original scalar.
+  those of the original scalar. ``SourceMap.inside`` maps a line and column inside a scalar's
+  text back to the file (exactly for one-line and literal ``|`` scalars, which keep lines).
 - YAML timestamps stay strings (topologies are JSON-shaped data).
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
+from yaml.composer import Composer
 from yaml.constructor import SafeConstructor
+from yaml.events import AliasEvent
+from yaml.resolver import Resolver
 
 from edm_runner.errors import Diagnostic
 from edm_runner.spec import templating
 
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+try:
+    from yaml._yaml import CParser as _EventParser
+except ImportError:  # PyYAML built without libyaml
+    class _EventParser(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser):  # type: ignore[no-redef]
+        def __init__(self, stream: str):
+            yaml.reader.Reader.__init__(self, stream)
+            yaml.scanner.Scanner.__init__(self)
+            yaml.parser.Parser.__init__(self)
+
+_CORE = "tag:yaml.org,2002:"
+_TIMESTAMP = _CORE + "timestamp"
 _SECTION_ITEMS = {("streams",): "stream", ("pipelines",): "pipeline", ("functions",): "function"}
 
 Path_ = tuple  # a path into the document: keys (str) and list indices (int)
@@ -38,6 +55,7 @@ class NodePos:
     col: int
     one_line: bool = True
     style: str | None = None
+    content_col: int = 0  # literal ``|`` scalars: the column of their text; line k is at line + k
 
 
 @dataclass
@@ -66,14 +84,28 @@ class SourceMap:
         path = tuple(path)
         return self.keys[path] if path in self.keys else self.value(path)
 
-    def expression(self, path: Path_, col: int | None) -> NodePos:
-        """The position of column ``col`` (1-based) inside the scalar expression at ``path``;
-        the scalar's own start when ``col`` is unknown or the scalar spans several lines."""
+    def inside(self, path: Path_, line: int, col: int | None = None) -> NodePos:
+        """The position of line ``line``, column ``col`` (1-based) of the text of the scalar at
+        ``path``: exact for one-line scalars and literal ``|`` blocks (the start of that line
+        when ``col`` is None); the scalar's own start for folded and multi-line flow scalars,
+        whose lines YAML joins."""
         pos = self.value(path)
-        if not col or not pos.one_line or tuple(path) not in self.values:
+        if tuple(path) not in self.values:
+            return pos
+        if pos.content_col:
+            return NodePos(pos.line + line, pos.content_col + (col or 1) - 1, True, pos.style)
+        if not col or not pos.one_line or line != 1:
             return pos
         quote = 1 if pos.style in ("'", '"') else 0
         return NodePos(pos.line, pos.col + quote + col - 1, True, pos.style)
+
+    def expression(self, path: Path_, offset: int | None, text: str = "") -> NodePos:
+        """The position of character ``offset`` (1-based) of ``text``, the scalar expression at
+        ``path``; the scalar's own start when ``offset`` is unknown."""
+        if not offset:
+            return self.inside(path, 1)
+        start = text.rfind("\n", 0, offset - 1) + 1
+        return self.inside(path, text.count("\n", 0, start) + 1, offset - start)
 
 
 @dataclass
@@ -116,12 +148,15 @@ def parse_text(text: str, path: Path, env: Mapping[str, str]) -> Source:
     smap = SourceMap(str(path))
     if text.startswith("\ufeff"):
         text = text[1:]
-    loader = _Loader(text)
+    loader = _Composer(text)
     try:
         node = loader.get_single_node()
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         problem = e.problem or "invalid YAML"
+        if mark and _tab_at(text, mark.line, mark.column):
+            return _fail(path, smap, "YAML indentation must use spaces, not tabs",
+                         "replace the tab with spaces", mark.line + 1, mark.column + 1)
         if e.context and "single document" in e.context:
             problem = "a topology file holds one YAML document, but a second one starts here"
         elif e.context:
@@ -138,9 +173,47 @@ def parse_text(text: str, path: Path, env: Mapping[str, str]) -> Source:
     if node is None:
         return _fail(path, smap, "the file is empty",
                      "a topology starts with `kind: microservice` or `kind: business`")
-    builder = _Builder(smap, env)
+    builder = _Builder(smap, env, text.splitlines())
     data = builder.build(node, ())
     return Source(path, data, smap, builder.diagnostics)
+
+
+class _Composer(Composer, Resolver):
+    """PyYAML's composer over libyaml's event parser (when built), except that:
+    - an alias yields a shallow copy of its anchor's node carrying the alias's own position;
+      the copy shares the anchor's children (``value``), so recursion checks key on
+      ``id(node.value)``;
+    - a node written with an explicit tag gets ``explicit_tag`` (the tag as written), which
+      the resolved ``tag`` no longer tells apart (``!!str 1`` and ``"1"`` both resolve to str).
+    """
+
+    def __init__(self, text: str):
+        self._events = _EventParser(text)
+        self.check_event = self._events.check_event
+        self.peek_event = self._events.peek_event
+        self.get_event = self._events.get_event
+        Composer.__init__(self)
+        Resolver.__init__(self)
+
+    def dispose(self) -> None:
+        self._events.dispose()
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        if isinstance(event, AliasEvent):
+            node = copy.copy(super().compose_node(parent, index))
+            node.start_mark, node.end_mark = event.start_mark, event.end_mark
+            return node
+        node = super().compose_node(parent, index)
+        if getattr(event, "tag", None) is not None:
+            node.explicit_tag = event.tag
+        return node
+
+
+def _tab_at(text: str, line: int, col: int) -> bool:
+    """True when the character at 0-based ``line``, ``col`` of ``text`` is a tab."""
+    lines = text.splitlines()
+    return line < len(lines) and col < len(lines[line]) and lines[line][col] == "\t"
 
 
 def _fail(path: Path, smap: SourceMap, message: str, hint: str = "", line: int = 1,
@@ -148,19 +221,32 @@ def _fail(path: Path, smap: SourceMap, message: str, hint: str = "", line: int =
     return Source(path, None, smap, [Diagnostic(str(path), line, col, message, hint)])
 
 
-def _pos(node: yaml.Node) -> NodePos:
+def _pos(node: yaml.Node, lines: list[str] | None = None) -> NodePos:
+    """The position of ``node``; with the file's ``lines``, a literal block's ``content_col``."""
     start, end = node.start_mark, node.end_mark
     style = node.style if isinstance(node, yaml.ScalarNode) else None
     one_line = start.line == end.line and style not in ("|", ">")
-    return NodePos(start.line + 1, start.column + 1, one_line, style)
+    content_col = 0
+    if style == "|" and lines is not None:
+        last = end.line + 1 if end.column else end.line  # the end mark may open the next line
+        body = [text for text in lines[start.line + 1: last] if text.strip()]
+        content_col = min((len(t) - len(t.lstrip(" ")) for t in body), default=0) + 1
+    return NodePos(start.line + 1, start.column + 1, one_line, style, content_col)
+
+
+def _explicit_tag(node: yaml.Node) -> str | None:
+    """The explicit tag of ``node`` as the user wrote it (``!!int``, ``!mine``), else None."""
+    tag = getattr(node, "explicit_tag", None)
+    return "!!" + tag.removeprefix(_CORE) if tag and tag.startswith(_CORE) else tag
 
 
 class _Builder:
     """Turns a composed node tree into plain data, recording positions and problems."""
 
-    def __init__(self, smap: SourceMap, env: Mapping[str, str]):
+    def __init__(self, smap: SourceMap, env: Mapping[str, str], lines: list[str]):
         self.smap = smap
         self.env = env
+        self.lines = lines
         self.diagnostics: list[Diagnostic] = []
         self._constructor = SafeConstructor()
         self._active: set[int] = set()
@@ -169,20 +255,26 @@ class _Builder:
         self.diagnostics.append(Diagnostic(self.smap.file, pos.line, pos.col, message, hint))
 
     def build(self, node: yaml.Node, path: Path_) -> Any:
-        self.smap.values[path] = _pos(node)
-        if id(node) in self._active:
-            self.error(_pos(node), "recursive YAML alias", "an anchor cannot contain itself")
+        pos = self.smap.values[path] = _pos(node, self.lines)
+        if tag := _explicit_tag(node):
+            self.error(pos, f"YAML tags are not supported (found '{tag}')",
+                       "remove the tag: a topology holds plain mappings, lists, strings, numbers "
+                       "and booleans (quote a value to make it a string)")
             self.smap.broken.add(path)
             return None
         if isinstance(node, yaml.ScalarNode):
             return self._scalar(node, path)
-        self._active.add(id(node))
+        if id(node.value) in self._active:
+            self.error(pos, "recursive YAML alias", "an anchor cannot contain itself")
+            self.smap.broken.add(path)
+            return None
+        self._active.add(id(node.value))
         try:
             if isinstance(node, yaml.SequenceNode):
                 return [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
             return self._mapping(node, path)
         finally:
-            self._active.discard(id(node))
+            self._active.discard(id(node.value))
 
     def _mapping(self, node: yaml.MappingNode, path: Path_) -> dict:
         result: dict[str, Any] = {}
@@ -197,6 +289,9 @@ class _Builder:
                 self.error(kpos, "YAML merge keys (<<) are not supported",
                            "write the keys out explicitly")
                 continue
+            if tag := _explicit_tag(key_node):  # reported; the key's text still counts
+                self.error(kpos, f"YAML tags are not supported (found '{tag}')",
+                           "remove the tag: a key is a plain word")
             if key in result:
                 first = self.smap.keys[path + (key,)]
                 what = _SECTION_ITEMS.get(path, "key")
@@ -214,9 +309,7 @@ class _Builder:
             try:
                 rendered = templating.render(node.value, self.env)
             except templating.TemplateProblem as e:
-                pos = _pos(node)
-                self.error(NodePos(pos.line + e.line_offset, pos.col) if e.line_offset else pos,
-                           e.message, e.hint)
+                self.error(self.smap.inside(path, e.line), e.message, e.hint)
                 self.smap.broken.add(path)
                 return None
             return templating.retype(node.value, node.style, rendered)

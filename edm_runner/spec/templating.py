@@ -27,13 +27,14 @@ _WHOLE = re.compile(r"\s*\{\{(?:(?!\{\{|\}\}).)*\}\}\s*", re.S)
 
 
 class TemplateProblem(Exception):
-    """A template that cannot be rendered; ``message`` and ``hint`` are user-facing."""
+    """A template that cannot be rendered; ``message`` and ``hint`` are user-facing, ``line``
+    is the 1-based line of the template's text where the problem is (1 when unknown)."""
 
-    def __init__(self, message: str, hint: str = "", line_offset: int = 0):
+    def __init__(self, message: str, hint: str = "", line: int = 1):
         super().__init__(message)
         self.message = message
         self.hint = hint
-        self.line_offset = line_offset
+        self.line = line
 
 
 def is_template(text: str) -> bool:
@@ -56,7 +57,7 @@ def render(text: str, env: Mapping[str, str]) -> str:
     except TemplateSyntaxError as e:
         raise TemplateProblem(f"template syntax error: {e.message}",
                               hint="templates look like {{ env.NAME | default('value') }}",
-                              line_offset=max((e.lineno or 1) - 1, 0)) from None
+                              line=e.lineno or 1) from None
     except SecurityError as e:
         raise TemplateProblem(f"template refused by the sandbox: {e}",
                               hint="templates may only read env variables and apply filters") from None

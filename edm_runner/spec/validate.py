@@ -88,7 +88,7 @@ class _Context:
         try:
             compile_expression(source, params=params, functions=self.functions)
         except ExpressionError as e:
-            pos = self.report.smap.expression(path, getattr(e, "col", None))
+            pos = self.report.smap.expression(path, getattr(e, "col", None), source)
             message = str(e).removeprefix("invalid expression: ")
             self.report.add(pos, f"invalid expression in {where(path)}: {message}",
                             getattr(e, "hint", "") or "")
