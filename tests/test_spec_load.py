@@ -202,3 +202,20 @@ def test_every_error_of_a_file_is_reported_at_once(tmp_path: Path) -> None:
         load_file(path)
     got = [(d.line, d.col) for d in info.value.diagnostics]
     assert got == [(2, 7), (4, 19), (4, 22), (6, 13), (6, 25)]
+
+
+@pytest.mark.parametrize("template", [
+    "{{ env.update({'X': 1}) or env }}", "{{ env }}", "{{ env | string }}", "{{ env | pprint }}",
+    "{{ env | list }}", "{{ env | tojson }}", "{{ env.items() | list }}", "{{ env | dictsort }}",
+    "{{ '%s' % env }}", "{{ '{}'.format(env) }}", "{{ [env] }}", "{{ env | join(',') }}",
+    "{% for k in env %}{{ k }}{% endfor %}.x", "{{ env.__dict__ }}", "{{ env | attr('_vars') }}",
+])
+def test_no_template_shows_or_changes_the_environment(tmp_path: Path, template: str) -> None:
+    env = {"DB_PASSWORD": "hunter2-secret", "X": "1"}
+    path = tmp_path / "t.yaml"
+    path.write_text(f'kind: microservice\nname: "{template}"\n')
+    with pytest.raises(ConfigError) as info:
+        load_file(path, env=env)
+    shown = "\n".join(d.format() for d in info.value.diagnostics)
+    assert "hunter2" not in shown and "DB_PASSWORD" not in shown, shown
+    assert env == {"DB_PASSWORD": "hunter2-secret", "X": "1"}

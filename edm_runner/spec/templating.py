@@ -6,7 +6,12 @@ Rule (applied by ``spec.source`` while it builds the document):
   expressions and are left alone.
 - The context has one variable, ``env``: the process environment (or the mapping given to
   ``load_file``). Undefined variables are errors unless filtered through ``default(...)``.
-- Rendering is sandboxed (no attribute access to internals), so a template cannot run code.
+- ``env`` is read-only and can only be read one variable at a time (``env.NAME``,
+  ``env['NAME']``, ``'NAME' in env``): it has no methods, cannot be iterated, and printing it
+  whole is an error, so neither a rendered value nor an error message ever holds the
+  environment (secrets included).
+- Rendering is sandboxed (no attribute access to internals, no mutating methods), so a
+  template cannot run code.
 - Re-typing: when a *plain or double-quoted* scalar is entirely one template
   (``"{{ env.P | default(8) }}"``), its rendered text is re-read as a YAML scalar, so numbers
   become ints and ``true`` a bool. A single-quoted scalar, or one where the template is only
@@ -15,14 +20,15 @@ Rule (applied by ``spec.source`` while it builds the document):
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, NoReturn
 
 import yaml
 from jinja2 import StrictUndefined, TemplateError, UndefinedError
 from jinja2.exceptions import SecurityError, TemplateSyntaxError
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-_JINJA = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+_JINJA = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False,
+                                       keep_trailing_newline=True)
 _WHOLE = re.compile(r"\s*\{\{(?:(?!\{\{|\}\}).)*\}\}\s*", re.S)
 
 
@@ -37,6 +43,31 @@ class TemplateProblem(Exception):
         self.line = line
 
 
+class _WholeEnvironment(Exception):
+    """A template tried to turn ``env`` as a whole into text."""
+
+
+class _Env:
+    """The template variable ``env``: lookup of one variable at a time, nothing else."""
+
+    __slots__ = ("_vars",)
+
+    def __init__(self, variables: Mapping[str, str]):
+        self._vars = dict(variables)
+
+    def __getitem__(self, name: str) -> str:
+        return self._vars[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._vars
+
+    def _refuse(self, *_: object) -> NoReturn:
+        raise _WholeEnvironment()
+
+    # Neither printed nor listed (its names are not shown either).
+    __str__ = __repr__ = __format__ = __iter__ = __len__ = _refuse  # type: ignore[assignment]
+
+
 def is_template(text: str) -> bool:
     return "{{" in text
 
@@ -44,7 +75,11 @@ def is_template(text: str) -> bool:
 def render(text: str, env: Mapping[str, str]) -> str:
     """Render ``text`` with context ``env``; raises ``TemplateProblem``."""
     try:
-        return _JINJA.from_string(text).render(env=dict(env))
+        return _JINJA.from_string(text).render(env=_Env(env))
+    except _WholeEnvironment:
+        raise TemplateProblem("a template can read single environment variables, not the "
+                              "whole environment",
+                              hint="read one variable, e.g. {{ env.HOME }}") from None
     except UndefinedError as e:
         name = _undefined_name(str(e))
         var = name.removeprefix("env.")
@@ -81,7 +116,7 @@ def retype(original: str, style: str | None, rendered: str) -> Any:
 
 
 def _undefined_name(message: str) -> str:
-    m = re.search(r"'dict object' has no (?:attribute|element) '([^']*)'", message)
+    m = re.search(r"'[\w.]*_Env object' has no (?:attribute|element) '([^']*)'", message)
     if m:
         return f"env.{m.group(1)}"
     m = re.search(r"'([^']*)' is undefined", message)
