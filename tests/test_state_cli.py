@@ -101,6 +101,11 @@ def test_hourly_revenue_emits_each_closed_hour_once_without_late_orders(tmp_path
     windows = ok("state", topology, "scan", "hourly", "--state-dir", tmp_path).lines()
     open_hour = {e["key"]: e["value"] for e in windows if e["start"] == _ms("12:00")}
     assert open_hour == {"alice": 7, "bob": 3, "frank": 1}
+    # The operator's bookkeeping (stream time, last sweep) never shows: only the user's windows.
+    assert all(e["key"] is not None and isinstance(e["value"], int) for e in windows), windows
+    stats = json.loads(ok("state", topology, "stats", "--state-dir", tmp_path).stdout)
+    assert sum(s["entries"] for t in stats["tasks"] for s in t["stores"]) == len(windows)
+    assert edm("state", topology, "get", "hourly", "null", "--json", "--state-dir", tmp_path).code == 1
 
 
 def test_state_errors_name_the_declared_stores_and_missing_state(tmp_path: Path) -> None:

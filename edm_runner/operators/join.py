@@ -28,8 +28,8 @@ from edm_runner.runtime.event import Event
 from edm_runner.runtime.node import BuildContext, Processor
 from edm_runner.spec.durations import DURATION_SCHEMA, parse_duration
 from edm_runner.spec.model import StepSpec
+from edm_runner.state.keys import META
 
-META = None  # the reserved key of the stream-time record in `<name>-this`
 
 
 class LookupJoin(Processor):

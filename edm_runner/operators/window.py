@@ -38,9 +38,9 @@ from edm_runner.runtime.event import Event
 from edm_runner.runtime.node import BuildContext, ExprFn, PassThrough, Processor
 from edm_runner.spec.durations import DURATION_SCHEMA, parse_duration
 from edm_runner.spec.model import StepSpec
+from edm_runner.state.keys import META
 
 DAY_MS = 86_400_000
-META = None  # the reserved store key of the stream-time record
 EMPTY: Any = object()  # an empty sliding window's aggregate (before any value)
 
 

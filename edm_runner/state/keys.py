@@ -15,11 +15,18 @@ Invariants:
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 _LEN = struct.Struct(">I")
 _TIME = struct.Struct(">Q")
 _TIME2 = struct.Struct(">QQ")
 _BIAS = 1 << 63
+
+# The reserved record key under which a window, session or stream-stream join operator keeps
+# its bookkeeping (stream time, last sweep) in its own window or session store. A record key of
+# an aggregation is never null, so this key never collides with the user's data; readers of a
+# store for the user (`edm state`) never show it.
+META: Any = None
 
 
 def key_prefix(key_bytes: bytes) -> bytes:

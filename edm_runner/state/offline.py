@@ -20,7 +20,7 @@ import lmdb
 from edm_runner.errors import EdmError
 from edm_runner.invocation import Invocation
 from edm_runner.state.api import decode_json, encode_json
-from edm_runner.state.keys import key_prefix, split_session_key, split_window_key
+from edm_runner.state.keys import META, key_prefix, split_session_key, split_window_key
 from edm_runner.state.task import (_CHECKPOINT, _STORE, MAX_STORES, META_DB, Checkpoint,
                                    service_dir)
 
@@ -114,10 +114,21 @@ class TaskReader:
         return self._dbs[store]
 
     def _entries(self, store: str, lo: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """The raw entries from ``lo`` on, without the operators' bookkeeping record (the
+        reserved ``META`` key of window and session stores)."""
+        hidden = self._bookkeeping(store)
         with self._env.begin(db=self._db(store)) as txn:
             cur = txn.cursor()
             if cur.set_range(lo):
-                yield from cur
+                for k, v in cur:
+                    if not (hidden and k.startswith(hidden)):
+                        yield k, v
+
+    def _bookkeeping(self, store: str) -> bytes:
+        """The key prefix of ``store``'s bookkeeping record (b"" when its type has none)."""
+        if self.definitions[store]["type"] in ("window", "session"):
+            return key_prefix(encode_json(META))
+        return b""
 
     def _decode(self, store: str, k: bytes, v: bytes) -> Entry:
         kind = self.definitions[store]["type"]
@@ -132,6 +143,8 @@ class TaskReader:
     def get(self, store: str, key: Any) -> list[Entry]:
         """The value of ``key`` (every window or session of it in window/session stores)."""
         kb = encode_json(key)
+        if self._bookkeeping(store) and key is META:
+            return []
         if self.definitions[store]["type"] == "key_value":
             with self._env.begin(db=self._db(store)) as txn:
                 v = txn.get(kb)
@@ -167,6 +180,10 @@ class TaskReader:
         with self._env.begin() as txn:
             for name, definition in sorted(self.definitions.items()):
                 entries = txn.stat(self._db(name))["entries"]
+                if hidden := self._bookkeeping(name):
+                    cur = txn.cursor(self._db(name))
+                    if cur.set_range(hidden) and cur.key().startswith(hidden):
+                        entries -= 1  # one bookkeeping record per store
                 stats.stores.append(StoreStats(name, definition.get("type", "?"),
                                                definition.get("params", {}), entries))
         return stats
