@@ -337,11 +337,25 @@ def run(
             stats = asyncio.run(go())
         finally:
             status.close()
-        typer.echo(f"{topology.name}: {stats.events_in} in, {stats.events_out} out, {stats.skipped} skipped, "
-                   f"{stats.dead_lettered} dead-lettered, {stats.late} late, {stats.restored} restored",
-                   err=True)
+        typer.echo(_run_summary(topology.name, stats), err=True)
         return 0
     _run_guarded(body)
+
+
+def _run_summary(name: str, stats) -> str:
+    """The line `edm run` ends with: the user's streams in and out, then what went through
+    internal (repartition) topics, apart; late events come with what to do about them."""
+    line = (f"{name}: {stats.events_in} in, {stats.events_out} out, {stats.skipped} skipped, "
+            f"{stats.dead_lettered} dead-lettered, {stats.late} late, {stats.restored} restored")
+    if stats.internal_in or stats.internal_out:
+        line += f" (internal topics: {stats.internal_in} in, {stats.internal_out} out)"
+    if stats.late:
+        line += (f"\n{stats.late} late event(s) dropped: their event time was behind the stream time "
+                 "by more than the window's grace period, so their window had closed. Give the "
+                 "window a grace period as long as the disorder of its input (`window: {..., grace: "
+                 "1h}`); after a group_by or repartition the input partitions interleave, so the "
+                 "disorder is at least the time skew between them (docs/language.md, \"Event time\").")
+    return line
 
 
 # ---------------------------------------------------------------- produce, consume, topics

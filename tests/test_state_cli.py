@@ -87,7 +87,11 @@ def test_hourly_revenue_emits_each_closed_hour_once_without_late_orders(tmp_path
     topology = example / "topology.yaml"
     common = ["-t", topology, "--state-dir", tmp_path]
     ok("produce", "orders", "-f", example / "orders.jsonl", *common)
-    ok("run", topology, "--until-idle", "--state-dir", tmp_path)
+    summary = ok("run", topology, "--until-idle", "--state-dir", tmp_path).stderr
+    # The user's streams are counted (12 orders in, 5 hours out); the repartition apart.
+    assert "hourly-revenue: 12 in, 5 out, 0 skipped, 0 dead-lettered, 1 late" in summary
+    assert "(internal topics: 12 in, 12 out)" in summary
+    assert "1 late event(s) dropped" in summary and "grace period" in summary
     out = ok("consume", "hourly-revenue", "--from-beginning", *common).lines()
     hour = 3_600_000
     # Stream time reaches 12:30 on both tasks: the 10:00 and 11:00 hours are final, 12:00 is

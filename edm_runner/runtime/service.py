@@ -82,6 +82,7 @@ class ServiceRunner:
         self.stats = stats
         self.compiled = CompiledService(topology, stats)
         self.order = InputOrder(self.compiled.dag)
+        self.internal = frozenset(self.compiled.dag.internal_topics)
         state_dir = state_dir if state_dir is not None else topology.base_dir / ".edm"
         tasks = TaskManager(self.compiled, state_dir, stats, invocation)
         self.tasks = tasks if tasks.subs else None
@@ -199,8 +200,17 @@ class ServiceRunner:
                 self.pending = {}
             await self.commit()
             raise
-        self.stats.events_in += count
-        self.stats.events_out += len(outputs) - (self.stats.dead_lettered - dead_before)
+        written = len(outputs) - (self.stats.dead_lettered - dead_before)
+        if self.internal:  # the user's streams apart from the repartition topics
+            internal_in = sum(len(records) for tp, records in runs if tp.topic in self.internal)
+            internal_out = sum(1 for record in outputs if record.topic in self.internal)
+            self.stats.internal_in += internal_in
+            self.stats.internal_out += internal_out
+            count_in, written = count - internal_in, written - internal_out
+        else:
+            count_in = count
+        self.stats.events_in += count_in
+        self.stats.events_out += written
         batch = outputs[:]
         outputs.clear()
         faults.reached("before_produce")

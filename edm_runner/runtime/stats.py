@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 
 @dataclass
 class ServiceStats:
-    """``events_out`` counts records written to streams and repartition topics; dead letters
+    """``events_in`` and ``events_out`` count the records read from and written to the user's
+    streams (those the topology declares); ``internal_in`` and ``internal_out`` the records that
+    went through the service's repartition topics (changelogs are in neither). Dead letters
     are counted in ``dead_lettered`` only. ``skipped_by_pipeline`` sums to ``skipped``.
     ``restored``: changelog (or table source) records applied by restores since start, in
     ``restore_seconds`` of wall time (opening the tasks' state included).
@@ -15,6 +17,8 @@ class ServiceStats:
 
     events_in: int = 0
     events_out: int = 0
+    internal_in: int = 0
+    internal_out: int = 0
     skipped: int = 0
     dead_lettered: int = 0
     skipped_by_pipeline: dict[str, int] = field(default_factory=dict)
@@ -34,6 +38,14 @@ class RunStats:
     @property
     def events_out(self) -> int:
         return sum(s.events_out for s in self.services.values())
+
+    @property
+    def internal_in(self) -> int:
+        return sum(s.internal_in for s in self.services.values())
+
+    @property
+    def internal_out(self) -> int:
+        return sum(s.internal_out for s in self.services.values())
 
     @property
     def skipped(self) -> int:
