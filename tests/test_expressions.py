@@ -13,7 +13,8 @@ from jinja2.exceptions import SecurityError
 from edm_runner.brokers.base import Record
 from edm_runner.errors import EdmError
 from edm_runner.runtime.event import Event
-from edm_runner.spec.expressions import ExpressionError, compile_expression
+from edm_runner.spec.expressions import (METADATA, PARAMETERS, SAFE_GLOBALS, ExpressionError,
+                                         compile_expression, function_name_problem)
 
 ORDER = {
     "id": "o-1",
@@ -134,13 +135,29 @@ def test_metadata_names() -> None:
     assert ev("event.timestamp > 10") is True
 
 
-def test_params_win_and_metadata_can_be_off() -> None:
-    fn = compile_expression("value ~ acc", params=("value", "acc"), metadata_param=None)
+def test_params_and_metadata_can_be_off() -> None:
+    fn = compile_expression("value ~ aggregate", params=("value", "aggregate"), metadata_param=None)
     assert fn("a", "b") == "ab"
     with pytest.raises(ExpressionError, match="unknown name 'timestamp'"):
         compile_expression("timestamp", params=("value",), metadata_param=None)
-    fn = compile_expression("topic", params=("topic",), metadata_param=None)
-    assert fn("mine") == "mine"
+    with pytest.raises(ValueError, match="PARAMETERS"):  # one list of every parameter name
+        compile_expression("acc", params=("acc",), metadata_param=None)
+
+
+@pytest.mark.parametrize("name", sorted(PARAMETERS | METADATA.keys() | SAFE_GLOBALS.keys()
+                                        | {"if", "lambda", "none", "true", "False", "_f"}))
+def test_a_function_cannot_take_a_name_expressions_bind(name: str) -> None:
+    assert function_name_problem(name)
+    with pytest.raises(ValueError):
+        compile_expression("1", functions={name: len})
+
+
+def test_lambdas_are_refused_by_name() -> None:
+    for src, col in [("(lambda x: x)(value)", 2), ("value | map(lambda v: v)", 13)]:
+        with pytest.raises(ExpressionError, match="lambdas are not part of the expression language") as info:
+            compile_expression(src)
+        assert info.value.col == col
+    assert compile_expression("value.lambda")("k", {"lambda": 1}, None) == 1
 
 
 def test_declared_functions_called_once_per_event() -> None:

@@ -14,9 +14,12 @@ Semantics (what users see):
   missing -> ``None``.
 - ``x | default(y)`` also replaces ``None`` (missing fields are ``None``, not Undefined).
 - ``a ~ b`` concatenates ``str(a)`` and ``str(b)``; ``None`` becomes ``'None'`` as in Jinja.
-- Free names: the parameters (``key``, ``value``, ``event``), the declared functions, the
-  metadata names of ``METADATA`` (compiled to attributes of the event parameter), ``range``
-  and ``dict``. Anything else is a compile-time ``ExpressionError``.
+- Free names: the parameters (``key``, ``value``, ``event``; some operators add ``aggregate``
+  or ``other``: all are in ``PARAMETERS``), the declared functions, the metadata names of
+  ``METADATA`` (compiled to attributes of the event parameter), ``range`` and ``dict``.
+  Anything else is a compile-time ``ExpressionError``. A function may not take a name that
+  the language already binds or reads as a keyword (``function_name_problem``).
+- ``lambda`` is not part of the language: its use is refused with a message saying so.
 
 Sandbox invariants (the guarantees of Jinja's ``ImmutableSandboxedEnvironment``):
 - an attribute or item written as a literal may not start with ``_`` (compile-time error);
@@ -45,7 +48,8 @@ from jinja2.utils import _PassArg
 
 from edm_runner.errors import EdmError
 
-__all__ = ["ExpressionError", "compile_expression", "METADATA", "SAFE_GLOBALS"]
+__all__ = ["ExpressionError", "compile_expression", "function_name_problem", "METADATA",
+           "PARAMETERS", "SAFE_GLOBALS"]
 
 
 class ExpressionError(EdmError):
@@ -91,6 +95,24 @@ class _Sandbox(ImmutableSandboxedEnvironment):
 _ENV = _Sandbox()
 _ENV.filters["default"] = _ENV.filters["d"] = _default
 SAFE_GLOBALS: dict[str, Any] = {"range": _ENV.globals["range"], "dict": dict}
+# Every parameter name an expression is compiled with (each operator passes a subset).
+PARAMETERS = frozenset({"key", "value", "event", "aggregate", "other"})
+# Names Jinja's parser reads as constants, never as a name.
+_CONSTANTS = frozenset({"true", "false", "none", "True", "False", "None"})
+
+
+def function_name_problem(name: str) -> str | None:
+    """Why a declared function cannot be called ``name`` in expressions, else None: the name
+    is private (``_``), a keyword, or one the language binds (parameters, metadata, globals),
+    so calls could never reach the function or the function would hide that name."""
+    if name.startswith("_"):
+        return "starts with '_', which expressions treat as private"
+    if keyword.iskeyword(name) or name in _CONSTANTS:
+        return "is a keyword of the expression language"
+    bound = sorted(PARAMETERS | METADATA.keys() | SAFE_GLOBALS.keys())
+    if name in bound:
+        return f"is already a name in expressions (the names are {', '.join(bound)})"
+    return None
 
 # What pass_context / pass_eval_context / pass_environment filters and tests receive.
 _CONTEXT = new_context(_ENV, "<expression>", {}, {}, shared=True)
@@ -212,6 +234,16 @@ class _Tokens:
             self.current = len(self.source)
 
         return TokenStream(positioned(), None, None)
+
+    def free_name_col(self, name: str) -> int | None:
+        """1-based position of the first ``name`` token that is not an attribute (``a.name``)."""
+        previous = ""
+        for offset, kind, raw in self.offsets:
+            if kind == "name" and raw == name and previous != ".":
+                return offset + 1
+            if kind not in ignored_tokens:
+                previous = raw
+        return None
 
     def col_of(self, text: str) -> int | None:
         """1-based position of the first name or string token whose value is ``text``."""
@@ -507,15 +539,22 @@ def compile_expression(source: str, *, params: tuple[str, ...] = ("key", "value"
     ``params`` and ``functions`` names come from edm and the validated topology, so invalid
     ones are a programming error (ValueError).
     """
-    for name in (*params, *functions):
-        if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
-            raise ValueError(f"invalid expression parameter or function name {name!r}")
+    for name in params:
+        if name not in PARAMETERS:
+            raise ValueError(f"{name!r} is not one of the expression PARAMETERS")
+    for name in functions:
+        if not name.isidentifier() or function_name_problem(name):
+            raise ValueError(f"invalid expression function name {name!r}")
     if metadata_param is not None and metadata_param not in params:
         raise ValueError(f"metadata_param {metadata_param!r} is not one of {params}")
     if not source.strip():
         raise ExpressionError("empty expression; write e.g. value.total > 100", 1)
 
     tokens = _Tokens(source)
+    if (col := tokens.free_name_col("lambda")) is not None:
+        raise ExpressionError("lambdas are not part of the expression language: write the "
+                              "expression itself (e.g. value.total * 2), or declare a Python "
+                              "function under functions: and call it", col)
     parser = Parser(_ENV, source, state="variable")
     parser.stream = tokens.stream()
     try:

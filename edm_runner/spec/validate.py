@@ -20,7 +20,7 @@ from jsonschema.validators import validator_for
 
 from edm_runner.operators.registry import Operator, operators
 from edm_runner.spec import structure
-from edm_runner.spec.expressions import ExpressionError, compile_expression
+from edm_runner.spec.expressions import ExpressionError, compile_expression, function_name_problem
 from edm_runner.spec.flows import Flow, Ref
 from edm_runner.spec.functions import FunctionRefError, resolve_function
 from edm_runner.spec.graph import find_cycles
@@ -176,6 +176,11 @@ def _check_functions(ctx: _Context) -> None:
     for name, cfg in functions.items():
         if not re.fullmatch(IDENTIFIER_PATTERN, name):
             continue  # the structural check reported the name
+        if problem := function_name_problem(name):
+            ctx.report.error(("functions", name), f"function name '{name}' {problem}",
+                             f"rename the function, e.g. to '{name.strip('_')}_fn', and "
+                             "call it by that name", key=True)
+            continue
         ref = cfg.get("python") if isinstance(cfg, dict) else None
         ctx.functions[name] = _placeholder
         for index, store in enumerate(cfg.get("stores", []) if isinstance(cfg, dict) else []):
