@@ -69,7 +69,14 @@ def check_business(source: Source, report: Report, no_code: bool,
             continue
         service, service_report = load_service(file, no_code, env)
         reports.append(service_report)
-        if service is not None and service.checked is not None:
+        if service is not None and service.kind == "business":
+            kind = service.report.smap.value(("kind",))
+            what = ("this business topology itself" if file.resolve() == source.path.resolve()
+                    else f"a business topology ({file}:{kind.line}:{kind.col})")
+            report.error(("services", i), f"service '{rel}' is {what}, not a microservice file",
+                         "list the microservice files themselves under `services:` "
+                         "(business topologies do not nest)")
+        elif service is not None and service.checked is not None:
             services.append((i, service))
     _check_names(services, report)
     _check_topics(data, [s for _, s in services], report)

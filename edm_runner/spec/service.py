@@ -17,13 +17,16 @@ KINDS = ("microservice", "business")
 @dataclass
 class Service:
     """A microservice file after validation. ``topology`` is set only when the file has no
-    diagnostics; ``checked`` whenever its document could be validated at all."""
+    diagnostics; ``checked`` whenever its document could be validated at all. ``kind`` is
+    "business" (and nothing is checked) when the file turned out to be a business topology,
+    a mistake of the file that lists it."""
 
     path: Path
     report: Report
     data: Any
     checked: Checked | None = None
     topology: Topology | None = None
+    kind: str = "microservice"
 
 
 def document_kind(data: Any, report: Report) -> str | None:
@@ -51,17 +54,16 @@ def check_service(source: Source, report: Report, no_code: bool) -> Service:
 
 
 def load_service(path: Path, no_code: bool, env: Mapping[str, str]) -> tuple[Service | None, Report]:
-    """Read and validate a file that must be a microservice (a business topology's service)."""
+    """Read and validate a file that must be a microservice (a business topology's service).
+    A business topology is returned unchecked with ``kind="business"``: the caller reports it
+    where the fix belongs, at the ``services:`` entry that lists it."""
     source = read_source(path, env)
     report = Report(source.smap, list(source.diagnostics))
     if source.data is None:
         return None, report
     kind = document_kind(source.data, report)
     if kind == "business":
-        report.error(("kind",), "a service of a business topology must be a microservice file, "
-                                "not another business topology",
-                     "list the microservice files themselves under `services:`")
-        return None, report
+        return Service(path, report, source.data, kind="business"), report
     if kind is None:
         return None, report
     return check_service(source, report, no_code), report
