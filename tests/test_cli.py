@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from cli_helpers import ROOT, TOPOLOGIES, edm, ok
@@ -102,3 +103,61 @@ def test_unknown_stream_with_a_topology_lists_the_declared_ones(tmp_path: Path) 
 def test_broker_url_override_is_checked(tmp_path: Path) -> None:
     result = edm("topics", "--broker", "carrier-pigeon://x", "--state-dir", tmp_path)
     assert result.code == 1 and "kafka://" in result.stderr
+
+
+GRAPH_EVERYTHING = """\
+kind: microservice
+name: everything
+streams:
+  users: {partitions: 2, type: entity, key: string, value: json}
+  profiles: {partitions: 1, type: entity, key: string, value: json}
+  clicks: {partitions: 2, type: keyed, key: string, value: json}
+  views: {partitions: 2, type: keyed, key: string, value: json}
+  unused: {partitions: 1, key: string, value: json}
+  out: {partitions: 2, key: string, value: json}
+tables: {users-table: {from: users}}
+global_tables: {profiles-table: {from: profiles}}
+stores:
+  per-page: {type: key_value}
+  scratch: {type: key_value, changelog: false}
+pipelines:
+  enrich:
+    from: clicks
+    steps:
+      - join: {table: users-table, kind: left, value: "[value, other]"}
+      - join: {global_table: profiles-table, key: value.p, value: "[value, other]"}
+      - join: {stream: views, name: cv, within: 10s, value: "[value, other]"}
+    to: out
+  pages:
+    from: views
+    steps:
+      - group_by: {key: value.page, name: by-page}
+      - count: {store: per-page}
+    to: out
+"""
+
+
+def test_graph_draws_every_stream_table_store_and_internal_topic(tmp_path: Path) -> None:
+    """The picture is the topology: nothing `edm describe` lists is missing from `edm graph`."""
+    from edm_runner.graph.dag import describe
+    from edm_runner.spec import load_file
+    (tmp_path / "everything.yaml").write_text(GRAPH_EVERYTHING)
+    files = [tmp_path / "everything.yaml", *sorted(TOPOLOGIES.glob("*/topology.yaml"))]
+    for file in files:
+        topology = load_file(file)
+        wanted = [*(s.topic for s in topology.streams.values()), *topology.tables,
+                  *topology.global_tables, *topology.stores, *describe(topology)["internal_topics"]]
+        wanted += [s for sub in describe(topology)["subtopologies"] for s in sub["stores"]]
+        for fmt in ("mermaid", "dot"):
+            drawing = ok("graph", file, "--format", fmt).stdout
+            labels = set(re.findall(r'"([^"]*)"', drawing))
+            for name in wanted:
+                assert any(re.search(rf"(^|\s){re.escape(name)}($|\s|\))", label) for label in labels), \
+                    (file.name, fmt, name, drawing)
+    mermaid = ok("graph", files[0]).stdout
+    assert 'tb_users_table -.->|"lookup"|' in mermaid and 'gt_profiles_table -.->|"lookup"|' in mermaid
+    assert '-->|"other side views"|' in mermaid
+    assert 'st_per_page -.->|"changelog"| t_everything_per_page_changelog' in mermaid
+    assert "everything-scratch-changelog" not in mermaid  # changelog: false
+    assert "s_users --> tb_users_table" in mermaid and "s_profiles --> gt_profiles_table" in mermaid
+    assert "class " in mermaid and "t_everything_by_page_repartition" in mermaid.split("class ")[1]
