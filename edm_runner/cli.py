@@ -24,7 +24,7 @@ from typing import Annotated, AsyncIterator, Callable, Optional
 import typer
 from typer.core import TyperGroup, TyperOption
 
-from edm_runner.errors import ConfigError, EdmError
+from edm_runner.errors import ConfigError, EdmError, InternalError
 from edm_runner.invocation import Invocation
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -83,8 +83,8 @@ def _run_guarded(action: Callable[[], int | None]) -> None:
     except Exception as error:  # an edm bug: one line, the traceback on demand
         if os.environ.get("EDM_DEBUG"):
             raise
-        raise _fail(f"internal error: {type(error).__name__}: {error} (set EDM_DEBUG=1 for a traceback, "
-                    "and please report it)", 1)
+        what = str(error) if isinstance(error, InternalError) else f"{type(error).__name__}: {error}"
+        raise _fail(f"internal error: {what} (set EDM_DEBUG=1 for a traceback, and please report it)", 1)
     raise typer.Exit(code or 0)
 
 

@@ -50,3 +50,27 @@ class BrokerError(EdmError):
 
 class ProcessingError(EdmError):
     """An event failed under the `fail` error policy; the runner stops without committing it."""
+
+
+class EventError(EdmError):
+    """One event cannot be processed because of the user's logic or data: it does not decode
+    or match its schema, an expression or a declared function raised (``UserCodeError``), a
+    key is too long for a store, a step got a value it cannot take (a null group key, ...).
+
+    Invariant: only an ``EventError`` follows an ``on_error`` policy (skip, dead-letter); any
+    other exception while processing is a bug in edm and stops the service (``InternalError``).
+    """
+
+
+class UserCodeError(EventError):
+    """An expression or a declared Python function raised ``original``; the message and the
+    error reported for the event are those of ``original``."""
+
+    def __init__(self, original: BaseException):
+        super().__init__(f"{type(original).__name__}: {original}")
+        self.original = original
+
+
+class InternalError(Exception):
+    """A bug in edm met while processing (deliberately not an ``EdmError``): the service stops
+    with nothing committed from the failing batch on, and the CLI asks for a report."""

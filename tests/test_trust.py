@@ -5,52 +5,73 @@ from __future__ import annotations
 import asyncio
 import json
 import textwrap
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from edm_runner.brokers.base import OutRecord, Record, TopicPartition, TopicSpec
-from edm_runner.brokers.local import LocalBroker
+from edm_runner.brokers import open_broker
+from edm_runner.brokers.base import Broker, OutRecord, Record, TopicPartition, TopicSpec
+from edm_runner.brokers.partitioner import default_partition
 from edm_runner.runtime import RunStats, run_services
 from edm_runner.spec import load_file
+from edm_runner.spec.model import BrokerSpec, Topology
 
 
 def j(obj: Any) -> bytes | None:
     return None if obj is None else json.dumps(obj, separators=(",", ":")).encode()
 
 
-class Service:
-    """One service file over a local broker and a state dir kept across ``run`` calls."""
+@pytest.fixture(params=["local", pytest.param("kafka", marks=pytest.mark.kafka)])
+def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each test that takes it runs on the embedded broker and on a real Kafka broker."""
+    if request.param == "local":
+        return f"local:{tmp_path / 'broker'}"
+    return "kafka://" + request.getfixturevalue("kafka_bootstrap")
 
-    def __init__(self, tmp_path: Path, text: str, files: dict[str, str] | None = None) -> None:
+
+class Service:
+    """One service over a broker (``url``) and a state dir kept across ``run`` calls. In the
+    file text, ``{p}`` is a prefix unique to the test (service and topic names on Kafka)."""
+
+    def __init__(self, tmp_path: Path, text: str, files: dict[str, str] | None = None,
+                 url: str | None = None, state_dir: Path | None = None) -> None:
         for name, content in (files or {}).items():
             (tmp_path / name).write_text(textwrap.dedent(content))
+        self.p = f"t{uuid.uuid4().hex[:8]}-"
         self.path = tmp_path / "topology.yaml"
-        self.path.write_text(textwrap.dedent(text))
-        self.broker_dir = tmp_path / "broker"
-        self.state_dir = tmp_path / "state"
+        self.write(text)
+        self.url = url or f"local:{tmp_path / 'broker'}"
+        self.state_dir = state_dir or tmp_path / "state"
         self.stats: RunStats | None = None
 
-    def run(self, inputs: dict[str, list[tuple[Any, Any]]], read: str = "out") -> list[tuple[Any, Any]]:
-        """Appends ``inputs`` (raw bytes or JSON-able values), runs until idle, returns every
-        (key, value) of topic ``read`` so far."""
+    def write(self, text: str) -> None:
+        self.path.write_text(textwrap.dedent(text).replace("{p}", self.p))
+
+    def topology(self) -> Topology:
+        return load_file(self.path)
+
+    def broker(self) -> Broker:
+        return open_broker(BrokerSpec(), self.state_dir, self.url)
+
+    def run(self, inputs: dict[str, list[tuple[Any, Any]]], read: str = "out",
+            topology: Topology | None = None) -> list[tuple[Any, Any]]:
+        """Appends ``inputs`` (stream -> (key, raw bytes or JSON-able value)), runs until
+        idle, returns every (key, value) of stream ``read`` so far."""
+        topology = topology or self.topology()
+
         async def main() -> list[tuple[Any, Any]]:
-            broker = LocalBroker(self.broker_dir)
+            broker = self.broker()
             await broker.start()
             try:
-                for topic, events in inputs.items():
-                    partitions = {s.topic: s.partitions for s in load_file(self.path).streams.values()}
-                    await broker.ensure_topics([TopicSpec(topic, partitions.get(topic, 1))])
-                    producer = broker.producer()
-                    for k, v in events:
-                        producer.send(OutRecord(topic, 0, k if isinstance(k, bytes) or k is None else k.encode(),
-                                                v if isinstance(v, bytes) else j(v), 0, ()))
-                    await producer.flush()
-                self.stats = await run_services([load_file(self.path)], broker, until_idle=True,
-                                                state_dir=self.state_dir)
-                return [(None if r.key is None else r.key.decode(), json.loads(r.value) if r.value else None)
-                        for r in await read_all(broker, read)]
+                await produce(broker, topology, inputs)
+                try:
+                    self.stats = await run_services([topology], broker, until_idle=True,
+                                                    state_dir=self.state_dir)
+                finally:
+                    self.out = await read_all(broker, topology.streams[read].topic)
+                return self.out
             finally:
                 await broker.close()
         return asyncio.run(main())
@@ -61,16 +82,39 @@ class Service:
         return next(iter(self.stats.services.values()))
 
 
-async def read_all(broker: LocalBroker, topic: str) -> list[Record]:
-    await broker.ensure_topics([TopicSpec(topic, 1)])
+async def produce(broker: Broker, topology: Topology, inputs: dict[str, list[tuple[Any, Any]]]) -> None:
+    for name, events in inputs.items():
+        spec = topology.streams[name]
+        await broker.ensure_topics([TopicSpec(spec.topic, spec.partitions, spec.compacted)])
+        producer = broker.producer()
+        await producer.start()
+        for k, v in events:
+            kb = k if isinstance(k, bytes) or k is None else k.encode()
+            partition = default_partition(kb, spec.partitions) if kb is not None else 0
+            producer.send(OutRecord(spec.topic, partition, kb, v if isinstance(v, bytes) else j(v), 0, ()))
+        await producer.flush()
+        await producer.close()
+
+
+async def read_raw(broker: Broker, topic: str) -> list[Record]:
+    """Every record of ``topic``, partition by partition."""
     consumer = broker.consumer(None, [topic])
     await consumer.start()
-    out: dict[TopicPartition, list[Record]] = {}
-    while batch := await consumer.getmany(timeout_ms=0, max_records=10_000):
-        for tp, records in batch.items():
-            out.setdefault(tp, []).extend(records)
-    await consumer.close()
-    return [r for tp in sorted(out) for r in out[tp]]
+    try:
+        tps = sorted(consumer.assignment())
+        ends = await consumer.end_offsets(tps)
+        out: dict[TopicPartition, list[Record]] = {tp: [] for tp in tps}
+        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
+            for tp, records in (await consumer.getmany(timeout_ms=500, max_records=10_000)).items():
+                out[tp].extend(records)
+        return [r for tp in tps for r in out[tp]]
+    finally:
+        await consumer.close()
+
+
+async def read_all(broker: Broker, topic: str) -> list[tuple[Any, Any]]:
+    return [(None if r.key is None else r.key.decode(), json.loads(r.value) if r.value else None)
+            for r in await read_raw(broker, topic)]
 
 
 # -- a null value and the JSON Schema --------------------------------------------------------
@@ -122,9 +166,94 @@ def test_an_aggregate_that_makes_nan_is_an_error_of_the_event_not_a_changelog_re
 
 
 async def _changelog(svc: Service, topic: str) -> list[tuple[bytes | None, bytes | None]]:
-    broker = LocalBroker(svc.broker_dir)
+    broker = svc.broker()
     await broker.start()
     try:
-        return [(r.key, r.value) for r in await read_all(broker, topic)]
+        return [(r.key, r.value) for r in await read_raw(broker, topic)]
     finally:
         await broker.close()
+
+
+# -- edm's own bugs are not bad events -----------------------------------------------------------
+
+class _Buggy:
+    """A step with a bug: an ``AttributeError`` on the event whose value is a dict."""
+
+    label = "test_buggy"
+
+    def __init__(self, pos: Any) -> None:
+        from edm_runner.runtime.node import Processor
+
+        self.proc = type("BuggyProcessor", (Processor,), {
+            "label": "test_buggy", "pos": pos,
+            "process_one": lambda self, e: [e] if not isinstance(e.value, dict) else e.value.no_such_attribute})()
+
+
+@pytest.fixture
+def buggy_operator(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edm_runner.operators import registry
+
+    registry.operators()
+    monkeypatch.setitem(registry._OPERATORS, "test_buggy", registry.Operator(
+        "test_buggy", {"type": "object"}, lambda step, ctx: _Buggy(step.pos).proc))
+
+
+def test_an_internal_error_stops_the_service_and_commits_nothing(tmp_path: Path, broker_url: str,
+                                                                  buggy_operator: None) -> None:
+    from edm_runner.errors import InternalError
+
+    svc = Service(tmp_path, """
+    kind: microservice
+    name: "{p}s"
+    streams: {in: {topic: "{p}in"}, out: {topic: "{p}out"}}
+    pipelines:
+      p:
+        from: in
+        on_error: skip
+        steps: [{test_buggy: {}}, {map_values: "value + 1"}]
+        to: out
+    """, url=broker_url)
+    with pytest.raises(InternalError) as info:
+        svc.run({"in": [("a", 1), ("b", "text"), ("c", {"x": 1}), ("d", 2)]})
+    message = str(info.value)
+    assert "step p.steps[0] (test_buggy)" in message and "AttributeError" in message
+    assert "This is a bug in edm, not in the topology or the data; nothing from this batch on was committed" \
+        in message
+    assert svc.out == []  # the user error ("text" + 1) would have been skipped, but nothing was sent
+
+    async def committed() -> dict:
+        broker = svc.broker()
+        await broker.start()
+        try:
+            return await broker.group_offsets(f"{svc.p}s", [f"{svc.p}in"])
+        finally:
+            await broker.close()
+    assert not any(asyncio.run(committed()).values())
+
+
+def test_only_user_errors_follow_on_error(tmp_path: Path) -> None:
+    """Expressions, declared functions (also as partitioners) and decoding are the user's."""
+    svc = Service(tmp_path, """
+    kind: microservice
+    name: s
+    functions: {check: {python: "fns:check"}, pick: {python: "fns:pick"}}
+    streams: {in: {on_error: skip}, out: {partitions: 2}}
+    pipelines:
+      p:
+        from: in
+        on_error: skip
+        steps:
+          - map_values: "check(value)"
+          - repartition: {to: out, partitioner: {function: pick}}
+    """, {"fns.py": """
+    def check(value):
+        if value == 3:
+            raise RuntimeError("three is not allowed")
+        return value
+
+    def pick(key, value, partitions):
+        return 1 // (value - 4)  # ZeroDivisionError for 4, -1 (out of range) below 4
+    """})
+    out = svc.run({"in": [("a", 5), ("b", b"{not json"), ("c", 3), ("d", 4), ("e", 2), ("f", 6)]}, read="out")
+    assert sorted(out) == [("a", 5), ("f", 6)]
+    assert svc.stats.skipped == 4

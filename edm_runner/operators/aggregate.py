@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from edm_runner.errors import EventError
 from edm_runner.operators.common import EXPRESSION, keyed_expressions
 from edm_runner.operators.registry import Operator, register
 from edm_runner.operators.table import EventwiseProcessor, reads_table, steps_before
@@ -29,8 +30,8 @@ STORE_NAME = {"type": "string", "minLength": 1, "description": "A store declared
 
 # -- group_by / group_by_key -------------------------------------------------------------------
 
-def _null_key() -> ValueError:
-    return ValueError("the group key is null; an aggregation needs a key: filter such events out "
+def _null_key() -> EventError:
+    return EventError("the group key is null; an aggregation needs a key: filter such events out "
                       "first or compute a non-null key")
 
 
@@ -108,7 +109,7 @@ class KeyValueAggregate(EventwiseProcessor):
             old_v, new_v = e.old, e.value
             if old_v is not None and agg is not None:
                 if fns.sub is None:
-                    raise ValueError(f"{fns.op} on a table needs a `subtractor`")
+                    raise EventError(f"{fns.op} on a table needs a `subtractor`")
                 agg = fns.sub(key, old_v, agg, e)
             if new_v is not None:
                 new = fns.add(key, new_v, agg, e) if agg is not None else fns.first(key, new_v, e)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from edm_runner.errors import EventError
 from edm_runner.operators.common import EXPRESSION, STREAM_NAME, keyed_expressions
 from edm_runner.operators.registry import Operator, register
 from edm_runner.operators.table import EventwiseProcessor, reads_table
@@ -131,7 +132,7 @@ class StreamStreamJoin(EventwiseProcessor):
     def _join(self, e: Event, this_side: bool) -> list[Event]:
         key, t, w = e.key, e.timestamp, self.within
         if key is None:
-            raise ValueError("the join key is null; a stream-stream join matches events by key: filter "
+            raise EventError("the join key is null; a stream-stream join matches events by key: filter "
                              "such events out first or compute a non-null key")
         prev = self.meta["time"]
         now = t if prev is None or t > prev else prev

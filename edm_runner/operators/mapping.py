@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from edm_runner.errors import EventError
 from edm_runner.operators.common import EXPRESSION, keyed_expressions, whole_expression
 from edm_runner.operators.registry import Operator, register
 from edm_runner.runtime.event import Event
@@ -81,7 +82,7 @@ class Map(Processor):
 
 def _as_list(result: Any, what: str) -> list:
     if not isinstance(result, (list, tuple)):
-        raise TypeError(f"the expression must return a list of {what}, got {type(result).__name__}")
+        raise EventError(f"the expression must return a list of {what}, got {type(result).__name__}")
     return list(result)
 
 
@@ -98,7 +99,7 @@ class FlatMap(Processor):
         out = []
         for pair in _as_list(self.fn(event.key, event.value, event), "[key, value] pairs"):
             if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-                raise TypeError(f"each item must be a [key, value] pair, got {pair!r}")
+                raise EventError(f"each item must be a [key, value] pair, got {pair!r}")
             out.append(event.derive(pair[0], pair[1]))
         return out
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from edm_runner.errors import EventError
 from edm_runner.operators.aggregate import AggregateFns
 from edm_runner.operators.common import EXPRESSION, STREAM_NAME
 from edm_runner.operators.registry import Operator, register
@@ -103,13 +104,13 @@ class _Windowed(EventwiseProcessor):
     def event_time(self, e: Event) -> int:
         t = self.time_fn(e.key, e.value, e) if self.time_fn else e.timestamp
         if not isinstance(t, int) or isinstance(t, bool) or t < 0:
-            raise ValueError(f"the event time must be a non-negative integer of milliseconds, got {t!r}")
+            raise EventError(f"the event time must be a non-negative integer of milliseconds, got {t!r}")
         return t
 
     def apply(self, e: Event) -> list[Event]:
         key = e.key
         if key is None:
-            raise ValueError("the group key is null; an aggregation needs a key: filter such events out "
+            raise EventError("the group key is null; an aggregation needs a key: filter such events out "
                              "first or compute a non-null key")
         if e.value is None:
             return []
@@ -240,7 +241,7 @@ class SlidingWindowAggregate(_StartKeyed):
         if t + 1 + size <= close:
             return None
         if t < size:
-            raise ValueError(f"sliding windows need event times of at least the window size ({size} ms), "
+            raise EventError(f"sliding windows need event times of at least the window size ({size} ms), "
                              f"got {t}")
         store = self.store
         left_agg: Any = EMPTY
@@ -298,7 +299,7 @@ class SessionWindowAggregate(_Windowed):
             if merged is None:
                 merged = agg
             elif fns.merge is None:
-                raise ValueError("merging sessions needs a `merger` expression on the aggregate step")
+                raise EventError("merging sessions needs a `merger` expression on the aggregate step")
             else:
                 merged = fns.merge(key, merged, agg, e)
             start, end = min(start, s), max(end, en)

@@ -10,18 +10,22 @@ Invariants:
   go on unchanged and in order.
 - Every event that does not reach a sink is accounted for: filtered, skipped (counted,
   first few logged) or dead-lettered (original bytes + error headers). Nothing is lost silently.
+- Only ``EventError``s (the user's logic or data: decoding, schemas, expressions, declared
+  functions, ...) follow the error policies. Anything else a step raises is a bug in edm:
+  ``process`` raises ``InternalError`` and the caller commits nothing of the batch.
 - Stores are reached only through the ``TaskStoreRef``s in ``catalog``; the caller binds them
   to the task of the records' partition before ``process`` (see ``runtime.tasks``).
 """
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from edm_runner.brokers.base import OutRecord, Record
 from edm_runner.brokers.partitioner import default_partition
-from edm_runner.errors import ProcessingError
+from edm_runner.errors import EventError, InternalError, ProcessingError, UserCodeError
 from edm_runner.graph.dag import Dag, Node, build_dag
 from edm_runner.operators.registry import get as get_operator
 from edm_runner.runtime.event import Event
@@ -30,7 +34,7 @@ from edm_runner.runtime.sink import DefaultPartitioner, TopicWriter
 from edm_runner.serde import Serde
 from edm_runner.state.api import encode_json, partition_bytes
 from edm_runner.runtime.stats import ServiceStats
-from edm_runner.serde import make_serde
+from edm_runner.serde import SerdeError, make_serde
 from edm_runner.spec.model import ErrorPolicy, Pos, StreamSpec, ToSpec, Topology
 
 log = logging.getLogger("edm.runtime")
@@ -52,8 +56,8 @@ class ErrorHandler:
         self.outputs = outputs
         self.stats = stats
 
-    def handle(self, origin: Record, step: str, pos: Pos, exc: BaseException) -> None:
-        error = f"{type(exc).__name__}: {exc}"
+    def handle(self, origin: Record, step: str, pos: Pos, exc: EventError) -> None:
+        error = str(exc) if isinstance(exc, UserCodeError) else f"{type(exc).__name__}: {exc}"
         where = f"{origin.topic}/{origin.partition}/{origin.offset}"
         kind = self.policy.kind
         if kind == "skip":
@@ -101,7 +105,7 @@ class ToSink(Processor):
     def _writer(self, name: Any) -> TopicWriter:
         writer = self.writers.get(name) if isinstance(name, str) else None
         if writer is None:
-            raise ValueError(f"`select` returned {name!r}; it must be one of {', '.join(self.writers)}")
+            raise EventError(f"`select` returned {name!r}; it must be one of {', '.join(self.writers)}")
         return writer
 
     def process(self, batch: list[Event]) -> list[Event]:
@@ -347,11 +351,17 @@ class CompiledService:
 
     def process(self, records: list[Record]) -> None:
         """Runs one partition's records (in offset order) through every pipeline reading
-        their topic; outputs accumulate in ``self.outputs``."""
+        their topic; outputs accumulate in ``self.outputs``. Raises ``ProcessingError`` (an
+        event failed under the ``fail`` policy) or ``InternalError`` (a bug in edm)."""
         for source in self.sources.get(records[0].topic, ()):
-            events = self._decode(source, records)
-            if events and source.next is not None:
-                self._push(source.next, events)
+            try:
+                events = self._decode(source, records)
+                if events and source.next is not None:
+                    self._push(source.next, events)
+            except (ProcessingError, InternalError):
+                raise
+            except Exception as exc:
+                raise _internal(self.topology.name, source.id, source.pos, records, exc) from exc
 
     def _decode(self, source: Source, records: list[Record]) -> list[Event]:
         kd, vd = source.decode_key, source.decode_value
@@ -359,12 +369,12 @@ class CompiledService:
             vd = _change_decoder(vd)
         try:
             events = [Event(kd(r.key), vd(r.value), r.timestamp_ms, r.headers, r) for r in records]
-        except Exception:
+        except EventError:
             events = []
             for r in records:
                 try:
                     events.append(Event(kd(r.key), vd(r.value), r.timestamp_ms, r.headers, r))
-                except Exception as exc:
+                except EventError as exc:
                     source.handler.handle(r, f"{source.id} (decode)", source.pos, exc)
         if source.changes:
             for e in events:
@@ -391,18 +401,23 @@ class CompiledService:
     def _run(self, step: Step, batch: list[Event]) -> list[Event]:
         try:
             return step.proc.process(batch)
-        except Exception:
+        except EventError:
             return self._one_by_one(step, batch)
+        except Exception as exc:
+            raise _internal(self.topology.name, f"{step.id} ({step.label})", step.pos,
+                            [e.origin for e in batch], exc) from exc
 
-    @staticmethod
-    def _one_by_one(step: Step, batch: list[Event]) -> list[Event]:
+    def _one_by_one(self, step: Step, batch: list[Event]) -> list[Event]:
         out: list[Event] = []
         proc = step.proc
         for e in batch:
             try:
                 out.extend(proc.process_one(e))
-            except Exception as exc:
+            except EventError as exc:
                 step.handler.handle(e.origin, f"{step.id} ({step.label})", step.pos, exc)
+            except Exception as exc:
+                raise _internal(self.topology.name, f"{step.id} ({step.label})", step.pos, [e.origin],
+                                exc) from exc
         return out
 
     @staticmethod
@@ -420,7 +435,7 @@ class CompiledService:
             try:
                 if f is None or f(e.key, e.value, e):
                     return i
-            except Exception as exc:
+            except EventError as exc:
                 step.handler.handle(e.origin, f"{step.id}[{i}] (when)", step.when_pos[i], exc)
                 return None
         return None
@@ -431,7 +446,7 @@ class CompiledService:
         whens, arm_of = step.whens, self._arm
         try:
             arms = [arm_of(whens, e) for e in batch]
-        except Exception:
+        except EventError:
             arms = [self._arm_checked(step, e) for e in batch]
         for i, e in zip(arms, batch):
             if i is not None:
@@ -445,10 +460,41 @@ def _change_decoder(decode: Callable[[bytes | None], Any]) -> Callable[[bytes | 
     def decode_change(data: bytes | None) -> tuple[Any, Any]:
         change = decode(data)
         if not isinstance(change, dict) or set(change) != {"old", "new"}:
-            raise ValueError(f"not a group_by change record: {change!r}")
+            raise SerdeError(f"not a group_by change record: {change!r}")
         return change["new"], change["old"]
 
     return decode_change
+
+
+def _internal(service: str, step: str, pos: Pos, records: list[Record | None], exc: Exception) -> InternalError:
+    """The error that stops a service when a step raised something that is not an
+    ``EventError``: a bug in edm, not in the topology or the data."""
+    located = [r for r in records if r is not None]
+    where = ""
+    if located:
+        first, last = located[0], located[-1]
+        where = f" on the event at {first.topic}/{first.partition}/{first.offset}" if len(located) == 1 else \
+            f" on the events at {first.topic}/{first.partition}/{first.offset}..{last.offset}"
+    return InternalError(
+        f"service {service!r}: step {step} at {pos} failed{where} (topic/partition/offset) with "
+        f"{type(exc).__name__}: {exc}. This is a bug in edm, not in the topology or the data; nothing "
+        "from this batch on was committed")
+
+
+def _user_function(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` with whatever it raises turned into ``UserCodeError`` (the user's code: the
+    ``on_error`` policy applies), wherever edm calls it (expressions, partitioners)."""
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except EventError:
+            raise
+        except Exception as exc:
+            raise UserCodeError(exc) from exc
+
+    return call
 
 
 def _resolve_functions(topology: Topology) -> dict[str, Callable[..., Any]]:
@@ -456,4 +502,5 @@ def _resolve_functions(topology: Topology) -> dict[str, Callable[..., Any]]:
         return {}
     from edm_runner.spec.functions import resolve_function
 
-    return {name: resolve_function(f.python, topology.base_dir) for name, f in topology.functions.items()}
+    return {name: _user_function(name, resolve_function(f.python, topology.base_dir))
+            for name, f in topology.functions.items()}

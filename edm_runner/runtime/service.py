@@ -38,7 +38,7 @@ from edm_runner.brokers.kafka import KafkaBroker
 from edm_runner.brokers.kafka_eos import read_committed
 from edm_runner.invocation import Invocation
 from edm_runner.brokers.local import LocalBroker
-from edm_runner.errors import ProcessingError
+from edm_runner.errors import InternalError, ProcessingError
 from edm_runner.runtime import faults
 from edm_runner.runtime.eos import KafkaTransactions
 from edm_runner.runtime.assignment import EdmAssignor, checkpointed_offsets, group_consumer
@@ -189,7 +189,7 @@ class ServiceRunner:
                 count += len(records)
                 if eos is not None:
                     eos.processed(tp, offsets[tp], len(outputs))
-        except ProcessingError:
+        except (ProcessingError, InternalError):
             outputs.clear()
             if eos is not None:
                 await eos.abort(tasks)

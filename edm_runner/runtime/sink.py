@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from edm_runner.brokers.base import OutRecord
 from edm_runner.brokers.partitioner import default_partition
+from edm_runner.errors import EventError
 from edm_runner.runtime.event import Event
 from edm_runner.serde import Serde
 
@@ -65,7 +66,7 @@ class FunctionPartitioner:
     def __call__(self, key: Any, key_bytes: bytes | None, value: Any) -> int:
         p = self.fn(key, value, self.partitions)
         if not isinstance(p, int) or isinstance(p, bool) or not 0 <= p < self.partitions:
-            raise ValueError(f"partitioner function {self.name!r} returned {p!r}; "
+            raise EventError(f"partitioner function {self.name!r} returned {p!r}; "
                              f"it must return an int in [0, {self.partitions})")
         return p
 

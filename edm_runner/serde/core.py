@@ -17,12 +17,14 @@ from typing import Any, Callable
 
 import jsonschema
 
-from edm_runner.errors import EdmError
+from edm_runner.errors import EventError
 from edm_runner.spec.model import SerdeSpec
 
 
-class SerdeError(EdmError):
-    """A key or value cannot be encoded or decoded in its declared format or schema."""
+class SerdeError(EventError):
+    """A key or value cannot be encoded or decoded in its declared format or schema (per
+    event: the ``on_error`` policy applies; at start-up, e.g. an unreadable schema file, a
+    user-facing error like any ``EdmError``)."""
 
 
 Encoder = Callable[[Any], "bytes | None"]

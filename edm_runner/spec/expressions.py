@@ -46,7 +46,7 @@ from jinja2.runtime import Undefined, new_context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import _PassArg
 
-from edm_runner.errors import EdmError
+from edm_runner.errors import EdmError, EventError, UserCodeError
 
 __all__ = ["ExpressionError", "compile_expression", "function_name_problem", "METADATA",
            "PARAMETERS", "SAFE_GLOBALS"]
@@ -531,13 +531,15 @@ def _free_names(params: tuple[str, ...], functions: Mapping[str, Callable],
 
 def compile_expression(source: str, *, params: tuple[str, ...] = ("key", "value", "event"),
                        functions: Mapping[str, Callable] = {},
-                       metadata_param: str | None = "event") -> Callable:
+                       metadata_param: str | None = "event", user_errors: bool = False) -> Callable:
     """Compile ``source`` once into a function taking ``params`` positionally.
 
     Raises ``ExpressionError`` (with ``col`` when known) for syntax errors, unknown names,
     filters or tests, private (``_``) attribute/item literals and unsupported constructs.
     ``params`` and ``functions`` names come from edm and the validated topology, so invalid
-    ones are a programming error (ValueError).
+    ones are a programming error (ValueError). With ``user_errors`` (the runtime's setting)
+    calling the result raises ``UserCodeError`` (the original exception inside) for anything
+    the expression or a function it calls raises; otherwise the original exception.
     """
     for name in params:
         if name not in PARAMETERS:
@@ -588,13 +590,22 @@ def compile_expression(source: str, *, params: tuple[str, ...] = ("key", "value"
                 f"        except _retry:\n"
                 f"            pass\n"
                 f"        return _exact({signature})\n")
+    if user_errors:
+        # Whatever the expression raises is the user's (on_error applies); the outer try
+        # costs nothing until something raises.
+        body = (f"        try:\n" + "".join(f"    {line}\n" for line in body.splitlines()) +
+                f"        except _EventError:\n"
+                f"            raise\n"
+                f"        except _Exception as exc:\n"
+                f"            raise _UserCodeError(exc) from exc\n")
     code = (f"def _make({', '.join(bindings)}):\n"
             f"    def _exact({signature}):\n"
             f"        return {exact}\n"
             f"    def _expression({signature}):\n"
             f"{body}"
             f"    return _expression\n")
-    namespace: dict[str, Any] = {"__builtins__": {}}
+    namespace: dict[str, Any] = {"__builtins__": {}, "_EventError": EventError, "_Exception": Exception,
+                                 "_UserCodeError": UserCodeError}
     try:
         exec(compile(code, f"<expression {source!r}>", "exec"), namespace)
     except (RecursionError, MemoryError, SyntaxError) as exc:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, NoReturn
 
-from edm_runner.errors import EdmError
+from edm_runner.errors import EventError
 from edm_runner.state.api import decode_json, encode_json
 from edm_runner.state.keys import (key_prefix, session_key, split_session_key,
                                    split_window_key, time_bytes, window_key)
@@ -76,7 +76,7 @@ class _Store:
         self.writes[k] = v
 
     def _too_long(self, k: bytes) -> NoReturn:
-        raise EdmError(f"store {self.name!r}: a key of {len(k)} bytes exceeds LMDB's limit of "
+        raise EventError(f"store {self.name!r}: a key of {len(k)} bytes exceeds LMDB's limit of "
                        f"{self._max_key} bytes ({k[:60]!r}...); use a shorter key")
 
     def _stored_range(self, lo: bytes, hi: bytes | None) -> Iterator[tuple[bytes, bytes]]:
