@@ -247,12 +247,16 @@ def _describe_text(doc: dict) -> str:
         lines += [f"    {node['kind']:<7} {node['label']}" for node in sub["nodes"]]
     if doc["internal_topics"]:
         lines.append("  internal topics:")
-        lines += [f"    {topic} ({t['kind']}, {t['partitions']} partitions{', compacted' if t.get('compacted') else ''})"
+        lines += [f"    {topic} ({t['kind']}, {t['partitions']} partitions{', compacted' if t.get('compacted') else ''}, "
+                  f"key {t['key']}, value {t['value']}"
+                  f"{'' if t.get('partitioner', 'default') == 'default' else ', partitioner ' + t['partitioner']})"
                   for topic, t in doc["internal_topics"].items()]
     if doc["copartition_groups"]:
         lines.append("  copartition groups:")
-        lines += [f"    {g['join']}: " + ", ".join(f"{s} ({t}, {n} partitions)"
-                                                    for s, t, n in zip(g["streams"], g["topics"], g["partitions"]))
+        lines += [f"    {g['join']}: " + ", ".join(
+                      f"{s} ({t}, {n} partitions, key {k}{'' if p == 'default' else ', partitioner ' + p})"
+                      for s, t, n, k, p in zip(g["streams"], g["topics"], g["partitions"], g["key_formats"],
+                                               g["partitioners"]))
                   for g in doc["copartition_groups"]]
     if doc["global_tables"]:
         lines.append("  global tables: " + ", ".join(f"{n} ({t})" for n, t in doc["global_tables"].items()))

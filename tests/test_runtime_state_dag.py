@@ -56,7 +56,8 @@ def test_tables_joins_and_group_by_shape_the_subtopologies(tmp_path: Path) -> No
     assert nodes["pairs.steps[0]"].stores == ["ca-this", "ca-other"]
     # group_by cuts the pipeline at its internal topic, partitions defaulting to the source's
     assert nodes["revenue.steps[0]"].kind == "sink"
-    assert dag.internal_topics == {"svc-by-customer-repartition": 2}
+    assert {t: (i.partitions, i.key.format, i.value.format) for t, i in dag.internal_topics.items()} == {
+        "svc-by-customer-repartition": (2, "json", "json")}  # feeds no join: json keys
     subs = [(s.id, s.source_topics, s.tasks, s.stores) for s in dag.subtopologies]
     # users (the table), activity (joined with it, and the other side of pairs) and clicks are
     # one sub-topology; ids follow the first appearance in the file (the table at line 10).
@@ -94,13 +95,19 @@ def test_describe_lists_tasks_internal_topics_and_copartition_groups(tmp_path: P
     d = describe(_full(tmp_path))
     assert d["tasks"] == [f"0_{p}" for p in range(4)] + ["1_0", "1_1", "2_0", "2_1"]
     assert d["internal_topics"] == {
-        "svc-by-customer-repartition": {"partitions": 2, "kind": "repartition"},
+        "svc-by-customer-repartition": {"partitions": 2, "kind": "repartition", "key": "json", "value": "json",
+                                        "partitioner": "default"},
         # users-table: its source is its changelog; revenue: changelog false
-        "svc-ca-this-changelog": {"partitions": 4, "kind": "changelog", "compacted": True},
-        "svc-ca-other-changelog": {"partitions": 4, "kind": "changelog", "compacted": True},
-        "svc-counts-changelog": {"partitions": 4, "kind": "changelog", "compacted": True},
+        "svc-ca-this-changelog": {"partitions": 4, "kind": "changelog", "compacted": True,
+                                  "key": "json+window", "value": "json"},
+        "svc-ca-other-changelog": {"partitions": 4, "kind": "changelog", "compacted": True,
+                                   "key": "json+window", "value": "json"},
+        "svc-counts-changelog": {"partitions": 4, "kind": "changelog", "compacted": True,
+                                 "key": "json", "value": "json"},
     }
     assert d["copartition_groups"][0] == {"join": "enrich.steps[0]", "streams": ["activity", "users-table"],
-                                          "topics": ["activity", "users"], "partitions": [4, 4]}
+                                          "topics": ["activity", "users"], "partitions": [4, 4],
+                                          "key_formats": ["string", "string"],
+                                          "partitioners": ["default", "default"]}
     assert d["global_tables"] == {"countries-g": "countries"}
     assert [s["id"] for s in d["subtopologies"]] == [0, 1, 2]

@@ -221,7 +221,7 @@ pipelines:
     _load(tmp_path, text % "")
     assert _errors(tmp_path, text % ", partitions: 3") == [
         "join is not copartitioned: repartition topic 'shop-by-user-repartition' has 3 partitions "
-        "but table 'users-table' (stream 'users') has 4"]
+        "but table 'users-table' (stream 'users') has 4 partitions"]
 
 
 def test_branches_continue_the_pipelines_state(tmp_path: Path) -> None:

@@ -16,17 +16,19 @@ Invariants:
   partition N of each of its source topics and of its stores' changelogs.
 - Sub-topology ids follow the first appearance of their nodes in the file, so the state
   directories they name survive adding a pipeline at the end of the file.
+- An internal topic's serdes are decided here, once, by ``spec.partitioning`` (the rule the
+  validator applies too): the sinks that write it and the sources that read it get them from
+  ``Dag.internal_topics``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from edm_runner.spec.model import BranchSpec, PipelineSpec, Pos, SerdeSpec, StepSpec, ToSpec, Topology
+from edm_runner.spec.partitioning import INTERNAL_FORMAT, Side, internal_key_format, partitioner_name
 
 NodeKind = Literal["source", "step", "branch", "sink", "table", "side"]
-
-INTERNAL_SERDE = SerdeSpec("json")
 
 
 @dataclass
@@ -60,13 +62,28 @@ class Node:
 
 @dataclass
 class CopartitionGroup:
-    """Topics a join needs copartitioned (equal partition counts). ``names`` are what the user
-    declared (a stream, or the group_by name for an internal topic), index-aligned with ``topics``."""
+    """Topics a join needs copartitioned (``spec.partitioning``): its inputs, then its other
+    side. ``names`` are what the user declared (a stream, a table, or the repartition or
+    group_by name for an internal topic), index-aligned with ``topics`` and ``sides``."""
 
     node: str
     pos: Pos
     names: list[str]
     topics: list[str]
+    sides: list[Side] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class InternalTopic:
+    """A repartition or group_by topic. ``key``/``value``: its serdes (``spec.partitioning``
+    decides the key format); ``partitioner``: ``default``, ``round_robin`` or ``function 'NAME'``."""
+
+    topic: str
+    partitions: int
+    key: SerdeSpec
+    value: SerdeSpec
+    partitioner: str
+    pos: Pos
 
 
 @dataclass
@@ -86,8 +103,13 @@ class Dag:
     nodes: dict[str, Node]
     subtopologies: list[SubTopology]
     partitions: dict[str, int] = field(default_factory=dict)  # every topic read or written
-    internal_topics: dict[str, int] = field(default_factory=dict)  # repartition topics -> partitions
+    internal_topics: dict[str, InternalTopic] = field(default_factory=dict)
     copartition: list[CopartitionGroup] = field(default_factory=list)
+
+    def key_format(self, side: Side) -> str:
+        """The key format of a side of a copartition group (an internal topic's as decided)."""
+        internal = self.internal_topics.get(side.topic)
+        return internal.key.format if internal is not None else side.key_format or INTERNAL_FORMAT
 
     def sources(self) -> list[Node]:
         return [n for n in self.nodes.values() if n.kind == "source"]
@@ -122,7 +144,7 @@ class _Builder:
     def __init__(self, topology: Topology) -> None:
         self.topology = topology
         self.nodes: dict[str, Node] = {}
-        self.internal: dict[str, int] = {}
+        self.internal: dict[str, InternalTopic] = {}  # key format: the step's key_format, or None
         self.copartition: list[CopartitionGroup] = []
 
     def add(self, node: Node, parents: list[str]) -> str:
@@ -144,14 +166,13 @@ class _Builder:
 
     def pipeline(self, p: PipelineSpec) -> None:
         tails: list[str] = []
-        inputs: list[tuple[str, str]] = []  # (declared name, topic) of the events at this point
+        inputs: list[tuple[str, Side]] = []  # (declared name, topic) of the events at this point
         for s in p.sources:
             if s in self.topology.tables:
                 tails.append(f"tables.{s}")
-                inputs.append((s, self.topology.streams[self.topology.tables[s].source].topic))
             else:
                 tails.append(self.source(p.name, f"{p.name}.from.{s}", s, p.pos))
-                inputs.append((s, self.topology.streams[s].topic))
+            inputs.append((s, self.side(s)))
         from_table = all(s in self.topology.tables for s in p.sources)
         tails = self.steps(p.name, p.name, p.steps, tails, inputs, from_table)
         if p.branch:
@@ -159,44 +180,56 @@ class _Builder:
         elif p.to is not None:
             self.sink(p.name, f"{p.name}.to", p.to, tails)
 
+    def side(self, name: str) -> Side:
+        """A declared stream or table as a join sees it."""
+        table = self.topology.tables.get(name)
+        spec = self.topology.streams[table.source if table else name]
+        kind, what = ("table", "table") if table else ("stream", "stream")
+        return Side(kind, f"{what} '{name}' (topic '{spec.topic}')", spec.topic, spec.partitions, spec.key.format)
+
     def steps(self, pipeline: str, prefix: str, steps: list[StepSpec], tails: list[str],
-              inputs: list[tuple[str, str]], from_table: bool) -> list[str]:
+              inputs: list[tuple[str, Side]], from_table: bool) -> list[str]:
         from edm_runner.operators.merge import merged_streams
-        from edm_runner.operators.repartition import repartition_target
+        from edm_runner.runtime.node import repartition_topic
 
         for i, step in enumerate(steps):
             node_id = f"{prefix}.steps[{i}]"
             cfg = _config(step)
             if step.op in ("repartition", "group_by"):
-                if step.op == "repartition":
-                    target = repartition_target(self.topology, step.config)
-                    topic, partitions, stream, serdes = (target.topic, target.partitions, target.stream,
-                                                         (target.key, target.value))
+                partitioner = partitioner_name(cfg.get("partitioner"))
+                if "to" in cfg:
+                    stream = self.topology.streams[cfg["to"]]
+                    topic, serdes = stream.topic, (stream.key, stream.value)
+                    side = replace(self.side(cfg["to"]), partitioner=partitioner, line=step.pos.line)
+                    inputs = [(cfg["to"], side)]
                 else:
-                    topic = f"{self.topology.name}-{cfg['name']}-repartition"
-                    partitions = cfg.get("partitions") or self._partitions(inputs)
-                    stream, serdes = None, (INTERNAL_SERDE, INTERNAL_SERDE)
-                if stream is None:
-                    self.internal[topic] = partitions
+                    topic = repartition_topic(self.topology.name, cfg["name"])
+                    internal = InternalTopic(topic, cfg.get("partitions") or self._partitions(inputs),
+                                             SerdeSpec(cfg.get("key_format")),  # type: ignore[arg-type]
+                                             SerdeSpec(cfg.get("value_format", INTERNAL_FORMAT)), partitioner, step.pos)
+                    self.internal[topic] = internal
+                    serdes = (internal.key, internal.value)  # the key format is decided in build_dag
+                    inputs = [(cfg["name"], Side("internal", f"repartition topic '{topic}'", topic, internal.partitions,
+                                                 cfg.get("key_format"), partitioner, step.pos.line))]
+                    stream = None
                 self.add(Node(node_id, "sink", pipeline, f"{step.op} -> {topic}", step.pos,
                               topics=[topic], step=step, changes=from_table and step.op == "group_by"), tails)
                 source = Node(f"{node_id}.source", "source", pipeline, f"source {topic}", step.pos,
-                              topics=[topic], stream=stream, serdes=serdes,
+                              topics=[topic], stream=stream and stream.name, serdes=serdes,
                               changes=from_table and step.op == "group_by")
                 tails = [self.add(source, [])]
-                inputs = [(stream or cfg.get("name", topic), topic)]
                 continue
             node = Node(node_id, "step", pipeline, step.op, step.pos, step=step, stores=step_stores(step))
             tails = [self.add(node, tails)]
             if step.op == "merge":
                 for s in merged_streams(step.config):
                     self.nodes[self.source(pipeline, f"{node_id}.from.{s}", s, step.pos)].children.append(node_id)
-                    inputs = inputs + [(s, self.topology.streams[s].topic)]
+                    inputs = inputs + [(s, self.side(s))]
             elif step.op == "join" or isinstance(cfg.get("table"), str):
                 self.join(pipeline, node, cfg, inputs, from_table and step.op == "join")
         return tails
 
-    def join(self, pipeline: str, node: Node, cfg: dict[str, Any], inputs: list[tuple[str, str]],
+    def join(self, pipeline: str, node: Node, cfg: dict[str, Any], inputs: list[tuple[str, Side]],
              table_table: bool) -> None:
         """Connects a join (or any step reading a ``table:``) to its other side, and records
         the topics it needs copartitioned. ``table_table``: the other table's changes enter
@@ -205,7 +238,6 @@ class _Builder:
         table = cfg.get("table")
         other = cfg.get("stream")
         if isinstance(table, str) and table in topology.tables:
-            other_topic = topology.streams[topology.tables[table].source].topic
             if table_table:
                 side = self.add(Node(f"{node.id}.other", "side", pipeline, f"changes of {table}", node.pos),
                                 [f"tables.{table}"])
@@ -217,18 +249,18 @@ class _Builder:
             src = self.source(pipeline, f"{node.id}.from.{other}", other, node.pos)
             side = self.add(Node(f"{node.id}.other", "side", pipeline, f"other side {other}", node.pos), [src])
             self.nodes[side].children.append(node.id)
-            other_topic, other_name = topology.streams[other].topic, other
+            other_name = other
         else:
             return  # a global table (no copartitioning) or an invalid config the validator reports
+        sides = [s for _, s in inputs] + [self.side(other_name)]
         self.copartition.append(CopartitionGroup(node.id, node.pos, [n for n, _ in inputs] + [other_name],
-                                                 [t for _, t in inputs] + [other_topic]))
+                                                 [s.topic for s in sides], sides))
 
-    def _partitions(self, inputs: list[tuple[str, str]]) -> int:
+    @staticmethod
+    def _partitions(inputs: list[tuple[str, Side]]) -> int:
         """A group_by's default partition count: the most of the topics feeding it (as the
         validator computes it, and as Kafka Streams sizes repartition topics)."""
-        counts = {s.topic: s.partitions for s in self.topology.streams.values()}
-        counts.update(self.internal)
-        return max(counts.get(topic, 1) for _, topic in inputs)
+        return max(s.partitions or 1 for _, s in inputs)
 
     def branch(self, p: PipelineSpec, tails: list[str], inputs: list[tuple[str, str]], from_table: bool) -> None:
         node = Node(f"{p.name}.branch", "branch", p.name, "branch", p.branch[0].pos, branch=p.branch)
@@ -257,9 +289,18 @@ def build_dag(topology: Topology) -> Dag:
         b.table(name)
     for p in topology.pipelines.values():
         b.pipeline(p)
+    groups = [g.sides for g in b.copartition]
+    internal = {}
+    for topic, t in b.internal.items():
+        key = replace(t.key, format=internal_key_format(topic, t.key.format, groups))
+        internal[topic] = replace(t, key=key)
+    for node in b.nodes.values():
+        if node.kind == "source" and node.topics[0] in internal:
+            t = internal[node.topics[0]]
+            node.serdes = (t.key, t.value)
     partitions = {s.topic: s.partitions for s in topology.streams.values()}
-    partitions.update(b.internal)
-    return Dag(b.nodes, _subtopologies(b.nodes, partitions), partitions, dict(b.internal), b.copartition)
+    partitions.update({topic: t.partitions for topic, t in internal.items()})
+    return Dag(b.nodes, _subtopologies(b.nodes, partitions), partitions, internal, b.copartition)
 
 
 def _subtopologies(nodes: dict[str, Node], partitions: dict[str, int]) -> list[SubTopology]:
@@ -304,16 +345,21 @@ def _subtopologies(nodes: dict[str, Node], partitions: dict[str, int]) -> list[S
 def describe(topology: Topology) -> dict[str, Any]:
     """What ``edm describe`` shows, as JSON-able data: sub-topologies (their source and sink
     topics, nodes, stores and task count), tasks (``<sub>_<partition>``), internal topics
-    (repartition and changelog topics with their partition counts), copartition groups, and
-    global tables."""
+    (repartition and changelog topics with their partition counts, key and value formats),
+    copartition groups (with each side's key format and partitioner), and global tables.
+    A changelog's records are a store's: JSON keys (a window store appends the window's
+    start, a session store its start and end) and JSON values."""
     dag = build_dag(topology)
-    changelogs: dict[str, int] = {}
+    changelogs: dict[str, dict[str, Any]] = {}
     subs = []
     for sub in dag.subtopologies:
         for store in sub.stores:
             spec = topology.stores.get(store)
             if (spec is None or spec.changelog) and store not in topology.tables:
-                changelogs[f"{topology.name}-{store}-changelog"] = sub.tasks
+                kind = spec.type if spec is not None else "window"  # undeclared: a stream join's buffers
+                key = {"key_value": "json", "window": "json+window", "session": "json+session"}[kind]
+                changelogs[f"{topology.name}-{store}-changelog"] = {
+                    "partitions": sub.tasks, "kind": "changelog", "compacted": True, "key": key, "value": "json"}
         subs.append({"id": sub.id, "source_topics": sub.source_topics, "sink_topics": sub.sink_topics,
                      "tasks": sub.tasks, "stores": sub.stores,
                      "nodes": [{"id": n, "kind": dag.nodes[n].kind, "label": dag.nodes[n].label}
@@ -322,11 +368,14 @@ def describe(topology: Topology) -> dict[str, Any]:
         "service": topology.name,
         "subtopologies": subs,
         "tasks": [f"{sub.id}_{p}" for sub in dag.subtopologies for p in range(sub.tasks)],
-        "internal_topics": {**{t: {"partitions": n, "kind": "repartition"} for t, n in dag.internal_topics.items()},
-                            **{t: {"partitions": n, "kind": "changelog", "compacted": True}
-                               for t, n in changelogs.items()}},
+        "internal_topics": {**{t: {"partitions": i.partitions, "kind": "repartition", "key": i.key.format,
+                                   "value": i.value.format, "partitioner": i.partitioner}
+                               for t, i in dag.internal_topics.items()},
+                            **changelogs},
         "copartition_groups": [{"join": g.node, "streams": g.names, "topics": g.topics,
-                                "partitions": [dag.partitions.get(t) for t in g.topics]}
+                                "partitions": [dag.partitions.get(t) for t in g.topics],
+                                "key_formats": [dag.key_format(s) for s in g.sides],
+                                "partitioners": [s.partitioner for s in g.sides]}
                                for g in dag.copartition],
         "global_tables": {name: topology.streams[t.source].topic for name, t in topology.global_tables.items()},
     }

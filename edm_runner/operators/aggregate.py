@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from edm_runner.errors import EventError
-from edm_runner.operators.common import EXPRESSION, keyed_expressions
+from edm_runner.operators.common import EXPRESSION, KEY_FORMAT, keyed_expressions
 from edm_runner.operators.registry import Operator, register
 from edm_runner.operators.table import EventwiseProcessor, reads_table, steps_before
 from edm_runner.runtime.event import Event
@@ -158,9 +158,10 @@ register(Operator(
                 "key": {**EXPRESSION, "description": "The group key (params key, value, event)."},
                 "name": {**NAME_SCHEMA, "description": "Names the internal topic `<service>-<name>-repartition`."},
                 "partitions": {"type": "integer", "minimum": 1,
-                               "description": "Default: the pipeline's source partition count."}},
+                               "description": "Default: the pipeline's source partition count."},
+                "key_format": KEY_FORMAT},
             "required": ["key", "name"], "additionalProperties": False,
-            "description": "{key, name, partitions?}: re-key and repartition for an aggregation."},
+            "description": "{key, name, partitions?, key_format?}: re-key and repartition for an aggregation."},
     build=_build_group_by,
     description="Group events by a new key (through an internal repartition topic) for an aggregation.",
     expressions=lambda config: keyed_expressions(config, "key"),

@@ -1,7 +1,9 @@
 """Schema fragments and helpers shared by the operator modules (registers nothing)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
+
+from edm_runner.spec.model import Format
 
 EXPRESSION: dict = {
     "type": "string",
@@ -21,6 +23,15 @@ PARTITIONER: dict = {
          "required": ["function"], "additionalProperties": False},
     ],
 }
+
+KEY_FORMAT: dict = {
+    "enum": list(get_args(Format)),
+    "description": "The key format of the internal topic (it decides the partition: the key's bytes are "
+                   "hashed). Default: the key format of the stream or table the first join after it "
+                   "reads (so they are copartitioned), else json.",
+}
+
+VALUE_FORMAT: dict = {"enum": list(get_args(Format)), "description": "The value format of the internal topic (default json)."}
 
 
 def whole_expression(config: Any) -> list[tuple[tuple, str]]:

@@ -1,43 +1,24 @@
 """repartition: write events to a topic keyed (and partitioned) anew; the pipeline goes on
 from that topic, in a new sub-topology.
 
-Either an internal topic ``<service>-<name>-repartition`` with ``partitions`` partitions (key
-and value encoded as JSON), or ``to:`` a declared stream (its serdes and partition count).
+Either an internal topic ``<service>-<name>-repartition`` with ``partitions`` partitions (its
+key format decided by ``spec.partitioning``: ``key_format``, else that of the join it feeds,
+else json; values json unless ``value_format``), or ``to:`` a declared stream (its serdes and
+partition count).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from edm_runner.brokers.base import OutRecord
-from edm_runner.operators.common import EXPRESSION, PARTITIONER, STREAM_NAME, keyed_expressions
+from edm_runner.operators.common import (EXPRESSION, KEY_FORMAT, PARTITIONER, STREAM_NAME, VALUE_FORMAT,
+                                         keyed_expressions)
 from edm_runner.operators.registry import Operator, register
 from edm_runner.runtime.event import Event
-from edm_runner.runtime.node import BuildContext, ExprFn, Processor, repartition_topic
+from edm_runner.runtime.node import BuildContext, ExprFn, Processor
 from edm_runner.runtime.sink import DefaultPartitioner, FunctionPartitioner, RoundRobin, TopicWriter
 from edm_runner.serde import make_serde
-from edm_runner.spec.model import SerdeSpec, StepSpec, Topology
-
-INTERNAL_SERDE = SerdeSpec("json")
-
-
-@dataclass(frozen=True)
-class RepartitionTarget:
-    """Where a repartition step writes. ``stream`` is None for an internal topic."""
-
-    topic: str
-    partitions: int
-    stream: str | None
-    key: SerdeSpec
-    value: SerdeSpec
-
-
-def repartition_target(topology: Topology, config: dict) -> RepartitionTarget:
-    if "to" in config:
-        spec = topology.streams[config["to"]]
-        return RepartitionTarget(spec.topic, spec.partitions, spec.name, spec.key, spec.value)
-    return RepartitionTarget(repartition_topic(topology.name, config["name"]), config["partitions"],
-                             None, INTERNAL_SERDE, INTERNAL_SERDE)
+from edm_runner.spec.model import StepSpec
 
 
 class Repartition(Processor):
@@ -67,9 +48,7 @@ class Repartition(Processor):
 
 def _build(step: StepSpec, ctx: BuildContext) -> Repartition:
     cfg = step.config
-    if "to" in cfg:
-        ctx.stream(cfg["to"], step.pos)
-    target = repartition_target(ctx.topology, cfg)
+    target = ctx.stream(cfg["to"], step.pos) if "to" in cfg else ctx.internal_topic(cfg["name"])
     n = target.partitions
     kind = cfg.get("partitioner", "default")
     if kind == "round_robin":
@@ -95,13 +74,14 @@ register(Operator(
                  "name": {"type": "string", "pattern": "^[A-Za-z0-9._-]+$",
                           "description": "Names the internal topic `<service>-<name>-repartition`."},
                  "partitions": {"type": "integer", "minimum": 1},
+                 "key_format": KEY_FORMAT, "value_format": VALUE_FORMAT,
                  **_COMMON},
              "required": ["name", "partitions"], "additionalProperties": False},
             {"type": "object",
              "properties": {"to": STREAM_NAME, **_COMMON},
              "required": ["to"], "additionalProperties": False},
         ],
-        "description": "{name, partitions, key?, partitioner?} for an internal topic, or "
+        "description": "{name, partitions, key?, partitioner?, key_format?, value_format?} for an internal topic, or "
                        "{to: <stream>, key?, partitioner?} for a declared stream.",
     },
     build=_build,

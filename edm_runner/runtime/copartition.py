@@ -1,35 +1,44 @@
 """Re-checking copartitioning against the broker before processing.
 
-``edm validate`` checks the partition counts declared in the file; the topics that exist on
-the broker may differ (created earlier, by hand, with another count). A join whose inputs are
-not copartitioned silently misses matches, so the runner refuses to start instead.
+``edm validate`` checks the file; the topics that exist on the broker may differ (created
+earlier, by hand, with another count). A join whose inputs are not copartitioned silently
+misses matches, so the runner refuses to start instead. What copartitioned means (partition
+counts, key formats, partitioners) is ``spec.partitioning.mismatch``, as in ``edm validate``;
+only the partition counts come from the broker here.
 """
 from __future__ import annotations
+
+from dataclasses import replace
 
 from edm_runner.brokers.base import Broker
 from edm_runner.errors import EdmError
 from edm_runner.graph.dag import Dag
+from edm_runner.spec.partitioning import mismatch
 
 
 class CopartitionError(EdmError):
-    """Topics a join needs copartitioned have different partition counts on the broker."""
+    """Topics a join needs copartitioned are not, on the broker."""
 
 
 async def check_copartitioning(service: str, dag: Dag, broker: Broker) -> None:
-    """Raises ``CopartitionError`` naming every join whose input topics have different
-    partition counts on ``broker`` (a topic missing there counts as declared: provisioning
+    """Raises ``CopartitionError`` naming every join whose inputs are not copartitioned with
+    its other side on ``broker`` (a topic missing there counts as declared: provisioning
     creates it so)."""
     counts = await broker.list_topics()
-    problems = []
+    formats = {topic: t.key.format for topic, t in dag.internal_topics.items()}
+    problems, hints = [], []
     for group in dag.copartition:
-        found = [(name, topic, counts.get(topic, dag.partitions.get(topic)))
-                 for name, topic in zip(group.names, group.topics)]
-        if len({n for _, _, n in found}) > 1:
-            listing = ", ".join(f"{name!r} (topic {topic!r}) has {n} partition(s)" for name, topic, n in found)
-            problems.append(f"{group.pos}: the join {group.node} needs its inputs copartitioned (equal "
-                            f"partition counts), but on {broker.describe()}: {listing}")
+        sides = [replace(s, partitions=counts.get(s.topic, s.partitions)) for s in group.sides]
+        for side in sides[:-1]:
+            problem = mismatch(side, sides[-1], formats)
+            if problem is not None:
+                problems.append(f"{group.pos}: the join {group.node} needs its inputs copartitioned, "
+                                f"but on {broker.describe()}: {problem[0]}")
+                hints += [f"topic {s.topic!r} has {s.partitions} partition(s) on the broker but "
+                          f"{declared.partitions} are declared: recreate it with {declared.partitions} "
+                          f"(or delete it, and `edm run` creates it as declared)"
+                          for s, declared in zip(sides, group.sides) if s.partitions != declared.partitions]
+                hints.append(problem[1])
     if problems:
-        raise CopartitionError(
-            f"service {service!r} cannot start: " + "; ".join(problems)
-            + "\n    hint: give the topics the same partition count (recreate the smaller one, or "
-              "re-key the stream with `group_by` into as many partitions as the other side)")
+        raise CopartitionError(f"service {service!r} cannot start: " + "; ".join(problems)
+                               + "\n    hint: " + "; ".join(dict.fromkeys(hints)))

@@ -15,7 +15,7 @@ import functools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from edm_runner.brokers.base import OutRecord
 from edm_runner.brokers.partitioner import default_partition
@@ -23,6 +23,9 @@ from edm_runner.errors import EdmError
 from edm_runner.runtime.event import Event
 from edm_runner.runtime.stats import ServiceStats
 from edm_runner.spec.model import NOWHERE, Pos, StoreSpec, StoreType, StreamSpec, Topology
+
+if TYPE_CHECKING:
+    from edm_runner.graph.dag import InternalTopic
 
 ExprFn = Callable[[Any, Any, Event], Any]
 
@@ -161,7 +164,8 @@ class PassThrough(Processor):
 class BuildContext:
     """What an operator's ``build(step, ctx)`` may use. ``outputs`` collects the records the
     sinks of one batch produce; the runtime sends them after the batch. ``subtopology`` is the
-    sub-topology of the step being built (stores registered here belong to its tasks)."""
+    sub-topology of the step being built (stores registered here belong to its tasks).
+    ``internal_topics``: the service's repartition topics with their serdes (``graph.dag``)."""
 
     topology: Topology
     pipeline: str
@@ -170,6 +174,7 @@ class BuildContext:
     subtopology: int = 0
     catalog: StoreCatalog = field(default_factory=StoreCatalog)
     stats: ServiceStats = field(default_factory=ServiceStats)
+    internal_topics: Mapping[str, "InternalTopic"] = field(default_factory=dict)
 
     def compile(self, source: str, pos: Pos = NOWHERE, params: tuple[str, ...] = ("key", "value", "event")
                 ) -> ExprFn:
@@ -211,8 +216,9 @@ class BuildContext:
             raise EdmError(f"{pos}: stream {name!r} is not declared under `streams:` "
                            f"(declared: {declared})") from None
 
-    def internal_topic(self, name: str) -> str:
-        return repartition_topic(self.topology.name, name)
+    def internal_topic(self, name: str) -> "InternalTopic":
+        """The repartition topic a step names ``name``, with the serdes the DAG decided."""
+        return self.internal_topics[repartition_topic(self.topology.name, name)]
 
     def store(self, name: str, type: StoreType, params: dict[str, Any], pos: Pos = NOWHERE) -> TaskStoreRef:
         """The store ``name`` for this step, bound per task at run time. A name not declared

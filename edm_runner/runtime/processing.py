@@ -24,15 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from edm_runner.brokers.base import OutRecord, Record
-from edm_runner.brokers.partitioner import default_partition
 from edm_runner.errors import EventError, InternalError, ProcessingError, UserCodeError
-from edm_runner.graph.dag import Dag, Node, build_dag
+from edm_runner.graph.dag import Dag, InternalTopic, Node, build_dag
 from edm_runner.operators.registry import get as get_operator
 from edm_runner.runtime.event import Event
 from edm_runner.runtime.node import BuildContext, ExprFn, Processor, StoreCatalog, TaskStoreRef
 from edm_runner.runtime.sink import DefaultPartitioner, TopicWriter
 from edm_runner.serde import Serde
-from edm_runner.state.api import encode_json, partition_bytes
 from edm_runner.runtime.stats import ServiceStats
 from edm_runner.serde import SerdeError, make_serde
 from edm_runner.spec.model import ErrorPolicy, Pos, StreamSpec, ToSpec, Topology
@@ -162,27 +160,28 @@ class SideInput(Processor):
 
 
 class GroupBySink(Processor):
-    """``group_by``: re-keys with ``key`` and writes to the internal repartition topic, key and
-    value as JSON, partition = murmur2 of ``partition_bytes(key)`` (so a re-keyed stream is
-    copartitioned with a declared string-keyed topic). After a table (``changes``) the value
-    is ``{"old": o, "new": n}`` and a change that moves a key between groups becomes two records:
-    the old value leaving its group, the new one entering the other."""
+    """``group_by``: re-keys with ``key`` and writes to its internal repartition topic with the
+    topic's serdes (``graph.dag.InternalTopic``) and the default partitioner. After a table
+    (``changes``) the value is ``{"old": o, "new": n}`` and a change that moves a key between
+    groups becomes two records: the old value leaving its group, the new one entering the other."""
 
     label = "group_by"
 
-    def __init__(self, key_fn: ExprFn, topic: str, partitions: int, outputs: list[OutRecord],
+    def __init__(self, key_fn: ExprFn, topic: InternalTopic, outputs: list[OutRecord],
                  changes: bool, pos: Pos) -> None:
         self.key_fn = key_fn
-        self.topic = topic
-        self.partitions = partitions
+        self.topic = topic.topic
+        self.encode_key = make_serde(topic.key).encode
+        self.encode_value = make_serde(topic.value).encode
+        self.partitioner = DefaultPartitioner(topic.partitions)
         self.outputs = outputs
         self.changes = changes
         self.pos = pos
 
     def _record(self, key: Any, value: Any, e: Event) -> OutRecord:
-        kb = encode_json(key)
-        p = default_partition(partition_bytes(key), self.partitions) if self.partitions > 1 else 0
-        return OutRecord(self.topic, p, kb, None if value is None else encode_json(value), e.timestamp, e.headers)
+        kb = self.encode_key(key)
+        return OutRecord(self.topic, self.partitioner(key, kb, value), kb, self.encode_value(value),
+                         e.timestamp, e.headers)
 
     def process(self, batch: list[Event]) -> list[Event]:
         f = self.key_fn
@@ -271,7 +270,8 @@ class CompiledService:
         ctx = self._contexts.get(key)
         if ctx is None:
             ctx = self._contexts[key] = BuildContext(self.topology, node.pipeline, self.functions, self.outputs,
-                                                     subtopology=key[1], catalog=self.catalog, stats=self.stats)
+                                                     subtopology=key[1], catalog=self.catalog, stats=self.stats,
+                                                     internal_topics=self.dag.internal_topics)
         return ctx
 
     def _handler(self, pipeline: str, stream: str | None) -> ErrorHandler:
@@ -336,8 +336,8 @@ class CompiledService:
             select = ctx.compile(to.select, to.pos) if to.select else None
             step.proc = ToSink(writers, select, self.outputs, to)
         elif node.kind == "sink" and node.step.op == "group_by":
-            step.proc = GroupBySink(ctx.compile(node.step.config["key"], node.pos), node.topics[0],
-                                    self.dag.partitions[node.topics[0]], self.outputs, node.changes, node.pos)
+            step.proc = GroupBySink(ctx.compile(node.step.config["key"], node.pos),
+                                    self.dag.internal_topics[node.topics[0]], self.outputs, node.changes, node.pos)
         else:
             op = get_operator(node.step.op)
             if op is None:

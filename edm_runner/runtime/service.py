@@ -65,8 +65,8 @@ def topic_specs(topology: Topology, compiled: CompiledService) -> list[TopicSpec
         if s.retention_ms is not None:
             config.setdefault("retention.ms", str(s.retention_ms))
         specs[s.topic] = TopicSpec(s.topic, s.partitions, s.compacted, s.replication_factor, config)
-    for topic, partitions in compiled.dag.internal_topics.items():
-        specs.setdefault(topic, TopicSpec(topic, partitions))
+    for topic, internal in compiled.dag.internal_topics.items():
+        specs.setdefault(topic, TopicSpec(topic, internal.partitions))
     for topic, partitions in changelog_partitions(compiled).items():
         specs.setdefault(topic, TopicSpec(topic, partitions, compacted=True))
     return list(specs.values())

@@ -11,12 +11,15 @@ Invariants the checks establish for a file without diagnostics:
   follow a key-changing step of the same sub-topology;
 - `aggregate` has `aggregator` on streams and `adder` + `subtractor` on tables; `merger`
   exactly for session windows;
-- both sides of a stream-table, stream-stream and table-table join have equal partition counts;
+- both sides of a stream-table, stream-stream and table-table join are copartitioned (equal
+  partition counts, key formats and partitioners: ``spec.partitioning``, checked in ``finish``
+  once every internal topic's key format is decided);
 - internal topics (repartition topics, changelogs) have distinct names, none of them a
   declared stream's topic.
 
-Walking a pipeline tracks, per step, the topics feeding it (with partition counts), whether
-the key changed since the last repartition, and the pending group/window.
+Walking a pipeline tracks, per step, the topics feeding it (``partitioning.Side``: partition
+count, key format, partitioner), whether the key changed since the last repartition, and the
+pending group/window.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from edm_runner.spec.durations import parse_duration
 from edm_runner.spec.report import did_you_mean, where
 
 from edm_runner.spec.flows import Flow, Ref
+from edm_runner.spec.partitioning import Side, internal_key_format, mismatch, partitioner_name
 
 if TYPE_CHECKING:
     from edm_runner.spec.validate import _Context
@@ -68,20 +72,12 @@ class Step:
     valid: bool
 
 
-@dataclass(frozen=True)
-class Feed:
-    """A topic whose events reach the current step; ``what`` names it in messages."""
-
-    what: str
-    partitions: int
-
-
 @dataclass
 class _Walk:
     """Where a walk through a pipeline is: see the module docstring."""
 
     table: str | None = None
-    feeds: list[Feed] = field(default_factory=list)
+    feeds: list[Side] = field(default_factory=list)
     rekeyed: Step | None = None
     grouped: Step | None = None
     window: Step | None = None
@@ -102,6 +98,7 @@ class StateChecks:
         self.join_names: dict[str, tuple] = {}
         self.internal_topics: dict[str, str] = {}
         self._internal_paths: dict[str, tuple] = {}
+        self.joins: list[tuple[tuple, list[Side]]] = []  # (path, inputs + other side) per join
 
     # -- declarations -------------------------------------------------------------------
 
@@ -180,7 +177,7 @@ class StateChecks:
                 ref = self._table_stream(name)
                 if ref is not None:
                     flow.reads.append(Ref(ref[0], ctx.topic(ref[0]), spath))
-                    walk.feeds.append(Feed(f"table '{name}' (stream '{ref[0]}')", ref[1]))
+                    walk.feeds.append(self._table_side(name))
             elif name in ctx.global_tables:
                 self.report.error(spath, f"'{name}' is a global table: a pipeline cannot read it",
                                   f"look values up with `join: {{global_table: {name}, key: EXPR}}` in a "
@@ -192,7 +189,7 @@ class StateChecks:
                 ref = ctx.stream_ref(name, spath)
                 if ref:
                     flow.reads.append(ref)
-                    self._feed(walk, f"stream '{name}'", name)
+                    walk.feeds.append(self._stream_side(name))
         return walk
 
     def _step(self, walk: _Walk, step: Step, flow: Flow) -> None:
@@ -228,12 +225,13 @@ class StateChecks:
 
     def _repartition(self, walk: _Walk, step: Step, config: dict) -> None:
         walk.rekeyed = None
+        partitioner, line = partitioner_name(config.get("partitioner")), self._line(step.path)
         if "to" in config:
-            walk.feeds = []
-            self._feed(walk, f"stream '{config['to']}'", config["to"])
-        elif isinstance(config.get("name"), str) and _is_count(config.get("partitions")):
+            known = config["to"] in self.ctx.streams
+            walk.feeds = [replace(self._stream_side(config["to"]), partitioner=partitioner, line=line)] if known else []
+        elif isinstance(config.get("name"), str):
             topic = self._topic(config["name"], "repartition")
-            walk.feeds = [Feed(f"repartition topic '{topic}'", config["partitions"])]
+            walk.feeds = [self._internal_side(topic, config, partitioner, line)]
             self._internal(topic, f"the repartition topic of repartition '{config['name']}'",
                            step.path + ("name",))
 
@@ -244,7 +242,7 @@ class StateChecks:
             return
         for name in cfg if isinstance(cfg, list) else [cfg]:
             if isinstance(name, str) and name in self.ctx.streams:
-                self._feed(walk, f"stream '{name}'", name)
+                walk.feeds.append(self._stream_side(name))
 
     def _group(self, walk: _Walk, step: Step, config: dict) -> None:
         if step.op == "group_by_key" and walk.rekeyed is not None and not walk.blind:
@@ -255,10 +253,11 @@ class StateChecks:
                               "`- group_by: {key: key, name: NAME}` repartitions by the new key", key=True)
         if step.op == "group_by" and step.valid:
             name = config.get("name")
-            partitions = config.get("partitions", max((f.partitions for f in walk.feeds), default=None))
+            partitions = config.get("partitions", max((f.partitions or 0 for f in walk.feeds), default=None))
             topic = self._topic(name, "repartition")
             self._internal(topic, f"the repartition topic of group_by '{name}'", step.path + ("name",))
-            walk.feeds = [Feed(f"repartition topic '{topic}'", partitions)] if _is_count(partitions) else []
+            walk.feeds = [self._internal_side(topic, {**config, "partitions": partitions}, partitioner_name(None),
+                                              self._line(step.path))]
             walk.rekeyed = None
         walk.grouped = step
         walk.expect = None if walk.blind else (
@@ -403,7 +402,7 @@ class StateChecks:
         if walk.table is not None and ref is not None:
             flow.reads.append(Ref(ref[0], ctx.topic(ref[0]), path))  # its changes trigger the join
         if not self._rekeyed(walk, step) and ref is not None:
-            self._copartitioned(walk, f"table '{name}' (stream '{ref[0]}')", ref[1], path)
+            self.joins.append((path, [*walk.feeds, self._table_side(name)]))
 
     def _global_join(self, walk: _Walk, step: Step, config: dict) -> None:
         ctx = self.ctx
@@ -434,8 +433,8 @@ class StateChecks:
         if ref is not None:
             flow.reads.append(ref)
         self._join_stores(step, config.get("name"))
-        if not self._rekeyed(walk, step) and ref is not None and _is_count(self._partitions(name)):
-            self._copartitioned(walk, f"stream '{name}'", self._partitions(name), path)
+        if not self._rekeyed(walk, step) and ref is not None:
+            self.joins.append((path, [*walk.feeds, self._stream_side(name)]))
 
     def _join_stores(self, step: Step, name: Any) -> None:
         """A stream-stream join buffers both sides in implicit stores `<name>-this`/`-other`."""
@@ -470,21 +469,19 @@ class StateChecks:
                           key=True)
         return True
 
-    def _copartitioned(self, walk: _Walk, other: str, partitions: int, path: tuple) -> None:
-        for feed in walk.feeds:
-            if feed.partitions == partitions:
-                continue
-            fix = ("declare both tables' streams with the same partitions" if walk.table is not None
-                   else f"repartition before the join with `- repartition: {{name: NAME, partitions: "
-                        f"{partitions}}}`, or declare both streams with the same partitions")
-            self.report.error(path, f"join is not copartitioned: {feed.what} has {feed.partitions} "
-                                    f"partitions but {other} has {partitions}",
-                              f"both sides need the same partition count so equal keys meet in one task: {fix}")
-
     # -- internal topics ----------------------------------------------------------------
 
     def finish(self) -> None:
-        """After every pipeline: no declared stream may use an internal topic."""
+        """After every pipeline: each join's sides are copartitioned, and no declared stream
+        uses an internal topic."""
+        groups = [sides for _, sides in self.joins]
+        formats = {s.topic: internal_key_format(s.topic, None, groups)
+                   for sides in groups for s in sides if s.key_format is None}
+        for path, sides in self.joins:
+            for side in sides[:-1]:
+                problem = mismatch(side, sides[-1], formats)
+                if problem is not None:
+                    self.report.error(path, f"join is not copartitioned: {problem[0]}", problem[1])
         for name in self.ctx.streams:
             topic = self.ctx.topic(name)
             if topic in self.internal_topics:
@@ -511,10 +508,27 @@ class StateChecks:
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _feed(self, walk: _Walk, what: str, stream: str) -> None:
+    def _stream_side(self, stream: str, what: str | None = None, kind: str = "stream") -> Side:
+        """A declared stream as a join sees it (written by the default partitioner)."""
+        cfg = self.ctx.streams.get(stream, {})
+        key = cfg.get("key", "string")
+        key_format = key.get("format", "json") if isinstance(key, dict) else key
+        if not isinstance(key_format, str):  # reported by the schema
+            key_format = "string"
         partitions = self._partitions(stream)
-        if _is_count(partitions):
-            walk.feeds.append(Feed(what, partitions))
+        return Side(kind, what or f"stream '{stream}'", self.ctx.topic(stream),  # type: ignore[arg-type]
+                    partitions if _is_count(partitions) else None, key_format)
+
+    def _table_side(self, table: str) -> Side:
+        source = self.ctx.tables[table]["from"]
+        return self._stream_side(source, f"table '{table}' (stream '{source}')", "table")
+
+    @staticmethod
+    def _internal_side(topic: str, config: dict, partitioner: str, line: int) -> Side:
+        """A repartition or group_by topic; ``config``: its step's (partitions, key_format)."""
+        partitions = config.get("partitions")
+        return Side("internal", f"repartition topic '{topic}'", topic, partitions if _is_count(partitions) else None,
+                    config.get("key_format"), partitioner, line)
 
     def _partitions(self, stream: str) -> Any:
         return self.ctx.streams.get(stream, {}).get("partitions", 1)

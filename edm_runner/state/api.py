@@ -20,17 +20,6 @@ from edm_runner.serde.core import decode_json, encode_json
 __all__ = ["decode_json", "encode_json", "partition_bytes"]
 
 
-def partition_bytes(key: Any) -> bytes:
-    """The bytes the default partitioner hashes for a key on internal topics: a str as UTF-8
-    (what a `key: string` stream holds, so a re-keyed stream is copartitioned with a declared
-    string-keyed topic), bytes as is, anything else compact JSON."""
-    if isinstance(key, str):
-        return key.encode("utf-8")
-    if isinstance(key, bytes):
-        return key
-    return encode_json(key)
-
-
 class KeyValueStore(Protocol):
     name: str
 
