@@ -539,12 +539,27 @@ def topics(
     topology: TopologyOption = None,
     broker: BrokerOption = None,
     state_dir: StateDirOption = None,
+    delete: Annotated[Optional[list[str]], typer.Option(
+        "--delete", metavar="TOPIC",
+        help="Delete TOPIC (its events and committed offsets; repeatable) instead of listing: a run "
+             "then creates it with the declared partitions.")] = None,
 ) -> None:
-    """List the broker's topics with their partition counts and event counts."""
+    """List the broker's topics with their partition counts and event counts (or delete some)."""
     def body() -> int:
         from edm_runner.brokers.base import TopicPartition
         model = _load(topology) if topology else None
         connection = _open_broker(model, topology, broker, state_dir)
+
+        async def remove(names: list[str]) -> None:
+            async with _connected(connection):
+                existing = await connection.list_topics()
+                await connection.delete_topics(names)
+            for name in names:
+                typer.echo(f"deleted {name}" if name in existing else f"no topic {name} on {connection.describe()}")
+
+        if delete:
+            asyncio.run(remove(delete))
+            return 0
 
         async def go() -> list[tuple[str, int, int]]:
             async with _connected(connection):

@@ -3,12 +3,16 @@ with the outputs its domain implies."""
 from __future__ import annotations
 
 import json
+import re
+import shlex
+import uuid
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
+import yaml
 
-from cli_helpers import TOPOLOGIES, ok
+from cli_helpers import TOPOLOGIES, edm, ok
 from edm_runner.brokers.partitioner import default_partition
 
 EXAMPLES = sorted(p for p in TOPOLOGIES.rglob("*.yaml"))
@@ -47,10 +51,10 @@ def test_quickstart_keeps_large_orders_and_dead_letters_invalid_ones(tmp_path: P
 def test_user_activity_puts_each_users_events_on_the_murmur2_partition(tmp_path: Path) -> None:
     topology = TOPOLOGIES / "user-activity" / "topology.yaml"
     common = ["-t", topology, "--state-dir", tmp_path]
-    inputs = _events(TOPOLOGIES / "user-activity" / "user-events.jsonl")
-    ok("produce", "user-events", "-f", TOPOLOGIES / "user-activity" / "user-events.jsonl", *common)
+    inputs = _events(TOPOLOGIES / "user-activity" / "clicks.jsonl")
+    ok("produce", "clicks", "-f", TOPOLOGIES / "user-activity" / "clicks.jsonl", *common)
     ok("run", topology, "--until-idle", "--state-dir", tmp_path)
-    out = ok("consume", "user-events-by-user", "--from-beginning", *common).lines()
+    out = ok("consume", "clicks-by-user", "--from-beginning", *common).lines()
 
     valid = [e["value"] for e in inputs if isinstance(e["value"].get("user_id"), str)]
     expected = [v for v in valid if v["type"] != "heartbeat"]
@@ -108,3 +112,51 @@ def test_payroll_business_topology_runs_all_services(tmp_path: Path) -> None:
     assert "ada: Your pay of 7500.0 EUR (eng-2026-10) was sent." in run.stderr
     dead = ok("consume", "timesheets-dlq", "--from-beginning", *common).lines()
     assert [d["key"] for d in dead] == ["sales"]  # period 2026-13 violates the schema
+
+
+def test_no_two_examples_share_a_topic() -> None:
+    """A user tries the examples one after another on one broker: none may meet another's
+    topics (with other partition counts, or other events)."""
+    from edm_runner.spec import load_file
+    from edm_runner.spec.model import BusinessTopology
+    owners: dict[str, set[str]] = defaultdict(set)
+    for path in EXAMPLES:
+        model = load_file(path)
+        for service in model.services if isinstance(model, BusinessTopology) else [model]:
+            for stream in service.streams.values():
+                owners[stream.topic].add(path.parent.name)
+    shared = {topic: sorted(examples) for topic, examples in owners.items() if len(examples) > 1}
+    assert not shared
+
+
+BROKERS = [pytest.param("local", id="local"), pytest.param("kafka", id="kafka", marks=pytest.mark.kafka)]
+
+
+@pytest.mark.parametrize("kind", BROKERS)
+def test_a_topic_with_other_partitions_says_how_to_get_out_and_the_way_works(
+        kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Another topology took the quickstart's `orders` topic with 1 partition: the run refuses,
+    says how to get out, and the command it prints, run as printed, gets out."""
+    suffix = uuid.uuid4().hex[:8]
+    quickstart = yaml.safe_load((TOPOLOGIES / "quickstart" / "topology.yaml").read_text())
+    quickstart["name"] += f"-{suffix}"
+    for name, stream in quickstart["streams"].items():
+        stream["topic"] = f"{name}-{suffix}"
+    quickstart["streams"]["orders"]["value"]["schema"] = str(TOPOLOGIES.parent / "schemas" / "order.json")
+    topology = tmp_path / "quickstart.yaml"
+    topology.write_text(yaml.safe_dump(quickstart, sort_keys=False))
+    broker = (f"kafka://{request.getfixturevalue('kafka_bootstrap')}" if kind == "kafka"
+              else f"local:{tmp_path / 'broker'}")
+    where = ["--broker", broker, "--state-dir", tmp_path / "state"]
+    ok("produce", f"orders-{suffix}", "--partitions", "1", *where, stdin='{"key": "x", "value": {}}\n')
+
+    refused = edm("run", topology, "--until-idle", *where)
+    assert refused.code == 1 and "Traceback" not in refused.stderr
+    assert f"'orders-{suffix}' has 1 partition(s) on the broker but the topology declares 3" in refused.stderr
+    assert f"give stream 'orders' a topic of its own (`topic: quickstart-{suffix}-orders`" in refused.stderr
+    hint = re.search(r"`(edm topics [^`]*)`", refused.stderr)
+    assert hint and shlex.split(hint.group(1))[1:] == [
+        "topics", "--delete", f"orders-{suffix}", "-t", str(topology), *map(str, where)]
+    assert f"deleted orders-{suffix}" in ok(*shlex.split(hint.group(1))[1:]).stdout
+    ok("produce", "orders", "-t", topology, "-f", TOPOLOGIES / "quickstart" / "orders.jsonl", *where)
+    assert "6 in, 3 out" in ok("run", topology, "--until-idle", *where).stderr

@@ -217,7 +217,7 @@ def test_topic_errors_name_what_is_wrong(tmp_path: Path) -> None:
     async def body(b: LocalBroker) -> None:
         await b.ensure_topics([TopicSpec("orders", 4)])
         await b.ensure_topics([TopicSpec("orders", 4)])  # idempotent
-        with pytest.raises(BrokerError, match=r"orders has 4 partitions.*declares 8"):
+        with pytest.raises(BrokerError, match=r"'orders' has 4 partition\(s\).*declares 8"):
             await b.ensure_topics([TopicSpec("orders", 8)])
         with pytest.raises(BrokerError, match="no topic.*a-missing, b-missing"):
             await b.ensure_topics([TopicSpec("b-missing", 1), TopicSpec("orders", 4),

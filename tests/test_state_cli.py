@@ -86,7 +86,7 @@ def test_hourly_revenue_emits_each_closed_hour_once_without_late_orders(tmp_path
     example = TOPOLOGIES / "hourly-revenue"
     topology = example / "topology.yaml"
     common = ["-t", topology, "--state-dir", tmp_path]
-    ok("produce", "orders", "-f", example / "orders.jsonl", *common)
+    ok("produce", "customer-orders", "-f", example / "customer-orders.jsonl", *common)
     summary = ok("run", topology, "--until-idle", "--state-dir", tmp_path).stderr
     # The user's streams are counted (12 orders in, 5 hours out); the repartition apart.
     assert "hourly-revenue: 12 in, 5 out, 0 skipped, 0 dead-lettered, 1 late" in summary

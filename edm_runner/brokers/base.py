@@ -14,7 +14,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping, NamedTuple, Protocol, Sequence
 
+from edm_runner.errors import BrokerError
+
 Headers = tuple[tuple[str, bytes], ...]
+
+
+class PartitionMismatchError(BrokerError):
+    """Topics that exist on the broker with another partition count than declared: nothing was
+    changed. ``mismatches``: topic -> (partitions on the broker, partitions declared). The
+    runtime, which knows the streams and how the user ran edm, adds how to get out."""
+
+    def __init__(self, where: str, mismatches: Mapping[str, tuple[int, int]]) -> None:
+        self.where = where
+        self.mismatches = dict(mismatches)
+        super().__init__(f"partition counts differ on {where}: " + "; ".join(
+            f"'{topic}' has {have} partition(s) on the broker but the topology declares {declared}"
+            for topic, (have, declared) in sorted(self.mismatches.items())))
 
 
 class TopicPartition(NamedTuple):

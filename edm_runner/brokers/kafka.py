@@ -32,7 +32,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from aiokafka.helpers import create_ssl_context
 
-from edm_runner.brokers.base import OutRecord, Record, TopicPartition, TopicSpec
+from edm_runner.brokers.base import OutRecord, PartitionMismatchError, Record, TopicPartition, TopicSpec
 from edm_runner.errors import BrokerError
 
 _OPTIONS = {"bootstrap_servers", "client_id", "connect_timeout_s", "security", "producer", "consumer"}
@@ -118,14 +118,10 @@ class KafkaBroker:
         if missing:
             await self._create(missing)
             existing.update(await self._partition_counts([s.name for s in missing]))
-        mismatches = [f"'{s.name}' has {existing[s.name]} partition(s) on the broker but the "
-                      f"topology declares {s.partitions}"
-                      for s in specs if existing.get(s.name, s.partitions) != s.partitions]
+        mismatches = {s.name: (existing[s.name], s.partitions)
+                      for s in specs if existing.get(s.name, s.partitions) != s.partitions}
         if mismatches:
-            raise BrokerError(
-                f"partition counts differ on {self.describe()}: {'; '.join(mismatches)}. "
-                "Declare the broker's count, or recreate the topic (partitions cannot shrink, "
-                "and growing them moves keys to other partitions)")
+            raise PartitionMismatchError(self.describe(), mismatches)
 
     def consumer(self, group: str | None, topics: Sequence[str], *,
                  from_beginning: bool = True, partitions: Sequence[TopicPartition] | None = None,

@@ -37,7 +37,7 @@ from urllib.parse import quote
 
 import lmdb
 
-from edm_runner.brokers.base import Headers, OutRecord, Record, TopicPartition, TopicSpec
+from edm_runner.brokers.base import Headers, OutRecord, PartitionMismatchError, Record, TopicPartition, TopicSpec
 from edm_runner.errors import BrokerError
 
 MAP_SIZE = 64 << 30  # sparse: only pages in use take disk space
@@ -281,17 +281,15 @@ class LocalBroker:
             if s.partitions < 1:
                 raise BrokerError(f"topic {s.name} needs at least 1 partition, got {s.partitions}")
         with self._write() as (h, txn):
-            missing, mismatched = [], []
+            missing, mismatched = [], {}
             for s in specs:
                 raw = txn.get(s.name.encode(), db=h.topics)
                 if raw is None:
                     missing.append(s)
                 elif (have := _topic_meta(raw).partitions) != s.partitions:
-                    mismatched.append(f"topic {s.name} has {have} partitions on {self.describe()} "
-                                      f"but the topology declares {s.partitions}")
+                    mismatched[s.name] = (have, s.partitions)
             if mismatched:
-                raise BrokerError("; ".join(mismatched) + ". Make the declared partition count "
-                                  "match, or delete the topic (edm reset) to recreate it")
+                raise PartitionMismatchError(self.describe(), mismatched)
             if missing and not create:
                 raise BrokerError(f"{self.describe()} has no topic(s) "
                                   f"{', '.join(sorted(s.name for s in missing))}; create them "

@@ -33,12 +33,12 @@ import logging
 import time
 from pathlib import Path
 
-from edm_runner.brokers.base import Broker, Consumer, Producer, Record, TopicPartition, TopicSpec
+from edm_runner.brokers.base import Broker, Consumer, PartitionMismatchError, Producer, Record, TopicPartition, TopicSpec
 from edm_runner.brokers.kafka import KafkaBroker
 from edm_runner.brokers.kafka_eos import read_committed
 from edm_runner.invocation import Invocation
 from edm_runner.brokers.local import LocalBroker
-from edm_runner.errors import InternalError, ProcessingError
+from edm_runner.errors import BrokerError, InternalError, ProcessingError
 from edm_runner.runtime import faults
 from edm_runner.runtime.eos import KafkaTransactions
 from edm_runner.runtime.assignment import EdmAssignor, checkpointed_offsets, group_consumer
@@ -80,6 +80,7 @@ class ServiceRunner:
         self.topology = topology
         self.broker = broker
         self.stats = stats
+        self.invocation = (invocation or Invocation(str(topology.source_file))).for_service(topology.name)
         self.compiled = CompiledService(topology, stats)
         self.order = InputOrder(self.compiled.dag)
         self.internal = frozenset(self.compiled.dag.internal_topics)
@@ -111,7 +112,26 @@ class ServiceRunner:
         """Creates the missing topics, or (``create`` False) fails listing them. The topics that
         joins need copartitioned are checked first, so a mismatch names the joined streams."""
         await check_copartitioning(self.name, self.compiled.dag, self.broker)
-        await self.broker.ensure_topics(topic_specs(self.topology, self.compiled), create=create)
+        try:
+            await self.broker.ensure_topics(topic_specs(self.topology, self.compiled), create=create)
+        except PartitionMismatchError as error:
+            raise BrokerError(f"{error}. To get out: {self._way_out(error.mismatches)}") from None
+
+    def _way_out(self, mismatches: dict[str, tuple[int, int]]) -> str:
+        """How to get past topics that exist with other partition counts (often another
+        topology's topics of the same name on a shared broker)."""
+        streams = {s.topic: s.name for s in self.topology.streams.values()}
+        ways = []
+        for topic in sorted(mismatches):
+            name = streams.get(topic)
+            if name is None:
+                ways.append(f"'{topic}' is internal to service {self.name!r}: `{self.invocation.command('reset')}` "
+                            "deletes it (with the service's state) and the next run recreates it")
+            else:
+                ways.append(f"give stream '{name}' a topic of its own (`topic: {self.name}-{name}` in its "
+                            "declaration), declare the broker's partition count, or delete the topic "
+                            f"(its events are lost) and run again: `{self.invocation.command('topics', '--delete', topic)}`")
+        return "; ".join(ways)
 
     async def start(self) -> None:
         """Bootstraps the global tables, joins the group and restores the assigned tasks."""
