@@ -40,6 +40,7 @@ class Service:
         for name, content in (files or {}).items():
             (tmp_path / name).write_text(textwrap.dedent(content))
         self.p = f"t{uuid.uuid4().hex[:8]}-"
+        tmp_path.mkdir(parents=True, exist_ok=True)
         self.path = tmp_path / "topology.yaml"
         self.write(text)
         self.url = url or f"local:{tmp_path / 'broker'}"
@@ -88,10 +89,11 @@ async def produce(broker: Broker, topology: Topology, inputs: dict[str, list[tup
         await broker.ensure_topics([TopicSpec(spec.topic, spec.partitions, spec.compacted)])
         producer = broker.producer()
         await producer.start()
-        for k, v in events:
+        for k, v, *ts in events:
             kb = k if isinstance(k, bytes) or k is None else k.encode()
             partition = default_partition(kb, spec.partitions) if kb is not None else 0
-            producer.send(OutRecord(spec.topic, partition, kb, v if isinstance(v, bytes) else j(v), 0, ()))
+            producer.send(OutRecord(spec.topic, partition, kb, v if isinstance(v, bytes) else j(v),
+                                    ts[0] if ts else 0, ()))
         await producer.flush()
         await producer.close()
 
@@ -257,3 +259,153 @@ def test_only_user_errors_follow_on_error(tmp_path: Path) -> None:
     out = svc.run({"in": [("a", 5), ("b", b"{not json"), ("c", 3), ("d", 4), ("e", 2), ("f", 6)]}, read="out")
     assert sorted(out) == [("a", 5), ("f", 6)]
     assert svc.stats.skipped == 4
+
+
+# -- the processor contract, over every processor -------------------------------------------------
+# A step's batch path either returns the whole result or fails before anything it did shows; the
+# per-event replay then applies the error policy to exactly the failing event. So a batch with
+# one failing event, under `skip`, must give exactly what the same inputs without that event
+# give. Each case makes one event fail inside one kind of processor: an expression error
+# (`10 / value.n` with n = 0) or a key too long for the step's store.
+
+LONG = "k" * 600
+BAD_N = {"n": 0}
+CONTRACT_HEADER = """
+kind: microservice
+name: c
+streams:
+  in: {}
+  in2: {}
+  users: {type: entity, on_error: skip}
+  profiles: {type: entity, on_error: skip}
+  countries: {type: entity}
+  out: {}
+"""
+# name -> (covers operators/processors, body, before inputs, batch inputs, the bad event)
+CASES: dict[str, tuple[set[str], str, dict, dict, tuple]] = {}
+
+
+def case(name: str, covers: set[str], body: str, batch: dict, bad: tuple, before: dict | None = None) -> None:
+    CASES[name] = (covers, body, before or {}, batch, bad)
+
+
+def _events(n: int = 4, key: str = "a") -> list[tuple]:
+    return [(key if i % 2 == 0 else "b", {"n": i + 1}, 1_000 + 10 * i) for i in range(n)]
+
+
+def _pipeline(steps: str, to: str = "to: out", source: str = "in") -> str:
+    return f"""
+pipelines:
+  p:
+    from: {source}
+    on_error: skip
+    steps: {steps}
+    {to}
+"""
+
+
+EXPR = "10 / value.n"
+case("filter", {"filter"}, _pipeline(f'[{{filter: "{EXPR} > 4"}}]'), {"in": _events()}, ("in", "a", BAD_N, 1_005))
+case("filter_not", {"filter_not"}, _pipeline(f'[{{filter_not: "{EXPR} > 4"}}]'), {"in": _events()},
+     ("in", "a", BAD_N, 1_005))
+case("map", {"map"}, _pipeline(f'[{{map: {{key: "key ~ 1", value: "{EXPR}"}}}}]'), {"in": _events()},
+     ("in", "a", BAD_N, 1_005))
+case("map_values", {"map_values"}, _pipeline(f'[{{map_values: "{EXPR}"}}]'), {"in": _events()},
+     ("in", "a", BAD_N, 1_005))
+case("select_key", {"select_key"}, _pipeline(f'[{{select_key: "key ~ {EXPR}"}}]'), {"in": _events()},
+     ("in", "a", BAD_N, 1_005))
+case("flat_map", {"flat_map"}, _pipeline(f'[{{flat_map: "[[key, {EXPR}], [key, 1]]"}}]'), {"in": _events()},
+     ("in", "a", BAD_N, 1_005))
+case("flat_map_values", {"flat_map_values"}, _pipeline(f'[{{flat_map_values: "[{EXPR}, 1]"}}]'),
+     {"in": _events()}, ("in", "a", BAD_N, 1_005))
+case("merge, peek, log", {"merge", "peek", "log"},
+     _pipeline(f'[{{merge: in2}}, {{peek: "{EXPR}"}}, {{log: {{message: "key ~ {EXPR}"}}}}]'),
+     {"in": _events(), "in2": _events()}, ("in", "a", BAD_N, 1_005))
+case("repartition", {"repartition"}, _pipeline(f'[{{repartition: {{name: r, partitions: 2, key: "key ~ {EXPR}"}}}}]'),
+     {"in": _events()}, ("in", "a", BAD_N, 1_005))
+case("group_by, count", {"group_by", "count"},
+     "stores: {kv: {type: key_value}}" + _pipeline(f'[{{group_by: {{key: "key ~ {EXPR}", name: g}}}}, {{count: {{store: kv}}}}]'),
+     {"in": _events()}, ("in", "a", BAD_N, 1_005))
+case("group_by_key, count", {"group_by_key", "count"},
+     "stores: {kv: {type: key_value}}" + _pipeline('[{group_by_key: {}}, {count: {store: kv}}]'),
+     {"in": _events()}, ("in", LONG, {"n": 5}, 1_005))
+case("reduce", {"reduce"},
+     "stores: {kv: {type: key_value}}" + _pipeline("""[{group_by_key: {}}, {reduce: {store: kv, reducer: "{'n': aggregate.n + value.n}"}}]"""),
+     {"in": _events()}, ("in", LONG, {"n": 5}, 1_005))
+case("aggregate", {"aggregate"},
+     "stores: {kv: {type: key_value}}" + _pipeline(
+         '[{group_by_key: {}}, {aggregate: {store: kv, initializer: "0", aggregator: "aggregate + value.n"}}]'),
+     {"in": _events()}, ("in", LONG, {"n": 5}, 1_005))
+for kind, extra in [("tumbling", "size: 100"), ("hopping", "size: 100, advance: 50"), ("sliding", "size: 100")]:
+    case(f"window {kind}", {"window"},
+         "stores: {w: {type: window}}" + _pipeline(
+             f'[{{group_by_key: {{}}}}, {{window: {{type: {kind}, {extra}, grace: 1000}}}}, {{count: {{store: w}}}}]'),
+         {"in": _events()}, ("in", LONG, {"n": 5}, 1_005))
+case("window session", {"window"},
+     "stores: {s: {type: session}}" + _pipeline(
+         '[{group_by_key: {}}, {window: {type: session, gap: 15, grace: 1000}}, '
+         '{aggregate: {store: s, initializer: "0", aggregator: "aggregate + value.n", merger: "aggregate + other"}}]'),
+     {"in": _events()}, ("in", LONG, {"n": 5}, 1_005))
+case("window emit final", {"window"},
+     "stores: {w: {type: window}}" + _pipeline(
+         '[{group_by_key: {}}, {window: {type: tumbling, size: 10, emit: final}}, {count: {store: w}}]'),
+     {"in": _events(6)}, ("in", LONG, {"n": 5}, 1_005))
+case("join stream-table", {"join", "table"},
+     "tables: {users-table: {from: users}}" + _pipeline(
+         f'[{{join: {{table: users-table, kind: left, value: "[value, other, {EXPR}]"}}}}]'),
+     {"in": _events()}, ("in", "a", BAD_N, 1_005), before={"users": [("a", {"name": "A"}, 1)]})
+case("join global table", {"join"},
+     "global_tables: {g: {from: countries}}" + _pipeline(
+         f'[{{join: {{global_table: g, key: "key", kind: left, value: "[value, other, {EXPR}]"}}}}]'),
+     {"in": _events()}, ("in", "a", BAD_N, 1_005), before={"countries": [("a", {"name": "A"}, 1)]})
+case("join stream-stream", {"join"},
+     _pipeline('[{join: {stream: in2, name: j, within: 100, grace: 1000, kind: outer, value: "[value, other]"}}]'),
+     {"in": _events(), "in2": _events()}, ("in", LONG, {"n": 5}, 1_005))
+case("join table-table", {"join", "table"},
+     "tables: {users-table: {from: users}, profiles-table: {from: profiles}}" + _pipeline(
+         '[{join: {table: profiles-table, kind: outer, value: "[value, other]"}}]', source="users-table"),
+     {"users": _events(), "profiles": _events()}, ("users", LONG, {"n": 5}, 1_005))
+case("table aggregation with a subtractor", {"table", "group_by", "aggregate"},
+     "stores: {kv: {type: key_value}}\ntables: {users-table: {from: users}}" + _pipeline(
+         '[{group_by: {key: "value.c", name: by-c}}, {aggregate: {store: kv, initializer: "0", '
+         'adder: "aggregate + 1", subtractor: "aggregate - 1"}}]', source="users-table"),
+     {"users": [("u1", {"c": "fr"}, 10), ("u2", {"c": "fr"}, 11), ("u1", {"c": "de"}, 12)]},
+     ("users", LONG, {"c": "fr"}, 11), before={"users": [("u1", {"c": "xx"}, 1), ("u2", {"c": "xx"}, 2)]})
+case("branch", {"branch"}, f"""
+pipelines:
+  p:
+    from: in
+    on_error: skip
+    branch:
+      - {{when: "{EXPR} > 4", steps: [{{map_values: "'big'"}}], to: out}}
+      - {{otherwise: true, to: out}}
+""", {"in": _events()}, ("in", "a", BAD_N, 1_005))
+case("to select", {"to"}, _pipeline("[]", to=f'to: {{select: "\'out\' if {EXPR} else \'in2\'", streams: [out, in2]}}'),
+     {"in": _events()}, ("in", "a", BAD_N, 1_005))
+
+
+def test_the_contract_cases_cover_every_processor() -> None:
+    from edm_runner.operators.registry import operators
+
+    covered = set().union(*(c[0] for c in CASES.values()))
+    assert set(operators()) | {"table", "branch", "to"} <= covered
+
+
+def _with_bad(batch: dict, bad: tuple) -> dict:
+    stream, key, value, ts = bad
+    events = sorted([*batch.get(stream, []), (key, value, ts)], key=lambda e: e[2])
+    return {**batch, stream: events}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_failing_event_leaves_the_batch_as_if_it_had_not_been_there(tmp_path: Path, name: str) -> None:
+    covers, body, before, batch, bad = CASES[name]
+    results = []
+    for run, inputs in (("with", _with_bad(batch, bad)), ("without", batch)):
+        svc = Service(tmp_path / run, CONTRACT_HEADER + body)
+        if before:
+            svc.run(before)
+        results.append((svc.run(inputs), svc.stats.skipped))
+    (with_bad, skipped), (without, skipped_without) = results
+    assert skipped >= 1 and skipped_without == 0
+    assert with_bad == without

@@ -34,9 +34,9 @@ from edm_runner.errors import EventError
 from edm_runner.operators.aggregate import AggregateFns
 from edm_runner.operators.common import EXPRESSION, STREAM_NAME
 from edm_runner.operators.registry import Operator, register
-from edm_runner.operators.table import EventwiseProcessor, reads_table
+from edm_runner.operators.table import reads_table
 from edm_runner.runtime.event import Event
-from edm_runner.runtime.node import BuildContext, ExprFn, PassThrough, Processor
+from edm_runner.runtime.node import BuildContext, EventwiseProcessor, ExprFn, PassThrough, Processor
 from edm_runner.spec.durations import DURATION_SCHEMA, parse_duration
 from edm_runner.spec.model import StepSpec
 from edm_runner.state.keys import META

@@ -2,8 +2,12 @@
 
 A processor works on BATCHES. ``process(batch)`` is the fast path: it must either return the
 full result or raise before any visible side effect (compute new values first, then assign),
-because when it raises the runtime replays the batch through ``process_one`` event by event
-so that the error policy applies to exactly the failing event.
+because when it raises (an ``EventError``) the runtime replays the batch through
+``process_one`` event by event so that the error policy applies to exactly the failing event.
+A step that writes state event by event is an ``operators.table.EventwiseProcessor`` instead:
+the replay returns the remembered outputs of the events it already applied. Either way a batch
+with a failing event gives what the batch without it gives (tests/test_trust.py runs that
+contract over every processor).
 
 Stateful operators get their stores at build time as ``StoreRef``s (``BuildContext.store`` /
 ``BuildContext.table``) and call ``ref.get()`` once per ``process(batch)``: the runtime binds
@@ -49,6 +53,61 @@ class Processor:
         """A join's other side: events of the other stream (stream-stream join) or change
         events of the other table (table-table join), same contract as ``process``."""
         raise NotImplementedError(f"{self.label} has no other side")
+
+
+class EventwiseProcessor(Processor):
+    """A step that applies events one at a time to state. It remembers each event's outputs,
+    so when ``process`` raises at event i the runtime's per-event replay (``process_one``)
+    returns the remembered outputs of events 0..i-1 instead of applying them to the store a
+    second time. Each event computes everything that can fail before its first store write,
+    so a failing event leaves no write behind.
+
+    Subclasses implement ``begin()`` (fetch the current task's stores; called once per call),
+    ``apply(event)`` and optionally ``apply_other(event)`` (a join's other side) and
+    ``end(last_event)`` (work done once per batch after its events, e.g. emitting closed
+    windows; its progress marks must be durable in the store so a skipped ``end`` is caught
+    up by the next one).
+    """
+
+    _done: dict[int, tuple[Event, list[Event]]] = {}
+
+    def begin(self) -> None:
+        raise NotImplementedError
+
+    def apply(self, event: Event) -> list[Event]:
+        raise NotImplementedError
+
+    def apply_other(self, event: Event) -> list[Event]:
+        raise NotImplementedError(f"{self.label} has no other side")
+
+    def end(self, last: Event) -> list[Event]:
+        return []
+
+    def _run(self, batch: list[Event], apply: Callable[[Event], list[Event]]) -> list[Event]:
+        if len(batch) == 1:  # the runtime replays a failed batch one event at a time
+            e = batch[0]
+            hit = self._done.pop(id(e), None)
+            if hit is not None and hit[0] is e:
+                return hit[1]
+        self._done = done = {}
+        self.begin()
+        out: list[Event] = []
+        for e in batch:
+            r = apply(e)
+            done[id(e)] = (e, r)
+            out.extend(r)
+        out.extend(self.end(batch[-1]))
+        self._done = {}
+        return out
+
+    def process(self, batch: list[Event]) -> list[Event]:
+        return self._run(batch, self.apply)
+
+    def process_one(self, event: Event) -> list[Event]:
+        return self._run([event], self.apply)
+
+    def process_other(self, batch: list[Event]) -> list[Event]:
+        return self._run(batch, self.apply_other)
 
 
 class TaskStoreRef:

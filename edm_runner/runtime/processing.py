@@ -28,7 +28,7 @@ from edm_runner.errors import EventError, InternalError, ProcessingError, UserCo
 from edm_runner.graph.dag import Dag, InternalTopic, Node, build_dag
 from edm_runner.operators.registry import get as get_operator
 from edm_runner.runtime.event import Event
-from edm_runner.runtime.node import BuildContext, ExprFn, Processor, StoreCatalog, TaskStoreRef
+from edm_runner.runtime.node import BuildContext, EventwiseProcessor, ExprFn, Processor, StoreCatalog, TaskStoreRef
 from edm_runner.runtime.sink import DefaultPartitioner, TopicWriter
 from edm_runner.serde import Serde
 from edm_runner.runtime.stats import ServiceStats
@@ -53,6 +53,7 @@ class ErrorHandler:
         self.dl_partitioner = DefaultPartitioner(dead_letter.partitions) if dead_letter else None
         self.outputs = outputs
         self.stats = stats
+        self.owner = f"pipeline {pipeline!r}"  # where the policy is set, for the hint
 
     def handle(self, origin: Record, step: str, pos: Pos, exc: EventError) -> None:
         error = str(exc) if isinstance(exc, UserCodeError) else f"{type(exc).__name__}: {exc}"
@@ -84,8 +85,7 @@ class ErrorHandler:
             f"service {self.service!r}, pipeline {self.pipeline!r}: step {step} at {pos} failed on the "
             f"event at {where} (topic/partition/offset): {error}\n"
             f"    hint: nothing from this event on was committed; fix the step or the data, or set "
-            f"`on_error: skip` or `on_error: {{dead_letter: <stream>}}` on pipeline "
-            f"{self.pipeline!r} to keep going") from exc
+            f"`on_error: skip` or `on_error: {{dead_letter: <stream>}}` on {self.owner} to keep going") from exc
 
 
 class ToSink(Processor):
@@ -119,29 +119,28 @@ class ToSink(Processor):
         return self.process([event])
 
 
-class TableMaterializer(Processor):
+class TableMaterializer(EventwiseProcessor):
     """A table's node: the latest value per key in the table's store (a null value deletes);
-    emits one change event per actual change, with ``old`` the previous value."""
+    emits one change event per actual change, with ``old`` the previous value. Event by event
+    (``EventwiseProcessor``): when a record of a batch fails (a key too long for the store),
+    the replay of the records before it does not see their own writes as their old values."""
 
     def __init__(self, name: str, ref: TaskStoreRef, pos: Pos) -> None:
         self.label = f"table {name}"
         self.ref = ref
         self.pos = pos
 
-    def process(self, batch: list[Event]) -> list[Event]:
-        store = self.ref.get()
-        out = []
-        for e in batch:
-            old = store.get(e.key)
-            if old is None and e.value is None:
-                continue
-            store.put(e.key, e.value)
-            e.old = old
-            out.append(e)
-        return out
+    def begin(self) -> None:
+        self.store = self.ref.get()
 
-    def process_one(self, event: Event) -> list[Event]:
-        return self.process([event])
+    def apply(self, e: Event) -> list[Event]:
+        store = self.store
+        old = store.get(e.key)
+        if old is None and e.value is None:
+            return []
+        store.put(e.key, e.value)
+        e.old = old
+        return [e]
 
 
 class SideInput(Processor):
@@ -288,8 +287,10 @@ class CompiledService:
             writer = None
             if policy.kind == "dead_letter" and policy.dead_letter:
                 writer = self._writer(self.topology.streams[policy.dead_letter])
-            self._handlers[key] = ErrorHandler(self.topology.name, pipeline, policy, writer,
-                                               self.outputs, self.stats)
+            handler = ErrorHandler(self.topology.name, pipeline, policy, writer, self.outputs, self.stats)
+            if owner is None and stream is not None:
+                handler.owner = f"stream {stream!r}"
+            self._handlers[key] = handler
         return self._handlers[key]
 
     @staticmethod
@@ -314,7 +315,9 @@ class CompiledService:
         step = self._steps[node_id] = Step(node.id, node.label, node.pos, self._handler(node.pipeline, None))
         if node.kind == "table":
             step.proc = TableMaterializer(node.table, ctx.table(node.table, node.pos), node.pos)
-            stream = self.topology.streams[self.topology.tables[node.table].source]
+            source = self.topology.tables[node.table].source
+            step.handler = self._handler(node.pipeline, source)  # the policy of the table's stream
+            stream = self.topology.streams[source]
             self.table_serdes[node.table] = (make_serde(stream.key), make_serde(stream.value))
             if len(node.children) > 1:
                 step.fanout = [self._step([child]) for child in node.children]

@@ -593,11 +593,11 @@ def compile_expression(source: str, *, params: tuple[str, ...] = ("key", "value"
     if user_errors:
         # Whatever the expression raises is the user's (on_error applies); the outer try
         # costs nothing until something raises.
-        body = (f"        try:\n" + "".join(f"    {line}\n" for line in body.splitlines()) +
-                f"        except _EventError:\n"
-                f"            raise\n"
-                f"        except _Exception as exc:\n"
-                f"            raise _UserCodeError(exc) from exc\n")
+        body = ("        try:\n" + "".join(f"    {line}\n" for line in body.splitlines()) +
+                "        except _EventError:\n"
+                "            raise\n"
+                "        except _Exception as exc:\n"
+                "            raise _UserCodeError(exc) from exc\n")
     code = (f"def _make({', '.join(bindings)}):\n"
             f"    def _exact({signature}):\n"
             f"        return {exact}\n"
