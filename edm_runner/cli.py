@@ -1,13 +1,15 @@
 """The `edm` command line (typer). A thin shell: parse, call the packages, map errors to exit codes.
 
 Exit codes: 0 success, 1 a user-facing error (invalid file, broker refused, event failed under
-the `fail` policy), 2 a usage error. User errors never print a traceback; an internal error
+the `fail` policy), 2 a usage error; as Unix tools, 128 + the signal when one ended the command:
+130 after SIGINT (Ctrl-C; `edm run` first stops cleanly), 141 when the reader of stdout went
+away (`edm consume ... | head -2`, quietly). SIGTERM, the orchestrator's normal stop, makes
+`edm run` stop cleanly and exit 0. User errors never print a traceback; an internal error
 prints one line and asks for EDM_DEBUG=1 to see the traceback.
 """
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import os
@@ -80,12 +82,22 @@ def _run_guarded(action: Callable[[], int | None]) -> None:
         raise _fail(str(error), error.exit_code)
     except (typer.Exit, KeyboardInterrupt):
         raise
+    except BrokenPipeError:  # stdout's reader is gone (`| head`): stop quietly
+        _discard_stdout()
+        raise typer.Exit(128 + signal.SIGPIPE)
     except Exception as error:  # an edm bug: one line, the traceback on demand
         if os.environ.get("EDM_DEBUG"):
             raise
         what = str(error) if isinstance(error, InternalError) else f"{type(error).__name__}: {error}"
         raise _fail(f"internal error: {what} (set EDM_DEBUG=1 for a traceback, and please report it)", 1)
     raise typer.Exit(code or 0)
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so the flush at exit does not fail again on the broken pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 class _RepeatFilter(logging.Filter):
@@ -324,11 +336,17 @@ def run(
         connection = _open_broker(topology, file, broker, state_dir)
         status = _StatusLine()
 
+        stopped_by: list[signal.Signals] = []
+
+        def on_signal(sig: signal.Signals, stop: asyncio.Event) -> None:
+            stopped_by.append(sig)
+            stop.set()
+
         async def go():
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(sig, on_signal, sig, stop)
             async with _connected(connection):
                 log.info("running %s on %s", ", ".join(s.name for s in services), connection.describe())
                 return await run_services(services, connection, until_idle=until_idle, stop=stop,
@@ -342,7 +360,8 @@ def run(
         finally:
             status.close()
         typer.echo(_run_summary(topology.name, stats), err=True)
-        return 0
+        # SIGTERM is the orchestrator's normal stop; SIGINT (Ctrl-C) an interruption.
+        return 128 + signal.SIGINT if stopped_by[:1] == [signal.SIGINT] else 0
     _run_guarded(body)
 
 
@@ -389,9 +408,34 @@ def _plain_serdes(stream):
     return make_serde(key), make_serde(value)
 
 
-def _parse_lines(source, origin: str, raw_values: bool) -> list[dict]:
+# What `edm consume` prints besides the record, so its output can be produced again.
+_CONSUMED_FIELDS = {"topic", "partition", "offset"}
+
+
+@dataclass(frozen=True)
+class _Line:
+    """One input line of `edm produce`, encoded."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    timestamp: int
+
+
+def _parse_lines(source, origin: str, raw_values: bool, key_serde, value_serde) -> list[_Line]:
+    """Encode each JSON line of the binary stream ``source``; any problem is an ``EdmError``
+    at ``origin:line:col``. Bytes are read back by ``serde.printable.from_json``, the inverse
+    of what `edm consume` prints."""
+    from edm_runner.serde import SerdeError
+    from edm_runner.serde.printable import from_json, header_from_json
+    now = int(time.time() * 1000)
     records = []
-    for number, line in enumerate(source, start=1):
+    for number, raw in enumerate(source, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise EdmError(f"{origin}:{number}:{error.start + 1}: not UTF-8 text; "
+                           "write raw bytes as {\"base64\": ...}") from None
         if not line.strip():
             continue
         try:
@@ -400,10 +444,23 @@ def _parse_lines(source, origin: str, raw_values: bool) -> list[dict]:
             raise EdmError(f"{origin}:{number}:{error.colno}: not valid JSON: {error.msg}") from None
         if raw_values:
             item = {"value": item}
-        elif not isinstance(item, dict) or not set(item) <= {"key", "value", "headers", "timestamp"} or "value" not in item:
+        elif not isinstance(item, dict) or not set(item) <= {"key", "value", "headers", "timestamp",
+                                                             *_CONSUMED_FIELDS} or "value" not in item:
             raise EdmError(f"{origin}:{number}:1: expected an object with \"value\" and optionally \"key\", "
-                           "\"headers\", \"timestamp\"; use --raw-values if each line is the value itself")
-        records.append(item)
+                           "\"headers\", \"timestamp\" (the lines `edm consume` prints); use --raw-values "
+                           "if each line is the value itself")
+        timestamp = item.get("timestamp", now)
+        if type(timestamp) is not int or timestamp < 0:
+            raise EdmError(f"{origin}:{number}:1: \"timestamp\" must be milliseconds since the epoch "
+                           f"(an integer), not {json.dumps(timestamp, ensure_ascii=False)}")
+        headers = item.get("headers") or {}
+        if not isinstance(headers, dict):
+            raise EdmError(f"{origin}:{number}:1: \"headers\" must be an object of names to values")
+        try:
+            records.append(_Line(from_json(item.get("key"), key_serde), from_json(item["value"], value_serde),
+                                 tuple((k, header_from_json(v)) for k, v in headers.items()), timestamp))
+        except SerdeError as error:
+            raise EdmError(f"{origin}:{number}:1: {error}") from None
     return records
 
 
@@ -423,15 +480,15 @@ def produce(
         from edm_runner.brokers.partitioner import default_partition
         model = _load(topology) if topology else None
         target = _stream_target(model, stream)
+        key_serde, value_serde = _plain_serdes(target)
         if file is None:
-            items = _parse_lines(sys.stdin, "<stdin>", raw_values)
+            items = _parse_lines(sys.stdin.buffer, "<stdin>", raw_values, key_serde, value_serde)
         else:
             try:
-                with file.open(encoding="utf-8") as handle:
-                    items = _parse_lines(handle, str(file), raw_values)
+                with file.open("rb") as handle:
+                    items = _parse_lines(handle, str(file), raw_values, key_serde, value_serde)
             except OSError as error:
                 raise EdmError(f"cannot read {file}: {error.strerror}") from None
-        key_serde, value_serde = _plain_serdes(target)
         topic = target.topic if target else stream
         count = target.partitions if target else partitions
         spec = TopicSpec(topic, count, compacted=bool(target and target.compacted))
@@ -443,13 +500,10 @@ def produce(
                 producer = connection.producer()
                 await producer.start()
                 try:
-                    now = int(time.time() * 1000)
                     for index, item in enumerate(items):
-                        key = key_serde.encode(item.get("key"))
-                        partition = default_partition(key, count) if key is not None else index % count
-                        headers = tuple((k, str(v).encode()) for k, v in (item.get("headers") or {}).items())
-                        producer.send(OutRecord(topic, partition, key, value_serde.encode(item["value"]),
-                                                int(item.get("timestamp", now)), headers))
+                        partition = default_partition(item.key, count) if item.key is not None else index % count
+                        producer.send(OutRecord(topic, partition, item.key, item.value, item.timestamp,
+                                                item.headers))
                     await producer.flush()
                 finally:
                     await producer.close()
@@ -459,22 +513,6 @@ def produce(
         typer.echo(f"produced {sent} event(s) to {topic}", err=True)
         return 0
     _run_guarded(body)
-
-
-def _printable(data: bytes | None, serde) -> object:
-    """A JSON-printable form: the decoded value, else UTF-8 text, else {"base64": ...}."""
-    if data is None:
-        return None
-    try:
-        decoded = serde.decode(data)
-    except EdmError:
-        decoded = data
-    if not isinstance(decoded, bytes):
-        return decoded
-    try:
-        return decoded.decode("utf-8")
-    except UnicodeDecodeError:
-        return {"base64": base64.b64encode(decoded).decode()}
 
 
 @app.command()
@@ -515,6 +553,7 @@ def consume(
 
 
 async def _print_records(consumer, key_serde, value_serde, *, stop_at_end: bool, limit: int | None) -> None:
+    from edm_runner.serde.printable import header_to_json, to_json
     ends = await consumer.end_offsets(sorted(consumer.assignment())) if stop_at_end else {}
     printed = 0
     while limit is None or printed < limit:
@@ -524,10 +563,10 @@ async def _print_records(consumer, key_serde, value_serde, *, stop_at_end: bool,
         for tp in sorted(batches):
             for record in batches[tp]:
                 line = {"topic": record.topic, "partition": record.partition, "offset": record.offset,
-                        "timestamp": record.timestamp_ms, "key": _printable(record.key, key_serde),
-                        "value": _printable(record.value, value_serde)}
+                        "timestamp": record.timestamp_ms, "key": to_json(record.key, key_serde),
+                        "value": to_json(record.value, value_serde)}
                 if record.headers:
-                    line["headers"] = {k: v.decode("utf-8", "replace") for k, v in record.headers}
+                    line["headers"] = {k: header_to_json(v) for k, v in record.headers}
                 typer.echo(json.dumps(line, ensure_ascii=False))
                 printed += 1
                 if limit is not None and printed >= limit:

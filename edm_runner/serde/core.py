@@ -118,7 +118,11 @@ def _string_encoder(obj: Any) -> bytes | None:
     if obj is None:
         return None
     if isinstance(obj, str):
-        return obj.encode()
+        try:
+            return obj.encode()
+        except UnicodeEncodeError as exc:  # a lone surrogate, e.g. from JSON's "\ud800"
+            raise SerdeError(f"cannot encode {_preview(obj)} as a UTF-8 string: {exc.reason} "
+                             f"({exc.object[exc.start:exc.end]!r} at position {exc.start})") from None
     if isinstance(obj, (int, float, bool)):
         return str(obj).encode()
     raise SerdeError(f"cannot encode {type(obj).__name__} as a string: {_preview(obj)} "
