@@ -46,7 +46,7 @@ from edm_runner.runtime.copartition import check_copartitioning
 from edm_runner.runtime.ordering import InputOrder
 from edm_runner.runtime.processing import CompiledService
 from edm_runner.runtime.stats import ServiceStats
-from edm_runner.runtime.tasks import GlobalTables, StandbyTasks, TaskManager, changelog_partitions
+from edm_runner.runtime.tasks import GlobalTables, StandbyTasks, TaskManager, changelog_partitions, end_offsets
 from edm_runner.spec.model import Topology
 
 log = logging.getLogger("edm.runtime")
@@ -116,6 +116,35 @@ class ServiceRunner:
             await self.broker.ensure_topics(topic_specs(self.topology, self.compiled), create=create)
         except PartitionMismatchError as error:
             raise BrokerError(f"{error}. To get out: {self._way_out(error.mismatches)}") from None
+        if self.topology.processing.start == "latest":
+            await self._start_at_end()
+
+    async def _start_at_end(self) -> None:
+        """``processing.start: latest``: commits, for the group, the current end offset of every
+        input stream partition it has no committed offset for, before it joins; from then on it
+        is an ordinary committed position (for the stateful tasks' seeks and exactly-once too).
+        Tables read their whole source. Instances starting together: when a member is already
+        alive, the offsets were set by it and this one leaves them alone."""
+        dag = self.compiled.dag
+        tables = {t for n in dag.sources() if n.pipeline.startswith("tables.") for t in n.topics}
+        topics = sorted({t for n in dag.sources() if n.stream is not None for t in n.topics} - tables)
+        if not topics:
+            return
+        committed = await self.broker.group_offsets(self.name, topics)
+        counts = await self.broker.list_topics()
+        fresh = [TopicPartition(t, p) for t in topics for p in range(counts.get(t, 0))
+                 if TopicPartition(t, p) not in committed]
+        if not fresh:
+            return
+        ends = await end_offsets(self.broker, fresh)
+        try:
+            await self.broker.set_group_offsets(self.name, ends)
+        except BrokerError:
+            if not await self.broker.group_alive(self.name):
+                raise
+            return
+        log.info("%s starts at the end of its input streams (processing.start: latest): %s", self.name,
+                 ", ".join(f"{tp.topic}[{tp.partition}]@{offset}" for tp, offset in sorted(ends.items())))
 
     def _way_out(self, mismatches: dict[str, tuple[int, int]]) -> str:
         """How to get past topics that exist with other partition counts (often another

@@ -90,8 +90,8 @@ def changelog_partitions(compiled: CompiledService) -> dict[str, int]:
             if u.changelog is not None and u.subtopology is not None}
 
 
-async def _end_offsets(broker: Broker, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-    """End offsets of changelog partitions, through a reader of just those partitions (the
+async def end_offsets(broker: Broker, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+    """End offsets of partitions, through a group-less reader of just those partitions (the
     group consumer would first wait for a metadata refresh of topics it does not read)."""
     if not tps:
         return {}
@@ -167,7 +167,7 @@ class TaskManager:
                 raise failed[0]
             changelogs = [TopicPartition(use.changelog, task.partition) for task in new
                           for use in task.uses if use.changelog is not None]
-            ends = await _end_offsets(broker, changelogs)
+            ends = await end_offsets(broker, changelogs)
             plans = [await self._plan(consumer, task, ends) for task in new]
             total = sum(max(0, end - start) if start <= end else end
                         for plan in plans for _, _, start, end in plan)

@@ -117,6 +117,7 @@ def build_topology(data: dict, smap: SourceMap, source_file: Path) -> Topology:
             guarantee=processing.get("guarantee", "at_least_once"),
             commit_interval_ms=processing.get("commit_interval_ms", 100),
             max_batch=processing.get("max_batch", 1000),
+            start=processing.get("start", "earliest"),
             pos=b.pos(("processing",)) if "processing" in data else ProcessingSpec().pos,
             instance_id=processing.get("instance_id") or None,
             standby_replicas=processing.get("standby_replicas", 0),

@@ -166,11 +166,13 @@ class AssignmentSpec:
 class ProcessingSpec:
     """``instance_id``: this instance's static group membership id (the CLI's ``--instance-id``
     or ``EDM_INSTANCE_ID`` replace the file's). ``standby_replicas``: the default of every store.
-    ``shutdown_grace_ms``: how long a SIGTERM may take (finish the batch, commit, close stores)."""
+    ``shutdown_grace_ms``: how long a SIGTERM may take (finish the batch, commit, close stores).
+    ``start``: where the group starts on an input stream partition it has no committed offset for."""
 
     guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     commit_interval_ms: int = 100
     max_batch: int = 1000
+    start: Literal["earliest", "latest"] = "earliest"
     pos: Pos = NOWHERE
     instance_id: str | None = None
     standby_replicas: int = 0

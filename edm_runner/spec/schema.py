@@ -176,6 +176,12 @@ def _defs(step_items: dict) -> dict:
                       "description": "Processing guarantee (default at_least_once)."},
         "commit_interval_ms": _int("How often offsets are committed (default 100)."),
         "max_batch": _int("Most events processed per batch (default 1000)."),
+        "start": {"enum": ["earliest", "latest"],
+                  "description": "Where the service starts reading its input streams when its group has "
+                                 "no committed offset for them (its first start, or partitions added "
+                                 "later): earliest (the default: every event already there) or latest "
+                                 "(only events written after it first starts). Tables and global tables "
+                                 "always read their whole source; `edm reset` starts over from the beginning."},
         "shutdown_grace": {**DURATION_SCHEMA,
                            "description": "How long a SIGTERM may take: finish the batch, commit, write "
                                           "checkpoints, close the stores (default 30s)."},
