@@ -409,3 +409,80 @@ def test_a_failing_event_leaves_the_batch_as_if_it_had_not_been_there(tmp_path: 
     (with_bad, skipped), (without, skipped_without) = results
     assert skipped >= 1 and skipped_without == 0
     assert with_bad == without
+
+
+# -- records of a global table that fail follow the stream's on_error -------------------------------
+
+GLOBAL = """
+kind: microservice
+name: "{p}g"
+streams:
+  in: {topic: "{p}in"}
+  countries: {topic: "{p}countries", type: entity, on_error: POLICY}
+  dlq: {topic: "{p}dlq", key: bytes, value: bytes}
+  out: {topic: "{p}out"}
+global_tables: {g: {from: countries}}
+pipelines:
+  p:
+    from: in
+    steps: [{join: {global_table: g, key: "key", kind: left, value: "other"}}]
+    to: out
+"""
+COUNTRIES = [("fr", {"name": "France"}), ("xx", b"{not json"), (LONG, {"name": "long"}), ("de", {"name": "Germany"})]
+LOOKUPS = [("fr", 1), ("xx", 2), ("de", 3)]
+
+
+def test_global_table_records_that_fail_are_skipped_and_counted(tmp_path: Path, broker_url: str) -> None:
+    svc = Service(tmp_path, GLOBAL.replace("POLICY", "skip"), url=broker_url)
+    assert svc.run({"countries": COUNTRIES, "in": LOOKUPS}) == [
+        ("fr", {"name": "France"}), ("xx", None), ("de", {"name": "Germany"})]
+    assert svc.stats.skipped == 2
+
+
+def test_global_table_records_that_fail_are_dead_lettered(tmp_path: Path, broker_url: str) -> None:
+    svc = Service(tmp_path, GLOBAL.replace("POLICY", "{dead_letter: dlq}"), url=broker_url)
+    svc.run({"countries": COUNTRIES, "in": LOOKUPS})
+    assert svc.stats.dead_lettered == 2
+
+    async def dead() -> list[Record]:
+        broker = svc.broker()
+        await broker.start()
+        try:
+            return await read_raw(broker, f"{svc.p}dlq")
+        finally:
+            await broker.close()
+    records = asyncio.run(dead())
+    assert [r.value for r in records] == [b"{not json", j({"name": "long"})]
+    errors = [dict(r.headers)["edm.error"].decode() for r in records]
+    assert "invalid JSON" in errors[0] and "exceeds LMDB's limit" in errors[1]
+
+
+def test_a_global_table_record_that_fails_under_fail_stops_the_service(tmp_path: Path) -> None:
+    from edm_runner.errors import ProcessingError
+
+    svc = Service(tmp_path, GLOBAL.replace("POLICY", "fail"))
+    with pytest.raises(ProcessingError, match=r"global table g \(decode\).*invalid JSON(.|\n)*on stream 'countries'"):
+        svc.run({"countries": COUNTRIES, "in": LOOKUPS})
+
+
+def test_a_table_restored_on_a_new_machine_skips_what_its_stream_skipped(tmp_path: Path) -> None:
+    import shutil
+
+    svc = Service(tmp_path, """
+    kind: microservice
+    name: t
+    streams:
+      in: {}
+      users: {type: entity, on_error: skip}
+      out: {}
+    tables: {users-table: {from: users}}
+    pipelines:
+      p: {from: in, steps: [{join: {table: users-table, kind: left, value: "other"}}], to: out}
+    """)
+    users = [("u1", {"name": "A"}), ("u2", b"{not json"), (LONG, {"name": "long"}), ("u3", {"name": "C"})]
+    svc.run({"users": users})
+    assert svc.stats.skipped == 2
+    shutil.rmtree(svc.state_dir)  # a new machine: the table is restored from its stream
+    out = svc.run({"in": [("u1", 1), ("u2", 2), ("u3", 3)]})
+    assert out == [("u1", {"name": "A"}), ("u2", None), ("u3", {"name": "C"})]
+    assert svc.stats.skipped == 0  # counted once, when the records were processed

@@ -279,19 +279,24 @@ class CompiledService:
         policy of its stream."""
         key = (pipeline, stream)
         if key not in self._handlers:
-            owner = self.topology.pipelines.get(pipeline)
-            policy = owner.on_error if owner is not None else None
-            if policy is None and stream is not None:
-                policy = self.topology.streams[stream].on_error
-            policy = policy or FAIL
-            writer = None
-            if policy.kind == "dead_letter" and policy.dead_letter:
-                writer = self._writer(self.topology.streams[policy.dead_letter])
-            handler = ErrorHandler(self.topology.name, pipeline, policy, writer, self.outputs, self.stats)
-            if owner is None and stream is not None:
-                handler.owner = f"stream {stream!r}"
-            self._handlers[key] = handler
+            self._handlers[key] = self.error_handler(pipeline, stream, self.outputs)
         return self._handlers[key]
+
+    def error_handler(self, pipeline: str, stream: str | None, outputs: list[OutRecord]) -> ErrorHandler:
+        """A new handler with the policy ``_handler`` describes, writing dead letters to
+        ``outputs`` (global tables, which are read outside of batches, keep their own)."""
+        owner = self.topology.pipelines.get(pipeline)
+        policy = owner.on_error if owner is not None else None
+        if policy is None and stream is not None:
+            policy = self.topology.streams[stream].on_error
+        policy = policy or FAIL
+        writer = None
+        if policy.kind == "dead_letter" and policy.dead_letter:
+            writer = self._writer(self.topology.streams[policy.dead_letter])
+        handler = ErrorHandler(self.topology.name, pipeline, policy, writer, outputs, self.stats)
+        if owner is None and stream is not None:
+            handler.owner = f"stream {stream!r}"
+        return handler
 
     @staticmethod
     def _writer(spec: StreamSpec) -> TopicWriter:

@@ -15,6 +15,7 @@ Invariants (see docs/design/stateful.md):
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -22,16 +23,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from edm_runner.brokers.base import Broker, Consumer, OutRecord, Record, TopicPartition
+from edm_runner.brokers.base import Broker, Consumer, OutRecord, Producer, Record, TopicPartition
+from edm_runner.errors import EventError
 from edm_runner.invocation import Invocation
 from edm_runner.runtime import eos
 from edm_runner.runtime.node import StoreUse
-from edm_runner.runtime.processing import CompiledService
+from edm_runner.runtime.processing import CompiledService, ErrorHandler
 from edm_runner.runtime.stats import ServiceStats
 from edm_runner.serde import Serde
+from edm_runner.spec.model import Pos
 from edm_runner.state.api import encode_json
 from edm_runner.state.progress import RestoreProgress
 from edm_runner.state.restore import INPUT_HEADER, input_position, restore_task
+from edm_runner.state.stores import key_too_long
 from edm_runner.state.task import Checkpoint, TaskState, global_dir, task_dir, tp_key
 
 log = logging.getLogger("edm.runtime")
@@ -60,27 +64,39 @@ class Task:
         return f"{self.sub}_{self.partition}"
 
 
-def table_converter(name: str, serdes: tuple[Serde, Serde]) -> Callable[[Record], tuple[bytes, bytes | None] | None]:
-    """Source record -> the table store's (key bytes, value bytes or None); records whose key
-    or value does not decode are skipped with a warning (they never entered the table)."""
+def table_converter(name: str, serdes: tuple[Serde, Serde], max_key: int,
+                    on_error: Callable[[Record, EventError], None]
+                    ) -> Callable[[Record], tuple[bytes, bytes | None] | None]:
+    """Source record -> the table store's (key bytes, value bytes or None), or None for a
+    record that never enters the table: a null key, or (``on_error`` is told) a key or value
+    that does not decode, or a key too long for the store."""
     decode_key, decode_value = serdes[0].decode, serdes[1].decode
-    warned = [0]
 
     def convert(r: Record) -> tuple[bytes, bytes | None] | None:
         try:
             key = decode_key(r.key)
             value = decode_value(r.value)
-        except Exception as exc:
-            warned[0] += 1
-            if warned[0] <= 5:
-                log.warning("table %s: skipped the record at %s/%d/%d: %s", name, r.topic, r.partition,
-                            r.offset, exc)
+            if key is None:
+                return None
+            kb = encode_json(key)
+            if len(kb) > max_key:
+                raise key_too_long(name, kb, max_key)
+            return kb, None if value is None else encode_json(value)
+        except EventError as exc:
+            on_error(r, exc)
             return None
-        if key is None:
-            return None
-        return encode_json(key), None if value is None else encode_json(value)
 
     return convert
+
+
+def _handle_record(handler: ErrorHandler, step: str, pos: Pos, r: Record, exc: EventError) -> None:
+    handler.handle(r, step, pos, exc)
+
+
+def _handled_when_processed(r: Record, exc: EventError) -> None:
+    """A table restores from its source topic only up to the group's committed offset: a
+    record that failed there went through the stream's ``on_error`` (and was counted) when
+    the task processed it."""
 
 
 def changelog_partitions(compiled: CompiledService) -> dict[str, int]:
@@ -105,9 +121,10 @@ async def end_offsets(broker: Broker, tps: list[TopicPartition]) -> dict[TopicPa
 
 async def _restore_store(state: TaskState, use: StoreUse, consumer: Consumer, tp: TopicPartition, end: int,
                          from_offset: int, progress: RestoreProgress | None, label: str,
-                         stats: ServiceStats, convert: Any = None) -> None:
+                         stats: ServiceStats, convert: Any = None, before_apply: Any = None) -> None:
     result = await restore_task(state, use.name, consumer, tp, end, from_offset=from_offset,
-                                progress=progress, convert=convert, source=convert is not None)
+                                progress=progress, convert=convert, source=convert is not None,
+                                before_apply=before_apply)
     stats.restored += result.records_read
     log.info("restored %s %s: %d records from offset %d to %d", use.name, label, result.records_read,
              from_offset if from_offset <= end else 0, end)
@@ -238,7 +255,8 @@ class TaskManager:
             for use, tp, start, end in plan:
                 convert = None
                 if use.changelog is None:
-                    convert = table_converter(use.name, self.compiled.table_serdes[use.name])
+                    convert = table_converter(use.name, self.compiled.table_serdes[use.name],
+                                              task.state.max_key_size, _handled_when_processed)
                 await _restore_store(task.state, use, reader, tp, end, start, progress, f"task {task.id}",
                                      self.stats, convert)
         finally:
@@ -331,8 +349,12 @@ class GlobalTables:
     """Every global table of a service, materialized from all partitions of its source topic
     by a group-less consumer, in ``<state_dir>/state/<service>/global/``.
 
-    Invariant: ``bootstrap`` reads every partition to the end offset it found at start before
+    Invariants: ``bootstrap`` reads every partition to the end offset it found at start before
     it returns; ``tail`` applies whatever arrived since, before the runner processes a batch.
+    A record that does not decode (or whose key is too long for the store) follows its
+    stream's ``on_error``: ``fail`` stops the service, ``skip`` counts it, ``dead_letter``
+    writes it (flushed before the checkpoint passes it; every instance reading the global
+    table writes its own copy).
     """
 
     def __init__(self, compiled: CompiledService, state_dir: Path, stats: ServiceStats,
@@ -344,19 +366,27 @@ class GlobalTables:
         self.stats = stats
         self.uses = compiled.catalog.global_tables()
         self.by_topic: dict[str, list[tuple[StoreUse, Any]]] = {}
-        for use in self.uses:
-            convert = table_converter(use.name, compiled.table_serdes[use.name])
-            self.by_topic.setdefault(use.source, []).append((use, convert))
         self.state: TaskState | None = None
         self.consumer: Consumer | None = None
+        self.dead_letters: list[OutRecord] = []
+        self.producer: Producer | None = None
+        self.broker: Broker | None = None
 
     async def bootstrap(self, broker: Broker) -> None:
         service = self.topology.name
+        self.broker = broker
         self.state = state = TaskState.open(global_dir(self.state_dir, service),
                                             invocation=self.invocation)
+        topology, compiled = self.topology, self.compiled
         for use in self.uses:
             state.register(use.name, "key_value", {}, changelog=False)
             use.ref.current = state.store(use.name)
+            spec = topology.global_tables[use.name]
+            handler = compiled.error_handler(f"global_tables.{use.name}", spec.source, self.dead_letters)
+            convert = table_converter(use.name, compiled.table_serdes[use.name], state.max_key_size,
+                                      functools.partial(_handle_record, handler,
+                                                        f"global table {use.name} (decode)", spec.pos))
+            self.by_topic.setdefault(use.source, []).append((use, convert))
         topics = sorted(self.by_topic)
         self.consumer = consumer = broker.consumer(None, topics)
         await consumer.start()
@@ -370,7 +400,7 @@ class GlobalTables:
             start = checkpoint.get(tp, 0)
             if start != ends[tp]:
                 await _restore_store(state, use, consumer, tp, ends[tp], start, progress, "global", self.stats,
-                                     convert)
+                                     convert, self._send_dead_letters)
         if progress is not None:
             progress.finish()
         positions = state.checkpoint().inputs
@@ -385,14 +415,30 @@ class GlobalTables:
             position = {tp: records[-1].offset + 1}
             for use, convert in self.by_topic[tp.topic]:
                 entries = [kv for r in records if (kv := convert(r)) is not None]
+                await self._send_dead_letters()
                 self.state.apply_changelog(use.name, entries, inputs_at_least=position)
             count += len(records)
         return count
+
+    async def _send_dead_letters(self) -> None:
+        """Makes the dead letters of the records converted so far durable (before the
+        checkpoint moves past those records)."""
+        if not self.dead_letters:
+            return
+        if self.producer is None:
+            self.producer = self.broker.producer()
+            await self.producer.start()
+        for record in self.dead_letters:
+            self.producer.send(record)
+        self.dead_letters.clear()
+        await self.producer.flush()
 
     async def close(self) -> None:
         try:
             if self.consumer is not None:
                 await self.consumer.close()
+            if self.producer is not None:
+                await self.producer.close()
         finally:
             if self.state is not None:
                 self.state.close()

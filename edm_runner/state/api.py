@@ -17,7 +17,7 @@ from typing import Any, Iterator, Protocol
 # `json` stream format writes, and refuse what it refuses (NaN, Infinity).
 from edm_runner.serde.core import decode_json, encode_json
 
-__all__ = ["decode_json", "encode_json", "partition_bytes"]
+__all__ = ["decode_json", "encode_json"]
 
 
 class KeyValueStore(Protocol):

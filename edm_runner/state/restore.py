@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Awaitable, Callable
 
 from edm_runner.brokers.base import Consumer, Record, TopicPartition
 from edm_runner.errors import BrokerError
@@ -71,7 +71,8 @@ async def _isolate(consumer: Consumer, tp: TopicPartition, offset: int) -> None:
 async def restore_task(state: TaskState, store: str, consumer: Consumer, tp: TopicPartition,
                        end_offset: int, *, from_offset: int,
                        progress: RestoreProgress | None = None, convert: Convert | None = None,
-                       source: bool = False, batch_size: int = RESTORE_BATCH) -> RestoreResult:
+                       source: bool = False, batch_size: int = RESTORE_BATCH,
+                       before_apply: Callable[[], Awaitable[None]] | None = None) -> RestoreResult:
     """Restore ``store`` of ``state`` from ``tp`` (read with ``consumer``, a started
     group-less consumer this call seeks as it needs) from ``from_offset`` up to
     ``end_offset`` (exclusive).
@@ -81,6 +82,8 @@ async def restore_task(state: TaskState, store: str, consumer: Consumer, tp: Top
     (``source`` True; end = the group's committed offset) advances
     ``checkpoint().inputs[tp]`` instead. ``convert`` turns a source record into store
     (key, value) bytes, or None to skip it; without it records are copied as they are.
+    ``before_apply`` is awaited after each batch is converted, before it is applied (what
+    ``convert`` queued, e.g. dead letters, is made durable before the checkpoint passes it).
     """
     if from_offset > end_offset:
         log.warning("the checkpoint of store %r at %s is at offset %d but %s[%d] ends at %d: "
@@ -133,6 +136,8 @@ async def restore_task(state: TaskState, store: str, consumer: Consumer, tp: Top
             headers = None if source else input_position(records)
             if headers:
                 result.input_position = headers
+            if before_apply is not None:
+                await before_apply()
             if writing is not None:
                 await writing
             writing = asyncio.ensure_future(asyncio.to_thread(

@@ -29,6 +29,12 @@ _MIN_TIME = -(1 << 63)
 _MAX_TIME = (1 << 63) - 1
 
 
+def key_too_long(store: str, k: bytes, limit: int) -> EventError:
+    """The error of an event whose key (``k``, its store bytes) does not fit in LMDB."""
+    return EventError(f"store {store!r}: a key of {len(k)} bytes exceeds LMDB's limit of {limit} bytes "
+                      f"({k[:60]!r}...); use a shorter key")
+
+
 def _merge(stored: Iterable[tuple[bytes, bytes]], buffered: list[tuple[bytes, bytes | None]]
            ) -> Iterator[tuple[bytes, bytes]]:
     """Merge two byte-ordered streams; a buffered entry overrides (None hides) a stored one."""
@@ -76,8 +82,7 @@ class _Store:
         self.writes[k] = v
 
     def _too_long(self, k: bytes) -> NoReturn:
-        raise EventError(f"store {self.name!r}: a key of {len(k)} bytes exceeds LMDB's limit of "
-                       f"{self._max_key} bytes ({k[:60]!r}...); use a shorter key")
+        raise key_too_long(self.name, k, self._max_key)
 
     def _stored_range(self, lo: bytes, hi: bytes | None) -> Iterator[tuple[bytes, bytes]]:
         """Stored entries with ``lo <= key <= hi`` (``hi`` None: to the end)."""
