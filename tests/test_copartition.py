@@ -38,13 +38,27 @@ pipelines:
     to: enriched
 """
 
-USERS = [{"key": f"u{i}", "value": {"name": f"User {i}"}} for i in range(1, 9)]
-ACTIVITY = [{"value": {"user": f"u{1 + i % 8}", "n": i}} for i in range(40)]
+# The same join after a group_by and a count: the group_by topic takes the table's key format too.
+GROUP_BY_THEN_JOIN = REPARTITION_THEN_JOIN.replace("""\
+      - select_key: value.user
+      - repartition: {name: by-user, partitions: 4}
+      - join: {table: users-table, kind: left, value: "{'user': key, 'name': other.name}"}
+""", """\
+      - group_by: {key: value.user, name: by-user, partitions: 4}
+      - count: {store: counts}
+      - join: {table: users-table, kind: left, value: "{'user': key, 'name': other.name}"}
+""").replace("pipelines:", "stores: {counts: {}}\npipelines:")
+SCENARIOS = {"repartition": REPARTITION_THEN_JOIN, "group_by": GROUP_BY_THEN_JOIN}
+
+# Users before activity in event time: a task joins in timestamp order (runtime.ordering).
+USERS = [{"key": f"u{i}", "value": {"name": f"User {i}"}, "timestamp": 1_600_000_000_000 + i} for i in range(1, 9)]
+ACTIVITY = [{"value": {"user": f"u{1 + i % 8}", "n": i}, "timestamp": 1_700_000_000_000 + i} for i in range(40)]
 
 
-async def _repartition_then_join(broker: Broker, directory: Path, suffix: str) -> list[dict]:
+async def _join_outputs(broker: Broker, directory: Path, text: str, suffix: str) -> list[dict]:
+    """Runs ``text`` on ``broker`` over USERS and ACTIVITY; the values written to `enriched`."""
     path = directory / "r.yaml"
-    path.write_text(REPARTITION_THEN_JOIN)
+    path.write_text(text)
     topology = load_file(path)
     topology.name = f"r-{suffix}"
     for stream in topology.streams.values():
@@ -68,15 +82,18 @@ def _assert_every_event_joined(outputs: list[dict]) -> None:
         key=lambda v: v["user"])
 
 
-def test_repartition_then_join_joins_every_event_on_the_embedded_broker(tmp_path: Path) -> None:
-    outputs = asyncio.run(_repartition_then_join(LocalBroker(tmp_path / "broker"), tmp_path, "local"))
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_join_after_repartitioning_joins_every_event_on_the_embedded_broker(scenario: str, tmp_path: Path) -> None:
+    outputs = asyncio.run(_join_outputs(LocalBroker(tmp_path / "broker"), tmp_path, SCENARIOS[scenario], "local"))
     _assert_every_event_joined(outputs)
 
 
 @pytest.mark.kafka
-def test_repartition_then_join_joins_every_event_on_kafka(kafka_bootstrap: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_join_after_repartitioning_joins_every_event_on_kafka(scenario: str, kafka_bootstrap: str,
+                                                              tmp_path: Path) -> None:
     broker = KafkaBroker({"bootstrap_servers": kafka_bootstrap})
-    outputs = asyncio.run(_repartition_then_join(broker, tmp_path, uuid.uuid4().hex[:8]))
+    outputs = asyncio.run(_join_outputs(broker, tmp_path, SCENARIOS[scenario], uuid.uuid4().hex[:8]))
     _assert_every_event_joined(outputs)
 
 
@@ -122,3 +139,38 @@ def test_run_refuses_a_join_of_different_key_formats(tmp_path: Path) -> None:
                 "(topic 'users') has key format json") in str(info.value)
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("formats, key", [("", b'"u1"'), (", key_format: string", b"u1")])
+def test_a_repartition_feeding_no_join_writes_json_keys_unless_it_sets_key_format(
+        formats: str, key: bytes, tmp_path: Path) -> None:
+    text = """\
+kind: microservice
+name: r
+streams:
+  activity: {partitions: 1}
+  out: {partitions: 2}
+pipelines:
+  p:
+    from: activity
+    steps:
+      - select_key: value.user
+      - repartition: {name: by-user, partitions: 2%s}
+    to: out
+""" % formats
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    topology = load_file(path)
+
+    async def main() -> dict[int, list[tuple]]:
+        broker = LocalBroker(tmp_path / "broker")
+        await broker.start()
+        try:
+            await produce(broker, topology.streams["activity"], [{"value": {"user": "u1"}}])
+            await run_services([topology], broker, until_idle=True, state_dir=tmp_path / "state")
+            return await read_all(broker, "r-by-user-repartition")
+        finally:
+            await broker.close()
+
+    records = [r for rs in asyncio.run(main()).values() for r in rs]
+    assert [r[0] for r in records] == [key]
