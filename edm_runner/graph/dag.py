@@ -144,7 +144,7 @@ class _Builder:
     def __init__(self, topology: Topology) -> None:
         self.topology = topology
         self.nodes: dict[str, Node] = {}
-        self.internal: dict[str, InternalTopic] = {}  # key format: the step's key_format, or None
+        self.internal: dict[str, tuple[Side, str, Pos]] = {}  # topic -> (as a join sees it, value format, step)
         self.copartition: list[CopartitionGroup] = []
 
     def add(self, node: Node, parents: list[str]) -> str:
@@ -204,13 +204,12 @@ class _Builder:
                     inputs = [(cfg["to"], side)]
                 else:
                     topic = repartition_topic(self.topology.name, cfg["name"])
-                    internal = InternalTopic(topic, cfg.get("partitions") or self._partitions(inputs),
-                                             SerdeSpec(cfg.get("key_format")),  # type: ignore[arg-type]
-                                             SerdeSpec(cfg.get("value_format", INTERNAL_FORMAT)), partitioner, step.pos)
-                    self.internal[topic] = internal
-                    serdes = (internal.key, internal.value)  # the key format is decided in build_dag
-                    inputs = [(cfg["name"], Side("internal", f"repartition topic '{topic}'", topic, internal.partitions,
-                                                 cfg.get("key_format"), partitioner, step.pos.line))]
+                    side = Side("internal", f"repartition topic '{topic}'", topic,
+                                cfg.get("partitions") or self._partitions(inputs), cfg.get("key_format"),
+                                partitioner, step.pos.line)
+                    self.internal[topic] = (side, cfg.get("value_format", INTERNAL_FORMAT), step.pos)
+                    serdes = None  # decided in build_dag, once every join it may feed is known
+                    inputs = [(cfg["name"], side)]
                     stream = None
                 self.add(Node(node_id, "sink", pipeline, f"{step.op} -> {topic}", step.pos,
                               topics=[topic], step=step, changes=from_table and step.op == "group_by"), tails)
@@ -290,10 +289,10 @@ def build_dag(topology: Topology) -> Dag:
     for p in topology.pipelines.values():
         b.pipeline(p)
     groups = [g.sides for g in b.copartition]
-    internal = {}
-    for topic, t in b.internal.items():
-        key = replace(t.key, format=internal_key_format(topic, t.key.format, groups))
-        internal[topic] = replace(t, key=key)
+    internal = {topic: InternalTopic(topic, side.partitions or 1,
+                                     SerdeSpec(internal_key_format(topic, side.key_format, groups)),  # type: ignore[arg-type]
+                                     SerdeSpec(value), side.partitioner, pos)  # type: ignore[arg-type]
+                for topic, (side, value, pos) in b.internal.items()}
     for node in b.nodes.values():
         if node.kind == "source" and node.topics[0] in internal:
             t = internal[node.topics[0]]

@@ -526,9 +526,9 @@ class StateChecks:
     @staticmethod
     def _internal_side(topic: str, config: dict, partitioner: str, line: int) -> Side:
         """A repartition or group_by topic; ``config``: its step's (partitions, key_format)."""
-        partitions = config.get("partitions")
+        partitions, key_format = config.get("partitions"), config.get("key_format")
         return Side("internal", f"repartition topic '{topic}'", topic, partitions if _is_count(partitions) else None,
-                    config.get("key_format"), partitioner, line)
+                    key_format if isinstance(key_format, str) else None, partitioner, line)
 
     def _partitions(self, stream: str) -> Any:
         return self.ctx.streams.get(stream, {}).get("partitions", 1)
