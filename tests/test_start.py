@@ -1,7 +1,8 @@
 """`processing.start`: where a service starts on input streams its group has no committed
 offset for. Both brokers, through the real CLI: with `latest` the events written before the
 first start are not processed, those written after are, and tables still read their whole
-source; the default (`earliest`) processes everything already there."""
+source; the default (`earliest`) processes everything already there. The run summary counts
+the user's streams, with the repartition topic's traffic apart."""
 from __future__ import annotations
 
 import uuid
@@ -31,7 +32,7 @@ pipelines:
     to: enriched
   count:
     from: clicks
-    steps: [{{group_by_key: {{}}}}, {{count: {{store: clicked}}}}]
+    steps: [{{group_by: {{key: key, name: by-user}}}}, {{count: {{store: clicked}}}}]
     to: counts
 """
 
@@ -55,7 +56,7 @@ def test_start_decides_where_a_new_group_begins(kind: str, start: str, tmp_path:
     # Topics exist and hold events before the service ever ran.
     first = ok("run", topology, "--until-idle", *where[2:])
     ok("produce", "clicks", *where, stdin=_clicks(["/after-1", "/after-2", "/after-3"]))
-    ok("run", topology, "--until-idle", *where[2:])
+    second = ok("run", topology, "--until-idle", *where[2:])
 
     enriched = ok("consume", "enriched", "--from-beginning", *where).lines()
     pages = sorted(e["value"]["page"] for e in enriched)
@@ -66,3 +67,5 @@ def test_start_decides_where_a_new_group_begins(kind: str, start: str, tmp_path:
     assert sum(counts.values()) == len(pages)  # the counts saw the same clicks
     # the first run: the 3 users into the table, and the 2 clicks only from the beginning
     assert ("3 in, 0 out" if start == "latest" else "5 in, 4 out") in first.stderr
+    # the run summary counts the user's streams; the group_by's repartition topic apart
+    assert "3 in, 6 out" in second.stderr and "(internal topics: 3 in, 3 out)" in second.stderr
