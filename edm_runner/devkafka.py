@@ -1,21 +1,29 @@
-"""A single-node Apache Kafka (KRaft) broker for development and tests: ``edm dev kafka``.
+"""An Apache Kafka (KRaft) cluster for development and tests: ``edm dev kafka``.
+
+One node by default; ``nodes=N`` starts N nodes, each a combined broker and controller (the
+controller quorum is all N), with replication set for a real cluster: internal topics and
+topics without a replication factor get min(3, N) replicas, ``min.insync.replicas`` is
+min(2, N). So leader changes and replication are part of what runs on it.
 
 The broker jars are fetched once with Maven into ``~/.cache/edm/kafka-<version>/libs``
 (override with ``EDM_KAFKA_CACHE``) and reused. Everything else lives in a workdir
 (default ``.edm/kafka`` under the current directory):
 
-    state.json         pid, ports and bootstrap address of the running broker
-    server.properties  the broker config (written once; ports are kept across restarts)
+    state.json         bootstrap address, and pid and ports of every node
+    server.properties  a node's config (ports are kept across restarts)
     log4j2.properties  routes every broker log line to server.log
-    server.log         the broker's log; stdout.log holds what the JVM printed itself
-    data/              the KRaft log dir (formatted once, kept across stop/start)
+    server.log         the node's log; stdout.log holds what the JVM printed itself
+    data/              the node's KRaft log dir (formatted once, kept across stop/start)
+
+A single node keeps its files in the workdir itself; node ``i`` of a cluster in ``node-<i>/``.
 
 Invariants:
-- At most one broker per workdir: ``start`` returns the recorded broker when its process is
-  alive and answers metadata requests, and only starts a new one otherwise.
-- A PID is trusted only if ``/proc/<pid>/cmdline`` still names ``kafka.Kafka`` and this
-  workdir's config, so a recycled PID is never signalled.
-- The broker runs in its own session (process group): stopping the caller does not stop it.
+- At most one cluster per workdir, of a fixed size: ``start`` returns the recorded cluster when
+  every node is alive and the cluster lists all of them, and otherwise starts just the nodes
+  that are not running (so it also brings back a node stopped alone).
+- A PID is trusted only if ``/proc/<pid>/cmdline`` still names ``kafka.Kafka`` and that
+  node's config, so a recycled PID is never signalled.
+- Every node runs in its own session (process group): stopping the caller does not stop it.
 """
 from __future__ import annotations
 
@@ -39,6 +47,7 @@ from edm_runner.errors import EdmError
 KAFKA_VERSION = "4.0.0"
 LOG4J_VERSION = "2.24.3"
 HEAP = "-Xmx512m"
+CLUSTER_HEAP = "-Xmx384m"  # per node of a multi-node cluster (tests run three on two cores)
 
 # Kept in sync with kafka/pom.xml; carried here so an installed package needs no checkout.
 POM = f"""<?xml version="1.0" encoding="UTF-8"?>
@@ -74,19 +83,48 @@ class DevKafkaError(EdmError):
 
 
 @dataclass(frozen=True)
-class KafkaInfo:
-    """A running dev broker. ``bootstrap`` is ``host:port`` for clients."""
+class KafkaNode:
+    """One node (broker and controller) of a dev cluster; its files are in ``directory``."""
 
-    bootstrap: str
+    node_id: int
     pid: int
     port: int
     controller_port: int
+    directory: Path
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.directory / "server.log"
+
+
+@dataclass(frozen=True)
+class KafkaInfo:
+    """A running dev cluster. ``bootstrap`` is ``host:port[,host:port...]`` for clients."""
+
+    bootstrap: str
+    nodes: tuple[KafkaNode, ...]
     workdir: Path
     version: str = KAFKA_VERSION
 
     @property
+    def pid(self) -> int:
+        """The first node's PID (the only one of a single-node broker)."""
+        return self.nodes[0].pid
+
+    @property
+    def pids(self) -> list[int]:
+        return [node.pid for node in self.nodes]
+
+    @property
     def log_file(self) -> Path:
-        return self.workdir / "server.log"
+        return self.nodes[0].log_file
+
+    def node(self, node_id: int) -> KafkaNode:
+        return next(n for n in self.nodes if n.node_id == node_id)
 
 
 def default_workdir() -> Path:
@@ -139,75 +177,104 @@ def fetch_jars(cache: Path | None = None) -> Path:
 
 
 def status(workdir: Path | None = None) -> KafkaInfo | None:
-    """The broker recorded in ``workdir`` if its process is alive and it answers requests."""
+    """The cluster recorded in ``workdir`` if every node is alive and it answers requests."""
     info = _read_state(_workdir(workdir))
-    if info is None or not _is_ours(info) or not _accepts_requests(info.bootstrap):
+    if info is None or not all(_is_ours(node) for node in info.nodes) or not _ready(info):
         return None
     return info
 
 
-def start(workdir: Path | None = None, *, timeout_s: float = 120.0) -> KafkaInfo:
-    """Start a dev broker in ``workdir`` (or return the one already running there).
+def start(workdir: Path | None = None, *, nodes: int | None = None,
+          timeout_s: float = 120.0) -> KafkaInfo:
+    """Start a dev cluster of ``nodes`` nodes in ``workdir`` (default: the size recorded there,
+    else 1), or return the one already running there; nodes that are not running are started.
 
-    Blocks until the broker answers a metadata request; raises ``DevKafkaError`` with the
-    tail of the broker log when it dies or does not answer within ``timeout_s``.
-    Synchronous: call it from a thread when an event loop is running.
+    Blocks until every node answers a metadata request listing all the nodes; raises
+    ``DevKafkaError`` with the tail of a node's log when it dies or the cluster is not ready
+    within ``timeout_s``. Synchronous: call it from a thread when an event loop is running.
     """
     workdir = _workdir(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     recorded = _read_state(workdir)
-    if recorded is not None and _is_ours(recorded):
+    count = _node_count(workdir, recorded, nodes)
+    alive = [n for n in recorded.nodes if _is_ours(n)] if recorded is not None else []
+    if recorded is not None and len(alive) == count:
         # Alive: either ready, or still starting (a concurrent start): wait for it either way.
-        _wait_ready(recorded, None, timeout_s)
+        _wait_ready(recorded, {}, timeout_s)
         return recorded
     libs = fetch_jars()
-    port, controller_port = _ports(workdir, recorded)
-    _write_configs(workdir, port, controller_port)
-    if not (workdir / "data" / "meta.properties").exists():
-        _format_storage(workdir, libs)
-    stdout = open(workdir / "stdout.log", "ab")
+    ports = _ports(recorded, count, bool(alive))
+    voters = ",".join(f"{i}@127.0.0.1:{controller}" for i, (_, controller) in enumerate(ports, 1))
+    running = {n.node_id: n for n in alive}
+    cluster_id = _recorded_cluster_id(workdir, count)
+    procs: dict[int, subprocess.Popen] = {}
+    members: list[KafkaNode] = []
     try:
-        proc = subprocess.Popen(
-            ["java", HEAP, "-Xms128m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-             "-Djava.awt.headless=true",
-             f"-Dlog4j2.configurationFile={workdir / 'log4j2.properties'}",
-             f"-Dkafka.logs.dir={workdir}",
-             "-cp", f"{libs}/*", "kafka.Kafka", str(workdir / "server.properties")],
-            stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.STDOUT,
-            start_new_session=True, cwd=workdir)
-    finally:
-        stdout.close()
-    info = KafkaInfo(bootstrap=f"127.0.0.1:{port}", pid=proc.pid, port=port,
-                     controller_port=controller_port, workdir=workdir)
-    _write_state(info)
-    try:
-        _wait_ready(info, proc, timeout_s)
-    except DevKafkaError:
-        _terminate(proc.pid, 5.0)
+        for node_id, (port, controller_port) in enumerate(ports, 1):
+            if node_id in running:
+                members.append(running[node_id])
+                continue
+            directory = _node_dir(workdir, count, node_id)
+            directory.mkdir(parents=True, exist_ok=True)
+            _write_configs(directory, node_id, port, controller_port, voters, count)
+            if not (directory / "data" / "meta.properties").exists():
+                _format_storage(directory, libs, cluster_id)
+            proc = _launch(directory, libs, HEAP if count == 1 else CLUSTER_HEAP)
+            procs[node_id] = proc
+            members.append(KafkaNode(node_id, proc.pid, port, controller_port, directory))
+        info = KafkaInfo(bootstrap=",".join(n.address for n in members), nodes=tuple(members),
+                         workdir=workdir)
+        _write_state(info)
+        _wait_ready(info, procs, timeout_s)
+    except BaseException:
+        _terminate([proc.pid for proc in procs.values()], 5.0)
         raise
     return info
 
 
-def stop(workdir: Path | None = None, *, timeout_s: float = 30.0) -> bool:
-    """Stop the broker of ``workdir``: SIGTERM, then SIGKILL after ``timeout_s``.
+def stop(workdir: Path | None = None, *, node: int | None = None, kill: bool = False,
+         timeout_s: float = 30.0) -> bool:
+    """Stop every node of ``workdir``'s cluster (or only node ``node``): SIGTERM (SIGKILL at
+    once with ``kill``: a crash), then SIGKILL after ``timeout_s``; waits for the exits.
 
-    Returns False when no broker of this workdir was running. Data and ports are kept for
-    the next start (state.json stays; its PID is no longer trusted once the process is gone).
+    Returns False when none of them was running. Data and ports are kept for the next start
+    (state.json stays; a PID is no longer trusted once its process is gone).
     """
     workdir = _workdir(workdir)
     info = _read_state(workdir)
     if info is None:
         return False
-    running = _is_ours(info)
-    if running:
-        _terminate(info.pid, timeout_s)
-    return running
+    targets = [n for n in info.nodes if node is None or n.node_id == node]
+    if node is not None and not targets:
+        raise DevKafkaError(f"the dev Kafka in {workdir} has no node {node}; its nodes are "
+                            f"{', '.join(str(n.node_id) for n in info.nodes)}")
+    running = [n.pid for n in targets if _is_ours(n)]
+    # All at once: a node stopped after the quorum is gone would wait out its shutdown timeout.
+    _terminate(running, 0.0 if kill else timeout_s)
+    return bool(running)
 
 
 # --- internals -------------------------------------------------------------------------------
 
 def _workdir(workdir: Path | None) -> Path:
     return (workdir or default_workdir()).resolve()
+
+
+def _node_dir(workdir: Path, count: int, node_id: int) -> Path:
+    return workdir if count == 1 else workdir / f"node-{node_id}"
+
+
+def _node_count(workdir: Path, recorded: KafkaInfo | None, nodes: int | None) -> int:
+    """The cluster's size: ``nodes``, which must match the size recorded in ``workdir``."""
+    if nodes is not None and nodes < 1:
+        raise DevKafkaError(f"a dev Kafka cluster needs at least one node, not {nodes}")
+    if recorded is None:
+        return nodes or 1
+    if nodes is not None and nodes != len(recorded.nodes):
+        raise DevKafkaError(
+            f"the dev Kafka in {workdir} has {len(recorded.nodes)} node(s), not {nodes}: stop it "
+            f"and delete {workdir} to start a {nodes}-node one there, or use another directory (--dir)")
+    return len(recorded.nodes)
 
 
 def _require_tools() -> None:
@@ -221,8 +288,11 @@ def _require_tools() -> None:
 def _read_state(workdir: Path) -> KafkaInfo | None:
     try:
         raw = json.loads((workdir / "state.json").read_text())
-        raw["workdir"] = Path(raw["workdir"])
-        return KafkaInfo(**raw)
+        if "nodes" not in raw:  # written by a single-node version of this module
+            raw["nodes"] = [{"node_id": 1, "pid": raw.pop("pid"), "port": raw.pop("port"),
+                             "controller_port": raw.pop("controller_port"), "directory": raw["workdir"]}]
+        nodes = tuple(KafkaNode(**{**n, "directory": Path(n["directory"])}) for n in raw.pop("nodes"))
+        return KafkaInfo(**{**raw, "workdir": Path(raw["workdir"]), "nodes": nodes})
     except (FileNotFoundError, ValueError, TypeError, KeyError):
         return None
 
@@ -230,27 +300,33 @@ def _read_state(workdir: Path) -> KafkaInfo | None:
 def _write_state(info: KafkaInfo) -> None:
     raw = asdict(info)
     raw["workdir"] = str(info.workdir)
+    for node in raw["nodes"]:
+        node["directory"] = str(node["directory"])
     tmp = info.workdir / "state.json.tmp"
     tmp.write_text(json.dumps(raw, indent=2) + "\n")
     tmp.replace(info.workdir / "state.json")
 
 
-def _is_ours(info: KafkaInfo) -> bool:
-    """The recorded PID is a live (non-zombie) kafka.Kafka process of this workdir."""
+def _is_ours(node: KafkaNode) -> bool:
+    """The recorded PID is a live (non-zombie) kafka.Kafka process of this node's config."""
     try:
-        cmdline = Path(f"/proc/{info.pid}/cmdline").read_bytes().split(b"\0")
-        stat = Path(f"/proc/{info.pid}/stat").read_text()
+        cmdline = Path(f"/proc/{node.pid}/cmdline").read_bytes().split(b"\0")
+        stat = Path(f"/proc/{node.pid}/stat").read_text()
     except OSError:
         return False
     if stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
         return False
-    return b"kafka.Kafka" in cmdline and str(info.workdir / "server.properties").encode() in cmdline
+    return b"kafka.Kafka" in cmdline and str(node.directory / "server.properties").encode() in cmdline
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _free_port(taken: set[int]) -> int:
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in taken:
+            taken.add(port)
+            return port
 
 
 def _port_free(port: int) -> bool:
@@ -265,54 +341,58 @@ def _port_free(port: int) -> bool:
         return True
 
 
-def _ports(workdir: Path, recorded: KafkaInfo | None) -> tuple[int, int]:
-    """Reuse the previous ports when free (clients keep their address), else pick new ones."""
-    if recorded is not None and _port_free(recorded.port) and _port_free(recorded.controller_port):
-        return recorded.port, recorded.controller_port
-    port = _free_port()
-    controller_port = _free_port()
-    while controller_port == port:
-        controller_port = _free_port()
-    return port, controller_port
+def _ports(recorded: KafkaInfo | None, count: int, any_alive: bool) -> list[tuple[int, int]]:
+    """(client port, controller port) per node. The previous ones when free (clients keep
+    their address), and always while a node runs (the quorum knows the others by them)."""
+    if recorded is not None:
+        previous = [(n.port, n.controller_port) for n in recorded.nodes]
+        if any_alive or all(_port_free(p) and _port_free(c) for p, c in previous):
+            return previous
+    taken: set[int] = set()
+    return [(_free_port(taken), _free_port(taken)) for _ in range(count)]
 
 
-def _write_configs(workdir: Path, port: int, controller_port: int) -> None:
+def _write_configs(directory: Path, node_id: int, port: int, controller_port: int, voters: str,
+                   count: int) -> None:
+    replicas, min_isr = str(min(3, count)), str(min(2, count))
     settings = {
         "process.roles": "broker,controller",
-        "node.id": "1",
-        "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
+        "node.id": str(node_id),
+        "controller.quorum.voters": voters,
         "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
         "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
         "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-        "log.dirs": str(workdir / "data"),
+        "log.dirs": str(directory / "data"),
         "num.partitions": "1",
         # Topics are created by edm (ensure_topics) with declared partition counts; an
         # auto-created topic would hide a missing declaration.
         "auto.create.topics.enable": "false",
-        "offsets.topic.replication.factor": "1",
+        "default.replication.factor": replicas,
+        "min.insync.replicas": min_isr,
+        "offsets.topic.replication.factor": replicas,
         "offsets.topic.num.partitions": "4",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.replication.factor": replicas,
+        "transaction.state.log.min.isr": min_isr,
         "transaction.state.log.num.partitions": "4",
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": replicas,
+        "share.coordinator.state.topic.min.isr": min_isr,
         "group.initial.rebalance.delay.ms": "0",
         # A restarted node must wait out its previous registration's session before it is
         # unfenced: keep that short so restarts take seconds, not ~10 s more.
         "broker.heartbeat.interval.ms": "500",
         "broker.session.timeout.ms": "4000",
         "num.network.threads": "2",
-        "num.io.threads": "4",
+        "num.io.threads": "4" if count == 1 else "2",
     }
-    (workdir / "server.properties").write_text(
+    (directory / "server.properties").write_text(
         "".join(f"{key}={value}\n" for key, value in settings.items()))
-    (workdir / "log4j2.properties").write_text(f"""\
+    (directory / "log4j2.properties").write_text(f"""\
 status = warn
 appender.file.type = File
 appender.file.name = FILE
-appender.file.fileName = {workdir / 'server.log'}
+appender.file.fileName = {directory / 'server.log'}
 appender.file.layout.type = PatternLayout
 appender.file.layout.pattern = [%d] %p %m (%c)%n
 rootLogger.level = INFO
@@ -324,7 +404,16 @@ logger.request.level = WARN
 """)
 
 
-def _cluster_id() -> str:
+def _recorded_cluster_id(workdir: Path, count: int) -> str:
+    """The cluster id a node already formatted carries (a node formatted anew must join the
+    same cluster), else a new one."""
+    for node_id in range(1, count + 1):
+        meta = _node_dir(workdir, count, node_id) / "data" / "meta.properties"
+        with contextlib.suppress(OSError):
+            for line in meta.read_text().splitlines():
+                key, _, value = line.partition("=")
+                if key.strip() == "cluster.id" and value.strip():
+                    return value.strip()
     # Kafka's Uuid string form: URL-safe base64 without padding; it avoids a leading '-'.
     while True:
         text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
@@ -332,74 +421,106 @@ def _cluster_id() -> str:
             return text
 
 
-def _format_storage(workdir: Path, libs: Path) -> None:
-    shutil.rmtree(workdir / "data", ignore_errors=True)
+def _format_storage(directory: Path, libs: Path, cluster_id: str) -> None:
+    shutil.rmtree(directory / "data", ignore_errors=True)
     proc = subprocess.run(
-        ["java", HEAP, "-Dlog4j2.configurationFile=" + str(workdir / "log4j2.properties"),
+        ["java", HEAP, "-Dlog4j2.configurationFile=" + str(directory / "log4j2.properties"),
          "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format",
-         "-t", _cluster_id(), "-c", str(workdir / "server.properties")],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=workdir)
+         "-t", cluster_id, "-c", str(directory / "server.properties")],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=directory)
     if proc.returncode != 0:
-        raise DevKafkaError(f"formatting the Kafka storage in {workdir / 'data'} failed:\n"
+        raise DevKafkaError(f"formatting the Kafka storage in {directory / 'data'} failed:\n"
                             f"{_tail_text(proc.stdout + proc.stderr, 20)}")
 
 
-def _wait_ready(info: KafkaInfo, proc: subprocess.Popen | None, timeout_s: float) -> None:
+def _launch(directory: Path, libs: Path, heap: str) -> subprocess.Popen:
+    with open(directory / "stdout.log", "ab") as stdout:
+        return subprocess.Popen(
+            ["java", heap, "-Xms128m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+             "-Djava.awt.headless=true",
+             f"-Dlog4j2.configurationFile={directory / 'log4j2.properties'}",
+             f"-Dkafka.logs.dir={directory}",
+             "-cp", f"{libs}/*", "kafka.Kafka", str(directory / "server.properties")],
+            stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.STDOUT,
+            start_new_session=True, cwd=directory)
+
+
+def _wait_ready(info: KafkaInfo, procs: dict[int, subprocess.Popen], timeout_s: float) -> None:
+    """Until ``_ready``; ``procs``: the nodes this call started (others are watched by PID)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        exited = proc.poll() if proc is not None else (None if _is_ours(info) else -1)
-        if exited is not None:
-            raise DevKafkaError(
-                f"the Kafka broker (pid {info.pid}) exited during startup (status {exited}); "
-                f"last lines of its logs:\n{_log_tail(info.workdir)}")
-        if _accepts_requests(info.bootstrap):
+        for node in info.nodes:
+            proc = procs.get(node.node_id)
+            exited = proc.poll() if proc is not None else (None if _is_ours(node) else -1)
+            if exited is not None:
+                raise DevKafkaError(
+                    f"the Kafka {_which(info, node)} (pid {node.pid}) exited during startup "
+                    f"(status {exited}); last lines of its logs:\n{_log_tail(node.directory)}")
+        if _ready(info):
             return
         if time.monotonic() > deadline:
+            tails = "\n".join(_log_tail(node.directory, 30 // len(info.nodes)) for node in info.nodes)
             raise DevKafkaError(
-                f"the Kafka broker (pid {info.pid}) did not answer at {info.bootstrap} within "
-                f"{timeout_s:.0f} s; last lines of {info.log_file}:\n{_log_tail(info.workdir)}")
+                f"the Kafka {'cluster' if len(info.nodes) > 1 else 'broker'} (pid(s) "
+                f"{', '.join(map(str, info.pids))}) was not ready at {info.bootstrap} within "
+                f"{timeout_s:.0f} s; last lines of its logs:\n{tails}")
         # Connection refused returns at once: pace the probes instead of spinning.
         time.sleep(0.2)
 
 
-def _accepts_requests(bootstrap: str) -> bool:
-    """True when the broker answers a metadata request and lists itself (it is unfenced)."""
+def _which(info: KafkaInfo, node: KafkaNode) -> str:
+    return "broker" if len(info.nodes) == 1 else f"node {node.node_id}"
+
+
+def _ready(info: KafkaInfo) -> bool:
+    """Every node answers a metadata request listing every node as a live (unfenced) broker."""
+    return all(_brokers_seen(node.address) >= len(info.nodes) for node in info.nodes)
+
+
+def _brokers_seen(address: str) -> int:
+    """How many live brokers the node at ``address`` lists; 0 when it does not answer."""
     from aiokafka.client import AIOKafkaClient
     from aiokafka.errors import KafkaError
 
-    host, _, port = bootstrap.rpartition(":")
+    host, _, port = address.rpartition(":")
     try:
         # A plain connect first: cheap, and keeps aiokafka from logging every refused attempt.
         socket.create_connection((host, int(port)), timeout=2.0).close()
     except OSError:
-        return False
+        return 0
 
-    async def probe() -> bool:
-        client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=5000,
+    async def probe() -> int:
+        client = AIOKafkaClient(bootstrap_servers=address, request_timeout_ms=5000,
                                 client_id="edm-dev-probe")
         try:
             await client.bootstrap()
-            return bool(client.cluster.brokers())
+            return len(client.cluster.brokers())
         except KafkaError:
-            return False
+            return 0
         finally:
             await client.close()
 
     return asyncio.run(probe())
 
 
-def _terminate(pid: int, timeout_s: float) -> None:
-    """SIGTERM the broker's process group, SIGKILL it after ``timeout_s``, wait for the exit."""
+def _terminate(pids: list[int], timeout_s: float) -> None:
+    """SIGTERM the process groups of ``pids`` (none when ``timeout_s`` is 0), SIGKILL them after
+    ``timeout_s``, wait for the exits."""
     for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10.0)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, sig)
+        if wait_s <= 0:
+            continue
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, sig)
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
-            if _exited(pid):
+            if all(_exited(pid) for pid in pids):
                 return
             time.sleep(0.1)
-    if not _exited(pid):
-        raise DevKafkaError(f"the Kafka broker (pid {pid}) did not exit after SIGKILL")
+    left = [pid for pid in pids if not _exited(pid)]
+    if left:
+        raise DevKafkaError(f"the Kafka broker(s) (pid {', '.join(map(str, left))}) did not exit "
+                            "after SIGKILL")
 
 
 def _exited(pid: int) -> bool:

@@ -50,3 +50,24 @@ def kafka_bootstrap(kafka_dev: devkafka.KafkaInfo | None) -> str:
     return kafka_dev.bootstrap if kafka_dev is not None else os.environ["EDM_KAFKA_BOOTSTRAP"]
 
 # --- end Kafka ----------------------------------------------------------------------------------
+
+
+# --- Kafka cluster ------------------------------------------------------------------------------
+# `kafka_cluster`: a three-node dev cluster (edm_runner.devkafka, each node a broker and a
+# controller; topics get 3 replicas, min.insync.replicas 2) for the whole session, started only
+# when a test asks for it (three JVMs are heavy on a small machine) and stopped by PID at the end.
+# Tests may stop a node; `devkafka.start(info.workdir)` brings it back for the next test.
+
+CLUSTER_NODES = 3
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(kafka_tools: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[devkafka.KafkaInfo]:
+    workdir = tmp_path_factory.mktemp("kafka-cluster")
+    info = devkafka.start(workdir, nodes=CLUSTER_NODES)
+    try:
+        yield info
+    finally:
+        devkafka.stop(workdir)
+
+# --- end Kafka cluster --------------------------------------------------------------------------

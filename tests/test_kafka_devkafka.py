@@ -83,3 +83,35 @@ def test_records_sent_while_the_broker_restarts_are_delivered_once(
     finally:
         devkafka.stop(tmp_path)
     assert [r.value for r in records] == [b"%d" % i for i in range(200)]
+
+
+@pytest.mark.kafka
+def test_a_cluster_replicates_and_start_brings_back_a_stopped_node(kafka_cluster: devkafka.KafkaInfo) -> None:
+    """Three nodes: topics edm creates get three replicas; a node stopped alone (SIGKILL) is
+    started again by ``start`` while the others keep running; the size is fixed per workdir."""
+    workdir = kafka_cluster.workdir
+    before = devkafka.status(workdir)  # other tests may have restarted a node: new PIDs
+    assert before is not None and [n.node_id for n in before.nodes] == [1, 2, 3]
+    assert before.bootstrap == kafka_cluster.bootstrap == ",".join(n.address for n in before.nodes)
+    topic = unique("replicated")
+
+    async def replicas() -> list[int]:
+        broker = KafkaBroker({"bootstrap_servers": kafka_cluster.bootstrap})
+        await broker.start()
+        try:
+            await broker.ensure_topics([TopicSpec(topic, 2)])
+            [described] = await broker._describe_topics([topic])
+            return [len(p["replicas"]) for p in described["partitions"]]
+        finally:
+            await broker.close()
+
+    assert asyncio.run(replicas()) == [3, 3]
+    assert devkafka.stop(workdir, node=2, kill=True) is True
+    assert devkafka.status(workdir) is None  # not every node runs
+    restarted = devkafka.start(workdir)
+    assert restarted.node(1) == before.node(1) and restarted.node(3) == before.node(3)
+    assert restarted.node(2).pid != before.node(2).pid
+    assert restarted.node(2).port == before.node(2).port
+    assert devkafka.status(workdir) == restarted
+    with pytest.raises(devkafka.DevKafkaError, match="has 3 node"):
+        devkafka.start(workdir, nodes=1)
