@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import time
 import uuid
+import warnings
 from typing import Awaitable, Callable, TypeVar
 
 import pytest
@@ -280,3 +282,42 @@ def test_invalid_options_are_broker_errors(options: dict, expected: str) -> None
 def test_bootstrap_servers_accept_a_comma_list_or_a_list() -> None:
     assert KafkaBroker({"bootstrap_servers": "a:1, b:2"}).describe() == "kafka at a:1,b:2"
     assert KafkaBroker({"bootstrap_servers": ["a:1", "b:2"]}).bootstrap == ["a:1", "b:2"]
+
+
+def assert_fails_leaving_nothing_open(body: Callable[[], Awaitable[None]], expected: str) -> None:
+    """``body`` raises a BrokerError containing ``expected``, and every aiokafka client it opened
+    was closed: the ResourceWarning (and the event loop report) of an unclosed one fail."""
+    reports: list[str] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: reports.append(context["message"]))
+        with pytest.raises(BrokerError, match=expected):
+            await body()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        asyncio.run(main())
+        gc.collect()
+    leaked = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] + reports
+    assert not leaked, leaked
+
+
+@pytest.mark.parametrize("client", ["reader", "group member", "producer"])
+def test_a_client_that_cannot_connect_is_closed(client: str) -> None:
+    broker = KafkaBroker({"bootstrap_servers": f"127.0.0.1:{closed_port()}"})
+    make = {"reader": lambda: broker.consumer(None, ["t"]),
+            "group member": lambda: broker.consumer("g", ["t"]),
+            "producer": broker.producer}[client]
+    assert_fails_leaving_nothing_open(lambda: make().start(), "failed")
+
+
+@pytest.mark.kafka
+def test_a_reader_of_a_missing_topic_is_closed(kafka_bootstrap: str) -> None:
+    async def body() -> None:
+        broker = KafkaBroker({"bootstrap_servers": kafka_bootstrap})
+        await broker.start()
+        try:
+            await broker.consumer(None, [unique("missing")]).start()
+        finally:
+            await broker.close()
+    assert_fails_leaving_nothing_open(body, "cannot read missing topic")

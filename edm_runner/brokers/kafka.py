@@ -21,6 +21,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from typing import Any, Mapping, Sequence
@@ -31,6 +32,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from aiokafka.helpers import create_ssl_context
+from aiokafka.protocol.metadata import MetadataRequest
 
 from edm_runner.brokers.base import OutRecord, PartitionMismatchError, Record, TopicPartition, TopicSpec
 from edm_runner.errors import BrokerError
@@ -109,7 +111,8 @@ class KafkaBroker:
     async def ensure_topics(self, specs: Sequence[TopicSpec], create: bool = True) -> None:
         if not specs:
             return
-        existing = await self._partition_counts([s.name for s in specs])
+        names = [s.name for s in specs]
+        existing = await self._partition_counts(names)
         missing = [s for s in specs if s.name not in existing]
         if missing and not create:
             raise BrokerError(
@@ -117,7 +120,8 @@ class KafkaBroker:
                 "create them on the cluster, or let edm create them")
         if missing:
             await self._create(missing)
-            existing.update(await self._partition_counts([s.name for s in missing]))
+        # Also when they existed: another instance may have created them a moment ago.
+        existing = await self._wait_known_everywhere(names)
         mismatches = {s.name: (existing[s.name], s.partitions)
                       for s in specs if existing.get(s.name, s.partitions) != s.partitions}
         if mismatches:
@@ -197,7 +201,7 @@ class KafkaBroker:
             return
         committer = AIOKafkaConsumer(**self._common, group_id=group, enable_auto_commit=False,
                                      client_id=f"{self.client_id}-reset")
-        await self._call("starting an offset committer", committer.start())
+        await self._start_client("starting an offset committer", committer)
         try:
             committer.assign([KafkaTP(*tp) for tp in offsets])
             await self._retrying(f"committing offsets of group '{group}' (is an instance of the "
@@ -219,9 +223,11 @@ class KafkaBroker:
         await self._wait_deleted(doomed)
 
     async def _wait_deleted(self, names: list[str], timeout_s: float = 30.0) -> None:
-        """Deletion is asynchronous on the brokers; a re-creation right after must not race it."""
+        """Deletion is asynchronous on the brokers; a re-creation right after must not race it:
+        waits until no broker lists the topics."""
         deadline = time.monotonic() + timeout_s
-        while await self._partition_counts(names):
+        while any(topics is None or any(t["error_code"] == 0 for t in topics)
+                  for topics in (await self._metadata_of_every_broker(names)).values()):
             if time.monotonic() > deadline:
                 raise BrokerError(f"topics {', '.join(names)} still exist on {self.describe()} "
                                   f"{timeout_s:g} s after their deletion; check the broker's health")
@@ -242,7 +248,7 @@ class KafkaBroker:
     async def _with_reader(self, what: str, action: Any) -> dict[TopicPartition, int]:
         reader = AIOKafkaConsumer(**self._common, enable_auto_commit=False,
                                   client_id=f"{self.client_id}-admin-reader")
-        await self._call(what, reader.start())
+        await self._start_client(what, reader)
         try:
             found = await self._call(what, action(reader))
         finally:
@@ -256,15 +262,37 @@ class KafkaBroker:
             raise BrokerError(f"{self.describe()} is not started; call start() first")
         return self._admin
 
+    async def _start_client(self, what: str, client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
+        """``client.start()``; on any failure the client is stopped (closing the connections it
+        opened) before the error propagates, so no error path leaves it open."""
+        try:
+            await self._call(what, client.start())
+        except BaseException:
+            with contextlib.suppress(Exception):  # the start's error is the one to report
+                await client.stop()
+            raise
+
     async def _call(self, what: str, awaitable: Any) -> Any:
         try:
             return await awaitable
         except KafkaError as exc:
             raise BrokerError(f"{what} on {self.describe()} failed: {_describe_error(exc)}") from exc
 
+    async def _describe_topics(self, names: list[str], node_id: int | None = None) -> list[dict[str, Any]]:
+        """The metadata of topics ``names`` as broker ``node_id`` (default: any) knows them.
+        Never creates them, even where the cluster auto-creates topics that clients ask for."""
+        request = MetadataRequest(names, allow_auto_topic_creation=False)
+        # The admin client's own describe_topics asks a random broker and allows auto-creation.
+        send = lambda: self._started_admin()._send_request(request, node_id)  # noqa: E731
+        if node_id is None:  # any broker: one that is down is replaced by another on retry
+            response = await self._retrying("describing topics", send)
+        else:
+            response = await self._call("describing topics", send())
+        return response.to_object()["topics"]
+
     async def _partition_counts(self, names: list[str]) -> dict[str, int]:
         """Partition count of each named topic that exists (its leaders need not be elected)."""
-        topics = await self._call("describing topics", self._started_admin().describe_topics(names))
+        topics = await self._describe_topics(names)
         counts: dict[str, int] = {}
         for topic in topics:
             if topic["error_code"] == 0:
@@ -291,20 +319,50 @@ class KafkaBroker:
             failures.append(f"'{name}': {message}")
         if failures:
             raise BrokerError(f"creating topics on {self.describe()} failed: {'; '.join(failures)}")
-        await self._wait_for_leaders([s.name for s in specs])
 
-    async def _wait_for_leaders(self, names: list[str], timeout_s: float = 30.0) -> None:
-        """Creation returns before leaders are elected everywhere; clients need them."""
+    async def _wait_known_everywhere(self, names: list[str], timeout_s: float = 30.0) -> dict[str, int]:
+        """Waits until every live broker lists every topic of ``names`` with a leader for each
+        partition, and returns their partition counts.
+
+        Brokers learn of a new topic at different moments, and clients ask any of them (aiokafka
+        picks a random one): until all know it, a reader or producer can be told it does not
+        exist, and a partition leader can refuse requests for it.
+        """
         deadline = time.monotonic() + timeout_s
         while True:
-            topics = await self._call("describing topics", self._started_admin().describe_topics(names))
-            if all(t["error_code"] == 0 and t["partitions"]
-                   and all(p["leader"] >= 0 for p in t["partitions"]) for t in topics):
-                return
+            counts: dict[str, int] = {}
+            lagging: dict[int, list[str]] = {}
+            for node_id, topics in (await self._metadata_of_every_broker(names)).items():
+                for topic in topics if topics is not None else []:
+                    if topic["error_code"] == 0 and topic["partitions"] and all(
+                            p["leader"] >= 0 for p in topic["partitions"]):
+                        counts[topic["topic"]] = len(topic["partitions"])
+                    else:
+                        lagging.setdefault(node_id, []).append(topic["topic"])
+                if topics is None:
+                    lagging[node_id] = names
+            if not lagging:
+                return counts
             if time.monotonic() > deadline:
-                raise BrokerError(f"topics {', '.join(names)} have no leader on {self.describe()} "
-                                  f"{timeout_s:g} s after creation; check the broker's health")
+                late = sorted({name for topics in lagging.values() for name in topics})
+                raise BrokerError(
+                    f"topic(s) {', '.join(late)} not known with a leader for every partition by "
+                    f"broker(s) {', '.join(map(str, sorted(lagging)))} of {self.describe()} within "
+                    f"{timeout_s:g} s; check the brokers' health")
             await asyncio.sleep(0.05)  # no event to await: metadata is polled
+
+    async def _metadata_of_every_broker(self, names: list[str]) -> dict[int, list[dict[str, Any]] | None]:
+        """Per live broker (node id), its own metadata of topics ``names``; None for a broker
+        that did not answer."""
+        admin = self._started_admin()
+        await admin._client.force_metadata_update()  # the brokers alive now
+        views: dict[int, list[dict[str, Any]] | None] = {}
+        for broker in admin._client.cluster.brokers():
+            try:
+                views[broker.nodeId] = await self._describe_topics(names, broker.nodeId)
+            except BrokerError:
+                views[broker.nodeId] = None
+        return views
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -344,16 +402,26 @@ class KafkaConsumer:
         self._topics = topics
         self._partitions = partitions
         self._group = kwargs.get("group_id")
-        try:
-            self._consumer = AIOKafkaConsumer(**kwargs)
-        except TypeError as exc:
-            raise BrokerError(f"invalid kafka consumer option: {exc}") from exc
+        self._kwargs = kwargs
+        self._consumer: AIOKafkaConsumer = None  # type: ignore[assignment]  # set by start
 
     async def start(self) -> None:
         """Join the group and wait for the first assignment (so ``assignment()`` is
-        meaningful on return), or without a group assign every partition of the topics."""
-        await self._broker._call(f"starting a consumer of {', '.join(self._topics)}",
-                                 self._consumer.start())
+        meaningful on return), or without a group assign every partition of the topics.
+        On failure nothing stays open (``close`` is not needed)."""
+        try:
+            self._consumer = AIOKafkaConsumer(**self._kwargs)
+        except TypeError as exc:
+            raise BrokerError(f"invalid kafka consumer option: {exc}") from exc
+        await self._broker._start_client(f"starting a consumer of {', '.join(self._topics)}",
+                                         self._consumer)
+        try:
+            await self._join_or_assign()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _join_or_assign(self) -> None:
         if self._group is not None:
             assigned = asyncio.Event()
             self._consumer.subscribe(self._topics, listener=_Listener(self, assigned))
@@ -419,7 +487,8 @@ class KafkaConsumer:
         self._consumer.seek(KafkaTP(*tp), offset)
 
     async def close(self) -> None:
-        await self._consumer.stop()
+        if self._consumer is not None:
+            await self._consumer.stop()
 
 
 class KafkaProducer:
@@ -435,17 +504,20 @@ class KafkaProducer:
 
     def __init__(self, broker: KafkaBroker, kwargs: dict[str, Any]):
         self._broker = broker
-        try:
-            self._producer = AIOKafkaProducer(**kwargs)
-        except TypeError as exc:
-            raise BrokerError(f"invalid kafka producer option: {exc}") from exc
+        self._kwargs = kwargs
+        self._producer: AIOKafkaProducer = None  # type: ignore[assignment]  # set by start
         self._queue: list[OutRecord] = []
         self._pump: asyncio.Task[None] | None = None
         self._deliveries: list[asyncio.Future[Any]] = []
         self._failed: BrokerError | None = None
 
     async def start(self) -> None:
-        await self._broker._call("starting the producer", self._producer.start())
+        """Connects. On failure nothing stays open (``close`` is not needed)."""
+        try:
+            self._producer = AIOKafkaProducer(**self._kwargs)
+        except TypeError as exc:
+            raise BrokerError(f"invalid kafka producer option: {exc}") from exc
+        await self._broker._start_client("starting the producer", self._producer)
 
     def send(self, record: OutRecord) -> None:
         if self._failed is not None:
@@ -476,7 +548,8 @@ class KafkaProducer:
     async def close(self) -> None:
         if self._pump is not None:
             self._pump.cancel()
-        await self._producer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
 
     async def _drain(self) -> None:
         while self._queue:

@@ -76,7 +76,11 @@ class TransactionalProducer(KafkaProducer):
 
     async def start(self) -> None:
         await super().start()
-        await self._txn("registering the transactional id", self._producer.begin_transaction())
+        try:
+            await self._txn("registering the transactional id", self._producer.begin_transaction())
+        except BaseException:
+            await self.close()
+            raise
 
     def send(self, record: Any) -> None:
         self.dirty = True

@@ -32,16 +32,19 @@ RUN_TIMEOUT_S = 120
 _RESTORED = re.compile(r"restored (\S+) task (\d+_\d+): (\d+) records? from offset (\d+) to (\d+)")
 
 
-def write_topology(directory: Path, name: str, kafka_bootstrap: str | None = None) -> Path:
+def write_topology(directory: Path, name: str, kafka_bootstrap: str | None = None, *,
+                   processing: dict | None = None) -> Path:
     """The count-per-user microservice ``name``; on Kafka when ``kafka_bootstrap`` is given,
-    else on a local broker in ``directory / "broker"``."""
+    else on a local broker in ``directory / "broker"``. ``processing`` entries replace the
+    defaults (small batches, a commit after every batch)."""
     broker = broker_yaml(directory, kafka_bootstrap)
+    settings = json.dumps({"max_batch": MAX_BATCH, "commit_interval_ms": 1, **(processing or {})})
     path = directory / f"{name}.yaml"
     path.write_text(f"""\
 kind: microservice
 name: {name}
 broker: {broker}
-processing: {{max_batch: {MAX_BATCH}, commit_interval_ms: 1}}
+processing: {settings}
 streams:
   events: {{topic: {name}-events, partitions: {PARTITIONS}, key: string, value: json}}
   counts: {{topic: {name}-counts, partitions: {PARTITIONS}, type: entity, key: string, value: json}}
