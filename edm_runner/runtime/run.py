@@ -83,7 +83,7 @@ async def run_services(services: list[Topology], broker: Broker, *, until_idle: 
                 if await runner.poll(poll_ms):
                     tracker.activity()
                 elif until_idle:
-                    if runner.unflushed:
+                    if runner.uncommitted:
                         await runner.commit_now()
                         tracker.activity()
                     elif await runner.caught_up() and tracker.idle(runner.name):

@@ -13,11 +13,12 @@ Invariants (at-least-once):
   the batch's outputs and changelog records are durable; on the local broker that is right
   after ``append_and_commit``, on Kafka at every commit, after the flush and before the
   input offsets are committed. A failed batch drops the buffered store updates.
+- Under every guarantee, whatever is processed but not committed is committed within a commit
+  interval even when no more input arrives (an idle ``poll`` commits when one is due).
 
 Exactly-once (``processing.guarantee: exactly_once``, see ``runtime.eos``): on Kafka every task
 commits its outputs, changelog records and input offsets in one transaction of its own
-producer, and every consumer reads committed; an idle input still commits on the interval (the
-last outputs are invisible until then). On the local broker ``append_and_commit`` already is
+producer, and every consumer reads committed. On the local broker ``append_and_commit`` already is
 that transaction. On both, a task whose local state was not closed cleanly is wiped and restored.
 
 Rebalancing (Kafka; see ``Rebalance``): a batch is processed under ``batch_lock``. On
@@ -200,8 +201,10 @@ class ServiceRunner:
         async with self.batch_lock:
             if self.rebalance.interrupted(fetched):
                 return 0
-            if not fetched and self.eos is not None and self.eos.dirty and self._commit_due():
-                # Idle input: under exactly-once the last outputs are invisible until committed.
+            if not fetched and self.uncommitted and self._commit_due():
+                # Idle input: the last batches are committed on the interval all the same, so
+                # group lag, changelogs and standbys catch up, a crash in a quiet period
+                # re-emits nothing, and under exactly-once the last outputs become visible.
                 await self.commit()
                 return 0
             return await self._process(fetched)
@@ -282,6 +285,13 @@ class ServiceRunner:
         if self._commit_due():
             await self.commit()
         return count
+
+    @property
+    def uncommitted(self) -> bool:
+        """True while processed input, or outputs or store updates of it, await ``commit``."""
+        if self.eos is not None:
+            return self.eos.dirty
+        return bool(self.pending) or self.unflushed or (self.tasks is not None and bool(self.tasks.touched))
 
     def _commit_due(self) -> bool:
         return (time.monotonic() - self.last_commit) * 1000 >= self.topology.processing.commit_interval_ms
