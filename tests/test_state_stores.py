@@ -155,7 +155,11 @@ def test_oversized_key_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_fingerprint_change_refuses_with_the_fix(tmp_path: Path) -> None:
     with open_task(tmp_path) as st:
+        st.register("hourly", "window", {"size": 60_000, "grace": 0})
+    # nothing was written under that definition: it left nothing behind that would refuse another
+    with open_task(tmp_path) as st:
         st.register("hourly", "window", {"size": 3_600_000, "grace": 0})
+        st.commit(Checkpoint())
     with open_task(tmp_path, invocation=Invocation("shop.yaml", state_dir="/tmp/my state")) as st:
         with pytest.raises(IncompatibleStoreError) as info:
             st.register("hourly", "window", {"size": 60_000, "grace": 0})

@@ -486,3 +486,73 @@ def test_a_table_restored_on_a_new_machine_skips_what_its_stream_skipped(tmp_pat
     out = svc.run({"in": [("u1", 1), ("u2", 2), ("u3", 3)]})
     assert out == [("u1", {"name": "A"}), ("u2", None), ("u3", {"name": "C"})]
     assert svc.stats.skipped == 0  # counted once, when the records were processed
+
+
+# -- an incompatible store change is refused from the changelog itself ------------------------------
+
+def _counting(step: str, store: str = "stats: {type: key_value}") -> str:
+    return f"""
+    kind: microservice
+    name: "{{p}}c"
+    streams: {{in: {{topic: "{{p}}in"}}, out: {{topic: "{{p}}out"}}}}
+    stores: {{{store}}}
+    pipelines:
+      p: {{from: in, steps: [{{group_by_key: {{}}}}, {step}], to: out}}
+    """
+
+
+@pytest.mark.parametrize("before, after, store, change", [
+    ("{count: {store: stats}}", '{aggregate: {store: stats, initializer: "0", aggregator: "aggregate + value"}}',
+     "stats: {type: key_value}", 'aggregation "count" -> "aggregate"'),
+    ("{window: {type: tumbling, size: 100}}, {count: {store: stats}}",
+     "{window: {type: tumbling, size: 200}}, {count: {store: stats}}",
+     "stats: {type: window}", "advance 100 -> 200, size 100 -> 200"),
+])
+def test_a_new_machine_refuses_an_incompatible_store_change_as_an_old_one_does(
+        tmp_path: Path, broker_url: str, before: str, after: str, store: str, change: str) -> None:
+    import shutil
+
+    from edm_runner.state import IncompatibleStoreError
+
+    svc = Service(tmp_path, _counting(before, store), url=broker_url)
+    first = svc.run({"in": [("a", 1, 10), ("b", 1, 20), ("a", 1, 30)]})
+    shutil.rmtree(svc.state_dir)
+    assert svc.run({"in": [("a", 1, 40)]})[len(first):] == [first[-1][:1] + (
+        first[-1][1] + 1 if isinstance(first[-1][1], int) else {**first[-1][1], "value": 3},)]
+
+    svc.write(_counting(after, store))
+    shutil.rmtree(svc.state_dir)  # a new pod
+    with pytest.raises(IncompatibleStoreError) as new_machine:
+        svc.run({"in": [("a", 1, 50)]})
+    message = str(new_machine.value)
+    assert f"store 'stats' changed since its changelog {svc.p}c-stats-changelog (partition 0, offset" in message
+    assert change in message
+    assert "run `edm reset" in message and "give the store a new name" in message
+
+    svc.write(_counting(before, store))  # the old pod: the same refusal, from its local state
+    svc.run({})
+    svc.write(_counting(after, store))
+    with pytest.raises(IncompatibleStoreError, match=change):
+        svc.run({})
+
+
+def test_every_changelog_record_names_its_store_definition(tmp_path: Path) -> None:
+    """Compaction keeps the latest record per key: each one must carry the fingerprint."""
+    from edm_runner.state.task import fingerprint
+
+    svc = Service(tmp_path, _counting("{count: {store: stats}}"))
+    svc.run({"in": [("a", 1), ("b", 1), ("a", 1), ("c", 1)]})
+    records = asyncio.run(_records(svc, f"{svc.p}c-stats-changelog"))
+    expected = fingerprint("key_value", {"aggregation": "count"}).encode()
+    assert records and all(r.headers[0] == ("edm.store", expected) for r in records)
+    described = [dict(r.headers)["edm.store.definition"] for r in records if len(r.headers) > 1]
+    assert described and set(described) == {b'{"params":{"aggregation":"count"},"type":"key_value"}'}
+
+
+async def _records(svc: Service, topic: str) -> list[Record]:
+    broker = svc.broker()
+    await broker.start()
+    try:
+        return await read_raw(broker, topic)
+    finally:
+        await broker.close()

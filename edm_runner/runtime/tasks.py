@@ -34,9 +34,9 @@ from edm_runner.serde import Serde
 from edm_runner.spec.model import Pos
 from edm_runner.state.api import encode_json
 from edm_runner.state.progress import RestoreProgress
-from edm_runner.state.restore import INPUT_HEADER, input_position, restore_task
+from edm_runner.state.restore import INPUT_HEADER, check_changelog, input_position, restore_task, store_headers
 from edm_runner.state.stores import key_too_long
-from edm_runner.state.task import Checkpoint, TaskState, global_dir, task_dir, tp_key
+from edm_runner.state.task import Checkpoint, TaskState, fingerprint, global_dir, task_dir, tp_key
 
 log = logging.getLogger("edm.runtime")
 
@@ -150,6 +150,9 @@ class TaskManager:
         self.tasks: dict[tuple[int, int], Task] = {}
         self.exactly_once = self.topology.processing.guarantee == "exactly_once"
         self.touched: dict[tuple[int, int], Task] = {}
+        self.headers = {u.name: store_headers({"type": u.type, "params": u.params,
+                                               "fingerprint": fingerprint(u.type, u.params)})
+                        for uses in self.uses.values() for u in uses}
 
     def owns(self, tp: TopicPartition) -> bool:
         """True when ``tp`` is an input of a stateful sub-topology."""
@@ -297,20 +300,27 @@ class TaskManager:
         self.touched[key] = task
 
     def changelog_records(self) -> list[OutRecord]:
-        """The changelog records of every touched task's dirty keys; each task's last record
-        carries ``edm.input``."""
+        """The changelog records of every touched task's dirty keys, each naming its store's
+        definition (``state.restore.store_headers``); each task's last record carries
+        ``edm.input``."""
         now = int(time.time() * 1000)
         out: list[OutRecord] = []
         topics = {u.name: u.changelog for uses in self.uses.values() for u in uses}
+        headers = self.headers
         for task in self.touched.values():
             rows = task.state.dirty_changelog_records()
             if not rows:
                 continue
             p = task.partition
-            out.extend(OutRecord(topics[store], p, k, v, now) for store, k, v in rows)
+            last_of: dict[str, OutRecord] = {}
+            for store, k, v in rows:
+                out.append(record := OutRecord(topics[store], p, k, v, now, headers[store][0]))
+                last_of[store] = record
+            for store, record in last_of.items():
+                record.headers = headers[store][1]
             header = json.dumps({tp_key(tp): o for tp, o in task.inputs.items()}, separators=(",", ":"))
             last = out[-1]
-            last.headers = ((INPUT_HEADER, header.encode()),)
+            last.headers = last.headers + ((INPUT_HEADER, header.encode()),)
         return out
 
     def touched_changelogs(self) -> list[TopicPartition]:
@@ -493,6 +503,7 @@ class StandbyTasks:
         count = 0
         for tp, records in fetched.items():
             task, store = self.stores[tp]
+            check_changelog(task.state, store, tp, records)
             entries = [(r.key, r.value) for r in records if r.key is not None]
             await asyncio.to_thread(task.state.apply_changelog, store, entries,  # type: ignore[arg-type]
                                     changelog={tp: records[-1].offset + 1},

@@ -8,6 +8,12 @@ Invariants:
   the caller when restore starts (records appended later are the task's to process).
 - A checkpoint ahead of the end offset means the changelog was recreated: the store is
   wiped (with a warning) and restored from offset 0.
+- Every changelog record names the definition of the store that wrote it (``STORE_HEADER``,
+  its fingerprint: per record, so compaction cannot drop it), and each store's last record
+  of a batch carries the definition itself (``DEFINITION_HEADER``). A record of another
+  definition is refused before anything of its batch is applied (``check_changelog``), so a
+  machine without local state refuses an incompatible store change exactly as one with it.
+  Records without the header (written before it existed) are accepted.
 """
 from __future__ import annotations
 
@@ -16,9 +22,9 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable, Mapping
 
-from edm_runner.brokers.base import Consumer, Record, TopicPartition
+from edm_runner.brokers.base import Consumer, Headers, Record, TopicPartition
 from edm_runner.errors import BrokerError
 from edm_runner.state.progress import RestoreProgress
 from edm_runner.state.task import TaskState, parse_offsets
@@ -26,6 +32,8 @@ from edm_runner.state.task import TaskState, parse_offsets
 log = logging.getLogger("edm.state")
 
 INPUT_HEADER = "edm.input"
+STORE_HEADER = "edm.store"
+DEFINITION_HEADER = "edm.store.definition"
 RESTORE_BATCH = 50_000
 POLL_MS = 500
 STALL_S = 120.0
@@ -53,6 +61,38 @@ def input_position(records: list[Record]) -> dict[TopicPartition, int] | None:
                     log.warning("ignoring a malformed %s header at %s[%d]@%d: %r", INPUT_HEADER,
                                 r.topic, r.partition, r.offset, value[:100])
     return None
+
+
+def store_headers(definition: Mapping[str, Any]) -> tuple[Headers, Headers]:
+    """The headers of a changelog record of a store of ``definition`` (``{"type", "params",
+    "fingerprint"}``): (every record's, the store's last record of a batch)."""
+    every = ((STORE_HEADER, definition["fingerprint"].encode()),)
+    described = json.dumps({"type": definition["type"], "params": definition["params"]}, sort_keys=True,
+                           separators=(",", ":"), default=str)
+    return every, every + ((DEFINITION_HEADER, described.encode()),)
+
+
+def check_changelog(state: TaskState, store: str, tp: TopicPartition, records: list[Record]) -> None:
+    """Raises ``IncompatibleStoreError`` when a record of ``records`` (read from ``tp``, the
+    changelog of ``store``) was written by another definition of the store."""
+    definition = state.definition(store)
+    expected = definition["fingerprint"].encode()
+    for r in records:
+        h = r.headers
+        if h and h[0][0] == STORE_HEADER and h[0][1] != expected:
+            found = h[0][1]
+            old: dict[str, Any] = {"fingerprint": found.decode("utf-8", "replace")}
+            for other in records:  # the definition, when a record of this batch carries it
+                if other.headers and other.headers[0] == h[0]:
+                    described = dict(other.headers).get(DEFINITION_HEADER)
+                    if described is not None:
+                        try:
+                            old.update(json.loads(described))
+                        except ValueError:
+                            pass
+                        break
+            raise state.incompatible(store, definition, old, f"its changelog {tp.topic} (partition "
+                                     f"{tp.partition}, offset {r.offset})")
 
 
 async def _isolate(consumer: Consumer, tp: TopicPartition, offset: int) -> None:
@@ -129,6 +169,7 @@ async def restore_task(state: TaskState, store: str, consumer: Consumer, tp: Top
             if records[-1].offset >= end_offset:
                 records = [r for r in records if r.offset < end_offset]
             if convert is None:
+                check_changelog(state, store, tp, records)
                 entries = [(r.key, r.value) for r in records if r.key is not None]
                 skipped_null_keys += len(records) - len(entries)
             else:

@@ -3,7 +3,10 @@
 Layout: ``<state_dir>/state/<service>/<subtopology>_<partition>/`` (global tables:
 ``.../global/``), and next to it ``<dir>.lock``, flocked by the process that owns the task.
 ``__meta`` holds ``format`` (layout version), ``checkpoint`` (JSON, see ``Checkpoint``) and
-``store:<name>`` (JSON ``{"type", "params", "fingerprint"}``) per registered store.
+``store:<name>`` (JSON ``{"type", "params", "fingerprint"}``) per store registered and
+written: a definition enters ``__meta`` with the first transaction that writes data or a
+checkpoint under it, so a store refused before that (its changelog holds another
+definition) leaves nothing behind that would refuse the definition it has.
 
 Invariants:
 - Store updates and the checkpoint that describes them change in ONE write transaction
@@ -197,6 +200,7 @@ class TaskState:
         self._meta = meta
         self._checkpoint = checkpoint
         self._definitions = definitions
+        self._unwritten: dict[str, dict] = {}  # registered, not yet in __meta
         self._lock_fd = lock_fd
         self._invocation = invocation
         self._stores: dict[str, AnyStore] = {}
@@ -269,22 +273,42 @@ class TaskState:
             return existing
         stored = self._definitions.get(name)
         if stored is not None and stored["fingerprint"] != fp:
-            raise IncompatibleStoreError(
-                f"store {name!r} changed since its local state at {self.path} was built "
-                f"({_describe_change(stored, kind, params)}); its data no longer fits the new "
-                f"definition: run `{self._invocation.command('reset')}` to rebuild it from its "
-                "inputs, or revert the change")
+            raise self.incompatible(name, {"type": kind, "params": params, "fingerprint": fp}, stored,
+                                    f"its local state at {self.path}")
         self._end_read()
         definition = {"type": kind, "params": params, "fingerprint": fp}
         with self._errors(), self.env.begin(write=True) as txn:
             db = self.env.open_db(name.encode(), txn=txn, create=True)
-            if stored is None:
-                txn.put(_STORE + name.encode(), json.dumps(definition, sort_keys=True,
-                                                           default=str).encode(), db=self._meta)
+        if stored is None:
+            self._unwritten[name] = definition
         self._definitions[name] = definition
         store = STORE_CLASSES[kind](name, db, self, changelog)
         self._stores[name] = store  # type: ignore[assignment]
         return store  # type: ignore[return-value]
+
+    def definition(self, name: str) -> Mapping[str, Any]:
+        """``{"type", "params", "fingerprint"}`` of registered store ``name``."""
+        return self._definitions[name]
+
+    def incompatible(self, name: str, new: Mapping[str, Any], old: Mapping[str, Any],
+                     where: str) -> IncompatibleStoreError:
+        """The refusal of store ``name`` defined as ``new`` when ``where`` (its local state, or
+        its changelog) holds data of the definition ``old`` (``{"fingerprint"}`` alone when
+        only that is known): the same words on every machine, with the ways out."""
+        if "type" in old:
+            change = _describe_change(old, new["type"], new["params"])
+        else:
+            change = (f"fingerprint {old['fingerprint']} -> {new['fingerprint']}: now type {new['type']}, "
+                      f"params {json.dumps(new['params'], sort_keys=True, default=str)}")
+        return IncompatibleStoreError(
+            f"store {name!r} changed since {where} was written ({change}); its data does not fit "
+            f"the new definition: with every instance stopped, run `{self._invocation.command('reset')}` "
+            "to rebuild it from its inputs, or give the store a new name, or revert the change")
+
+    def _write_definitions(self, txn: lmdb.Transaction) -> None:
+        for name, definition in self._unwritten.items():
+            txn.put(_STORE + name.encode(), json.dumps(definition, sort_keys=True, default=str).encode(),
+                    db=self._meta)
 
     def store(self, name: str) -> AnyStore:
         try:
@@ -337,8 +361,10 @@ class TaskState:
                         if v is None:
                             txn.delete(k, db=s.db)
             txn.put(_CHECKPOINT, merged.to_json(), db=self._meta)
+            self._write_definitions(txn)
             faults.reached("store_write")
         self._checkpoint = merged
+        self._unwritten.clear()
         for s in self._stores.values():
             s.clear()
 
@@ -380,7 +406,9 @@ class TaskState:
                 else:
                     cur.putmulti(entries)  # type: ignore[arg-type]
             txn.put(_CHECKPOINT, merged.to_json(), db=self._meta)
+            self._write_definitions(txn)
         self._checkpoint = merged
+        self._unwritten.clear()
 
     def wipe_store(self, name: str, *, changelog_tps: Iterable[TopicPartition] = (),
                    forget_inputs: bool = False) -> None:
@@ -396,7 +424,9 @@ class TaskState:
         with self._errors(), self.env.begin(write=True) as txn:
             txn.drop(store.db, delete=False)
             txn.put(_CHECKPOINT, merged.to_json(), db=self._meta)
+            self._write_definitions(txn)
         self._checkpoint = merged
+        self._unwritten.clear()
 
     # -- lifecycle ------------------------------------------------------------------------
 
