@@ -29,6 +29,8 @@ from bench import compare, kafka_bootstrap, run_child
 from edm_runner.brokers.base import OutRecord, TopicSpec
 from edm_runner.brokers.kafka import KafkaBroker
 from edm_runner.brokers.partitioner import default_partition
+from edm_runner.state.restore import store_headers
+from edm_runner.state.task import fingerprint
 
 KEYS = 1_000_000
 PARTITIONS = 4
@@ -53,17 +55,21 @@ def _topology(name: str, bootstrap: str, directory: Path):
 
 async def fill_changelog(broker: KafkaBroker, name: str, keys: int) -> str:
     """Creates the count service ``name``'s topics and writes ``keys`` records to its
-    changelog, as the service would have left them; returns the changelog topic."""
+    changelog, as the service would have left them (each naming the store's definition, which
+    the restore checks); returns the changelog topic."""
     changelog = f"{name}-counts-changelog"
     await broker.ensure_topics([TopicSpec(f"{name}-events", PARTITIONS),
                                 TopicSpec(f"{name}-counts", PARTITIONS, compacted=True),
                                 TopicSpec(changelog, PARTITIONS, compacted=True)])
     producer = broker.producer()
     await producer.start()
+    params = {"aggregation": "count"}
+    headers, _ = store_headers({"type": "key_value", "params": params,
+                                "fingerprint": fingerprint("key_value", params)})
     for i in range(keys):
         user = f"user-{i}"
         producer.send(OutRecord(changelog, default_partition(user.encode(), PARTITIONS),
-                                b'"%s"' % user.encode(), b"%d" % (i % 1000 + 1), 0))
+                                b'"%s"' % user.encode(), b"%d" % (i % 1000 + 1), 0, headers))
         if i % 50_000 == 49_999:
             await producer.flush()
     await producer.flush()
