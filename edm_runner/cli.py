@@ -712,12 +712,15 @@ def _parse_datetime(text: str) -> int:
 @dataclass
 class _ResetPlan:
     """What ``edm reset`` does to one service. ``offsets``: input partition -> (committed
-    offset or None, new offset). ``topics``: existing internal topics to delete. ``state``:
-    the service's local state directory when it exists."""
+    offset or None, new offset). ``rewritten``: the input topics set to their end instead,
+    because the services being reset write them (the reprocessing writes their records
+    again). ``topics``: existing internal topics to delete. ``state``: the service's local
+    state directory when it exists."""
 
     service: str
     broker: str
     offsets: dict = field(default_factory=dict)
+    rewritten: set[str] = field(default_factory=set)
     topics: list[str] = field(default_factory=list)
     state: Path | None = None
     state_dir: Path = Path()
@@ -727,7 +730,8 @@ class _ResetPlan:
                  "every instance of the service must be stopped)"]
         lines.append(f"  group {self.service}: input offsets")
         for tp, (old, new) in sorted(self.offsets.items()):
-            lines.append(f"    {tp.topic}[{tp.partition}]: {'none' if old is None else old} -> {new}")
+            end = " (its end: this reset's services write it again)" if tp.topic in self.rewritten else ""
+            lines.append(f"    {tp.topic}[{tp.partition}]: {'none' if old is None else old} -> {new}{end}")
         if not self.offsets:
             lines.append("    none (no input topic exists yet)")
         lines.append("  internal topics to delete:")
@@ -737,10 +741,19 @@ class _ResetPlan:
         return "\n".join(lines)
 
 
-def _reset_topics(topology) -> tuple[set[str], set[str]]:
-    """(inputs, internal) of a service: the declared topics its group consumes (sources and
-    table sources; global tables are read without the group), and the topics the runtime
-    creates beyond the declared streams (repartition topics, store changelogs)."""
+@dataclass(frozen=True)
+class _ResetTopics:
+    """What ``edm reset`` touches of one service. ``inputs``: the declared topics its group
+    consumes (sources and table sources; global tables are read without the group).
+    ``internal``: the topics the runtime creates beyond the declared streams (repartition
+    topics, store changelogs). ``written``: the declared topics its pipelines write."""
+
+    inputs: set[str]
+    internal: set[str]
+    written: set[str]
+
+
+def _reset_topics(topology) -> _ResetTopics:
     from edm_runner.runtime.processing import CompiledService
     from edm_runner.runtime.service import topic_specs
     from edm_runner.runtime.stats import ServiceStats
@@ -748,26 +761,37 @@ def _reset_topics(topology) -> tuple[set[str], set[str]]:
     declared = {s.topic for s in topology.streams.values()}
     internal = {spec.name for spec in topic_specs(topology, compiled)} - declared
     tables = {topology.streams[t.source].topic for t in topology.tables.values()}
-    return (set(compiled.dag.source_topics()) | tables) - internal, internal
+    written = {t for node in compiled.dag.sinks() for t in node.topics} - internal
+    return _ResetTopics((set(compiled.dag.source_topics()) | tables) - internal, internal, written)
 
 
-async def _reset_plan(topology, broker, state_dir: Path, since_ms: int | None, again: str) -> _ResetPlan:
-    """``again``: the command line that runs this reset again."""
+async def _reset_plan(topology, topics: _ResetTopics, broker, state_dir: Path, since_ms: int | None,
+                      again: str, rewritten: set[str]) -> _ResetPlan:
+    """``again``: the command line that runs this reset again. ``rewritten``: the topics the
+    services being reset write. An input among them is set to its end, not to its beginning
+    (or ``since_ms``): the reprocessing writes its records again, and reading the old ones
+    too would process every one of them twice (a count downstream would double)."""
     from edm_runner.brokers.base import TopicPartition
     from edm_runner.state.task import service_dir
     group = topology.name
     if await broker.group_alive(group):
         raise EdmError(f"an instance of service {group!r} is running on {broker.describe()}; edm reset "
                        f"stops nothing itself: stop every instance, then run `{again}` again")
-    inputs, internal = _reset_topics(topology)
     existing = await broker.list_topics()
-    committed = await broker.group_offsets(group, sorted(inputs))
-    tps = sorted(TopicPartition(t, p) for t in inputs if t in existing for p in range(existing[t]))
-    targets = (await broker.beginning_offsets(tps) if since_ms is None
-               else await broker.offsets_for_times(tps, since_ms))
+    committed = await broker.group_offsets(group, sorted(topics.inputs))
+    tps = sorted(TopicPartition(t, p) for t in topics.inputs if t in existing for p in range(existing[t]))
+    reread = [tp for tp in tps if tp.topic not in rewritten]
+    to_end = [tp for tp in tps if tp.topic in rewritten]
+    targets = {}
+    if reread:
+        targets.update(await broker.beginning_offsets(reread) if since_ms is None
+                       else await broker.offsets_for_times(reread, since_ms))
+    if to_end:
+        targets.update(await broker.end_offsets(to_end))
     local = service_dir(state_dir, group)
     return _ResetPlan(group, broker.describe(), {tp: (committed.get(tp), targets[tp]) for tp in tps},
-                      sorted(internal & set(existing)), local if local.exists() else None, state_dir)
+                      rewritten & topics.inputs, sorted(topics.internal & set(existing)),
+                      local if local.exists() else None, state_dir)
 
 
 async def _apply_reset(plan: _ResetPlan, broker) -> None:
@@ -812,7 +836,10 @@ def reset(
 
         async def go() -> None:
             async with _connected(connection):
-                plans = [await _reset_plan(s, connection, local_state, since, again) for s in services]
+                topics = [_reset_topics(s) for s in services]
+                rewritten = {t for each in topics for t in each.written}
+                plans = [await _reset_plan(s, t, connection, local_state, since, again, rewritten)
+                         for s, t in zip(services, topics)]
                 for plan in plans:
                     typer.echo(plan.format())
                 if dry_run:

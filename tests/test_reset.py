@@ -18,6 +18,7 @@ from edm_runner.brokers.kafka import KafkaBroker
 from edm_runner.brokers.local import LocalBroker
 from edm_runner.brokers.partitioner import default_partition
 from edm_runner.errors import BrokerError
+from helpers.kafka_flow import broker_yaml
 from helpers.reliability_flow import (PARTITIONS, edm, events, produce, reference_counts,
                                       run_until_idle, scan, write_topology)
 
@@ -227,3 +228,111 @@ def test_kafka_broker_admin_offsets_groups_and_topics(kafka_bootstrap: str) -> N
             await broker.close()
 
     asyncio.run(go())
+
+
+def _write_chain(directory: Path, name: str, bootstrap: str | None) -> tuple[Path, Path, Path]:
+    """The count per key of ``<name>-events`` twice: as one service whose second pipeline reads
+    the stream its first one writes (``<name>-chain.yaml``), and as a business topology of an
+    upstream service writing that stream and a downstream one counting it (``<name>.yaml``).
+    Returns (chain, business, downstream)."""
+    broker = broker_yaml(directory, bootstrap)
+
+    def streams(tagged: str) -> str:
+        return f"""\
+  events: {{topic: {name}-events, partitions: {PARTITIONS}, key: string, value: json}}
+  tagged: {{topic: {tagged}, partitions: {PARTITIONS}, key: string, value: json}}"""
+    count = """\
+    from: tagged
+    steps:
+      - group_by_key: {}
+      - count: {store: counts}
+    to: counts"""
+    tag = """\
+    from: events
+    steps:
+      - map_values: "{'n': value.n, 'tagged': true}"
+    to: tagged"""
+    chain = directory / f"{name}-chain.yaml"
+    chain.write_text(f"""\
+kind: microservice
+name: {name}-chain
+broker: {broker}
+streams:
+{streams(f"{name}-chain-tagged")}
+  counts: {{topic: {name}-chain-counts, partitions: {PARTITIONS}, key: string, value: json}}
+stores: {{counts: {{type: key_value}}}}
+pipelines:
+  tag:
+{tag}
+  count:
+{count}
+""")
+    (directory / "up.yaml").write_text(f"""\
+kind: microservice
+name: {name}-up
+streams:
+{streams(f"{name}-tagged")}
+pipelines:
+  tag:
+{tag}
+""")
+    down = directory / "down.yaml"
+    down.write_text(f"""\
+kind: microservice
+name: {name}-down
+streams:
+{streams(f"{name}-tagged").splitlines()[1]}
+  counts: {{topic: {name}-down-counts, partitions: {PARTITIONS}, key: string, value: json}}
+stores: {{counts: {{type: key_value}}}}
+pipelines:
+  count:
+{count}
+""")
+    business = directory / f"{name}.yaml"
+    business.write_text(f"""\
+kind: business
+name: {name}
+broker: {broker}
+services: [up.yaml, down.yaml]
+external_streams: [{name}-events]
+""")
+    return chain, business, down
+
+
+@pytest.mark.parametrize("kind", BROKERS)
+def test_reset_does_not_read_again_what_the_reprocessing_writes_again(
+        kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """A stream written by the services being reset goes to its end (the reprocessing writes
+    it again), so a count after a reset is the count of the inputs, not twice it; a service
+    reset alone reads from the beginning a stream another service writes."""
+    s = Setup(kind, tmp_path, request)
+    chain, business, down = _write_chain(tmp_path, s.name, s.bootstrap)
+    inputs = events(120)
+    s.call(lambda b: produce(b, s.name, inputs))
+    for topology in (chain, business):
+        assert run_until_idle(topology, s.state_dir).code == 0
+    assert scan(chain, s.state_dir) == reference_counts(inputs)
+    assert scan(down, s.state_dir) == reference_counts(inputs)
+    alone = edm("reset", business, "--service", f"{s.name}-down", "--state-dir", s.state_dir)
+    assert alone.code == 0, alone.stderr
+    assert "(its end" not in alone.stdout  # up is not reset: tagged is read again from its start
+    assert run_until_idle(business, s.state_dir).code == 0
+    assert scan(down, s.state_dir) == reference_counts(inputs)
+
+    tagged = s.call(lambda b: b.end_offsets([TopicPartition(f"{s.name}-chain-tagged", p)
+                                             for p in range(PARTITIONS)]))
+    read = s.call(lambda b: b.group_offsets(f"{s.name}-chain", [f"{s.name}-events"]))
+
+    dry = edm("reset", chain, "--state-dir", s.state_dir, "--dry-run")
+    assert dry.code == 0, dry.stderr
+    for p in range(PARTITIONS):
+        end = tagged[TopicPartition(f"{s.name}-chain-tagged", p)]
+        assert (f"{s.name}-chain-tagged[{p}]: {end} -> {end} "
+                "(its end: this reset's services write it again)") in dry.stdout
+        assert f"{s.name}-events[{p}]: {read[TopicPartition(f'{s.name}-events', p)]} -> 0\n" in dry.stdout
+    for topology in (chain, business):
+        done = edm("reset", topology, "--state-dir", s.state_dir)
+        assert done.code == 0, done.stderr
+        assert run_until_idle(topology, s.state_dir).code == 0
+    assert scan(chain, s.state_dir) == reference_counts(inputs)  # not twice them
+    assert scan(down, s.state_dir) == reference_counts(inputs)

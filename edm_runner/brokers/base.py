@@ -146,6 +146,10 @@ class Broker(Protocol):
         """First offset still stored per partition (its end offset when empty)."""
         ...
 
+    async def end_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        """Next offset to be assigned per partition."""
+        ...
+
     async def offsets_for_times(self, tps: Sequence[TopicPartition],
                                 timestamp_ms: int) -> dict[TopicPartition, int]:
         """Per partition, the first offset whose record timestamp is >= ``timestamp_ms``;

@@ -171,6 +171,10 @@ class KafkaBroker:
         return await self._with_reader("reading beginning offsets",
                                        lambda c: c.beginning_offsets([KafkaTP(*tp) for tp in tps]))
 
+    async def end_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        return await self._with_reader("reading end offsets",
+                                       lambda c: c.end_offsets([KafkaTP(*tp) for tp in tps]))
+
     async def offsets_for_times(self, tps: Sequence[TopicPartition],
                                 timestamp_ms: int) -> dict[TopicPartition, int]:
         async def find(reader: AIOKafkaConsumer) -> dict[Any, int]:
