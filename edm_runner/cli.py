@@ -450,7 +450,7 @@ def _parse_lines(source, origin: str, raw_values: bool, key_serde, value_serde) 
                            "\"headers\", \"timestamp\" (the lines `edm consume` prints); use --raw-values "
                            "if each line is the value itself")
         timestamp = item.get("timestamp", now)
-        if type(timestamp) is not int or timestamp < 0:
+        if type(timestamp) is not int or not 0 <= timestamp < 2 ** 63:  # Kafka's int64
             raise EdmError(f"{origin}:{number}:1: \"timestamp\" must be milliseconds since the epoch "
                            f"(an integer), not {json.dumps(timestamp, ensure_ascii=False)}")
         headers = item.get("headers") or {}

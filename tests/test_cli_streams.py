@@ -131,6 +131,8 @@ pipelines:
     ('{"value": 1, "timestamp": "yesterday"}',
      '<stdin>:2:1: "timestamp" must be milliseconds since the epoch (an integer), not "yesterday"'),
     ('{"value": 1, "timestamp": 1.5}', "<stdin>:2:1: \"timestamp\" must be milliseconds"),
+    ('{"value": 1, "timestamp": 99999999999999999999}',
+     '<stdin>:2:1: "timestamp" must be milliseconds since the epoch (an integer), not 99999999999999999999'),
     ('{"value": {"base64": "not base64!"}}', "<stdin>:2:1: invalid base64"),
     ('{"value": 1, "headers": [1]}', '<stdin>:2:1: "headers" must be an object'),
 ])
