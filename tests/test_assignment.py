@@ -9,8 +9,8 @@ import pytest
 
 from edm_runner.errors import ConfigError, EdmError
 from edm_runner.graph.dag import build_dag
-from edm_runner.runtime.assignment import (EdmAssignor, MemberInfo, Plan, balanced, custom, load_custom,
-                                           round_robin, static, task_standbys)
+from edm_runner.runtime.assignment import (EdmAssignor, MemberInfo, Plan, balanced, custom, group_consumer,
+                                           load_custom, round_robin, static, task_standbys)
 from edm_runner.spec import load_file
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberMetadata
 
@@ -351,3 +351,23 @@ def test_adapter_round_trip(tmp_path: Path, caplog) -> None:
     # the next join reports the previous tasks
     meta = json.loads(assignors["pod-a"].metadata(topics).user_data)
     assert meta["active"] == sorted(f"{s}_{p}" for s, p in a.active) and meta["http"] == "http://a:8080"
+
+
+def test_local_offsets_report_open_tasks_and_standbys_from_memory(tmp_path: Path) -> None:
+    """Active tasks and standbys open in this process report their in-memory checkpoints (LMDB
+    must not open an environment twice in a process); one ``group_consumer`` wires both."""
+    from types import SimpleNamespace
+
+    from edm_runner.brokers.kafka import KafkaBroker
+
+    def opened(offsets: dict) -> SimpleNamespace:
+        checkpoint = SimpleNamespace(changelogs=offsets)
+        return SimpleNamespace(state=SimpleNamespace(checkpoint=lambda: checkpoint))
+
+    topology = load_file(write(tmp_path))
+    dag = build_dag(topology)
+    tasks = SimpleNamespace(state_dir=tmp_path / "state", tasks={(0, 1): opened({"a": 3, "b": 4})})
+    standbys = SimpleNamespace(tasks={(0, 2): opened({"a": 40})})
+    broker = KafkaBroker({"bootstrap_servers": "localhost:9"})  # never started: no connection
+    _, assignor = group_consumer(broker, topology, dag, dag.source_topics(), tasks, standbys)
+    assert assignor is not None and assignor.local_offsets() == {(0, 1): 7, (0, 2): 40}

@@ -450,10 +450,12 @@ def checkpointed_offsets(state_dir: Path, service: str,
 
 
 def group_consumer(broker: Any, topology: Topology, dag: Dag, topics: list[str],
-                   tasks: Any = None) -> tuple[Any, EdmAssignor | None]:
+                   tasks: Any = None, standbys: Any = None) -> tuple[Any, EdmAssignor | None]:
     """The service's group consumer: on Kafka with an ``EdmAssignor`` (its ``local_offsets``
-    reading ``tasks``' checkpoints, a ``runtime.tasks.TaskManager`` or None when stateless) and
-    static membership when the topology has an instance id; elsewhere the broker's own."""
+    reading the checkpoints of ``tasks``, a ``runtime.tasks.TaskManager`` or None when
+    stateless, and of ``standbys``, a ``runtime.tasks.StandbyTasks`` or None) and static
+    membership when the topology has an instance id; elsewhere the broker's own. Tasks open in
+    this process report from memory: LMDB must not open an environment twice in a process."""
     from edm_runner.brokers.kafka import KafkaBroker
 
     if not isinstance(broker, KafkaBroker):
@@ -461,7 +463,8 @@ def group_consumer(broker: Any, topology: Topology, dag: Dag, topics: list[str],
     instance_id = topology.processing.instance_id
     assignor = EdmAssignor(topology, dag, instance_id)
     if tasks is not None:
+        opened = [tasks] if standbys is None else [tasks, standbys]
         assignor.local_offsets = lambda: checkpointed_offsets(
             tasks.state_dir, topology.name,
-            {key: task.state.checkpoint().changelogs for key, task in tasks.tasks.items()})
+            {key: task.state.checkpoint().changelogs for group in opened for key, task in group.tasks.items()})
     return broker.consumer(topology.name, topics, assignor=assignor, group_instance_id=instance_id), assignor

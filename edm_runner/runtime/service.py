@@ -42,7 +42,7 @@ from edm_runner.brokers.local import LocalBroker
 from edm_runner.errors import BrokerError, InternalError, ProcessingError
 from edm_runner.runtime import faults
 from edm_runner.runtime.eos import KafkaTransactions
-from edm_runner.runtime.assignment import EdmAssignor, checkpointed_offsets, group_consumer
+from edm_runner.runtime.assignment import EdmAssignor, group_consumer
 from edm_runner.runtime.copartition import check_copartitioning
 from edm_runner.runtime.ordering import InputOrder
 from edm_runner.runtime.processing import CompiledService
@@ -169,15 +169,9 @@ class ServiceRunner:
             await self.globals.bootstrap(self.broker)
         topics = self.compiled.dag.source_topics()
         self.consumer, self.assignor = group_consumer(self.broker, self.topology, self.compiled.dag, topics,
-                                                      self.tasks)
+                                                      self.tasks, self.standbys)
         if hasattr(self.consumer, "listener"):
             self.consumer.listener = self.rebalance
-        if self.assignor is not None and self.standbys is not None:
-            # Open standbys report from memory too: LMDB must not open an env twice in a process.
-            tasks, standbys = self.tasks, self.standbys
-            self.assignor.local_offsets = lambda: checkpointed_offsets(
-                tasks.state_dir, self.name, {key: t.state.checkpoint().changelogs
-                                             for key, t in [*tasks.tasks.items(), *standbys.tasks.items()]})
         await self.consumer.start()
         self.rebalance.pending = self.rebalance.revoking = False  # the first assignment: restored below
         if self.eos is not None:
