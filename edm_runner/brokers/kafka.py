@@ -458,8 +458,7 @@ class KafkaConsumer:
         for tp, messages in batches.items():
             topic, partition = tp.topic, tp.partition
             out[TopicPartition(topic, partition)] = [
-                Record(topic, partition, m.offset, m.key, m.value, m.timestamp,
-                       tuple(m.headers) if m.headers else ())
+                Record(topic, partition, m.offset, m.key, m.value, m.timestamp, m.headers or ())
                 for m in messages]
         return out
 

@@ -51,15 +51,17 @@ class RestoreResult:
 
 
 def input_position(records: list[Record]) -> dict[TopicPartition, int] | None:
-    """The ``edm.input`` header of the last record carrying one, decoded."""
+    """The ``edm.input`` header of the last record carrying one, decoded (edm writes it as
+    the last header of its record: one test per record, restores read millions)."""
     for r in reversed(records):
-        for name, value in r.headers:
-            if name == INPUT_HEADER:
-                try:
-                    return parse_offsets(json.loads(value))
-                except (ValueError, TypeError, AttributeError):
-                    log.warning("ignoring a malformed %s header at %s[%d]@%d: %r", INPUT_HEADER,
-                                r.topic, r.partition, r.offset, value[:100])
+        h = r.headers
+        if h and h[-1][0] == INPUT_HEADER:
+            value = h[-1][1]
+            try:
+                return parse_offsets(json.loads(value))
+            except (ValueError, TypeError, AttributeError):
+                log.warning("ignoring a malformed %s header at %s[%d]@%d: %r", INPUT_HEADER,
+                            r.topic, r.partition, r.offset, value[:100])
     return None
 
 
