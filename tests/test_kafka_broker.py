@@ -254,14 +254,13 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_unreachable_bootstrap_fails_clearly_within_the_timeout() -> None:
+def test_unreachable_bootstrap_fails_clearly_after_the_connect_timeout() -> None:
+    """The error names the address and the timeout the user gave (how long it takes is the
+    connect timeout's: no wall-clock assertion here)."""
     address = f"127.0.0.1:{closed_port()}"
     broker = KafkaBroker({"bootstrap_servers": address, "connect_timeout_s": 1.5})
-    started = time.monotonic()
     with pytest.raises(BrokerError) as caught:
         asyncio.run(broker.start())
-    elapsed = time.monotonic() - started
-    assert 1.5 <= elapsed < 4.0
     message = str(caught.value)
     assert message.startswith(f"cannot reach Kafka at {address} after 1.5 s")
     assert "edm dev kafka start" in message

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Awaitable, Callable
 
@@ -142,16 +141,13 @@ def test_getmany_waits_for_new_records_and_times_out(tmp_path: Path) -> None:
         await b.ensure_topics([TopicSpec("t", 1)])
         consumer = b.consumer(None, ["t"])
         await consumer.start()
-        start = time.monotonic()
         assert await consumer.getmany(timeout_ms=50, max_records=10) == {}
-        assert time.monotonic() - start >= 0.05
 
-        waiting = asyncio.create_task(consumer.getmany(timeout_ms=10_000, max_records=10))
+        # A timeout far past the test's own deadline: the fetch returns because the data came.
+        waiting = asyncio.create_task(consumer.getmany(timeout_ms=3_600_000, max_records=10))
         await produce(b, [rec("t", 0, b"k", b"v")])
-        start = time.monotonic()
-        got = await waiting
+        got = await asyncio.wait_for(waiting, 60)
         assert [r.value for r in got[TopicPartition("t", 0)]] == [b"v"]
-        assert time.monotonic() - start < 5  # woke up on the data, not at the timeout
         await consumer.close()
 
     run(body, tmp_path)

@@ -6,11 +6,9 @@ import io
 import json
 import logging
 import shutil
-import time
 from pathlib import Path
 from typing import Awaitable, Callable
 
-import lmdb
 import pytest
 
 from edm_runner.brokers.base import OutRecord, Record, TopicPartition, TopicSpec
@@ -253,38 +251,21 @@ def test_progress_logs_every_interval_without_a_tty(caplog: pytest.LogCaptureFix
     assert "ETA" in lines[0] and "/s" in lines[0] and "done: 100 offsets" in lines[-1]
 
 
-def test_restore_throughput_against_a_hand_written_loop(tmp_path: Path) -> None:
-    """Restore vs a hand-written read + LMDB putmulti over the same local broker: the
-    kafka-restore bench asks >= 0.7 of the baseline; asserted loosely here (shared CI
-    cores), the figures are printed."""
+def test_restore_of_a_changelog_larger_than_a_fetch(tmp_path: Path) -> None:
+    """100,000 records (more than one fetch and one LMDB transaction) restore to every key with
+    the changelog's end in the checkpoint. Throughput against a hand-written loop is the
+    kafka-restore bench's (``python -m bench kafka-restore``), not a test's."""
     n = 100_000
 
     async def body(broker: LocalBroker) -> None:
         for start in range(0, n, 50_000):
-            await append(broker, 1, [(f"user-{i}", i) for i in range(start, start + 50_000)])
-        consumer = broker.consumer(None, [TOPIC])
-        await consumer.start()
-        consumer.seek(TopicPartition(TOPIC, 0), 0)
-        t0 = time.perf_counter()
-        env = lmdb.open(str(tmp_path / "baseline"), map_size=1 << 30, max_dbs=2)
-        db = env.open_db(b"counts")
-        read = 0
-        while read < n:
-            records = (await consumer.getmany(timeout_ms=100, max_records=50_000)).get(TP, [])
-            with env.begin(write=True) as txn:
-                txn.cursor(db=db).putmulti([(r.key, r.value) for r in records])
-            read += len(records)
-        baseline = time.perf_counter() - t0
-        env.close()
-        await consumer.close()
+            end = await append(broker, 1, [(f"user-{i}", i) for i in range(start, start + 50_000)])
         with open_task(tmp_path) as st:
-            t0 = time.perf_counter()
             result = await restore(broker, st)
-            ours = time.perf_counter() - t0
-            assert result.records_read == n and st.store("counts").get("user-77") == 77
-        print(f"\nrestore {n / ours:,.0f} records/s, baseline {n / baseline:,.0f} records/s, "
-              f"ratio {baseline / ours:.2f}")
-        assert baseline / ours > 0.4
+            assert result.records_read == n == end
+            counts = st.store("counts")
+            assert [counts.get(f"user-{i}") for i in (0, 77, 49_999, 50_000, n - 1)] == [0, 77, 49_999, 50_000, n - 1]
+            assert st.checkpoint().changelogs == {TP: end}
 
     run(body, tmp_path)
 
@@ -292,12 +273,8 @@ def test_restore_throughput_against_a_hand_written_loop(tmp_path: Path) -> None:
 @pytest.mark.kafka
 def test_restore_from_a_kafka_changelog(kafka_bootstrap: str, tmp_path: Path) -> None:
     """The same routine on Apache Kafka: one partition of a 2-partition compacted changelog,
-    headers tracked, a captured end offset respected; throughput printed against a
-    hand-written aiokafka read + LMDB putmulti of the same partition."""
+    headers tracked, a captured end offset respected."""
     import uuid
-
-    from aiokafka import AIOKafkaConsumer
-    from aiokafka.structs import TopicPartition as KafkaTP
 
     from edm_runner.brokers.kafka import KafkaBroker
 
@@ -324,34 +301,15 @@ def test_restore_from_a_kafka_changelog(kafka_bootstrap: str, tmp_path: Path) ->
             await producer.flush()
             await producer.close()
 
-            base = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False,
-                                    auto_offset_reset="earliest")
-            await base.start()
-            base.assign([KafkaTP(topic, 1)])
-            t0 = time.perf_counter()
-            env = lmdb.open(str(tmp_path / "baseline"), map_size=1 << 30, max_dbs=2)
-            db = env.open_db(b"s")
-            while await base.position(KafkaTP(topic, 1)) < end:
-                for records in (await base.getmany(timeout_ms=500, max_records=50_000)).values():
-                    with env.begin(write=True, db=db) as txn:
-                        txn.cursor().putmulti([(r.key, r.value) for r in records])
-            baseline = time.perf_counter() - t0
-            await base.stop()
-            env.close()
-
             with TaskState.open(task_dir(tmp_path, "svc", 0, 1)) as st:
                 st.register("counts", "key_value")
-                t0 = time.perf_counter()
                 result = await restore_task(st, "counts", reader, tp, end, from_offset=0)
-                ours = time.perf_counter() - t0
                 await reader.close()
                 assert result.records_read == n // 2 + 1 and result.input_position == {IN: 77}
                 kv = st.store("counts")
                 assert kv.get("k1") == -1 and kv.get("k3") == 3 and kv.get("k2") is None
                 assert kv.get("late") is None
                 assert st.checkpoint() == Checkpoint({tp: end}, {IN: 77})
-            print(f"\nkafka restore {end / ours:,.0f} records/s, baseline {end / baseline:,.0f} "
-                  f"records/s, ratio {baseline / ours:.2f}")
         finally:
             await broker.close()
 
