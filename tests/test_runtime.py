@@ -430,8 +430,16 @@ pipelines:
             seen.append(stats.events_in)
 
         async def stop_when_done():
-            while await broker.committed("svc", TopicPartition("in", 0)) != 2:
-                await asyncio.sleep(0.01)
+            # On the local broker outputs and input offsets commit in one transaction: both
+            # outputs readable means both inputs committed. A fetch wakes up on new records.
+            await broker.ensure_topics([TopicSpec("other", 1)])
+            reader = broker.consumer(None, ["other"])
+            await reader.start()
+            got = 0
+            while got < 2:
+                got += sum(map(len, (await reader.getmany(timeout_ms=60_000, max_records=10)).values()))
+            await reader.close()
+            assert await broker.committed("svc", TopicPartition("in", 0)) == 2
             stop.set()
 
         stopper = asyncio.create_task(stop_when_done())
