@@ -26,7 +26,7 @@ from typing import Annotated, AsyncIterator, Callable, Optional
 import typer
 from typer.core import TyperGroup, TyperOption
 
-from edm_runner.errors import ConfigError, EdmError, InternalError
+from edm_runner.errors import BrokerError, ConfigError, EdmError, InternalError
 from edm_runner.invocation import Invocation
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -143,11 +143,12 @@ def _state_dir(topology_file: Path | None, state_dir: Path | None) -> Path:
     return base / ".edm"
 
 
-def _invocation(topology, file: Path, *, broker: str | None = None, state_dir: Path | None = None,
+def _invocation(topology, file: Path | None, *, broker: str | None = None, state_dir: Path | None = None,
                 service: str | None = None) -> Invocation:
-    """How the user ran this command: what hints that name a command repeat."""
+    """How the user ran this command: what hints that name a command repeat (``file`` None:
+    a command given no topology, `-t`)."""
     from edm_runner.spec.model import BusinessTopology
-    return Invocation(str(file), broker, None if state_dir is None else str(state_dir), service,
+    return Invocation(None if file is None else str(file), broker, None if state_dir is None else str(state_dir), service,
                       business=isinstance(topology, BusinessTopology))
 
 
@@ -159,10 +160,17 @@ def _open_broker(topology, topology_file: Path | None, broker_url: str | None, s
 
 
 @asynccontextmanager
-async def _connected(broker) -> AsyncIterator[None]:
+async def _connected(broker, invocation: Invocation) -> AsyncIterator[None]:
+    """``broker`` started for the block and closed after it. A full embedded broker is
+    completed with the commands that free room, as ``invocation`` ran edm."""
+    from edm_runner.brokers.base import BrokerFullError
     await broker.start()
     try:
         yield
+    except BrokerFullError as error:
+        raise BrokerError(f"{error}; delete topics you no longer need (`{invocation.command('topics')}` "
+                          f"lists them, `{invocation.command('topics', '--delete', 'TOPIC')}` deletes one) "
+                          "or run on Kafka") from error
     finally:
         await broker.close()
 
@@ -334,6 +342,7 @@ def run(
             for service in services:
                 service.processing.instance_id = instance_id
         connection = _open_broker(topology, file, broker, state_dir)
+        invocation = _invocation(topology, file, broker=broker, state_dir=state_dir)
         status = _StatusLine()
 
         stopped_by: list[signal.Signals] = []
@@ -347,13 +356,12 @@ def run(
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, on_signal, sig, stop)
-            async with _connected(connection):
+            async with _connected(connection, invocation):
                 log.info("running %s on %s", ", ".join(s.name for s in services), connection.describe())
                 return await run_services(services, connection, until_idle=until_idle, stop=stop,
                                           on_progress=status, create_topics=not no_create_topics,
                                           state_dir=_state_dir(file, state_dir),
-                                          invocation=_invocation(topology, file, broker=broker,
-                                                                 state_dir=state_dir))
+                                          invocation=invocation)
 
         try:
             stats = asyncio.run(go())
@@ -495,7 +503,7 @@ def produce(
         connection = _open_broker(model, topology, broker, state_dir)
 
         async def go() -> int:
-            async with _connected(connection):
+            async with _connected(connection, _invocation(model, topology, broker=broker, state_dir=state_dir)):
                 await connection.ensure_topics([spec])
                 producer = connection.producer()
                 await producer.start()
@@ -534,7 +542,7 @@ def consume(
         connection = _open_broker(model, topology, broker, state_dir)
 
         async def go() -> None:
-            async with _connected(connection):
+            async with _connected(connection, _invocation(model, topology, broker=broker, state_dir=state_dir)):
                 topics = await connection.list_topics()
                 if topic not in topics:
                     raise EdmError(f"topic {topic!r} does not exist on {connection.describe()}; "
@@ -588,9 +596,10 @@ def topics(
         from edm_runner.brokers.base import TopicPartition
         model = _load(topology) if topology else None
         connection = _open_broker(model, topology, broker, state_dir)
+        invocation = _invocation(model, topology, broker=broker, state_dir=state_dir)
 
         async def remove(names: list[str]) -> None:
-            async with _connected(connection):
+            async with _connected(connection, invocation):
                 existing = await connection.list_topics()
                 await connection.delete_topics(names)
             for name in names:
@@ -601,7 +610,7 @@ def topics(
             return 0
 
         async def go() -> list[tuple[str, int, int]]:
-            async with _connected(connection):
+            async with _connected(connection, invocation):
                 found = await connection.list_topics()
                 if not found:
                     return []
@@ -835,7 +844,7 @@ def reset(
         again = invocation.command("reset", *(["--to-datetime", to_datetime] if to_datetime else []))
 
         async def go() -> None:
-            async with _connected(connection):
+            async with _connected(connection, invocation):
                 topics = [_reset_topics(s) for s in services]
                 rewritten = {t for each in topics for t in each.written}
                 plans = [await _reset_plan(s, t, connection, local_state, since, again, rewritten)

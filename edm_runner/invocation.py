@@ -31,10 +31,11 @@ _FLAGS = {"service": "--service", "broker": "--broker", "state_dir": "--state-di
 @dataclass(frozen=True)
 class Invocation:
     """The topology file and the options that locate its broker and state, as the user gave
-    them (``None``: not given, the default applies). ``business``: the file is a business
-    topology, so a hint about one of its services names it with `--service`."""
+    them (``None``: not given, the default applies; ``file`` None: no topology, which only the
+    commands taking it as `-t FILE` accept). ``business``: the file is a business topology, so
+    a hint about one of its services names it with `--service`."""
 
-    file: str = "FILE"
+    file: str | None = "FILE"
     broker: str | None = None
     state_dir: str | None = None
     service: str | None = None
@@ -49,8 +50,9 @@ class Invocation:
         to run, with every option VERB accepts that is in effect, quoted for a POSIX shell."""
         words = ["edm", verb]
         if verb in _FILE_AS_OPTION:
-            words += [*args, "-t", self.file]
+            words += [*args, *(["-t", self.file] if self.file is not None else [])]
         else:
+            assert self.file is not None, f"edm {verb} takes a topology file"
             words += [self.file, *args]
         for option in _ACCEPTS[verb]:
             value = getattr(self, option)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import re
 import textwrap
+import uuid
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from edm_runner.graph.dag import build_dag
 from edm_runner.runtime.assignment import (EdmAssignor, MemberInfo, Plan, balanced, custom, group_consumer,
                                            load_custom, round_robin, static, task_standbys)
 from edm_runner.spec import load_file
+from tests.cli_helpers import edm
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberMetadata
 
 
@@ -280,6 +283,27 @@ def test_static_pins_checked_against_the_dag(tmp_path: Path, instances: str, mes
     topology = load_file(write(tmp_path, f"assignment:\n  strategy: static\n  static: {{instances: {instances}}}\n"))
     with pytest.raises(EdmError, match=message):
         EdmAssignor(topology, build_dag(topology), "pod-0")
+
+
+def test_unknown_pin_hint_names_the_topology_file(tmp_path: Path) -> None:
+    topology = load_file(write(tmp_path, "assignment:\n  strategy: static\n  static: {instances: {pod-0: ['0_9']}}\n"))
+    with pytest.raises(EdmError, match=re.escape(f"`edm describe {topology.source_file}` lists the tasks")):
+        EdmAssignor(topology, build_dag(topology), "pod-0")
+
+
+@pytest.mark.kafka
+def test_run_with_an_unknown_pin_names_the_file_as_the_user_gave_it(tmp_path: Path, kafka_bootstrap: str) -> None:
+    """The hint comes from the CLI's Invocation: the file as typed (the assignor only exists on Kafka)."""
+    suffix = uuid.uuid4().hex[:8]
+    text = write(tmp_path, "assignment:\n  strategy: static\n  static: {instances: {pod-0: ['0_9']}}\n").read_text()
+    for stream in ("events", "users", "counts-out"):  # topics of their own on a shared broker
+        text = text.replace(f"  {stream}: {{partitions", f"  {stream}: {{topic: {stream}-{suffix}, partitions")
+    (tmp_path / "pinned.yaml").write_text(text.replace("name: counter", f"name: counter-{suffix}"))
+    result = edm("run", "pinned.yaml", "--broker", f"kafka://{kafka_bootstrap}", "--state-dir", "my state",
+                 "--until-idle", cwd=tmp_path)
+    assert result.code == 1, result.stderr
+    assert "no such task; `edm describe pinned.yaml` lists the tasks" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("module,ref,message", [

@@ -13,6 +13,7 @@ import pytest
 from edm_runner.brokers.base import Broker, TopicSpec
 from edm_runner.brokers.kafka import KafkaBroker
 from edm_runner.brokers.local import LocalBroker
+from edm_runner.invocation import Invocation
 from edm_runner.runtime import run_services
 from edm_runner.runtime.copartition import CopartitionError
 from edm_runner.serde import make_serde
@@ -97,24 +98,36 @@ def test_join_after_repartitioning_joins_every_event_on_kafka(scenario: str, kaf
     _assert_every_event_joined(outputs)
 
 
-def test_run_refuses_an_internal_topic_left_on_the_broker_with_another_partition_count(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["local", pytest.param("kafka", marks=pytest.mark.kafka)])
+def test_run_refuses_an_internal_topic_left_on_the_broker_with_another_partition_count(
+        kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     path = tmp_path / "r.yaml"
     path.write_text(REPARTITION_THEN_JOIN)
     topology = load_file(path)
+    if kind == "local":
+        broker: Broker = LocalBroker(tmp_path / "broker")
+    else:  # a shared broker: topics of their own
+        broker = KafkaBroker({"bootstrap_servers": request.getfixturevalue("kafka_bootstrap")})
+        topology.name = f"r-{uuid.uuid4().hex[:8]}"
+        for stream in topology.streams.values():
+            stream.topic = f"{stream.topic}-{topology.name}"
+    internal = f"{topology.name}-by-user-repartition"
 
     async def main() -> None:
-        broker = LocalBroker(tmp_path / "broker")
         await broker.start()
         try:  # an earlier version of the file repartitioned into 2 partitions
-            await broker.ensure_topics([TopicSpec("r-by-user-repartition", 2)])
+            await broker.ensure_topics([TopicSpec(internal, 2)])
             with pytest.raises(CopartitionError) as info:
-                await run_services([topology], broker, until_idle=True, state_dir=tmp_path / "state")
+                await run_services([topology], broker, until_idle=True, state_dir=tmp_path / "state",
+                                   invocation=Invocation(str(path), state_dir="my state"))
         finally:
             await broker.close()
         message = str(info.value)
-        assert ("repartition topic 'r-by-user-repartition' has 2 partitions but table 'users-table' "
-                "(topic 'users') has 4 partitions") in message
-        assert "topic 'r-by-user-repartition' has 2 partition(s) on the broker but 4 are declared" in message
+        assert (f"repartition topic '{internal}' has 2 partitions but table 'users-table' "
+                f"(topic '{topology.streams['users'].topic}') has 4 partitions") in message
+        assert f"topic '{internal}' has 2 partition(s) on the broker but 4 are declared" in message
+        # The way out is the runtime's, as for any topic with another count: it repeats the options.
+        assert f"`edm reset {path} --state-dir 'my state'` deletes it" in message
 
     asyncio.run(main())
 

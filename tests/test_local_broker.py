@@ -296,6 +296,29 @@ def test_full_broker_is_a_clear_error(tmp_path: Path) -> None:
     run(body, tmp_path, map_size=1 << 20)
 
 
+@pytest.mark.parametrize("file, listed", [("shop.yaml", " -t shop.yaml"), (None, "")])
+def test_full_broker_error_names_the_commands_that_free_room(tmp_path: Path, file: str | None,
+                                                             listed: str) -> None:
+    """The broker only says it is full; the CLI, which knows how edm was run, adds the commands
+    (with the options in effect, and `-t FILE` only when the user gave a topology)."""
+    from edm_runner.cli import _connected
+    from edm_runner.invocation import Invocation
+
+    async def main() -> None:
+        broker = LocalBroker(tmp_path / "broker", map_size=1 << 20)
+        async with _connected(broker, Invocation(file, state_dir="my state")):
+            await broker.ensure_topics([TopicSpec("t", 1)])
+            for _ in range(100):
+                await produce(broker, [rec("t", 0, None, b"x" * 1000)] * 100)
+
+    with pytest.raises(BrokerError) as info:
+        asyncio.run(main())
+    message = str(info.value)
+    assert f"the local broker at {tmp_path / 'broker'} is full (map size 1 MiB)" in message
+    assert (f"(`edm topics{listed} --state-dir 'my state'` lists them, "
+            f"`edm topics --delete TOPIC{listed} --state-dir 'my state'` deletes one)") in message
+
+
 def _spawn(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(WORKER), *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)

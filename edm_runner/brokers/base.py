@@ -32,6 +32,15 @@ class PartitionMismatchError(BrokerError):
             for topic, (have, declared) in sorted(self.mismatches.items())))
 
 
+class BrokerFullError(BrokerError):
+    """The embedded broker has no room left for a write: nothing of it was stored. The broker
+    cannot know how the user ran edm; the CLI, which does, adds the commands that free room."""
+
+    def __init__(self, where: str, map_size: int) -> None:
+        self.where = where
+        super().__init__(f"the local broker at {where} is full (map size {map_size >> 20} MiB)")
+
+
 class TopicPartition(NamedTuple):
     topic: str
     partition: int

@@ -37,7 +37,7 @@ from urllib.parse import quote
 
 import lmdb
 
-from edm_runner.brokers.base import Headers, OutRecord, PartitionMismatchError, Record, TopicPartition, TopicSpec
+from edm_runner.brokers.base import BrokerFullError, Headers, OutRecord, PartitionMismatchError, Record, TopicPartition, TopicSpec
 from edm_runner.errors import BrokerError
 
 MAP_SIZE = 64 << 30  # sparse: only pages in use take disk space
@@ -231,9 +231,7 @@ class LocalBroker:
         try:
             yield
         except lmdb.MapFullError as e:
-            raise BrokerError(
-                f"the local broker at {self.path} is full (map size {self.map_size >> 20} MiB); "
-                "delete topics you no longer need (edm reset) or run on Kafka") from e
+            raise BrokerFullError(str(self.path), self.map_size) from e
         except lmdb.Error as e:
             raise BrokerError(f"local broker at {self.path} failed: {e}") from e
 

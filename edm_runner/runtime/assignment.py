@@ -28,6 +28,7 @@ from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment, Cons
 
 from edm_runner.errors import EdmError
 from edm_runner.graph.dag import Dag
+from edm_runner.invocation import Invocation
 from edm_runner.spec.model import AssignmentSpec, Topology
 
 log = logging.getLogger("edm.assignment")
@@ -240,8 +241,9 @@ def task_standbys(topology: Topology, dag: Dag) -> dict[TaskId, int]:
     return result
 
 
-def resolve_pins(spec: AssignmentSpec, dag: Dag) -> dict[str, list[TaskId]]:
-    """The ``static`` pins as task ids; an unknown or twice-pinned task is an ``EdmError``."""
+def resolve_pins(spec: AssignmentSpec, dag: Dag, invocation: Invocation) -> dict[str, list[TaskId]]:
+    """The ``static`` pins as task ids; an unknown or twice-pinned task is an ``EdmError``
+    (whose hint repeats ``invocation``, how the user ran edm)."""
     known = {(sub.id, p) for sub in dag.subtopologies for p in range(sub.tasks)}
     pins: dict[str, list[TaskId]] = {}
     seen: dict[TaskId, str] = {}
@@ -250,7 +252,7 @@ def resolve_pins(spec: AssignmentSpec, dag: Dag) -> dict[str, list[TaskId]]:
             task = parse_task(name)
             if task not in known:
                 raise EdmError(f"{spec.pos}: static assignment pins task {name!r} to {instance!r} but the "
-                               f"topology has no such task; `edm describe FILE` lists the tasks")
+                               f"topology has no such task; `{invocation.command('describe')}` lists the tasks")
             if task in seen:
                 raise EdmError(f"{spec.pos}: task {name!r} is pinned to both {seen[task]!r} and "
                                f"{instance!r}; pin each task to one instance")
@@ -311,13 +313,15 @@ class EdmAssignor(AbstractPartitionAssignor):
     name = "edm"
 
     def __init__(self, topology: Topology, dag: Dag, instance_id: str | None = None, *,
+                 invocation: Invocation | None = None,
                  clock_ms: Callable[[], int] = lambda: int(time.time() * 1000)) -> None:
         self.topology = topology
         self.dag = dag
         self.spec = topology.processing.assignment
         self.instance_id = instance_id or default_instance_id()
         self.standbys = task_standbys(topology, dag)
-        self.pins = resolve_pins(self.spec, dag) if self.spec.strategy == "static" else {}
+        invocation = invocation or Invocation(str(topology.source_file))
+        self.pins = resolve_pins(self.spec, dag, invocation) if self.spec.strategy == "static" else {}
         self.impl = load_custom(self.spec, topology.base_dir) if self.spec.strategy == "custom" else None
         self.clock_ms = clock_ms
         self.http_address: str | None = None
@@ -450,18 +454,20 @@ def checkpointed_offsets(state_dir: Path, service: str,
 
 
 def group_consumer(broker: Any, topology: Topology, dag: Dag, topics: list[str],
-                   tasks: Any = None, standbys: Any = None) -> tuple[Any, EdmAssignor | None]:
+                   tasks: Any = None, standbys: Any = None,
+                   invocation: Invocation | None = None) -> tuple[Any, EdmAssignor | None]:
     """The service's group consumer: on Kafka with an ``EdmAssignor`` (its ``local_offsets``
     reading the checkpoints of ``tasks``, a ``runtime.tasks.TaskManager`` or None when
-    stateless, and of ``standbys``, a ``runtime.tasks.StandbyTasks`` or None) and static
-    membership when the topology has an instance id; elsewhere the broker's own. Tasks open in
-    this process report from memory: LMDB must not open an environment twice in a process."""
+    stateless, and of ``standbys``, a ``runtime.tasks.StandbyTasks`` or None; its hints
+    repeating ``invocation``) and static membership when the topology has an instance id;
+    elsewhere the broker's own. Tasks open in this process report from memory: LMDB must not
+    open an environment twice in a process."""
     from edm_runner.brokers.kafka import KafkaBroker
 
     if not isinstance(broker, KafkaBroker):
         return broker.consumer(topology.name, topics), None
     instance_id = topology.processing.instance_id
-    assignor = EdmAssignor(topology, dag, instance_id)
+    assignor = EdmAssignor(topology, dag, instance_id, invocation=invocation)
     if tasks is not None:
         opened = [tasks] if standbys is None else [tasks, standbys]
         assignor.local_offsets = lambda: checkpointed_offsets(

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from edm_runner.brokers.base import Broker, Consumer, PartitionMismatchError, Producer, Record, TopicPartition, TopicSpec
@@ -112,7 +113,7 @@ class ServiceRunner:
     async def provision(self, create: bool = True) -> None:
         """Creates the missing topics, or (``create`` False) fails listing them. The topics that
         joins need copartitioned are checked first, so a mismatch names the joined streams."""
-        await check_copartitioning(self.name, self.compiled.dag, self.broker)
+        await check_copartitioning(self.name, self.compiled.dag, self.broker, self._way_out)
         try:
             await self.broker.ensure_topics(topic_specs(self.topology, self.compiled), create=create)
         except PartitionMismatchError as error:
@@ -147,7 +148,7 @@ class ServiceRunner:
         log.info("%s starts at the end of its input streams (processing.start: latest): %s", self.name,
                  ", ".join(f"{tp.topic}[{tp.partition}]@{offset}" for tp, offset in sorted(ends.items())))
 
-    def _way_out(self, mismatches: dict[str, tuple[int, int]]) -> str:
+    def _way_out(self, mismatches: Mapping[str, tuple[int, int]]) -> str:
         """How to get past topics that exist with other partition counts (often another
         topology's topics of the same name on a shared broker)."""
         streams = {s.topic: s.name for s in self.topology.streams.values()}
@@ -169,7 +170,7 @@ class ServiceRunner:
             await self.globals.bootstrap(self.broker)
         topics = self.compiled.dag.source_topics()
         self.consumer, self.assignor = group_consumer(self.broker, self.topology, self.compiled.dag, topics,
-                                                      self.tasks, self.standbys)
+                                                      self.tasks, self.standbys, self.invocation)
         if hasattr(self.consumer, "listener"):
             self.consumer.listener = self.rebalance
         await self.consumer.start()
