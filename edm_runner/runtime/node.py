@@ -240,7 +240,7 @@ class BuildContext:
         from edm_runner.spec.expressions import compile_expression
 
         return compile_expression(source, params=params, functions=self.functions_for(source, pos),
-                                  user_errors=True)
+                                  user_errors=True, limits=self.topology.processing.expression_limits)
 
     def functions_for(self, source: str, pos: Pos = NOWHERE) -> dict[str, Callable[..., Any]]:
         """The functions an expression may call. A function that declares ``stores`` and that

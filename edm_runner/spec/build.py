@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from edm_runner.spec.durations import parse_duration
+from edm_runner.spec.limits import Limits
 from edm_runner.spec.model import (NOWHERE, AssignmentSpec, BranchSpec, BrokerSpec, ErrorPolicy, FunctionSpec, PipelineSpec, Pos,
                                    ProcessingSpec, SerdeSpec, StepSpec, StoreSpec, StreamSpec, TableSpec,
                                    ToSpec, Topology)
@@ -122,7 +123,8 @@ def build_topology(data: dict, smap: SourceMap, source_file: Path) -> Topology:
             instance_id=processing.get("instance_id") or None,
             standby_replicas=processing.get("standby_replicas", 0),
             assignment=b.assignment(processing.get("assignment"), ("processing", "assignment")),
-            shutdown_grace_ms=parse_duration(processing.get("shutdown_grace", "30s"))),
+            shutdown_grace_ms=parse_duration(processing.get("shutdown_grace", "30s")),
+            expression_limits=Limits.from_config(processing.get("expression_limits"))),
         streams={name: b.stream(name, cfg) for name, cfg in data.get("streams", {}).items()},
         functions={name: FunctionSpec(name, cfg["python"], b.pos(("functions", name)), list(cfg.get("stores", [])))
                    for name, cfg in data.get("functions", {}).items()},

@@ -33,6 +33,7 @@ The compiled function holds no mutable state: it is safe to call from many event
 from __future__ import annotations
 
 import difflib
+import functools
 import keyword
 import operator
 import re
@@ -47,6 +48,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import _PassArg
 
 from edm_runner.errors import EdmError, EventError, UserCodeError
+from edm_runner.spec.limits import DEFAULT, BoundedSandbox, LimitExceeded, Limits
 
 __all__ = ["ExpressionError", "compile_expression", "function_name_problem", "METADATA",
            "PARAMETERS", "SAFE_GLOBALS"]
@@ -84,16 +86,34 @@ def _default(value: Any, default_value: Any = "", boolean: bool = False) -> Any:
     return value
 
 
-class _Sandbox(ImmutableSandboxedEnvironment):
-    """Jinja's immutable sandbox, except that reaching an unsafe attribute raises at once:
-    Jinja returns an Undefined that renders as '' (e.g. ``"{0.__class__}".format(x)``)."""
+class _Sandbox(BoundedSandbox):
+    """Jinja's immutable sandbox bounded by ``limits`` (``spec.limits``), except that reaching
+    an unsafe attribute raises at once: Jinja returns an Undefined that renders as '' (e.g.
+    ``"{0.__class__}".format(x)``)."""
+
+    def __init__(self, limits: Limits):
+        super().__init__(limits)
+        self.filters["default"] = self.filters["d"] = _default
 
     def unsafe_undefined(self, obj: Any, attribute: str) -> NoReturn:
         _unsafe(obj, attribute)
 
 
-_ENV = _Sandbox()
-_ENV.filters["default"] = _ENV.filters["d"] = _default
+@functools.lru_cache(maxsize=None)
+def _env(limits: Limits) -> _Sandbox:
+    """The sandbox of expressions compiled with ``limits`` (one per distinct limits)."""
+    return _Sandbox(limits)
+
+
+@functools.lru_cache(maxsize=None)
+def _pass_args(env: _Sandbox) -> dict[_PassArg, Any]:
+    """What pass_context / pass_eval_context / pass_environment filters and tests receive."""
+    context = new_context(env, "<expression>", {}, {}, shared=True)
+    return {_PassArg.context: context, _PassArg.eval_context: nodes.EvalContext(env),
+            _PassArg.environment: env}
+
+
+_ENV = _env(DEFAULT)
 SAFE_GLOBALS: dict[str, Any] = {"range": _ENV.globals["range"], "dict": dict}
 # Every parameter name an expression is compiled with (each operator passes a subset).
 PARAMETERS = frozenset({"key", "value", "event", "aggregate", "other"})
@@ -114,10 +134,6 @@ def function_name_problem(name: str) -> str | None:
         return f"is already a name in expressions (the names are {', '.join(bound)})"
     return None
 
-# What pass_context / pass_eval_context / pass_environment filters and tests receive.
-_CONTEXT = new_context(_ENV, "<expression>", {}, {}, shared=True)
-_PASS_ARGS = {_PassArg.context: _CONTEXT, _PassArg.eval_context: nodes.EvalContext(_ENV),
-              _PassArg.environment: _ENV}
 
 
 # ---- run-time helpers bound into compiled expressions ---------------------------------------
@@ -183,11 +199,16 @@ def _method(obj: Any, name: str) -> Any:
     return value
 
 
-def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call a computed callable (method, item) under the sandbox's rules."""
-    if not _ENV.is_safe_callable(fn):
-        raise SecurityError(f"{fn!r} is not safely callable")
-    return fn(*args, **kwargs)
+def _caller(env: _Sandbox) -> Callable[..., Any]:
+    """Calls of computed callables (methods, items) under the sandbox's rules and bounds."""
+    call = env.bounds.call
+
+    def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if not env.is_safe_callable(fn):
+            raise SecurityError(f"{fn!r} is not safely callable")
+        return call(fn, *args, **kwargs)
+
+    return _call
 
 
 def _map_fields(seq: Any, name: str) -> Iterator[Any]:
@@ -200,7 +221,8 @@ def _map_fields(seq: Any, name: str) -> Iterator[Any]:
 _HELPERS: dict[str, Any] = {
     "_type": type, "_dict": dict, "_slice": slice, "_str": str, "_len": len, "_sum": sum,
     "_list": list, "_map": map, "_map_fields": _map_fields, "_retry": (LookupError, TypeError),
-    "_attr": _attr, "_item": _item, "_has": _has, "_method": _method, "_call": _call,
+    "_attr": _attr, "_item": _item, "_has": _has, "_method": _method,
+    "_num": frozenset({int, float, bool, type(None)}),
 }
 
 
@@ -298,8 +320,9 @@ class _Translator:
     """
 
     def __init__(self, tokens: _Tokens, names: dict[str, str], functions: Mapping[str, Callable],
-                 event_param: str | None):
+                 event_param: str | None, env: _Sandbox):
         self.tokens = tokens
+        self.env = env
         self.names = names  # free name -> Python source
         self.event_param = event_param
         self.fast = False
@@ -307,8 +330,10 @@ class _Translator:
         self.bindings: dict[str, Any] = dict(_HELPERS)
         for name, fn in functions.items():
             self.bindings[f"_fn_{name}"] = fn
-        for name, value in SAFE_GLOBALS.items():
-            self.bindings[f"_g_{name}"] = value
+        for name in SAFE_GLOBALS:
+            self.bindings[f"_g_{name}"] = env.globals[name]
+        bounds = env.bounds
+        self.bindings.update(_call=_caller(env), _mul=bounds.mul, _pow=bounds.pow, _mod=bounds.mod)
         self.temps = 0
         self.bound: dict[tuple[str, str], list[str]] = {}
 
@@ -380,8 +405,37 @@ class _Translator:
     def visit_BinExpr(self, node: nodes.BinExpr) -> str:
         return f"({self.visit(node.left)} {_BINOPS[type(node)]} {self.visit(node.right)})"
 
-    visit_Add = visit_Sub = visit_Mul = visit_Div = visit_FloorDiv = visit_Mod = visit_Pow = \
-        visit_And = visit_Or = visit_BinExpr
+    visit_Add = visit_Sub = visit_Div = visit_FloorDiv = visit_And = visit_Or = visit_BinExpr
+
+    # The operators that can build far more than their operands go through ``spec.limits``;
+    # ``*`` and ``%`` inline the common case (numbers) and call the bounded version otherwise.
+
+    def visit_Mul(self, node: nodes.Mul) -> str:
+        left, right = self.visit(node.left), self.visit(node.right)
+        known = [isinstance(n, nodes.Const) and type(n.value) in (int, float)
+                 for n in (node.left, node.right)]
+        if all(known) or any(isinstance(n, nodes.Const) and type(n.value) is float
+                             for n in (node.left, node.right)):
+            return f"({left} * {right})"  # no sequence can be repeated
+        if known[0]:
+            t = self.temp()
+            return f"({left} * {t} if _type({t} := {right}) in _num else _mul({left}, {t}))"
+        if known[1]:
+            t = self.temp()
+            return f"({t} * {right} if _type({t} := {left}) in _num else _mul({t}, {right}))"
+        a, b = self.temp(), self.temp()
+        return (f"({a} * {b} if (_type({a} := {left}) in _num) & (_type({b} := {right}) in _num)"
+                f" else _mul({a}, {b}))")
+
+    def visit_Mod(self, node: nodes.Mod) -> str:
+        left, right = self.visit(node.left), self.visit(node.right)
+        if isinstance(node.left, nodes.Const) and type(node.left.value) in (int, float):
+            return f"({left} % {right})"
+        t = self.temp()
+        return f"({t} % {right} if _type({t} := {left}) in _num else _mod({t}, {right}))"
+
+    def visit_Pow(self, node: nodes.Pow) -> str:
+        return f"_pow({self.visit(node.left)}, {self.visit(node.right)})"
 
     def visit_UnaryExpr(self, node: nodes.UnaryExpr) -> str:
         return f"({_UNOPS[type(node)]}{self.visit(node.node)})"
@@ -451,7 +505,7 @@ class _Translator:
             fn = fn.__wrapped__  # the sync implementation, minus the is-async dispatch
         pass_arg = _PassArg.from_obj(fn)
         ref = self.bind(f"_{kind[0]}_{name}_", fn)
-        bound = [ref] if pass_arg is None else [ref, self.bind("_p", _PASS_ARGS[pass_arg])]
+        bound = [ref] if pass_arg is None else [ref, self.bind("_p", _pass_args(self.env)[pass_arg])]
         self.bound[kind, name] = bound
         return bound
 
@@ -467,7 +521,7 @@ class _Translator:
                 return f"_map({getter}, {self.visit(node.node)})"
             return f"_map_fields({self.visit(node.node)}, {field!r})"
         if node.name not in ("default", "d"):
-            fn, *first = self._bound("filter", _ENV.filters, node.name)
+            fn, *first = self._bound("filter", self.env.filters, node.name)
             return f"{fn}({self.arguments(node, first + [self.visit(node.node)])})"
         # default() exists for missing fields: read its input leniently, even in fast mode.
         subject = self.lenient(node.node)
@@ -476,7 +530,7 @@ class _Translator:
             # A field or a name is never Undefined, so default(x) is just a None check.
             t = self.temp()
             return f"({self.visit(node.args[0])} if ({t} := {subject}) is None else {t})"
-        fn, *first = self._bound("filter", _ENV.filters, node.name)
+        fn, *first = self._bound("filter", self.env.filters, node.name)
         return f"{fn}({self.arguments(node, first + [subject])})"
 
     def lenient(self, node: nodes.Expr) -> str:
@@ -500,7 +554,7 @@ class _Translator:
             return defined if node.name == "defined" else f"(not {defined})"
         if node.name == "none" and not node.args:
             return f"({self.lenient(node.node)} is None)"
-        fn, *first = self._bound("test", _ENV.tests, node.name)
+        fn, *first = self._bound("test", self.env.tests, node.name)
         return f"{fn}({self.arguments(node, first + [self.visit(node.node)])})"
 
     def _defined(self, node: nodes.Expr) -> str:
@@ -529,9 +583,42 @@ def _free_names(params: tuple[str, ...], functions: Mapping[str, Callable],
     return names
 
 
+def _closed(node: nodes.Node) -> bool:
+    """True when ``node`` reads no input: no parameter, metadata or function, only literals
+    and the safe globals."""
+    return all(n.name in SAFE_GLOBALS for n in node.find_all(nodes.Name)) and not (
+        isinstance(node, nodes.Name) and node.name not in SAFE_GLOBALS)
+
+
+def _refuse_constant_bombs(node: nodes.Node, translator: _Translator) -> None:
+    """Evaluate (bounded) each largest part of the expression that reads no input, so that a
+    part that can only exceed the limits (``'#' * 10**10``) is a compile-time error. Other
+    errors are left to run time, where they concern the events."""
+    if isinstance(node, (nodes.Const, nodes.Name)):
+        return
+    if not _closed(node) or not hasattr(translator, f"visit_{type(node).__name__}"):
+        for child in node.iter_child_nodes():
+            _refuse_constant_bombs(child, translator)
+        return
+    source = translator.visit(node)
+    namespace: dict[str, Any] = {"__builtins__": {}}
+    try:
+        exec(compile(f"def _const({', '.join(translator.bindings)}):\n    return {source}\n",
+                     "<constant>", "exec"), namespace)
+        namespace["_const"](*translator.bindings.values())
+    except LimitExceeded as exc:
+        near = node.name if isinstance(node, nodes.Filter) else \
+            node.node.attr if isinstance(node, nodes.Call) and isinstance(node.node, nodes.Getattr) \
+            else None
+        translator.fail(str(exc), near)
+    except Exception:
+        pass
+
+
 def compile_expression(source: str, *, params: tuple[str, ...] = ("key", "value", "event"),
                        functions: Mapping[str, Callable] = {},
-                       metadata_param: str | None = "event", user_errors: bool = False) -> Callable:
+                       metadata_param: str | None = "event", user_errors: bool = False,
+                       limits: Limits = DEFAULT) -> Callable:
     """Compile ``source`` once into a function taking ``params`` positionally.
 
     Raises ``ExpressionError`` (with ``col`` when known) for syntax errors, unknown names,
@@ -540,6 +627,8 @@ def compile_expression(source: str, *, params: tuple[str, ...] = ("key", "value"
     ones are a programming error (ValueError). With ``user_errors`` (the runtime's setting)
     calling the result raises ``UserCodeError`` (the original exception inside) for anything
     the expression or a function it calls raises; otherwise the original exception.
+    ``limits`` bound what the expression may build (``spec.limits``); a part of the expression
+    that reads no input and exceeds them is refused here (``ExpressionError``).
     """
     for name in params:
         if name not in PARAMETERS:
@@ -571,8 +660,9 @@ def compile_expression(source: str, *, params: tuple[str, ...] = ("key", "value"
         raise ExpressionError("expression is too deeply nested") from None
 
     translator = _Translator(tokens, _free_names(params, functions, metadata_param), functions,
-                             metadata_param)
+                             metadata_param, _env(limits))
     try:
+        _refuse_constant_bombs(tree, translator)
         exact = translator.visit(tree)
         if not translator.calls_functions:
             translator.fast = True

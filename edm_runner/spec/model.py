@@ -9,6 +9,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from edm_runner.spec.limits import DEFAULT as DEFAULT_LIMITS, Limits
+
 
 @dataclass(frozen=True)
 class Pos:
@@ -167,7 +169,8 @@ class ProcessingSpec:
     """``instance_id``: this instance's static group membership id (the CLI's ``--instance-id``
     or ``EDM_INSTANCE_ID`` replace the file's). ``standby_replicas``: the default of every store.
     ``shutdown_grace_ms``: how long a SIGTERM may take (finish the batch, commit, close stores).
-    ``start``: where the group starts on an input stream partition it has no committed offset for."""
+    ``start``: where the group starts on an input stream partition it has no committed offset for.
+    ``expression_limits``: what one expression may build for one event (``spec.limits``)."""
 
     guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     commit_interval_ms: int = 100
@@ -178,6 +181,7 @@ class ProcessingSpec:
     standby_replicas: int = 0
     assignment: AssignmentSpec = field(default_factory=AssignmentSpec)
     shutdown_grace_ms: int = 30_000
+    expression_limits: Limits = DEFAULT_LIMITS
 
 
 StoreType = Literal["key_value", "window", "session"]

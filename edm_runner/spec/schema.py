@@ -14,6 +14,7 @@ from typing import Any
 
 from edm_runner.operators.registry import operators
 from edm_runner.spec.durations import DURATION_SCHEMA
+from edm_runner.spec.limits import LIMITS_SCHEMA
 
 SCHEMA_ID = "https://edm.dev/schemas/topology.schema.json"
 NAME_PATTERN = "^[a-z0-9][a-z0-9._-]*$"
@@ -182,6 +183,7 @@ def _defs(step_items: dict) -> dict:
                                  "later): earliest (the default: every event already there) or latest "
                                  "(only events written after it first starts). Tables and global tables "
                                  "always read their whole source; `edm reset` starts over from the beginning."},
+        "expression_limits": LIMITS_SCHEMA,
         "shutdown_grace": {**DURATION_SCHEMA,
                            "description": "How long a SIGTERM may take: finish the batch, commit, write "
                                           "checkpoints, close the stores (default 30s)."},

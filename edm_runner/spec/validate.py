@@ -24,6 +24,7 @@ from edm_runner.spec.expressions import ExpressionError, compile_expression, fun
 from edm_runner.spec.flows import Flow, Ref
 from edm_runner.spec.functions import FunctionRefError, resolve_function
 from edm_runner.spec.graph import find_cycles
+from edm_runner.spec.limits import Limits
 from edm_runner.spec.report import Report, did_you_mean, where
 from edm_runner.spec.schema import IDENTIFIER_PATTERN, PYTHON_REF_PATTERN, validation_schema
 from edm_runner.spec.stateful import EXPRESSION_PARAMS, StateChecks, Step, expression_params
@@ -67,6 +68,9 @@ class _Context:
         self.stores = _section(data, "stores")
         self.table_reads: list[Ref] = []
         self.functions: dict[str, Callable] = {}
+        processing = data.get("processing")
+        self.limits = Limits.from_config(processing.get("expression_limits")
+                                         if isinstance(processing, dict) else None)
         self.operators: dict[str, Operator] = operators()
 
     def topic(self, stream: str) -> str:
@@ -86,7 +90,7 @@ class _Context:
         if not isinstance(source, str):
             return
         try:
-            compile_expression(source, params=params, functions=self.functions)
+            compile_expression(source, params=params, functions=self.functions, limits=self.limits)
         except ExpressionError as e:
             pos = self.report.smap.expression(path, getattr(e, "col", None), source)
             message = str(e).removeprefix("invalid expression: ")
