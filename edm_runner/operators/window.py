@@ -37,7 +37,7 @@ from edm_runner.operators.registry import Operator, register
 from edm_runner.operators.table import reads_table
 from edm_runner.runtime.event import Event
 from edm_runner.runtime.node import BuildContext, EventwiseProcessor, ExprFn, PassThrough, Processor
-from edm_runner.spec.durations import DURATION_SCHEMA, parse_duration
+from edm_runner.spec.durations import DURATION_SCHEMA, POSITIVE_DURATION_SCHEMA, parse_duration
 from edm_runner.spec.model import StepSpec
 from edm_runner.state.keys import META
 
@@ -379,9 +379,9 @@ register(Operator(
             "type": {"enum": ["tumbling", "hopping", "sliding", "session"],
                      "description": "tumbling (size), hopping (size, advance), sliding (size: the max "
                                     "time difference), session (gap)."},
-            "size": {**DURATION_SCHEMA, "description": "The window length."},
-            "advance": {**DURATION_SCHEMA, "description": "Hopping windows: the distance between window starts."},
-            "gap": {**DURATION_SCHEMA, "description": "Session windows: the inactivity gap closing a session."},
+            "size": {**POSITIVE_DURATION_SCHEMA, "description": "The window length."},
+            "advance": {**POSITIVE_DURATION_SCHEMA, "description": "Hopping windows: the distance between window starts."},
+            "gap": {**POSITIVE_DURATION_SCHEMA, "description": "Session windows: the inactivity gap closing a session."},
             "grace": {**DURATION_SCHEMA, "description": "How long after its end a window accepts late "
                                                         "events (default 0)."},
             "time": {**EXPRESSION, "description": "The event time in ms (default: the record timestamp)."},

@@ -423,9 +423,9 @@ class _Translator:
         if known[1]:
             t = self.temp()
             return f"({t} * {right} if _type({t} := {left}) in _num else _mul({t}, {right}))"
-        a, b = self.temp(), self.temp()
-        return (f"({a} * {b} if (_type({a} := {left}) in _num) & (_type({b} := {right}) in _num)"
-                f" else _mul({a}, {b}))")
+        a, b = self.temp(), self.temp()  # left is evaluated first, then right, once each
+        return (f"(({a} * {b} if _type({b} := {right}) in _num else _mul({a}, {b}))"
+                f" if _type({a} := {left}) in _num else _mul({a}, {right}))")
 
     def visit_Mod(self, node: nodes.Mod) -> str:
         left, right = self.visit(node.left), self.visit(node.right)

@@ -82,10 +82,8 @@ class LimitExceeded(EdmError):
     """An expression or template would build something larger than its ``Limits`` allow."""
 
     def __init__(self, what: str, size: int, limit: int, name: str, setting: str):
-        raise_it = (f"raise {setting}.{name} if this is intended" if setting
-                    else "templates cannot raise it")
-        super().__init__(f"{what} would be {size:,}, over the limit of {limit:,} ({name}; "
-                         f"{raise_it})")
+        raise_it = f"; raise {setting}.{name} if this is intended" if setting else ""
+        super().__init__(f"{what} would be {size:,}, over the limit of {limit:,} ({name}{raise_it})")
         self.size, self.limit, self.name = size, limit, name
 
 
@@ -378,10 +376,11 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
     the growing filters and ``range``."""
 
     intercepted_binops = frozenset({"*", "**", "%"})
+    bounds_class = Bounds
 
     def __init__(self, limits: Limits, **options: Any):
         super().__init__(**options)
-        self.bounds = Bounds(limits, self)
+        self.bounds = self.bounds_class(limits, self)
         self.filters.update(_bounded_filters(self.bounds))
         self.globals["range"] = self.bounds.range
         self._binops = {"*": self.bounds.mul, "**": self.bounds.pow, "%": self.bounds.mod}

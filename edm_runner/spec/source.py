@@ -14,6 +14,9 @@ Invariants:
   those of the original scalar. ``SourceMap.inside`` maps a line and column inside a scalar's
   text back to the file (exactly for one-line and literal ``|`` scalars, which keep lines).
 - YAML timestamps stay strings (topologies are JSON-shaped data).
+- Aliases add at most ``MAX_ALIAS_NODES`` nodes to a document (a "billion laughs" file of a
+  few lines would otherwise expand to billions): past that, the outermost alias being
+  expanded is reported and the document is not built further.
 """
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ _TIMESTAMP = _CORE + "timestamp"
 _SECTION_ITEMS = {("streams",): "stream", ("pipelines",): "pipeline", ("functions",): "function"}
 
 Path_ = tuple  # a path into the document: keys (str) and list indices (int)
+MAX_ALIAS_NODES = 10_000
 
 
 @dataclass(frozen=True)
@@ -203,6 +207,7 @@ class _Composer(Composer, Resolver):
         if isinstance(event, AliasEvent):
             node = copy.copy(super().compose_node(parent, index))
             node.start_mark, node.end_mark = event.start_mark, event.end_mark
+            node.from_alias = True
             return node
         node = super().compose_node(parent, index)
         if getattr(event, "tag", None) is not None:
@@ -250,11 +255,35 @@ class _Builder:
         self.diagnostics: list[Diagnostic] = []
         self._constructor = SafeConstructor()
         self._active: set[int] = set()
+        self._alias_depth = 0  # > 0 while building what an alias refers to
+        self._alias_nodes = 0  # nodes built through aliases so far
+        self._alias_exhausted = False
 
     def error(self, pos: NodePos, message: str, hint: str = "") -> None:
         self.diagnostics.append(Diagnostic(self.smap.file, pos.line, pos.col, message, hint))
 
     def build(self, node: yaml.Node, path: Path_) -> Any:
+        alias = getattr(node, "from_alias", False)
+        if alias or self._alias_depth:
+            if self._alias_exhausted:
+                return None
+            self._alias_nodes += 1
+            if self._alias_nodes > MAX_ALIAS_NODES:
+                self._alias_exhausted = True
+                self.error(self._alias_pos, f"YAML aliases expand to more than {MAX_ALIAS_NODES:,} "
+                                            "values (an alias of an alias of ... multiplies them)",
+                           "write the repeated parts out, or use fewer nested aliases")
+                self.smap.broken.add(self._alias_path)
+                return None
+        if alias and not self._alias_depth:
+            self._alias_pos, self._alias_path = _pos(node), path
+        self._alias_depth += alias
+        try:
+            return self._build(node, path)
+        finally:
+            self._alias_depth -= alias
+
+    def _build(self, node: yaml.Node, path: Path_) -> Any:
         pos = self.smap.values[path] = _pos(node, self.lines)
         if tag := _explicit_tag(node):
             self.error(pos, f"YAML tags are not supported (found '{tag}')",

@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from edm_runner.spec.durations import parse_duration
+from edm_runner.spec.durations import DurationError, parse_duration
 from edm_runner.spec.report import did_you_mean, where
 
 from edm_runner.spec.flows import Flow, Ref
@@ -298,8 +298,11 @@ class StateChecks:
                 self.report.error(step.path + (key,), f"`{key}` does not apply to a {kind} window",
                                   _WINDOW_HINTS.get(kind, ""), key=True)
         if kind == "hopping" and "size" in config and "advance" in config:
-            size, advance = parse_duration(config["size"]), parse_duration(config["advance"])
-            if not 0 < advance <= size:
+            try:
+                size, advance = parse_duration(config["size"]), parse_duration(config["advance"])
+            except DurationError:  # reported by the schema
+                return
+            if advance > size:
                 self.report.error(step.path + ("advance",), f"a hopping window's advance must be > 0 and "
                                                             f"at most its size ({config['size']})",
                                   "advance = size is a tumbling window; a smaller advance makes windows overlap")

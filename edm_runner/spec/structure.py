@@ -10,10 +10,11 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError
 
-from edm_runner.spec.durations import DURATION_PATTERN, DURATION_WORDS
+from edm_runner.spec.durations import (DURATION_PATTERN, DURATION_WORDS, MAX_DURATION_MS,
+                                       MAX_DURATION_WORDS, POSITIVE_DURATION_PATTERN, within_bounds)
 from edm_runner.spec.report import Report, describe_value, did_you_mean, where
 from edm_runner.spec.schema import PATTERN_WORDS
 
@@ -22,10 +23,16 @@ _TYPE_WORDS = {"object": "a mapping", "array": "a list", "string": "a string",
                "null": "empty"}
 
 
+_FORMATS = FormatChecker(formats=())
+_FORMATS.checks("duration")(within_bounds)
+_TOO_LONG = f"the longest duration is {MAX_DURATION_WORDS}"
+_ZERO = "a length that divides time must be longer than 0"
+
+
 def check(schema: dict, instance: Any, report: Report, prefix: tuple = ()) -> bool:
     """Validate ``instance`` (found at ``prefix`` in the file) against ``schema``; report every
     error. Returns True when there was none."""
-    validator = Draft202012Validator(schema)
+    validator = Draft202012Validator(schema, format_checker=_FORMATS)
     errors = list(validator.iter_errors(instance))
     for error in sorted(errors, key=lambda e: [str(p) for p in e.absolute_path]):
         _convert(error, report, prefix, schema)
@@ -66,7 +73,16 @@ def _convert(error: ValidationError, report: Report, prefix: tuple, root: dict) 
     elif kind == "const":
         report.error(path, f"{place} must be {_literal(error.validator_value)}, "
                            f"not {describe_value(value)}")
-    elif kind == "pattern" and error.validator_value == DURATION_PATTERN:
+    elif kind == "format" and error.validator_value == "duration":
+        report.error(path, f"{place}: {describe_value(value).removesuffix(' (a string)')} is too "
+                           "long for a duration", _TOO_LONG)
+    elif kind == "maximum" and error.validator_value == MAX_DURATION_MS:
+        report.error(path, f"{place}: {value} is too long for a duration", _TOO_LONG)
+    elif (kind == "pattern" and error.validator_value == POSITIVE_DURATION_PATTERN
+          and re.fullmatch(DURATION_PATTERN, value)) or (
+            kind == "minimum" and error.validator_value == 1 and error.schema.get("maximum") == MAX_DURATION_MS):
+        report.error(path, f"{place} must be longer than 0, not {describe_value(value)}", _ZERO)
+    elif kind == "pattern" and error.validator_value in (DURATION_PATTERN, POSITIVE_DURATION_PATTERN):
         report.error(path, f"{place}: {describe_value(value).removesuffix(' (a string)')} is not a "
                            f"duration: use {DURATION_WORDS}")
     elif kind == "pattern":

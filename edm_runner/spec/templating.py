@@ -11,7 +11,10 @@ Rule (applied by ``spec.source`` while it builds the document):
   whole is an error, so neither a rendered value nor an error message ever holds the
   environment (secrets included).
 - Rendering is sandboxed (no attribute access to internals, no mutating methods), so a
-  template cannot run code.
+  template cannot run code, and bounded (``spec.limits`` with ``TEMPLATE_LIMITS``; at most
+  ``MAX_STEPS`` loop iterations and calls and ``MAX_BUILT`` characters built in all, output
+  included; no ``lipsum`` or ``namespace``), so a small file cannot exhaust memory or CPU:
+  a template over the bounds is an error at its line.
 - Re-typing: when a *plain or double-quoted* scalar is entirely one template
   (``"{{ env.P | default(8) }}"``), its rendered text is re-read as a YAML scalar, so numbers
   become ints and ``true`` a bool. A single-quoted scalar, or one where the template is only
@@ -20,15 +23,101 @@ Rule (applied by ``spec.source`` while it builds the document):
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping, NoReturn
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, NoReturn
 
 import yaml
-from jinja2 import StrictUndefined, TemplateError, UndefinedError
+from jinja2 import StrictUndefined, TemplateError, UndefinedError, nodes
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError, TemplateSyntaxError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-_JINJA = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False,
-                                       keep_trailing_newline=True)
+from edm_runner.spec.limits import BoundedSandbox, Bounds, LimitExceeded, Limits
+
+TEMPLATE_LIMITS = Limits(max_string_length=100_000, max_items=100_000, setting="")
+MAX_STEPS = 10_000  # loop iterations and calls per rendered scalar
+MAX_BUILT = 1_000_000  # characters built per rendered scalar: operations, joins and output
+
+
+@dataclass
+class _Budget:
+    """What one rendering has spent."""
+
+    steps: int = 0
+    built: int = 0
+
+
+_BUDGET: ContextVar[_Budget] = ContextVar("template_budget")
+
+
+def _spend(steps: int = 0, built: int = 0) -> None:
+    budget = _BUDGET.get()
+    budget.steps += steps
+    budget.built += built
+    if budget.steps > MAX_STEPS:
+        raise LimitExceeded("the number of loop iterations and calls", budget.steps, MAX_STEPS,
+                            "steps", "")
+    if budget.built > MAX_BUILT:
+        raise LimitExceeded("the number of characters built", budget.built, MAX_BUILT,
+                            "characters", "")
+
+
+class _TemplateBounds(Bounds):
+    """Bounds whose checked sizes also count against the rendering's ``_Budget``."""
+
+    def string(self, n: int, what: str = "the string's length") -> None:
+        super().string(n, what)
+        _spend(built=n)
+
+
+class _BudgetedCode(CodeGenerator):
+    """Jinja's code generator, except that loops and ``~`` go through the budget."""
+
+    def visit_For(self, node: nodes.For, frame: Frame) -> None:
+        node.iter = nodes.Call(nodes.EnvironmentAttribute("counted"), [node.iter], [], None, None,
+                               lineno=node.iter.lineno)
+        super().visit_For(node, frame)
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        self.write("environment.concat((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+
+class _TemplateSandbox(BoundedSandbox):
+    """The bounded sandbox of load-time templates, counting steps and characters built."""
+
+    code_generator_class = _BudgetedCode
+    bounds_class = _TemplateBounds
+
+    def __init__(self) -> None:
+        super().__init__(TEMPLATE_LIMITS, undefined=StrictUndefined, autoescape=False,
+                         keep_trailing_newline=True, optimized=False)
+        for name in ("lipsum", "namespace"):
+            del self.globals[name]
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        _spend(steps=1)
+        return super().call(__context, __obj, *args, **kwargs)
+
+    @staticmethod
+    def counted(items: Iterable) -> Iterable:
+        for item in items:
+            _spend(steps=1)
+            yield item
+
+    @staticmethod
+    def concat(parts: tuple) -> str:
+        texts = [str(p) for p in parts]
+        size = sum(map(len, texts))
+        TEMPLATE_BOUNDS.string(size, "the concatenated string's length")
+        return "".join(texts)
+
+
+_JINJA = _TemplateSandbox()
+TEMPLATE_BOUNDS = _JINJA.bounds
 _WHOLE = re.compile(r"\s*\{\{(?:(?!\{\{|\}\}).)*\}\}\s*", re.S)
 
 
@@ -74,8 +163,14 @@ def is_template(text: str) -> bool:
 
 def render(text: str, env: Mapping[str, str]) -> str:
     """Render ``text`` with context ``env``; raises ``TemplateProblem``."""
+    token = _BUDGET.set(_Budget())
     try:
-        return _JINJA.from_string(text).render(env=_Env(env))
+        return _render(text, env)
+    except LimitExceeded as e:
+        raise TemplateProblem(f"template too large: {e}",
+                              hint="templates fill in values from the environment; they may "
+                                   "not build large values or loop long",
+                              line=_template_line(e)) from None
     except _WholeEnvironment:
         raise TemplateProblem("a template can read single environment variables, not the "
                               "whole environment",
@@ -99,7 +194,29 @@ def render(text: str, env: Mapping[str, str]) -> str:
     except TemplateError as e:
         raise TemplateProblem(f"template error: {e}") from None
     except Exception as e:  # a filter called with bad arguments, e.g. int('x')
-        raise TemplateProblem(f"template failed: {type(e).__name__}: {e}") from None
+        raise TemplateProblem(f"template failed: {type(e).__name__}: {e}",
+                              line=_template_line(e)) from None
+    finally:
+        _BUDGET.reset(token)
+
+
+def _render(text: str, env: Mapping[str, str]) -> str:
+    """The rendered ``text``, its output counted against the budget as it is produced."""
+    parts = []
+    for part in _JINJA.from_string(text).generate(env=_Env(env)):
+        TEMPLATE_BOUNDS.string(len(part), "the rendered text's length")
+        parts.append(part)
+    return "".join(parts)
+
+
+def _template_line(exc: BaseException) -> int:
+    """The template line where ``exc`` was raised (Jinja rewrites tracebacks to it), else 1."""
+    tb, line = exc.__traceback__, 1
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
 
 
 def retype(original: str, style: str | None, rendered: str) -> Any:
