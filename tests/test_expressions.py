@@ -11,10 +11,11 @@ import pytest
 from jinja2.exceptions import SecurityError
 
 from edm_runner.brokers.base import Record
-from edm_runner.errors import EdmError
+from edm_runner.errors import EdmError, UserCodeError
 from edm_runner.runtime.event import Event
 from edm_runner.spec.expressions import (METADATA, PARAMETERS, SAFE_GLOBALS, ExpressionError,
                                          compile_expression, function_name_problem)
+from edm_runner.spec.limits import LimitExceeded, Limits
 
 ORDER = {
     "id": "o-1",
@@ -316,3 +317,75 @@ def test_bench_refuses_unknown_scenarios() -> None:
     assert proc.returncode == 2
     assert "unknown scenario(s) no-such-scenario; available: " in proc.stderr
     assert "expressions" in proc.stderr.split("available: ")[1]
+
+
+# -- resource bounds (spec.limits) -------------------------------------------------------------
+
+@pytest.mark.parametrize("source, value, expected", [
+    ("value.s * value.n", {"s": "ab", "n": 3}, "ababab"),
+    ("value.n * value.s", {"s": "ab", "n": 2}, "abab"),
+    ("value.l * 2", {"l": [1]}, [1, 1]),
+    ("3 * value.s", {"s": "x"}, "xxx"),
+    ("value.a * value.b", {"a": 2, "b": 1.5}, 3.0),
+    ("value.a * 2.5", {"a": "x"}, None),  # TypeError: str * float, as in Python
+    ("value.a ** 3", {"a": 2}, 8),
+    ("value.a ** -1", {"a": 2}, 0.5),
+    ("value.a % 3", {"a": 7}, 1),
+    ("'%5s|%-3d|%.2f' % (value.s, value.a, value.f)", {"s": "ab", "a": 7, "f": 1.234},
+     "   ab|7  |1.23"),
+    ("'%*d' % (value.a, 1)", {"a": 3}, "  1"),
+    ("'{:>5}{:.1f}'.format(value.s, value.f)", {"s": "ab", "f": 2.25}, "   ab2.2"),
+    ("value.s | center(6)", {"s": "ab"}, "  ab  "),
+    ("value.s.zfill(4)", {"s": "7"}, "0007"),
+    ("value.l | join(',')", {"l": ["a", "b"]}, "a,b"),
+    ("value.s | replace('a', 'xyz')", {"s": "aba"}, "xyzbxyz"),
+    ("range(value.a) | list", {"a": 3}, [0, 1, 2]),
+])
+def test_bounded_operations_keep_their_meaning(source: str, value: dict, expected: object) -> None:
+    fn = compile_expression(source)
+    if expected is None:
+        with pytest.raises(TypeError):
+            fn(None, value, None)
+    else:
+        assert fn(None, value, None) == expected
+
+
+@pytest.mark.parametrize("source, value, limit", [
+    ("value.s * value.n", {"s": "#", "n": 10**10}, "max_string_length"),
+    ("[value.s] * value.n", {"s": "#", "n": 10**6}, "max_items"),
+    ("value.n ** value.n", {"n": 10**10}, "max_int_digits"),
+    ("('%' ~ value.n ~ 's') % 1", {"n": 10**10}, "max_string_length"),
+    ("('{:' ~ value.n ~ '}').format(1)", {"n": 10**10}, "max_string_length"),
+    ("'{:{}}'.format(1, value.n)", {"n": 10**10}, "max_string_length"),
+    ("'x'.rjust(value.n)", {"n": 10**10}, "max_string_length"),
+    ("'x' | indent(value.n)", {"n": 10**10}, "max_string_length"),
+    ("range(value.n)", {"n": 10**9}, "max_items"),
+    ("([value.s] * 1000) | join", {"s": "x" * 10_000}, "max_string_length"),
+])
+def test_what_would_exceed_the_limits_raises_limit_exceeded(source: str, value: dict,
+                                                            limit: str) -> None:
+    with pytest.raises(LimitExceeded, match=f"{limit}; raise processing.expression_limits.{limit}"):
+        compile_expression(source)(None, value, None)
+    with pytest.raises(UserCodeError, match=f"^LimitExceeded: .*{limit}"):
+        compile_expression(source, user_errors=True)(None, value, None)
+
+
+@pytest.mark.parametrize("source, col", [
+    ("'#' * 10**10", None), ("10 ** (10 ** 10)", None), ("'x' | center(10**10)", 7),
+    ("value.a ~ ('%9999999999s' | format(1))", 29), ("{'a': range(10**9)}", 7),
+    ("'{:9999999999}'.format(1)", 17),
+])
+def test_a_constant_part_over_the_limits_is_a_compile_error(source: str, col: int | None) -> None:
+    with pytest.raises(ExpressionError, match="over the limit of") as info:
+        compile_expression(source)
+    assert info.value.col == col
+
+
+def test_the_limits_are_configurable() -> None:
+    source = "value.s * value.n"
+    with pytest.raises(LimitExceeded):
+        compile_expression(source)(None, {"s": "ab", "n": 600_000}, None)
+    fn = compile_expression(source, limits=Limits(max_string_length=2_000_000))
+    assert len(fn(None, {"s": "ab", "n": 600_000}, None)) == 1_200_000
+    with pytest.raises(ExpressionError, match="the repeated string's length would be 20"):
+        compile_expression("'#' * 20", limits=Limits(max_string_length=10))

@@ -297,6 +297,19 @@ _INLINE_FILTERS = {"upper": "_str({}).upper()", "lower": "_str({}).lower()",
                    "list": "_list({})"}
 
 
+def _never_a_sequence(node: nodes.Expr) -> bool:
+    """True when ``node`` evaluates to a number or a bool, or raises, but never to a string,
+    list or tuple (so ``*`` with it cannot repeat a sequence beyond its operand's size)."""
+    if isinstance(node, nodes.Const):
+        return type(node.value) in (int, float, bool)
+    if isinstance(node, (nodes.Sub, nodes.Div, nodes.FloorDiv, nodes.Neg, nodes.Pos,
+                         nodes.Compare, nodes.Not, nodes.Test)):
+        return True
+    if isinstance(node, nodes.Mul):
+        return _never_a_sequence(node.left) and _never_a_sequence(node.right)
+    return False
+
+
 def _map_field(node: nodes.Filter) -> str | None:
     """The field of ``seq | map(attribute='field')`` (one plain name), else None."""
     if node.name != "map" or node.args or node.dyn_args or node.dyn_kwargs \
@@ -412,12 +425,11 @@ class _Translator:
 
     def visit_Mul(self, node: nodes.Mul) -> str:
         left, right = self.visit(node.left), self.visit(node.right)
-        known = [isinstance(n, nodes.Const) and type(n.value) in (int, float)
-                 for n in (node.left, node.right)]
+        known = [_never_a_sequence(n) for n in (node.left, node.right)]
         if all(known) or any(isinstance(n, nodes.Const) and type(n.value) is float
                              for n in (node.left, node.right)):
             return f"({left} * {right})"  # no sequence can be repeated
-        if known[0]:
+        if known[0] and isinstance(node.left, nodes.Const):
             t = self.temp()
             return f"({left} * {t} if _type({t} := {right}) in _num else _mul({left}, {t}))"
         if known[1]:
@@ -592,14 +604,35 @@ def _closed(node: nodes.Node) -> bool:
 
 def _refuse_constant_bombs(node: nodes.Node, translator: _Translator) -> None:
     """Evaluate (bounded) each largest part of the expression that reads no input, so that a
-    part that can only exceed the limits (``'#' * 10**10``) is a compile-time error. Other
-    errors are left to run time, where they concern the events."""
+    part that can only exceed the limits (``'#' * 10**10``) is a compile-time error, located
+    at the smallest such part. Other errors are left to run time, where they concern events."""
     if isinstance(node, (nodes.Const, nodes.Name)):
         return
-    if not _closed(node) or not hasattr(translator, f"visit_{type(node).__name__}"):
+    if not _constant(node, translator):
         for child in node.iter_child_nodes():
             _refuse_constant_bombs(child, translator)
         return
+    exc = _exceeds(node, translator)
+    if exc is None:
+        return
+    # The innermost part that exceeds them (a descendant comes after its ancestors here).
+    culprit = node
+    for inner in node.find_all(nodes.Expr):
+        if _constant(inner, translator) and _exceeds(inner, translator):
+            culprit = inner
+    callee = culprit.node if isinstance(culprit, nodes.Call) else None
+    near = culprit.name if isinstance(culprit, nodes.Filter) else callee.attr \
+        if isinstance(callee, nodes.Getattr) else callee.name if isinstance(callee, nodes.Name) else None
+    translator.fail(str(exc), near)
+
+
+def _constant(node: nodes.Node, translator: _Translator) -> bool:
+    return not isinstance(node, (nodes.Const, nodes.Name)) and _closed(node) and \
+        hasattr(translator, f"visit_{type(node).__name__}")
+
+
+def _exceeds(node: nodes.Node, translator: _Translator) -> LimitExceeded | None:
+    """The ``LimitExceeded`` that evaluating the constant ``node`` raises, else None."""
     source = translator.visit(node)
     namespace: dict[str, Any] = {"__builtins__": {}}
     try:
@@ -607,12 +640,10 @@ def _refuse_constant_bombs(node: nodes.Node, translator: _Translator) -> None:
                      "<constant>", "exec"), namespace)
         namespace["_const"](*translator.bindings.values())
     except LimitExceeded as exc:
-        near = node.name if isinstance(node, nodes.Filter) else \
-            node.node.attr if isinstance(node, nodes.Call) and isinstance(node.node, nodes.Getattr) \
-            else None
-        translator.fail(str(exc), near)
+        return exc
     except Exception:
         pass
+    return None
 
 
 def compile_expression(source: str, *, params: tuple[str, ...] = ("key", "value", "event"),
