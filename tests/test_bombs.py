@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from pathlib import Path
 
 import pytest
@@ -32,17 +33,27 @@ def test_validate_refuses_the_bomb_at_its_place(path: Path, tmp_path: Path) -> N
     assert any(text in s for s in located), f"no {line}:{col}: ...{text}... in:\n{out}"
 
 
-def test_each_event_bomb_is_dead_lettered_and_the_runner_goes_on(tmp_path: Path) -> None:
+@pytest.fixture(params=["local", pytest.param("kafka", marks=pytest.mark.kafka)])
+def broker(request: pytest.FixtureRequest, tmp_path: Path) -> list[str]:
+    """The edm options that run a test on the embedded broker, then on a real Kafka broker."""
+    if request.param == "local":
+        return ["--broker", f"local:{tmp_path / 'broker'}"]
+    return ["--broker", "kafka://" + request.getfixturevalue("kafka_bootstrap")]
+
+
+def test_each_event_bomb_is_dead_lettered_and_the_runner_goes_on(tmp_path: Path,
+                                                                 broker: list[str]) -> None:
     cases = event_cases()
-    topology = prepare_event_run(tmp_path, cases)
+    topology = prepare_event_run(tmp_path, cases, broker, prefix=f"t{uuid.uuid4().hex[:8]}-")
     code, out, _, _ = run(["validate", str(topology)], tmp_path)
     assert code == 0, out  # none of them is a constant: only the event makes them explode
 
-    code, out, _, _ = run(["run", str(topology), "--until-idle"], tmp_path,
+    code, out, _, _ = run(["run", str(topology), "--until-idle", *broker], tmp_path,
                           preexec=limits(data=GIB, cpu_s=60))
     assert code == 0, out
 
-    code, out, _, _ = run(["consume", "dlq", "-t", str(topology), "--from-beginning"], tmp_path)
+    code, out, _, _ = run(["consume", "dlq", "-t", str(topology), "--from-beginning", *broker],
+                          tmp_path)
     assert code == 0, out
     dead = {bytes.fromhex(r["key"]["hex"]).decode() if isinstance(r["key"], dict) else r["key"]:
             r["headers"] for r in map(json.loads, out.splitlines())}
@@ -51,7 +62,8 @@ def test_each_event_bomb_is_dead_lettered_and_the_runner_goes_on(tmp_path: Path)
         error = dead[name]["edm.error"]
         assert error.startswith("LimitExceeded: ") and case["error"] in error, (name, error)
         assert "processing.expression_limits." in error, error
-    code, out, _, _ = run(["consume", "out", "-t", str(topology), "--from-beginning"], tmp_path)
+    code, out, _, _ = run(["consume", "out", "-t", str(topology), "--from-beginning", *broker],
+                          tmp_path)
     assert [json.loads(line)["key"] for line in out.splitlines()] == ["ok"], out
 
 

@@ -44,7 +44,6 @@ from jinja2.exceptions import SecurityError, TemplateSyntaxError
 from jinja2.lexer import Token, TokenStream, ignored_tokens
 from jinja2.parser import Parser
 from jinja2.runtime import Undefined, new_context
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import _PassArg
 
 from edm_runner.errors import EdmError, EventError, UserCodeError

@@ -11,7 +11,6 @@ with wait4). tests/test_bombs.py runs the same payloads under resource limits.
 from __future__ import annotations
 
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -31,9 +30,10 @@ def event_cases() -> dict[str, dict[str, Any]]:
     return yaml.safe_load((HERE / "events.yaml").read_text())
 
 
-def event_topology(cases: dict[str, dict[str, Any]]) -> str:
+def event_topology(cases: dict[str, dict[str, Any]], prefix: str = "") -> str:
     """One microservice with a pipeline per case (events pick theirs by ``value.case``), each
-    dead-lettering to ``dlq``, and a pipeline ``ok`` that passes ordinary events to ``out``."""
+    dead-lettering to ``dlq``, and a pipeline ``ok`` that passes ordinary events to ``out``.
+    ``prefix`` starts the service's and the topics' names (tests sharing one Kafka broker)."""
     pipelines = {"ok": {"from": "in", "steps": [{"filter": "value.case == 'ok'"}], "to": "out"}}
     for name, case in cases.items():
         pipelines[name] = {"from": "in", "on_error": {"dead_letter": "dlq"},
@@ -41,8 +41,9 @@ def event_topology(cases: dict[str, dict[str, Any]]) -> str:
                                      {"map_values": case["expression"]}],
                            "to": "out"}
     return yaml.safe_dump({
-        "kind": "microservice", "name": "bombs",
-        "streams": {"in": {}, "out": {}, "dlq": {"key": "bytes", "value": "bytes"}},
+        "kind": "microservice", "name": f"{prefix}bombs",
+        "streams": {"in": {"topic": f"{prefix}in"}, "out": {"topic": f"{prefix}out"},
+                    "dlq": {"topic": f"{prefix}dlq", "key": "bytes", "value": "bytes"}},
         "pipelines": pipelines}, sort_keys=False)
 
 
@@ -77,11 +78,13 @@ def run(args: list[str], cwd: Path, preexec: Callable[[], None] | None = None,
             resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 
 
-def prepare_event_run(directory: Path, cases: dict[str, dict[str, Any]]) -> Path:
-    """Write the topology of ``cases`` in ``directory`` and produce their events; its path."""
+def prepare_event_run(directory: Path, cases: dict[str, dict[str, Any]], broker: list[str] = [],
+                      prefix: str = "") -> Path:
+    """Write the topology of ``cases`` in ``directory`` and produce their events (``broker``:
+    extra options of edm, e.g. ``["--broker", URL]``); the topology's path."""
     topology = directory / "topology.yaml"
-    topology.write_text(event_topology(cases))
-    code, out, _, _ = run(["produce", "in", "-t", str(topology)], directory,
+    topology.write_text(event_topology(cases, prefix))
+    code, out, _, _ = run(["produce", "in", "-t", str(topology), *broker], directory,
                           stdin=event_lines(cases))
     if code != 0:
         raise RuntimeError(f"edm produce failed: {out}")
