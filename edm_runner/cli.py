@@ -408,10 +408,11 @@ def _stream_target(topology, name: str):
 
 def _plain_serdes(stream):
     """Encoders/decoders of a stream's formats without schema validation (tools must be able to
-    write and read invalid events, for example to exercise dead letters)."""
+    write and read invalid events, for example to exercise dead letters). A null key is still
+    refused on an entity stream: no broker can keep such a record (Kafka refuses it)."""
     from edm_runner.serde import make_serde
     from edm_runner.spec.model import SerdeSpec
-    key = SerdeSpec(stream.key.format) if stream else SerdeSpec("string")
+    key = SerdeSpec(stream.key.format, keyed=stream.key.keyed) if stream else SerdeSpec("string")
     value = SerdeSpec(stream.value.format) if stream else SerdeSpec("json")
     return make_serde(key), make_serde(value)
 

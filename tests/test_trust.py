@@ -556,3 +556,40 @@ async def _records(svc: Service, topic: str) -> list[Record]:
         return await read_raw(broker, topic)
     finally:
         await broker.close()
+
+
+# -- a null key and an entity stream ---------------------------------------------------------
+
+def test_a_null_key_written_to_an_entity_stream_is_an_error_of_the_event(tmp_path: Path,
+                                                                           broker_url: str) -> None:
+    """Kafka refuses a record without a key on a compacted topic (the producer failed with
+    `UnknownError` and the service crash-looped past its on_error); the embedded broker kept
+    it. On both, the event now follows on_error."""
+    svc = Service(tmp_path, """
+    kind: microservice
+    name: "{p}n"
+    streams:
+      in: {topic: "{p}in"}
+      ents: {topic: "{p}ents", type: entity}
+      dlq: {topic: "{p}dlq", key: bytes, value: bytes}
+    pipelines:
+      p: {from: in, steps: [{select_key: value.id}], to: ents, on_error: {dead_letter: dlq}}
+    """, url=broker_url)
+    out = svc.run({"in": [("a", {"id": "x1"}), ("b", {}), ("c", {"id": "x2"})]}, read="ents")
+    assert out == [("x1", {"id": "x1"}), ("x2", {"id": "x2"})]
+    assert svc.service.dead_lettered == 1
+    dead = asyncio.run(_records(svc, f"{svc.p}dlq"))
+    assert [r.key for r in dead] == [b"b"]
+    assert "a null key cannot be written to an entity stream" in dict(dead[0].headers)["edm.error"].decode()
+
+
+def test_edm_produce_refuses_a_null_key_on_an_entity_stream(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "t.yaml").write_text("kind: microservice\nname: n\nstreams: {ents: {type: entity}}\n")
+    done = subprocess.run([sys.executable, "-m", "edm_runner", "produce", "ents", "-t", str(tmp_path / "t.yaml")],
+                          input='{"key": "k", "value": 1}\n{"key": null, "value": 2}\n',
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.startswith("edm: <stdin>:2:1: a null key cannot be written to an entity stream")

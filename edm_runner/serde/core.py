@@ -3,7 +3,8 @@
 Invariants:
 - ``None`` is never encoded or decoded: it stays ``None`` both ways (a null key, or a
   tombstone value on an entity stream). A schema is applied to ``None`` too, except to the
-  tombstones of an entity stream (``SerdeSpec.tombstones``).
+  tombstones of an entity stream (``SerdeSpec.tombstones``). The key of an entity stream
+  refuses ``None`` when encoding (``SerdeSpec.keyed``).
 - Every failure is a ``SerdeError`` whose message says what was expected and what came.
 - A schema file is read and its validator compiled once per ``make_serde`` call.
 """
@@ -184,6 +185,19 @@ def _schema_error(validator: jsonschema.protocols.Validator, path: Path, obj: An
     return SerdeError(f"value does not match schema {path.name} at {where}: {error.message}")
 
 
+def _keyed(encode: Encoder) -> Encoder:
+    """``encode`` refusing null: the key of a record of an entity stream."""
+
+    def encode_key(obj: Any) -> bytes | None:
+        if obj is None:
+            raise SerdeError("a null key cannot be written to an entity stream: its topic is compacted "
+                             "(the latest value per key), and Kafka refuses a record without a key; "
+                             "compute a key, or filter such events out")
+        return encode(obj)
+
+    return encode_key
+
+
 def make_serde(spec: SerdeSpec) -> Serde:
     """The serde for ``spec``; with a schema, values are validated after decoding and
     before encoding."""
@@ -191,6 +205,8 @@ def make_serde(spec: SerdeSpec) -> Serde:
         encode, decode = _FORMATS[spec.format]
     except KeyError:
         raise SerdeError(f"unknown format {spec.format!r}; use one of {', '.join(_FORMATS)}") from None
+    if spec.keyed:
+        encode = _keyed(encode)
     if spec.schema is None:
         return Serde(spec.format, encode, decode)
     path = Path(spec.schema)

@@ -34,11 +34,14 @@ StreamType = Literal["unkeyed", "keyed", "entity"]
 class SerdeSpec:
     """How a key or a value is encoded. ``schema`` is an absolute path to a JSON Schema file.
     ``tombstones``: a null value is a delete, never checked against ``schema`` (the values of
-    entity streams, see ``StreamSpec``); otherwise a null value must match the schema too."""
+    entity streams, see ``StreamSpec``); otherwise a null value must match the schema too.
+    ``keyed``: a null is refused when encoding (the keys of entity streams: a compacted topic
+    keeps the latest value per key, so Kafka refuses a record without one)."""
 
     format: Format = "json"
     schema: Path | None = None
     tombstones: bool = False
+    keyed: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,9 +73,13 @@ class StreamSpec:
     pos: Pos = NOWHERE
 
     def __post_init__(self) -> None:
-        # One rule: null values are tombstones on entity streams, and only there.
-        if self.value.tombstones != (self.type == "entity"):
-            self.value = replace(self.value, tombstones=self.type == "entity")
+        # One rule: null values are tombstones on entity streams, and only there; and there
+        # every record has a key.
+        entity = self.type == "entity"
+        if self.value.tombstones != entity:
+            self.value = replace(self.value, tombstones=entity)
+        if self.key.keyed != entity:
+            self.key = replace(self.key, keyed=entity)
 
     @property
     def compacted(self) -> bool:
