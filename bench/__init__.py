@@ -3,7 +3,9 @@
 A scenario is a module with ``run() -> dict`` registered in ``bench.__main__.SCENARIOS``. Its
 result holds at least ``ratio`` (edm throughput / baseline throughput, both measured in the
 same run; higher is better), ``target`` (the lowest acceptable ratio) and the raw figures
-behind the ratio. A scenario whose prerequisites are missing raises ``Skipped(why)``.
+behind the ratio. The latency scenarios (``startup``, ``loop-lag``) have absolute targets
+(seconds, milliseconds) and report their figures against them, with a baseline measured in the
+same run beside them. A scenario whose prerequisites are missing raises ``Skipped(why)``.
 """
 from __future__ import annotations
 

@@ -12,9 +12,11 @@ from bench import Skipped
 # Scenario name -> module exposing ``run() -> dict``. Adding a scenario is one line here.
 SCENARIOS: dict[str, str] = {
     "expressions": "bench.expressions",
+    "startup": "bench.startup",
     "local-stateless": "bench.local_stateless",
     "kafka-stateless": "bench.kafka_stateless",
     "local-count": "bench.local_count",
+    "loop-lag": "bench.loop_lag",
     "kafka-restore": "bench.kafka_restore",
     "rebalance": "bench.rebalance",
     "kafka-eos": "bench.kafka_eos",
