@@ -593,3 +593,20 @@ def test_edm_produce_refuses_a_null_key_on_an_entity_stream(tmp_path: Path) -> N
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert done.stderr.startswith("edm: <stdin>:2:1: a null key cannot be written to an entity stream")
+
+
+def test_the_cli_reports_an_internal_error_as_one_to_report(capsys: pytest.CaptureFixture[str]) -> None:
+    import typer
+
+    from edm_runner.cli import _run_guarded
+    from edm_runner.errors import InternalError
+
+    def fail() -> None:
+        raise InternalError("service 's': step p.steps[0] (x) at f:1:1 failed with AttributeError: boom. "
+                            "This is a bug in edm, not in the topology or the data")
+    with pytest.raises(typer.Exit) as info:
+        _run_guarded(fail)
+    assert info.value.exit_code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("edm: internal error: service 's': step p.steps[0]") and "InternalError" not in err
+    assert "please report it" in err
