@@ -32,7 +32,6 @@ def test_json_null_document_decodes_to_none() -> None:
 def test_string_and_bytes() -> None:
     s = make_serde(SerdeSpec("string"))
     assert s.encode("héllo") == "héllo".encode() and s.decode("héllo".encode()) == "héllo"
-    assert s.encode(42) == b"42"
     b = make_serde(SerdeSpec("bytes"))
     assert b.encode(b"\x00\xff") == b"\x00\xff" and b.decode(b"\x00\xff") == b"\x00\xff"
 
@@ -40,12 +39,21 @@ def test_string_and_bytes() -> None:
 @pytest.mark.parametrize("fmt,obj,needle", [
     ("json", float("nan"), "not JSON compliant"),
     ("json", {"k": object()}, "not JSON serializable"),
-    ("string", {"a": 1}, "use format json"),
+    ("string", {"a": 1}, "cannot encode dict"),
     ("bytes", "text", "format bytes expects bytes"),
 ])
 def test_encode_errors_are_serde_errors(fmt: str, obj: object, needle: str) -> None:
     with pytest.raises(SerdeError, match=needle):
         make_serde(SerdeSpec(fmt)).encode(obj)
+
+
+@pytest.mark.parametrize("obj", [True, 1, 1.0, float("nan")])
+def test_the_string_format_takes_only_strings(obj: object) -> None:
+    """No silent conversion: True would be "True", 1 and "1" one key, NaN "nan"."""
+    with pytest.raises(SerdeError, match=f"cannot encode {type(obj).__name__} .* in format string: it takes "
+                                         r"only strings; convert explicitly with `\| string` in the "
+                                         r"expression, or declare the format json \(e.g. `key: json`\)"):
+        make_serde(SerdeSpec("string")).encode(obj)
 
 
 def test_cyclic_value_is_a_serde_error() -> None:

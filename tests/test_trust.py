@@ -610,3 +610,31 @@ def test_the_cli_reports_an_internal_error_as_one_to_report(capsys: pytest.Captu
     err = capsys.readouterr().err
     assert err.startswith("edm: internal error: service 's': step p.steps[0]") and "InternalError" not in err
     assert "please report it" in err
+
+
+# -- the string format takes only strings ------------------------------------------------------
+
+def test_a_non_string_written_in_format_string_is_an_error_of_the_event(tmp_path: Path) -> None:
+    """`string` converted silently: group keys 1 and "1" became one output key "1", True "True".
+    Only str is written; the rest follows on_error, and `| string` converts explicitly."""
+    svc = Service(tmp_path, """
+    kind: microservice
+    name: "{p}s"
+    streams:
+      in: {topic: "{p}in"}
+      out: {topic: "{p}out", key: string}
+      dlq: {topic: "{p}dlq", key: bytes, value: bytes}
+    stores: {kv: {type: key_value}}
+    pipelines:
+      p:
+        from: in
+        steps: [{group_by: {key: "value.g", name: g}}, {count: {store: kv}}]
+        to: out
+        on_error: {dead_letter: dlq}
+    """)
+    out = svc.run({"in": [("a", {"g": 1}), ("b", {"g": "1"}), ("c", {"g": True}), ("d", {"g": "x"})]})
+    assert out == [("1", 1), ("x", 1)]
+    dead = asyncio.run(_records(svc, f"{svc.p}dlq"))
+    assert [r.key for r in dead] == [b"1", b"true"]  # the records of the group_by's topic
+    assert "cannot encode int 1 in format string" in dict(dead[0].headers)["edm.error"].decode()
+    assert "cannot encode bool True in format string" in dict(dead[1].headers)["edm.error"].decode()

@@ -124,10 +124,11 @@ def _string_encoder(obj: Any) -> bytes | None:
         except UnicodeEncodeError as exc:  # a lone surrogate, e.g. from JSON's "\ud800"
             raise SerdeError(f"cannot encode {_preview(obj)} as a UTF-8 string: {exc.reason} "
                              f"({exc.object[exc.start:exc.end]!r} at position {exc.start})") from None
-    if isinstance(obj, (int, float, bool)):
-        return str(obj).encode()
-    raise SerdeError(f"cannot encode {type(obj).__name__} as a string: {_preview(obj)} "
-                     "(use format json, or map it to a string first)")
+    # Only str: converting would be lossy and silent (True -> "True", 1 and "1" alike,
+    # NaN -> "nan"), so two different keys could become one.
+    raise SerdeError(f"cannot encode {type(obj).__name__} {_preview(obj)} in format string: it takes "
+                     "only strings; convert explicitly with `| string` in the expression, or "
+                     "declare the format json (e.g. `key: json`)")
 
 
 def _string_decoder(data: bytes | None) -> Any:
