@@ -301,7 +301,7 @@ def test_full_broker_error_names_the_commands_that_free_room(tmp_path: Path, fil
                                                              listed: str) -> None:
     """The broker only says it is full; the CLI, which knows how edm was run, adds the commands
     (with the options in effect, and `-t FILE` only when the user gave a topology)."""
-    from edm_runner.cli import _connected
+    from edm_runner.cli.common import connected as _connected
     from edm_runner.invocation import Invocation
 
     async def main() -> None:

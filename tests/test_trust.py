@@ -598,7 +598,7 @@ def test_edm_produce_refuses_a_null_key_on_an_entity_stream(tmp_path: Path) -> N
 def test_the_cli_reports_an_internal_error_as_one_to_report(capsys: pytest.CaptureFixture[str]) -> None:
     import typer
 
-    from edm_runner.cli import _run_guarded
+    from edm_runner.cli.common import guarded as _run_guarded
     from edm_runner.errors import InternalError
 
     def fail() -> None:

@@ -1,0 +1,117 @@
+"""`edm validate`, `schema`, `graph`, `describe`: the commands that read a topology file only."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edm_runner.cli.common import GraphFormat, NoCodeOption, OutputFormat, app, guarded, load
+from edm_runner.errors import ConfigError
+
+
+@app.command()
+def validate(
+    files: Annotated[list[Path], typer.Argument(help="Topology files to check.")],
+    output: Annotated[OutputFormat, typer.Option("--format", help="text, or json for CI annotations.")] = OutputFormat.text,
+    no_code: NoCodeOption = False,
+) -> None:
+    """Check topology files: every error of every file, as file:line:col: message."""
+    def body() -> int:
+        from edm_runner.spec import load_file
+        diagnostics = []
+        for path in files:
+            try:
+                load_file(path, no_code=no_code)
+            except ConfigError as error:
+                diagnostics.extend(error.diagnostics)
+        if output is OutputFormat.json:
+            typer.echo(json.dumps({"valid": not diagnostics, "files": [str(f) for f in files],
+                                   "errors": [d.as_json() for d in diagnostics]}, indent=2))
+        else:
+            for diagnostic in diagnostics:
+                typer.echo(diagnostic.format(), err=True)
+            if not diagnostics:
+                typer.echo(f"{len(files)} file(s) valid")
+            else:
+                typer.echo(f"{len(diagnostics)} error(s)", err=True)
+        return 1 if diagnostics else 0
+    guarded(body)
+
+
+@app.command()
+def schema(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the JSON Schema.")]
+    = Path("schemas/topology.schema.json"),
+) -> None:
+    """Write the topology JSON Schema assembled from the operators' own schemas."""
+    def body() -> int:
+        from edm_runner.spec import write_schema
+        write_schema(output)
+        typer.echo(f"wrote {output}")
+        return 0
+    guarded(body)
+
+
+@app.command()
+def graph(
+    file: Path,
+    output: Annotated[GraphFormat, typer.Option("--format", help="mermaid or dot.")] = GraphFormat.mermaid,
+) -> None:
+    """Draw a topology (a business topology draws its microservices and the streams between them)."""
+    def body() -> int:
+        from edm_runner.graph.draw import to_dot, to_mermaid
+        topology = load(file)
+        typer.echo(to_mermaid(topology) if output is GraphFormat.mermaid else to_dot(topology), nl=False)
+        return 0
+    guarded(body)
+
+
+@app.command()
+def describe(
+    file: Path,
+    output: Annotated[OutputFormat, typer.Option("--format", help="text or json.")] = OutputFormat.text,
+) -> None:
+    """Print a microservice's sub-topologies, tasks, internal topics and copartition groups
+    (a business topology: each of its microservices)."""
+    def body() -> int:
+        from edm_runner.graph.dag import describe as describe_topology
+        from edm_runner.spec.model import BusinessTopology
+        topology = load(file)
+        services = topology.services if isinstance(topology, BusinessTopology) else [topology]
+        docs = [describe_topology(s) for s in services]
+        if output is OutputFormat.json:
+            typer.echo(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2))
+        else:
+            typer.echo("\n".join(_describe_text(doc) for doc in docs), nl=False)
+        return 0
+    guarded(body)
+
+
+def _describe_text(doc: dict) -> str:
+    lines = [f"service {doc['service']}: {len(doc['subtopologies'])} sub-topologies, {len(doc['tasks'])} tasks"]
+    for sub in doc["subtopologies"]:
+        tasks = ", ".join(f"{sub['id']}_{p}" for p in range(sub["tasks"]))
+        lines += [f"  sub-topology {sub['id']}: tasks {tasks}",
+                  f"    sources: {', '.join(sub['source_topics']) or '-'}",
+                  f"    sinks:   {', '.join(sub['sink_topics']) or '-'}"]
+        if sub["stores"]:
+            lines.append(f"    stores:  {', '.join(sub['stores'])}")
+        lines += [f"    {node['kind']:<7} {node['label']}" for node in sub["nodes"]]
+    if doc["internal_topics"]:
+        lines.append("  internal topics:")
+        lines += [f"    {topic} ({t['kind']}, {t['partitions']} partitions{', compacted' if t.get('compacted') else ''}, "
+                  f"key {t['key']}, value {t['value']}"
+                  f"{'' if t.get('partitioner', 'default') == 'default' else ', partitioner ' + t['partitioner']})"
+                  for topic, t in doc["internal_topics"].items()]
+    if doc["copartition_groups"]:
+        lines.append("  copartition groups:")
+        lines += [f"    {g['join']}: " + ", ".join(
+                      f"{s} ({t}, {n} partitions, key {k}{'' if p == 'default' else ', partitioner ' + p})"
+                      for s, t, n, k, p in zip(g["streams"], g["topics"], g["partitions"], g["key_formats"],
+                                               g["partitioners"]))
+                  for g in doc["copartition_groups"]]
+    if doc["global_tables"]:
+        lines.append("  global tables: " + ", ".join(f"{n} ({t})" for n, t in doc["global_tables"].items()))
+    return "\n".join(lines) + "\n"

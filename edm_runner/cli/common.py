@@ -1,0 +1,167 @@
+"""What the command modules share: the typer app, common options, the error guard, logging
+setup, and loading a topology and opening its broker."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from contextlib import asynccontextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, AsyncIterator, Callable, Optional
+
+import typer
+
+from edm_runner.errors import BrokerError, ConfigError, EdmError, InternalError
+from edm_runner.invocation import Invocation
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="edm: declarative topologies for event-driven microservices.")
+
+log = logging.getLogger("edm")
+
+BrokerOption = Annotated[Optional[str], typer.Option(
+    "--broker", envvar="EDM_BROKER",
+    help="Override the file's broker: local, local:PATH or kafka://HOST:PORT[,HOST:PORT].")]
+StateDirOption = Annotated[Optional[Path], typer.Option(
+    "--state-dir", help="Local state and embedded broker directory (default: .edm/ beside the topology).")]
+TopologyOption = Annotated[Optional[Path], typer.Option(
+    "--topology", "-t", help="Topology file that declares the stream (its topic, formats and broker).")]
+NoCodeOption = Annotated[bool, typer.Option("--no-code", help="Refuse Python function references.")]
+
+
+class OutputFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+class GraphFormat(str, Enum):
+    mermaid = "mermaid"
+    dot = "dot"
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"edm: {message}", err=True)
+    return typer.Exit(code)
+
+
+def guarded(action: Callable[[], int | None]) -> None:
+    """Runs a command body, mapping user errors to messages and exit codes."""
+    try:
+        code = action()
+    except ConfigError as error:
+        for diagnostic in error.diagnostics:
+            typer.echo(diagnostic.format(), err=True)
+        raise typer.Exit(1)
+    except EdmError as error:
+        raise fail(str(error), error.exit_code)
+    except (typer.Exit, KeyboardInterrupt):
+        raise
+    except BrokenPipeError:  # stdout's reader is gone (`| head`): stop quietly
+        _discard_stdout()
+        raise typer.Exit(128 + signal.SIGPIPE)
+    except Exception as error:  # an edm bug: one line, the traceback on demand
+        if os.environ.get("EDM_DEBUG"):
+            raise
+        what = str(error) if isinstance(error, InternalError) else f"{type(error).__name__}: {error}"
+        raise fail(f"internal error: {what} (set EDM_DEBUG=1 for a traceback, and please report it)", 1)
+    raise typer.Exit(code or 0)
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so the flush at exit does not fail again on the broken pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+class _RepeatFilter(logging.Filter):
+    """Lets one message template through at most once per ``interval_s``, then says how many
+    were held back: a broker outage makes aiokafka log the same line many times a second."""
+
+    def __init__(self, interval_s: float = 10.0) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._seen: dict[str, tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("aiokafka"):
+            return True
+        now = time.monotonic()
+        last, held = self._seen.get(str(record.msg), (float("-inf"), 0))
+        if now - last < self.interval_s:
+            self._seen[str(record.msg)] = (last, held + 1)
+            return False
+        self._seen[str(record.msg)] = (now, 0)
+        if held:
+            record.msg = f"{record.msg} ({held} similar messages held back)"
+        return True
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)-5s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if level.lower() != "debug":
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_RepeatFilter())
+
+
+def load(path: Path, no_code: bool = False):
+    from edm_runner.spec import load_file
+    return load_file(path, no_code=no_code)
+
+
+def local_state_dir(topology_file: Path | None, state_dir: Path | None) -> Path:
+    if state_dir is not None:
+        return state_dir
+    base = topology_file.resolve().parent if topology_file is not None else Path.cwd()
+    return base / ".edm"
+
+
+def invocation_of(topology, file: Path | None, *, broker: str | None = None, state_dir: Path | None = None,
+                service: str | None = None) -> Invocation:
+    """How the user ran this command: what hints that name a command repeat (``file`` None:
+    a command given no topology, `-t`)."""
+    from edm_runner.spec.model import BusinessTopology
+    return Invocation(None if file is None else str(file), broker, None if state_dir is None else str(state_dir), service,
+                      business=isinstance(topology, BusinessTopology))
+
+
+def open_broker(topology, topology_file: Path | None, broker_url: str | None, state_dir: Path | None):
+    from edm_runner.brokers import open_broker as open_url
+    from edm_runner.spec.model import BrokerSpec
+    spec = topology.broker if topology is not None else BrokerSpec()
+    return open_url(spec, local_state_dir(topology_file, state_dir), broker_url)
+
+
+@asynccontextmanager
+async def connected(broker, invocation: Invocation) -> AsyncIterator[None]:
+    """``broker`` started for the block and closed after it. A full embedded broker is
+    completed with the commands that free room, as ``invocation`` ran edm."""
+    from edm_runner.brokers.base import BrokerFullError
+    await broker.start()
+    try:
+        yield
+    except BrokerFullError as error:
+        raise BrokerError(f"{error}; delete topics you no longer need (`{invocation.command('topics')}` "
+                          f"lists them, `{invocation.command('topics', '--delete', 'TOPIC')}` deletes one) "
+                          "or run on Kafka") from error
+    finally:
+        await broker.close()
+
+
+
+def services_of(topology, service: str | None = None) -> list:
+    """The microservices of ``topology`` (one, or every one of a business topology), or the
+    one named ``service``."""
+    from edm_runner.spec.model import BusinessTopology
+    services = topology.services if isinstance(topology, BusinessTopology) else [topology]
+    if service is None:
+        return services
+    for candidate in services:
+        if candidate.name == service:
+            return [candidate]
+    raise EdmError(f"{topology.source_file} has no microservice {service!r}; its microservices: "
+                   f"{', '.join(s.name for s in services)}")
