@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from edm_runner import devkafka
+from edm_runner.brokers.local import LocalBroker
+from helpers.brokers import RunLocal, run_on
 
 
 # --- Kafka --------------------------------------------------------------------------------------
@@ -71,3 +74,15 @@ def kafka_cluster(kafka_tools: None, tmp_path_factory: pytest.TempPathFactory) -
         devkafka.stop(workdir)
 
 # --- end Kafka cluster --------------------------------------------------------------------------
+
+
+# --- Local broker -------------------------------------------------------------------------------
+# `run_local(body)`: runs `await body(broker)` (returning its result) on the test's own embedded
+# broker under tmp_path/broker, started before and closed after; every call opens the same broker
+# (its data stays between calls). Inside a coroutine, `helpers.brokers.started` does the same.
+
+@pytest.fixture
+def run_local(tmp_path: Path) -> RunLocal:
+    return lambda body: run_on(LocalBroker(tmp_path / "broker"), body)
+
+# --- end Local broker ---------------------------------------------------------------------------

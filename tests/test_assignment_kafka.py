@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.kafka_flow import KAFKA_CONSUMER, Runner
+from tests.helpers.kafka_flow import Runner, broker_yaml
 
 pytestmark = pytest.mark.kafka
 
@@ -18,7 +18,7 @@ PARTITIONS = 6
 def write_topology(directory: Path, name: str, bootstrap: str) -> Path:
     """Sub-topology 0: events joined with the users table (copartitioned, 6 partitions);
     sub-topology 1: a count behind a group_by. Every store has one standby (the service default)."""
-    broker = json.dumps({"kind": "kafka", "bootstrap_servers": bootstrap, "consumer": KAFKA_CONSUMER})
+    broker = broker_yaml(directory, bootstrap)
     path = directory / f"{name}.yaml"
     path.write_text(f"""\
 kind: microservice

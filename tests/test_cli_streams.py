@@ -19,6 +19,7 @@ from edm_runner.brokers.base import Broker, OutRecord, TopicPartition, TopicSpec
 from edm_runner.brokers.kafka import KafkaBroker
 from edm_runner.brokers.local import LocalBroker
 from helpers.kafka_flow import Feeder, OutputReader, Runner, topics, write_topology
+from helpers.brokers import run_on, started
 
 BROKERS = [pytest.param(False, id="local"), pytest.param(True, id="kafka", marks=pytest.mark.kafka)]
 
@@ -38,32 +39,19 @@ class Target:
         return LocalBroker(self.dir / "broker")
 
     def run(self, action):
-        async def go():
-            broker = self.client()
-            await broker.start()
-            try:
-                return await action(broker)
-            finally:
-                await broker.close()
-        return asyncio.run(go())
+        return run_on(self.client(), action)
 
 
 async def _write(broker: Broker, topic: str, records: list[tuple]) -> None:
     await broker.ensure_topics([TopicSpec(topic, 1)])
-    producer = broker.producer()
-    await producer.start()
-    try:
+    async with started(broker.producer()) as producer:
         for key, value, headers, timestamp in records:
             producer.send(OutRecord(topic, 0, key, value, timestamp, headers))
         await producer.flush()
-    finally:
-        await producer.close()
 
 
 async def _read(broker: Broker, topic: str) -> list[tuple]:
-    consumer = broker.consumer(None, [topic])
-    await consumer.start()
-    try:
+    async with started(broker.consumer(None, [topic])) as consumer:
         tp = TopicPartition(topic, 0)
         end = (await consumer.end_offsets([tp]))[tp]
         found = []
@@ -71,8 +59,6 @@ async def _read(broker: Broker, topic: str) -> list[tuple]:
             for records in (await consumer.getmany(timeout_ms=1000, max_records=1000)).values():
                 found += [(r.key, r.value, tuple(r.headers or ()), r.timestamp_ms) for r in records]
         return found
-    finally:
-        await consumer.close()
 
 
 # Bytes each format cannot decode, or decodes to what it cannot encode again, or to the very

@@ -20,6 +20,7 @@ from edm_runner.serde import make_serde
 from edm_runner.spec import load_file
 from edm_runner.spec.model import SerdeSpec
 from tests.test_kafka_conformance import produce, read_all
+from helpers.brokers import started
 
 REPARTITION_THEN_JOIN = """\
 kind: microservice
@@ -64,14 +65,11 @@ async def _join_outputs(broker: Broker, directory: Path, text: str, suffix: str)
     topology.name = f"r-{suffix}"
     for stream in topology.streams.values():
         stream.topic = f"{stream.topic}-{suffix}"
-    await broker.start()
-    try:
+    async with started(broker):
         await produce(broker, topology.streams["users"], USERS)
         await produce(broker, topology.streams["activity"], ACTIVITY)
         await asyncio.wait_for(run_services([topology], broker, until_idle=True, state_dir=directory / "state"), 120)
         partitions = await read_all(broker, topology.streams["enriched"].topic)
-    finally:
-        await broker.close()
     decode = make_serde(topology.streams["enriched"].value).decode
     return [decode(value) for records in partitions.values() for _, value, _, _ in records]
 
@@ -141,13 +139,9 @@ def test_run_refuses_a_join_of_different_key_formats(tmp_path: Path) -> None:
     topology.streams["users"].key = SerdeSpec("json")
 
     async def main() -> None:
-        broker = LocalBroker(tmp_path / "broker")
-        await broker.start()
-        try:
+        async with started(LocalBroker(tmp_path / "broker")) as broker:
             with pytest.raises(CopartitionError) as info:
                 await run_services([topology], broker, until_idle=True, state_dir=tmp_path / "state")
-        finally:
-            await broker.close()
         assert ("stream 'activity' (topic 'activity') has key format string but table 'users-table' "
                 "(topic 'users') has key format json") in str(info.value)
 
@@ -176,14 +170,10 @@ pipelines:
     topology = load_file(path)
 
     async def main() -> dict[int, list[tuple]]:
-        broker = LocalBroker(tmp_path / "broker")
-        await broker.start()
-        try:
+        async with started(LocalBroker(tmp_path / "broker")) as broker:
             await produce(broker, topology.streams["activity"], [{"value": {"user": "u1"}}])
             await run_services([topology], broker, until_idle=True, state_dir=tmp_path / "state")
             return await read_all(broker, "r-by-user-repartition")
-        finally:
-            await broker.close()
 
     records = [r for rs in asyncio.run(main()).values() for r in rs]
     assert [r[0] for r in records] == [key]

@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -27,24 +26,14 @@ from edm_runner.runtime.eos import CLEAN_MARK
 from helpers import eos_flow
 from helpers.kafka_flow import Runner
 from helpers.reliability_flow import run_until_idle, scan
+from helpers.brokers import run_on, started
 
 EVENTS = 2000
 WIPED = "was not closed cleanly under exactly_once"
 
 
-def _run(coro_fn, broker):
-    async def go():
-        await broker.start()
-        try:
-            return await coro_fn(broker)
-        finally:
-            await broker.close()
-    return asyncio.run(go())
-
-
 def _kafka_outputs(bootstrap: str, name: str, committed: bool) -> Counter[int]:
-    return _run(lambda b: eos_flow.read_outputs(b, name, committed),
-                KafkaBroker({"bootstrap_servers": bootstrap}))
+    return run_on(KafkaBroker({"bootstrap_servers": bootstrap}), lambda b: eos_flow.read_outputs(b, name, committed))
 
 
 def _assert_exactly_once(seen: Counter[int], total: int) -> None:
@@ -62,7 +51,7 @@ def test_kafka_sigkill_with_an_open_transaction_then_restart_is_exactly_once(
     topology = eos_flow.write_topology(tmp_path, name, kafka_bootstrap, "exactly_once",
                                        max_batch=100, commit_interval_ms=600_000)
     state_dir = tmp_path / "state"
-    _run(lambda b: eos_flow.produce(b, name, 0, EVENTS), KafkaBroker({"bootstrap_servers": kafka_bootstrap}))
+    run_on(KafkaBroker({"bootstrap_servers": kafka_bootstrap}), lambda b: eos_flow.produce(b, name, 0, EVENTS))
 
     runner = Runner(topology, "--state-dir", str(state_dir))
     try:
@@ -89,7 +78,7 @@ def test_kafka_sigkill_between_commit_and_store_write_then_restart_is_exactly_on
     topology = eos_flow.write_topology(tmp_path, name, kafka_bootstrap, "exactly_once",
                                        max_batch=100, commit_interval_ms=1)
     state_dir = tmp_path / "state"
-    _run(lambda b: eos_flow.produce(b, name, 0, EVENTS), KafkaBroker({"bootstrap_servers": kafka_bootstrap}))
+    run_on(KafkaBroker({"bootstrap_servers": kafka_bootstrap}), lambda b: eos_flow.produce(b, name, 0, EVENTS))
 
     crashed = run_until_idle(topology, state_dir, crash_at="after_produce:3")
     assert crashed.killed, f"not killed at after_produce:3 (exit {crashed.code})\n{crashed.stderr}"
@@ -124,23 +113,19 @@ def test_a_second_producer_of_a_task_fences_the_first(kafka_bootstrap: str) -> N
         finally:
             await old.close()
             await new.close()
-        reader = read_committed(broker).consumer(None, [topic])
-        await reader.start()
-        try:
+        async with started(read_committed(broker).consumer(None, [topic])) as reader:
             values = [r.value for rs in (await reader.getmany(timeout_ms=5000, max_records=10)).values()
                       for r in rs]
-        finally:
-            await reader.close()
         assert values == [b"owner"]
 
-    _run(go, KafkaBroker({"bootstrap_servers": kafka_bootstrap}))
+    run_on(KafkaBroker({"bootstrap_servers": kafka_bootstrap}), go)
 
 
 def test_local_sigkill_then_restart_keeps_outputs_and_store_exact(tmp_path: Path) -> None:
     name = f"eos-{uuid.uuid4().hex[:8]}"
     topology = eos_flow.write_topology(tmp_path, name, None, "exactly_once", max_batch=100)
     state_dir = tmp_path / "state"
-    _run(lambda b: eos_flow.produce(b, name, 0, EVENTS), LocalBroker(tmp_path / "broker"))
+    run_on(LocalBroker(tmp_path / "broker"), lambda b: eos_flow.produce(b, name, 0, EVENTS))
 
     crashed = run_until_idle(topology, state_dir, crash_at="after_produce:3")
     assert crashed.killed, crashed.stderr
@@ -164,4 +149,4 @@ def test_local_sigkill_then_restart_keeps_outputs_and_store_exact(tmp_path: Path
             await consumer.close()
         return seen
 
-    _assert_exactly_once(_run(outputs, LocalBroker(tmp_path / "broker")), EVENTS)
+    _assert_exactly_once(run_on(LocalBroker(tmp_path / "broker"), outputs), EVENTS)

@@ -23,6 +23,7 @@ from edm_runner.brokers.local import LocalBroker
 from edm_runner.runtime import run_services
 from edm_runner.spec import load_file
 from helpers.reliability_flow import PARTITIONS, events, produce, reference_counts, write_topology
+from helpers.brokers import started
 
 # Long enough that the last of the back-to-back batches always falls inside the interval
 # that an earlier batch's commit started (the case that was never committed).
@@ -48,19 +49,13 @@ async def until(what: str, check: Callable[[], Awaitable[tuple[bool, object]]],
 
 
 async def end_offsets(broker: Broker, topic: str) -> dict[TopicPartition, int]:
-    reader = broker.consumer(None, [topic])
-    await reader.start()
-    try:
+    async with started(broker.consumer(None, [topic])) as reader:
         return await reader.end_offsets(sorted(reader.assignment()))
-    finally:
-        await reader.close()
 
 
 async def latest_values(broker: Broker, topic: str) -> dict[str, int]:
     """The last value per key of ``topic`` (a changelog: JSON keys and values)."""
-    reader = broker.consumer(None, [topic])
-    await reader.start()
-    try:
+    async with started(broker.consumer(None, [topic])) as reader:
         ends = await reader.end_offsets(sorted(reader.assignment()))
         latest: dict[str, int] = {}
         while any([await reader.position(tp) < end for tp, end in ends.items()]):
@@ -68,8 +63,6 @@ async def latest_values(broker: Broker, topic: str) -> dict[str, int]:
                 for r in records:
                     latest[json.loads(r.key)] = json.loads(r.value)
         return latest
-    finally:
-        await reader.close()
 
 
 async def idle_commit_scenario(broker: Broker, tmp_path: Path, name: str, kafka_bootstrap: str | None,

@@ -16,6 +16,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from edm_runner.brokers.base import OutRecord, Record, TopicPartition, TopicSpec
 from edm_runner.brokers.kafka import KafkaBroker, KafkaConsumer
 from edm_runner.errors import BrokerError
+from helpers.brokers import run_on, started
 
 T = TypeVar("T")
 
@@ -26,14 +27,7 @@ def unique(prefix: str) -> str:
 
 
 def with_broker(bootstrap: str, body: Callable[[KafkaBroker], Awaitable[T]]) -> T:
-    async def main() -> T:
-        broker = KafkaBroker({"bootstrap_servers": bootstrap, "client_id": "edm-test"})
-        await broker.start()
-        try:
-            return await body(broker)
-        finally:
-            await broker.close()
-    return asyncio.run(main())
+    return run_on(KafkaBroker({"bootstrap_servers": bootstrap, "client_id": "edm-test"}), body)
 
 
 async def read_until(consumer: KafkaConsumer, count: int, timeout_s: float = 30.0) -> list[Record]:
@@ -48,14 +42,10 @@ async def read_until(consumer: KafkaConsumer, count: int, timeout_s: float = 30.
 
 
 async def topic_configs(bootstrap: str, topic: str) -> dict[str, str]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
+    async with started(AIOKafkaAdminClient(bootstrap_servers=bootstrap)) as admin:
         [response] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
         [(_, _, _, _, entries)] = response.resources
         return {entry[0]: entry[1] for entry in entries}
-    finally:
-        await admin.close()
 
 
 @pytest.mark.kafka
@@ -125,20 +115,12 @@ def test_round_trip_keeps_keys_values_headers_timestamps_and_explicit_partitions
 
     async def body(broker: KafkaBroker) -> list[Record]:
         await broker.ensure_topics([TopicSpec(topic, 3)])
-        producer = broker.producer()
-        await producer.start()
-        try:
+        async with started(broker.producer()) as producer:
             for record in sent:
                 producer.send(record)
             await producer.flush()
-        finally:
-            await producer.close()
-        consumer = broker.consumer(unique("group"), [topic])
-        await consumer.start()
-        try:
+        async with started(broker.consumer(unique("group"), [topic])) as consumer:
             return await read_until(consumer, len(sent))
-        finally:
-            await consumer.close()
 
     received = with_broker(kafka_bootstrap, body)
     by_partition = {p: [r for r in received if r.partition == p] for p in range(3)}
@@ -313,10 +295,6 @@ def test_a_client_that_cannot_connect_is_closed(client: str) -> None:
 @pytest.mark.kafka
 def test_a_reader_of_a_missing_topic_is_closed(kafka_bootstrap: str) -> None:
     async def body() -> None:
-        broker = KafkaBroker({"bootstrap_servers": kafka_bootstrap})
-        await broker.start()
-        try:
+        async with started(KafkaBroker({"bootstrap_servers": kafka_bootstrap})) as broker:
             await broker.consumer(None, [unique("missing")]).start()
-        finally:
-            await broker.close()
     assert_fails_leaving_nothing_open(body, "cannot read missing topic")

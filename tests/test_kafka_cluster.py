@@ -26,6 +26,7 @@ from edm_runner.brokers.base import Broker, TopicPartition, TopicSpec
 from edm_runner.brokers.kafka import KafkaBroker
 from helpers.kafka_flow import Runner
 from helpers.reliability_flow import events, produce, reference_counts, run_until_idle, scan, write_topology
+from helpers.brokers import started
 
 FIRST_STARTS = 5
 ENSURE_ROUNDS = 10
@@ -39,12 +40,8 @@ def unique(prefix: str) -> str:
 
 
 async def feed(bootstrap: str, name: str, inputs: list[tuple[str, dict]]) -> None:
-    broker = KafkaBroker({"bootstrap_servers": bootstrap})
-    await broker.start()
-    try:
+    async with started(KafkaBroker({"bootstrap_servers": bootstrap})) as broker:
         await produce(broker, name, inputs)
-    finally:
-        await broker.close()
 
 
 @pytest.mark.kafka
@@ -93,13 +90,9 @@ def test_a_fresh_stateful_service_starts_the_first_time(tmp_path: Path, kafka_cl
 
 
 async def partition_leader(bootstrap: str, topic: str, partition: int) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
+    async with started(AIOKafkaAdminClient(bootstrap_servers=bootstrap)) as admin:
         [described] = await admin.describe_topics([topic])
         return next(p["leader"] for p in described["partitions"] if p["partition"] == partition)
-    finally:
-        await admin.close()
 
 
 async def committed_to_end(broker: Broker, group: str, topic: str, ends: dict[TopicPartition, int],
@@ -148,12 +141,8 @@ def test_a_partition_leader_killed_mid_stream_loses_nothing(tmp_path: Path,
             killed.append(leader)
             assert not streaming.done(), "the input finished before the kill: not mid-stream"
             await streaming
-            reader = broker.consumer(None, [topic])
-            await reader.start()
-            try:
+            async with started(broker.consumer(None, [topic])) as reader:
                 ends = await reader.end_offsets(sorted(reader.assignment()))
-            finally:
-                await reader.close()
             assert sum(ends.values()) == STREAM_EVENTS
             await committed_to_end(broker, name, topic, ends, runner)
             assert await asyncio.to_thread(runner.stop) == 0, runner.stderr()

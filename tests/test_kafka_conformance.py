@@ -22,6 +22,7 @@ from edm_runner.runtime import run_services
 from edm_runner.serde import make_serde
 from edm_runner.spec import load_file
 from edm_runner.spec.model import BusinessTopology, SerdeSpec, StreamSpec, Topology
+from helpers.brokers import started
 
 TOPOLOGIES = Path(__file__).resolve().parent.parent / "topologies"
 # A topology file per example directory: the business topology where there is one.
@@ -96,15 +97,12 @@ async def read_all(broker: Broker, topic: str) -> dict[int, list[tuple]]:
 
 async def run_example(broker: Broker, path: Path, suffix: str) -> Outputs:
     services = services_of(path, suffix)
-    await broker.start()
-    try:
+    async with started(broker):
         for stream, items in inputs_of(path, services):
             await produce(broker, stream, items)
         await asyncio.wait_for(run_services(services, broker, until_idle=True), 120)
         topics = sorted({s.topic for service in services for s in service.streams.values()})
         return {t.removesuffix(f"-{suffix}"): await read_all(broker, t) for t in topics}
-    finally:
-        await broker.close()
 
 
 @pytest.mark.kafka

@@ -10,6 +10,7 @@ from edm_runner import devkafka
 from edm_runner.brokers.base import OutRecord, Record, TopicSpec
 from edm_runner.brokers.kafka import KafkaBroker
 from test_kafka_broker import read_until, unique
+from helpers.brokers import run_on, started
 
 
 @pytest.mark.kafka
@@ -95,17 +96,12 @@ def test_a_cluster_replicates_and_start_brings_back_a_stopped_node(kafka_cluster
     assert before.bootstrap == kafka_cluster.bootstrap == ",".join(n.address for n in before.nodes)
     topic = unique("replicated")
 
-    async def replicas() -> list[int]:
-        broker = KafkaBroker({"bootstrap_servers": kafka_cluster.bootstrap})
-        await broker.start()
-        try:
-            await broker.ensure_topics([TopicSpec(topic, 2)])
-            [described] = await broker._describe_topics([topic])
-            return [len(p["replicas"]) for p in described["partitions"]]
-        finally:
-            await broker.close()
+    async def replicas(broker) -> list[int]:
+        await broker.ensure_topics([TopicSpec(topic, 2)])
+        [described] = await broker._describe_topics([topic])
+        return [len(p["replicas"]) for p in described["partitions"]]
 
-    assert asyncio.run(replicas()) == [3, 3]
+    assert run_on(KafkaBroker({"bootstrap_servers": kafka_cluster.bootstrap}), replicas) == [3, 3]
     assert devkafka.stop(workdir, node=2, kill=True) is True
     assert devkafka.status(workdir) is None  # not every node runs
     restarted = devkafka.start(workdir)

@@ -24,6 +24,7 @@ from edm_runner.brokers.kafka_eos import read_committed
 from helpers import eos_flow
 from helpers.kafka_flow import Runner
 from helpers.reliability_flow import run_until_idle, scan
+from helpers.brokers import started
 
 EVENTS = 100_000
 FEED_S = 20.0          # inputs are spread over this long, so the kills land mid-stream
@@ -41,15 +42,11 @@ class Outputs:
         self.changed = asyncio.Event()
 
     async def run(self) -> None:
-        consumer = self.broker.consumer(None, [self.topic])
-        await consumer.start()
-        try:
+        async with started(self.broker.consumer(None, [self.topic])) as consumer:
             while True:
                 for records in (await consumer.getmany(timeout_ms=200, max_records=20_000)).values():
                     self.seen.update(json.loads(r.value)["last"] for r in records)
                     self.changed.set()
-        finally:
-            await consumer.close()
 
     async def wait_for_all(self, total: int, timeout_s: float, runners: list[Runner]) -> None:
         deadline = time.monotonic() + timeout_s

@@ -13,26 +13,18 @@ from typing import Awaitable, Callable
 import pytest
 
 from edm_runner.brokers import open_broker
-from edm_runner.brokers.base import OutRecord, Record, TopicPartition, TopicSpec
+from edm_runner.brokers.base import OutRecord, TopicPartition, TopicSpec
 from edm_runner.brokers.local import LocalBroker
 from edm_runner.errors import BrokerError, EdmError
 from edm_runner.spec.model import BrokerSpec
+from helpers.brokers import drain, run_on
 
 WORKER = Path(__file__).parent / "helpers" / "local_broker_worker.py"
 
 
 def run(body: Callable[[LocalBroker], Awaitable[None]], path: Path, **kwargs) -> None:
-    """Run ``body`` against a started broker at ``path`` and close it afterwards."""
-
-    async def main() -> None:
-        broker = LocalBroker(path, **kwargs)
-        await broker.start()
-        try:
-            await body(broker)
-        finally:
-            await broker.close()
-
-    asyncio.run(main())
+    """Run ``body`` against a started broker at ``path`` (options ``kwargs``), closed afterwards."""
+    run_on(LocalBroker(path, **kwargs), body)
 
 
 def rec(topic: str, partition: int, key: bytes | None, value: bytes | None, ts: int = 0,
@@ -48,18 +40,6 @@ async def produce(broker: LocalBroker, records: list[OutRecord]) -> None:
     await producer.close()
 
 
-async def read_all(broker: LocalBroker, topics: list[str]) -> dict[TopicPartition, list[Record]]:
-    """Every record of ``topics`` (group-less consumer from the beginning)."""
-    consumer = broker.consumer(None, topics)
-    await consumer.start()
-    out: dict[TopicPartition, list[Record]] = {}
-    while batch := await consumer.getmany(timeout_ms=0, max_records=10_000):
-        for tp, records in batch.items():
-            out.setdefault(tp, []).extend(records)
-    await consumer.close()
-    return out
-
-
 def test_offsets_are_dense_and_ordered_per_partition(tmp_path: Path) -> None:
     async def body(b: LocalBroker) -> None:
         await b.ensure_topics([TopicSpec("events", 3)])
@@ -67,7 +47,7 @@ def test_offsets_are_dense_and_ordered_per_partition(tmp_path: Path) -> None:
                           for i in range(10)])
         tps = [TopicPartition("events", p) for p in range(3)]
         assert await b.end_offsets(tps) == dict(zip(tps, [5, 5, 0]))
-        got = await read_all(b, ["events"])
+        got = await drain(b, ["events"])
         assert set(got) == {tps[0], tps[1]}
         for p, records in ((0, got[tps[0]]), (1, got[tps[1]])):
             assert [r.offset for r in records] == list(range(5))
@@ -90,7 +70,7 @@ def test_none_and_empty_keys_values_and_headers_round_trip(tmp_path: Path) -> No
     async def body(b: LocalBroker) -> None:
         await b.ensure_topics([TopicSpec("t", 1)])
         await produce(b, sent)
-        got = (await read_all(b, ["t"]))[TopicPartition("t", 0)]
+        got = (await drain(b, ["t"]))[TopicPartition("t", 0)]
         assert [(r.key, r.value, r.headers, r.timestamp_ms) for r in got] == \
             [(s.key, s.value, s.headers, s.timestamp_ms) for s in sent]
 
@@ -183,7 +163,7 @@ def test_compaction_keeps_latest_per_key_and_tombstones(tmp_path: Path) -> None:
         await produce(b, [rec("plain", 0, b"a", b"1"), rec("plain", 0, b"a", b"2")])
         assert await b.compact("users") == 3
         assert await b.compact("plain") == 1  # explicit compaction works on any topic
-        got = (await read_all(b, ["users"]))[tp]
+        got = (await drain(b, ["users"]))[tp]
         assert [(r.offset, r.key, r.value) for r in got] == [
             (2, None, b"no-key"), (4, b"b", None), (5, b"c", b"c1"), (6, b"a", b"a3")]
         assert (await b.end_offsets([tp]))[tp] == 7  # offsets are never reused
@@ -201,7 +181,7 @@ def test_compaction_runs_automatically_when_dirty(tmp_path: Path) -> None:
             await produce(b, [rec("users", 0, f"k{i}".encode(), f"{round_}".encode())
                               for i in range(4)])
             await produce(b, [rec("events", 0, b"same", b"x")] * 4)
-        got = (await read_all(b, ["users", "events"]))
+        got = (await drain(b, ["users", "events"]))
         # Compacted at 8 (dirty >= 8) and at 16 (dirty 8 >= live 4); 4 dirty ones remain.
         assert [r.value for r in got[tp]] == [b"3"] * 4 + [b"4"] * 4
         assert len(got[TopicPartition("events", 0)]) == 20  # a non-compacted topic keeps all
@@ -279,7 +259,7 @@ def test_delete_topic_and_reopen(tmp_path: Path) -> None:
         assert await b.committed("svc", TopicPartition("keep", 0)) == 1
         await b.ensure_topics([TopicSpec("t", 2)])
         assert (await b.end_offsets([tp]))[tp] == 0
-        got = await read_all(b, ["t", "keep"])
+        got = await drain(b, ["t", "keep"])
         assert list(got) == [TopicPartition("keep", 0)]
 
     run(first, tmp_path)
@@ -334,7 +314,7 @@ def test_processes_append_concurrently_with_dense_offsets(tmp_path: Path) -> Non
         assert p.returncode == 0, err
 
     async def check(b: LocalBroker) -> None:
-        got = await read_all(b, ["shared", "own-a", "own-b"])
+        got = await drain(b, ["shared", "own-a", "own-b"])
         for tp, records in got.items():
             assert [r.offset for r in records] == list(range(len(records))), tp
         for w in "ab":
@@ -373,7 +353,7 @@ def test_sigkill_mid_write_leaves_a_prefix_and_consumers_resume(tmp_path: Path) 
     tp = TopicPartition("log", 0)
 
     async def check(b: LocalBroker) -> None:
-        got = (await read_all(b, ["log"]))[tp]
+        got = (await drain(b, ["log"]))[tp]
         assert len(got) >= durable and len(got) % 500 == 0  # whole batches only
         assert [r.offset for r in got] == list(range(len(got)))
         assert [r.value.split(b"|")[0] for r in got] == [f"w:{i}".encode() for i in range(len(got))]

@@ -3,28 +3,19 @@
 Expected outputs are computed by hand from the inputs (timestamps chosen per test)."""
 from __future__ import annotations
 
-import asyncio
 import json
 import textwrap
 from pathlib import Path
 from typing import Any
 
-from edm_runner.brokers.base import OutRecord, Record, TopicPartition, TopicSpec
+from edm_runner.brokers.base import OutRecord, Record, TopicSpec
 from edm_runner.brokers.local import LocalBroker
 from edm_runner.runtime import RunStats, run_services
 from edm_runner.spec import load_file
+from helpers.brokers import records, run_on
+from helpers.topologies import header
 
-HEADER = """
-kind: microservice
-name: svc
-streams:
-  in: {topic: in, partitions: 1, key: string, value: json}
-  in2: {topic: in2, partitions: 1, key: string, value: json}
-  out: {topic: out, partitions: 1, key: string, value: json}
-  dlq: {topic: dlq, partitions: 1, key: bytes, value: bytes}
-  users: {topic: users, partitions: 1, type: entity, key: string, value: json}
-  profiles: {topic: profiles, partitions: 1, type: entity, key: string, value: json}
-"""
+HEADER = header("in", "in2", "out", "dlq", "users", "profiles")
 
 Event = tuple  # (key, value, timestamp ms)
 
@@ -46,35 +37,23 @@ class Run:
 
     def run(self, inputs: dict[str, list[Event]]) -> list[tuple[Any, Any, int]]:
         """Appends ``inputs``, runs until idle, returns everything in `out` so far."""
-        async def main() -> list[tuple[Any, Any, int]]:
-            broker = LocalBroker(self.broker_dir)
-            await broker.start()
-            try:
-                for topic, events in inputs.items():
-                    await broker.ensure_topics([TopicSpec(topic, 1)])
-                    producer = broker.producer()
-                    for k, v, ts in events:
-                        producer.send(OutRecord(topic, 0, None if k is None else k.encode(), j(v), ts, ()))
-                    await producer.flush()
-                self.stats = await run_services([self.topology], broker, until_idle=True,
-                                                state_dir=self.state_dir)
-                return [(None if r.key is None else r.key.decode(), json.loads(r.value) if r.value else None,
-                         r.timestamp_ms) for r in await read(broker, "out")]
-            finally:
-                await broker.close()
-        return asyncio.run(main())
+        async def main(broker) -> list[tuple[Any, Any, int]]:
+            for topic, events in inputs.items():
+                await broker.ensure_topics([TopicSpec(topic, 1)])
+                producer = broker.producer()
+                for k, v, ts in events:
+                    producer.send(OutRecord(topic, 0, None if k is None else k.encode(), j(v), ts, ()))
+                await producer.flush()
+            self.stats = await run_services([self.topology], broker, until_idle=True,
+                                            state_dir=self.state_dir)
+            return [(None if r.key is None else r.key.decode(), json.loads(r.value) if r.value else None,
+                     r.timestamp_ms) for r in await read(broker, "out")]
+        return run_on(LocalBroker(self.broker_dir), main)
 
 
 async def read(broker: LocalBroker, topic: str) -> list[Record]:
     await broker.ensure_topics([TopicSpec(topic, 1)])
-    consumer = broker.consumer(None, [topic])
-    await consumer.start()
-    out: dict[TopicPartition, list[Record]] = {}
-    while batch := await consumer.getmany(timeout_ms=0, max_records=10_000):
-        for tp, records in batch.items():
-            out.setdefault(tp, []).extend(records)
-    await consumer.close()
-    return [r for tp in sorted(out) for r in out[tp]]
+    return await records(broker, topic)
 
 
 def kv(out: list[tuple[Any, Any, int]]) -> list[tuple[Any, Any]]:

@@ -18,7 +18,8 @@ import pytest
 from edm_runner.brokers.base import OutRecord
 from edm_runner.brokers.kafka import KafkaBroker
 from edm_runner.brokers.partitioner import default_partition
-from tests.helpers.kafka_flow import KAFKA_CONSUMER, Runner
+from tests.helpers.kafka_flow import Runner, broker_yaml
+from helpers.brokers import started
 
 pytestmark = pytest.mark.kafka
 
@@ -30,7 +31,7 @@ LOG_POLL_S = 0.1  # another process's log file has no event to await: it is poll
 
 def write_topology(directory: Path, name: str, bootstrap: str, *, partitions: int = PARTITIONS,
                    processing: str = "{commit_interval_ms: 50}") -> Path:
-    broker = json.dumps({"kind": "kafka", "bootstrap_servers": bootstrap, "consumer": KAFKA_CONSUMER})
+    broker = broker_yaml(directory, bootstrap)
     path = directory / f"{name}.yaml"
     path.write_text(f"""\
 kind: microservice
@@ -80,16 +81,12 @@ class Counts:
         self.changed = asyncio.Event()
 
     async def run(self) -> None:
-        consumer = self.broker.consumer(None, [self.topic])
-        await consumer.start()
-        try:
+        async with started(self.broker.consumer(None, [self.topic])) as consumer:
             while True:
                 for records in (await consumer.getmany(timeout_ms=200, max_records=5000)).values():
                     for r in records:
                         self.latest[r.key.decode()] = json.loads(r.value)
                     self.changed.set()
-        finally:
-            await consumer.close()
 
     async def wait_for(self, expected: dict[str, int], timeout_s: float, runners: list[Runner], *,
                        exact: bool = True) -> None:
@@ -111,17 +108,13 @@ class Counts:
 
 async def feed(broker: KafkaBroker, name: str, start: int, count: int, sent: dict[str, int], *,
                keys: int = KEYS, partitions: int = PARTITIONS) -> None:
-    producer = broker.producer()
-    await producer.start()
-    try:
+    async with started(broker.producer()) as producer:
         for n in range(start, start + count):
             key = f"k{n % keys}"
             producer.send(OutRecord(f"{name}-in", default_partition(key.encode(), partitions), key.encode(),
                                     json.dumps({"n": n}).encode(), int(time.time() * 1000)))
             sent[key] = sent.get(key, 0) + 1
         await producer.flush()
-    finally:
-        await producer.close()
 
 
 def test_scale_out_and_in_loses_nothing(tmp_path: Path, kafka_bootstrap: str) -> None:

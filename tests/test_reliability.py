@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import asyncio
 import shutil
 import uuid
 from pathlib import Path
@@ -23,6 +22,7 @@ from edm_runner.brokers.kafka import KafkaBroker
 from edm_runner.brokers.local import LocalBroker
 from helpers.reliability_flow import (PARTITIONS, checkpoints, events, produce, reference_counts,
                                       run_until_idle, scan, write_topology)
+from helpers.brokers import run_on, started
 
 BROKERS = [pytest.param("local", id="local"),
            pytest.param("kafka", id="kafka", marks=pytest.mark.kafka)]
@@ -46,14 +46,7 @@ class Service:
         return LocalBroker(self.dir / "broker")
 
     def with_broker(self, action: Callable[[Broker], Awaitable]):
-        async def go():
-            broker = self.broker()
-            await broker.start()
-            try:
-                return await action(broker)
-            finally:
-                await broker.close()
-        return asyncio.run(go())
+        return run_on(self.broker(), action)
 
     def produce(self, inputs: list[tuple[str, dict]]) -> None:
         self.with_broker(lambda b: produce(b, self.name, inputs))
@@ -61,30 +54,22 @@ class Service:
     def changelog_ends(self) -> dict[str, int]:
         """End offset of each changelog partition, by task (``0_<partition>``)."""
         async def ends(broker: Broker) -> dict[str, int]:
-            consumer = broker.consumer(None, [self.changelog])
-            await consumer.start()
-            try:
+            async with started(broker.consumer(None, [self.changelog])) as consumer:
                 found = await consumer.end_offsets(
                     [TopicPartition(self.changelog, p) for p in range(PARTITIONS)])
-            finally:
-                await consumer.close()
             return {f"0_{tp.partition}": offset for tp, offset in found.items()}
         return self.with_broker(ends)
 
     def changelog_records(self) -> dict[str, int]:
         """Records stored in each changelog partition (compaction may have removed some)."""
         async def count(broker: Broker) -> dict[str, int]:
-            consumer = broker.consumer(None, [self.changelog])
-            await consumer.start()
-            try:
+            async with started(broker.consumer(None, [self.changelog])) as consumer:
                 tps = [TopicPartition(self.changelog, p) for p in range(PARTITIONS)]
                 ends = await consumer.end_offsets(tps)
                 counts = dict.fromkeys(tps, 0)
                 while any([await consumer.position(tp) < ends[tp] for tp in tps]):
                     for tp, records in (await consumer.getmany(timeout_ms=1000, max_records=1000)).items():
                         counts[tp] += len(records)
-            finally:
-                await consumer.close()
             return {f"0_{tp.partition}": n for tp, n in counts.items()}
         return self.with_broker(count)
 

@@ -21,6 +21,7 @@ from edm_runner.errors import BrokerError
 from helpers.kafka_flow import broker_yaml
 from helpers.reliability_flow import (PARTITIONS, edm, events, produce, reference_counts,
                                       run_until_idle, scan, write_topology)
+from helpers.brokers import run_on, started
 
 HOLDER = Path(__file__).parent / "helpers" / "reliability_holder.py"
 BROKERS = [pytest.param("local", id="local"),
@@ -37,15 +38,9 @@ class Setup:
         self.url = f"kafka://{self.bootstrap}" if self.bootstrap else f"local:{tmp_path / 'broker'}"
 
     def call(self, action):
-        async def go():
-            broker: Broker = (KafkaBroker({"bootstrap_servers": self.bootstrap}) if self.bootstrap
-                              else LocalBroker(self.dir / "broker"))
-            await broker.start()
-            try:
-                return await action(broker)
-            finally:
-                await broker.close()
-        return asyncio.run(go())
+        broker: Broker = (KafkaBroker({"bootstrap_servers": self.bootstrap}) if self.bootstrap
+                          else LocalBroker(self.dir / "broker"))
+        return run_on(broker, action)
 
     def reset(self, *args: str):
         return edm("reset", self.topology, "--state-dir", self.state_dir, *args)
@@ -159,31 +154,18 @@ def test_local_broker_admin_offsets_groups_and_topics(tmp_path: Path) -> None:
         await broker.delete_topics(["gone", "never-existed"])
         assert "gone" not in await broker.list_topics()
 
-    async def go() -> None:
-        broker = LocalBroker(tmp_path / "broker")
-        await broker.start()
-        try:
-            await scenario(broker)
-        finally:
-            await broker.close()
-
-    asyncio.run(go())
+    run_on(LocalBroker(tmp_path / "broker"), scenario)
     holder = subprocess.Popen([sys.executable, str(HOLDER), f"local:{tmp_path / 'broker'}", "g", "t"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "joined"
 
-        async def while_held() -> None:
-            broker = LocalBroker(tmp_path / "broker")
-            await broker.start()
-            try:
-                assert await broker.group_alive("g")
-                with pytest.raises(BrokerError, match="another instance of service 'g' is running"):
-                    await broker.set_group_offsets("g", {tp: 0})
-            finally:
-                await broker.close()
+        async def while_held(broker) -> None:
+            assert await broker.group_alive("g")
+            with pytest.raises(BrokerError, match="another instance of service 'g' is running"):
+                await broker.set_group_offsets("g", {tp: 0})
 
-        asyncio.run(while_held())
+        run_on(LocalBroker(tmp_path / "broker"), while_held)
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)
@@ -198,9 +180,7 @@ def test_kafka_broker_admin_offsets_groups_and_topics(kafka_bootstrap: str) -> N
 
     async def go() -> None:
         from edm_runner.brokers.base import TopicSpec
-        broker = KafkaBroker({"bootstrap_servers": kafka_bootstrap})
-        await broker.start()
-        try:
+        async with started(KafkaBroker({"bootstrap_servers": kafka_bootstrap})) as broker:
             await broker.ensure_topics([TopicSpec(topic, 1)])
             producer = broker.producer()
             await producer.start()
@@ -224,8 +204,6 @@ def test_kafka_broker_admin_offsets_groups_and_topics(kafka_bootstrap: str) -> N
                 await member.close()
             await broker.delete_topics([topic, f"{topic}-never-existed"])
             assert topic not in await broker.list_topics()
-        finally:
-            await broker.close()
 
     asyncio.run(go())
 

@@ -17,6 +17,8 @@ from edm_runner.errors import ProcessingError
 from edm_runner.runtime import RunStats, run_services
 from edm_runner.spec import load_file
 from edm_runner.spec.model import Topology
+from helpers.brokers import RunLocal, records
+from helpers.topologies import header
 
 Input = tuple  # (key bytes | None, value bytes | None[, headers])
 
@@ -41,45 +43,14 @@ async def produce(broker: LocalBroker, topic: str, items: list[Input], partition
     await producer.flush()
 
 
-async def read(broker: LocalBroker, topic: str) -> list[Record]:
-    """Every record of ``topic``, partition by partition, in offset order."""
-    consumer = broker.consumer(None, [topic])
-    await consumer.start()
-    out: dict[TopicPartition, list[Record]] = {}
-    while batch := await consumer.getmany(timeout_ms=0, max_records=10_000):
-        for tp, records in batch.items():
-            out.setdefault(tp, []).extend(records)
-    await consumer.close()
-    return [r for tp in sorted(out) for r in out[tp]]
+def values(found: list[Record]) -> list:
+    return [None if r.value is None else json.loads(r.value) for r in found]
 
 
-def values(records: list[Record]) -> list:
-    return [None if r.value is None else json.loads(r.value) for r in records]
+STREAMS = header("in", "out", "other", "dlq", partitions={"out": 3})
 
 
-def scenario(tmp_path: Path, body) -> object:
-    async def main():
-        broker = LocalBroker(tmp_path / "broker")
-        await broker.start()
-        try:
-            return await body(broker)
-        finally:
-            await broker.close()
-    return asyncio.run(main())
-
-
-STREAMS = """
-kind: microservice
-name: svc
-streams:
-  in: {topic: in, partitions: 1, key: string, value: json}
-  out: {topic: out, partitions: 3, key: string, value: json}
-  other: {topic: other, partitions: 1, key: string, value: json}
-  dlq: {topic: dlq, partitions: 1, key: bytes, value: bytes}
-"""
-
-
-def test_filter_map_values_to_keeps_timestamps_headers_and_partitions(tmp_path: Path) -> None:
+def test_filter_map_values_to_keeps_timestamps_headers_and_partitions(tmp_path: Path, run_local: RunLocal) -> None:
     t = load(tmp_path, STREAMS + """
 pipelines:
   p:
@@ -93,9 +64,9 @@ pipelines:
     async def body(broker):
         await produce(broker, "in", [(f"k{i}".encode(), j({"n": i}), (("h", b"v"),)) for i in range(10)])
         stats = await run_services([t], broker, until_idle=True)
-        return stats, await read(broker, "out")
+        return stats, await records(broker, "out")
 
-    stats, out = scenario(tmp_path, body)
+    stats, out = run_local(body)
     assert stats.events_in == 10 and stats.events_out == 5
     by_key = {r.key: r for r in out}
     assert sorted(by_key) == [b"k0", b"k2", b"k4", b"k6", b"k8"]
@@ -107,7 +78,7 @@ pipelines:
         assert r.headers == (("h", b"v"),)
 
 
-def test_mapping_operators(tmp_path: Path) -> None:
+def test_mapping_operators(tmp_path: Path, run_local: RunLocal) -> None:
     (tmp_path / "fns.py").write_text(
         "from pathlib import Path\n"
         "def seen(v):\n"
@@ -134,9 +105,9 @@ pipelines:
                                      (b"y", j({"name": "n2", "n": 5, "drop": True})),
                                      (b"z", j({"name": "n3", "n": 2}))])
         await run_services([t], broker, until_idle=True)
-        return await read(broker, "other")
+        return await records(broker, "other")
 
-    out = scenario(tmp_path, body)
+    out = run_local(body)
     assert [(r.key.decode(), json.loads(r.value)) for r in out] == [
         ("N1-A", 1), ("N1-A", 10), ("N1-B", 2), ("N1-B", 20),
         ("N3-A", 2), ("N3-A", 20), ("N3-B", 3), ("N3-B", 30)]
@@ -144,7 +115,7 @@ pipelines:
     assert (tmp_path / "seen.txt").read_text().split() == ["n1", "n3"]
 
 
-def test_log_step_logs_each_event(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_log_step_logs_each_event(tmp_path: Path, run_local: RunLocal, caplog: pytest.LogCaptureFixture) -> None:
     t = load(tmp_path, STREAMS + """
 pipelines:
   p:
@@ -154,7 +125,7 @@ pipelines:
       - log: true
 """)
     caplog.set_level(logging.INFO, logger="edm")
-    scenario(tmp_path, lambda broker: _run_with(broker, t, "in", [(b"a", j({"n": 1})), (b"b", j({"n": 2}))]))
+    run_local(lambda broker: _run_with(broker, t, "in", [(b"a", j({"n": 1})), (b"b", j({"n": 2}))]))
     lines = [(r.name, r.levelname, r.getMessage()) for r in caplog.records if r.name == "edm.svc.p"]
     assert lines == [("edm.svc.p", "WARNING", "got 1"), ("edm.svc.p", "WARNING", "got 2"),
                      ("edm.svc.p", "INFO", "key='a' value={'n': 1}"),
@@ -166,7 +137,7 @@ async def _run_with(broker, t, topic, items, partitions=1) -> RunStats:
     return await run_services([t], broker, until_idle=True)
 
 
-def test_null_keys_round_robin_and_tombstones_pass_through(tmp_path: Path) -> None:
+def test_null_keys_round_robin_and_tombstones_pass_through(tmp_path: Path, run_local: RunLocal) -> None:
     t = load(tmp_path, STREAMS + """
   entities: {topic: entities, partitions: 2, type: entity, key: string, value: json}
 pipelines:
@@ -182,16 +153,16 @@ pipelines:
         await produce(broker, "in", [(None, j({"i": i})) for i in range(7)])
         await produce(broker, "entities", [(b"e1", j({"v": 1})), (b"e1", None)], partitions=2)
         await run_services([t], broker, until_idle=True)
-        return await read(broker, "out"), await read(broker, "other")
+        return await records(broker, "out"), await records(broker, "other")
 
-    out, other = scenario(tmp_path, body)
+    out, other = run_local(body)
     assert [(r.partition, json.loads(r.value)["i"]) for r in sorted(out, key=lambda r: json.loads(r.value)["i"])] \
         == [(0, 0), (1, 1), (2, 2), (0, 3), (1, 4), (2, 5), (0, 6)]
     assert all(r.key is None for r in out)
     assert [(r.key, r.value) for r in other] == [(b"e1", b'{"v":1}'), (b"e1", None)]
 
 
-def test_branch_first_match_otherwise_and_per_event_to(tmp_path: Path) -> None:
+def test_branch_first_match_otherwise_and_per_event_to(tmp_path: Path, run_local: RunLocal) -> None:
     t = load(tmp_path, STREAMS + """
 pipelines:
   p:
@@ -209,15 +180,15 @@ pipelines:
     async def body(broker):
         await produce(broker, "in", [(b"k", j({"n": n})) for n in (20, 8, 6, 3, 0, -1)])
         stats = await run_services([t], broker, until_idle=True)
-        return stats, values(await read(broker, "out")), values(await read(broker, "other"))
+        return stats, values(await records(broker, "out")), values(await records(broker, "other"))
 
-    stats, out, other = scenario(tmp_path, body)
+    stats, out, other = run_local(body)
     assert sorted(out, key=str) == sorted([{"n": 20}, 6], key=str)  # first match: 20 not in arm 2/3
     assert other == [8, {"n": 3}]
     assert stats.events_out == 4  # 0 and -1 match no arm: dropped, like a filter
 
 
-def test_merge_joins_from_its_step_on(tmp_path: Path) -> None:
+def test_merge_joins_from_its_step_on(tmp_path: Path, run_local: RunLocal) -> None:
     t = load(tmp_path, STREAMS + """
   extra: {topic: extra, partitions: 1, key: string, value: json}
 pipelines:
@@ -234,14 +205,14 @@ pipelines:
         await produce(broker, "in", [(b"a", j({"n": 1}))])
         await produce(broker, "extra", [(b"b", j({"n": 2}))])
         await run_services([t], broker, until_idle=True)
-        return values(await read(broker, "other"))
+        return values(await records(broker, "other"))
 
-    out = scenario(tmp_path, body)
+    out = run_local(body)
     assert sorted(out, key=lambda v: v["n"]) == [{"n": 1, "before": True, "tag": "t"},
                                                  {"n": 2, "before": False, "tag": "t"}]
 
 
-def test_repartition_internal_topic_new_key_and_partition_count(tmp_path: Path) -> None:
+def test_repartition_internal_topic_new_key_and_partition_count(tmp_path: Path, run_local: RunLocal) -> None:
     t = load(tmp_path, STREAMS + """
 pipelines:
   p:
@@ -256,9 +227,9 @@ pipelines:
         await produce(broker, "in", [(b"k", j({"user": f"u{i % 5}", "n": i})) for i in range(20)])
         stats = await run_services([t], broker, until_idle=True)
         topics = await broker.list_topics()
-        return stats, topics, await read(broker, "svc-by-user-repartition"), await read(broker, "out")
+        return stats, topics, await records(broker, "svc-by-user-repartition"), await records(broker, "out")
 
-    stats, topics, internal, out = scenario(tmp_path, body)
+    stats, topics, internal, out = run_local(body)
     assert topics["svc-by-user-repartition"] == 4
     assert len(internal) == 20
     for r in internal:
@@ -276,7 +247,7 @@ pipelines:
     assert (stats.events_in, stats.events_out, stats.internal_in, stats.internal_out) == (20, 20, 20, 20)
 
 
-def test_repartition_to_stream_with_round_robin_and_function_partitioners(tmp_path: Path) -> None:
+def test_repartition_to_stream_with_round_robin_and_function_partitioners(tmp_path: Path, run_local: RunLocal) -> None:
     (tmp_path / "parts.py").write_text("def last(key, value, n):\n    return n - 1\n")
     t = load(tmp_path, STREAMS + """
   spread: {topic: spread, partitions: 3, key: string, value: json}
@@ -297,9 +268,9 @@ pipelines:
     async def body(broker):
         await produce(broker, "in", [(b"same", j({"n": i})) for i in range(6)])
         await run_services([t], broker, until_idle=True)
-        return await read(broker, "spread"), await read(broker, "pinned")
+        return await records(broker, "spread"), await records(broker, "pinned")
 
-    spread, pinned = scenario(tmp_path, body)
+    spread, pinned = run_local(body)
     assert sorted((r.partition, json.loads(r.value)["n"]) for r in spread) == \
         [(0, 0), (0, 3), (1, 1), (1, 4), (2, 2), (2, 5)]
     assert {r.partition for r in pinned} == {2}
@@ -323,16 +294,16 @@ def _failing_inputs() -> list[Input]:
             (b"e", b"not json"), (b"f", j({"n": 10}))]
 
 
-def test_fail_policy_stops_without_committing_the_failing_batch(tmp_path: Path) -> None:
+def test_fail_policy_stops_without_committing_the_failing_batch(tmp_path: Path, run_local: RunLocal) -> None:
     t = load(tmp_path, FAILING.replace("{policy}", ""))
 
     async def body(broker):
         await produce(broker, "in", _failing_inputs())
         with pytest.raises(ProcessingError) as info:
             await run_services([t], broker, until_idle=True)
-        return info.value, await broker.committed("svc", TopicPartition("in", 0)), await read(broker, "other")
+        return info.value, await broker.committed("svc", TopicPartition("in", 0)), await records(broker, "other")
 
-    error, committed, out = scenario(tmp_path, body)
+    error, committed, out = run_local(body)
     message = str(error)
     assert "pipeline 'p'" in message and "map_values" in message
     assert f"{tmp_path / 'topology.yaml'}:" in message  # file:line:col of the step
@@ -342,9 +313,9 @@ def test_fail_policy_stops_without_committing_the_failing_batch(tmp_path: Path) 
     assert values(out) == [{"inv": 10}, {"inv": 5}]
 
 
-def test_skip_policy_counts_and_logs_a_sample(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_skip_policy_counts_and_logs_a_sample(tmp_path: Path, run_local: RunLocal, caplog: pytest.LogCaptureFixture) -> None:
     t = load(tmp_path, FAILING.replace("{policy}", "    on_error: skip"))
-    stats, out = scenario(tmp_path, lambda broker: _run_and_read(broker, t, "other"))
+    stats, out = run_local(lambda broker: _run_and_read(broker, t, "other"))
     assert stats.skipped == 2 and stats.services["svc"].skipped_by_pipeline == {"p": 2}
     assert values(out) == [{"inv": 10}, {"inv": 5}, {"inv": 2}, {"inv": 1}]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -355,12 +326,12 @@ def test_skip_policy_counts_and_logs_a_sample(tmp_path: Path, caplog: pytest.Log
 async def _run_and_read(broker, t, topic):
     await produce(broker, "in", _failing_inputs())
     stats = await run_services([t], broker, until_idle=True)
-    return stats, await read(broker, topic)
+    return stats, await records(broker, topic)
 
 
-def test_dead_letter_keeps_original_bytes_and_says_why(tmp_path: Path) -> None:
+def test_dead_letter_keeps_original_bytes_and_says_why(tmp_path: Path, run_local: RunLocal) -> None:
     t = load(tmp_path, FAILING.replace("{policy}", "    on_error: {dead_letter: dlq}"))
-    stats, dead = scenario(tmp_path, lambda broker: _run_and_read(broker, t, "dlq"))
+    stats, dead = run_local(lambda broker: _run_and_read(broker, t, "dlq"))
     assert stats.dead_lettered == 2 and stats.events_out == 4
     assert [(r.key, r.value, r.timestamp_ms) for r in dead] == [(b"d", j({"n": 0}), 1003),
                                                                  (b"e", b"not json", 1004)]
@@ -372,7 +343,7 @@ def test_dead_letter_keeps_original_bytes_and_says_why(tmp_path: Path) -> None:
     assert h1["edm.source.offset"] == b"4"
 
 
-def test_stream_on_error_applies_to_decode_errors(tmp_path: Path) -> None:
+def test_stream_on_error_applies_to_decode_errors(tmp_path: Path, run_local: RunLocal) -> None:
     t = load(tmp_path, STREAMS.replace("in: {topic: in, partitions: 1, key: string, value: json}",
                                        "in: {topic: in, partitions: 1, key: string, value: json, on_error: skip}")
              + """
@@ -381,26 +352,16 @@ pipelines:
     from: in
     to: other
 """)
-    stats, out = scenario(tmp_path, lambda broker: _run_and_read(broker, t, "other"))
+    stats, out = run_local(lambda broker: _run_and_read(broker, t, "other"))
     assert stats.skipped == 1 and len(out) == 5
 
 
-def test_business_services_run_until_idle_across_services(tmp_path: Path) -> None:
-    first = load(tmp_path, """
-kind: microservice
-name: first
-streams:
-  in: {topic: in, partitions: 1, key: string, value: json}
-  mid: {topic: mid, partitions: 2, key: string, value: json}
+def test_business_services_run_until_idle_across_services(tmp_path: Path, run_local: RunLocal) -> None:
+    first = load(tmp_path, header("in", "mid", name="first", partitions={"mid": 2}) + """
 pipelines:
   p: {from: in, steps: [{map_values: "value.n + 1"}], to: mid}
 """, "first.yaml")
-    second = load(tmp_path, """
-kind: microservice
-name: second
-streams:
-  mid: {topic: mid, partitions: 2, key: string, value: json}
-  final: {topic: final, partitions: 1, key: string, value: json}
+    second = load(tmp_path, header("mid", "final", name="second", partitions={"mid": 2}) + """
 pipelines:
   p: {from: mid, steps: [{filter: value > 2}], to: final}
 """, "second.yaml")
@@ -408,14 +369,14 @@ pipelines:
     async def body(broker):
         await produce(broker, "in", [(f"k{i}".encode(), j({"n": i})) for i in range(50)])
         stats = await run_services([second, first], broker, until_idle=True)
-        return stats, await read(broker, "final")
+        return stats, await records(broker, "final")
 
-    stats, final = scenario(tmp_path, body)
+    stats, final = run_local(body)
     assert sorted(values(final)) == list(range(3, 51))
     assert stats.services["first"].events_out == 50 and stats.services["second"].events_in == 50
 
 
-def test_stop_event_finishes_commits_and_restart_resumes(tmp_path: Path) -> None:
+def test_stop_event_finishes_commits_and_restart_resumes(tmp_path: Path, run_local: RunLocal) -> None:
     t = load(tmp_path, STREAMS + """
 pipelines:
   p: {from: in, to: other}
@@ -447,9 +408,9 @@ pipelines:
         await stopper
         await produce(broker, "in", [(b"c", j(3))])
         again = await run_services([t], broker, until_idle=True)
-        return stats, seen, again, values(await read(broker, "other"))
+        return stats, seen, again, values(await records(broker, "other"))
 
-    stats, seen, again, out = scenario(tmp_path, body)
+    stats, seen, again, out = run_local(body)
     assert stats.events_in == 2 and seen[-1] == 2
     assert again.events_in == 1  # resumed from the committed offset
     assert out == [1, 2, 3]

@@ -23,6 +23,7 @@ from edm_runner.runtime.node import Processor
 from edm_runner.spec.model import (PipelineSpec, SerdeSpec, StepSpec, StoreSpec, StreamSpec, TableSpec, ToSpec,
                                    Topology)
 from edm_runner.state.task import TaskState, task_dir
+from helpers.brokers import started
 
 # -- test operators -------------------------------------------------------------------------
 
@@ -190,9 +191,7 @@ def test_counts_survive_a_restart(tmp_path: Path) -> None:
     state = tmp_path / "state"
 
     async def main() -> None:
-        broker = LocalBroker(tmp_path / "broker")
-        await broker.start()
-        try:
+        async with started(LocalBroker(tmp_path / "broker")) as broker:
             await _produce(broker, topology, "ev", _events(40))
             first = await _run(topology, broker, state)
             assert first.events_in == 40 and first.restored == 0
@@ -203,8 +202,6 @@ def test_counts_survive_a_restart(tmp_path: Path) -> None:
             assert _last_by_key(await _read(broker, "out")) == _expected_counts(65)
             changelog = await _read(broker, "svc-counts-changelog")
             assert {json.loads(k): v for k, v in changelog} == _expected_counts(65)  # keys: JSON bytes
-        finally:
-            await broker.close()
 
     asyncio.run(main())
     assert _store_contents(state, 0, 2, "counts") == _expected_counts(65)
@@ -215,9 +212,7 @@ def test_wiped_state_is_restored_from_the_whole_changelog(tmp_path: Path) -> Non
     state = tmp_path / "state"
 
     async def main() -> None:
-        broker = LocalBroker(tmp_path / "broker")
-        await broker.start()
-        try:
+        async with started(LocalBroker(tmp_path / "broker")) as broker:
             await _produce(broker, topology, "ev", _events(60))
             await _run(topology, broker, state)
             changelog_records = len(await _read(broker, "svc-counts-changelog"))
@@ -229,8 +224,6 @@ def test_wiped_state_is_restored_from_the_whole_changelog(tmp_path: Path) -> Non
             await _produce(broker, topology, "ev", _events(10))
             await _run(topology, broker, state)
             assert _last_by_key(await _read(broker, "out")) == _expected_counts(70)
-        finally:
-            await broker.close()
 
     asyncio.run(main())
     assert _store_contents(state, 0, 2, "counts") == _expected_counts(70)
@@ -246,9 +239,7 @@ def test_restore_reads_only_the_changelog_after_the_checkpoint(tmp_path: Path) -
         return sum(ends.values())
 
     async def main() -> None:
-        broker = LocalBroker(tmp_path / "broker")
-        await broker.start()
-        try:
+        async with started(LocalBroker(tmp_path / "broker")) as broker:
             await _produce(broker, topology, "ev", _events(30))
             await _run(topology, broker, state)
             at_snapshot = await changelog_end(broker)
@@ -264,8 +255,6 @@ def test_restore_reads_only_the_changelog_after_the_checkpoint(tmp_path: Path) -
             third = await _run(topology, broker, state)
             assert third.restored == delta
             assert third.events_in == 0
-        finally:
-            await broker.close()
 
     asyncio.run(main())
     expected = _expected_counts(30)
@@ -285,9 +274,7 @@ def test_table_changes_and_lookup_and_restore_from_the_source(tmp_path: Path) ->
     users = [("u1", {"name": "A"}), ("u2", {"name": "B"}), ("u1", {"name": "A2"}), ("u2", None), ("u3", None)]
 
     async def main() -> None:
-        broker = LocalBroker(tmp_path / "broker")
-        await broker.start()
-        try:
+        async with started(LocalBroker(tmp_path / "broker")) as broker:
             await _produce(broker, topology, "users", users)
             await _run(topology, broker, state)
             changes = await _read(broker, "changes")
@@ -312,8 +299,6 @@ def test_table_changes_and_lookup_and_restore_from_the_source(tmp_path: Path) ->
             out = await _read(broker, "out")
             assert len(out) == 4 and ("u1", {"value": {"page": 4}, "other": {"name": "A2"}}) in out
             assert len(await _read(broker, "changes")) == 4  # the rebuild emitted no change again
-        finally:
-            await broker.close()
 
     asyncio.run(main())
 
@@ -327,9 +312,7 @@ def test_global_table_is_bootstrapped_before_processing(tmp_path: Path) -> None:
     countries = [(c, {"name": c.upper()}) for c in ("be", "de", "fr", "nl", "it")]
 
     async def main() -> None:
-        broker = LocalBroker(tmp_path / "broker")
-        await broker.start()
-        try:
+        async with started(LocalBroker(tmp_path / "broker")) as broker:
             # The events are there before the countries they need would be processed by a
             # runner that did not bootstrap first.
             await _produce(broker, topology, "ev", [(f"k{i}", {"country": c}) for i, (c, _) in enumerate(countries)])
@@ -346,8 +329,6 @@ def test_global_table_is_bootstrapped_before_processing(tmp_path: Path) -> None:
             out = await _read(broker, "out")
             assert len(out) == len(countries) + 2
             assert {k: v["other"] for k, v in out if k in ("x", "y")} == {"x": {"name": "ES"}, "y": None}
-        finally:
-            await broker.close()
 
     asyncio.run(main())
 
@@ -359,9 +340,7 @@ def test_copartition_mismatch_on_the_broker_names_streams_and_counts(tmp_path: P
         tables={"users-table": "users"})
 
     async def main() -> None:
-        broker = LocalBroker(tmp_path / "broker")
-        await broker.start()
-        try:
+        async with started(LocalBroker(tmp_path / "broker")) as broker:
             await broker.ensure_topics([TopicSpec("users", 3, True)])
             with pytest.raises(CopartitionError) as info:
                 await _run(topology, broker, tmp_path / "state")
@@ -369,8 +348,6 @@ def test_copartition_mismatch_on_the_broker_names_streams_and_counts(tmp_path: P
             assert "'activity' (topic 'activity') has 2" in message
             assert "'users-table' (topic 'users') has 3" in message
             assert "activity" not in await broker.list_topics()  # refused before creating topics
-        finally:
-            await broker.close()
 
     asyncio.run(main())
 
@@ -386,15 +363,11 @@ def test_group_by_a_table_moves_keys_between_groups(tmp_path: Path) -> None:
              ("u1", {"team": "blue"}), ("u2", None), ("u3", {"team": "blue", "x": 1})]
 
     async def main() -> None:
-        broker = LocalBroker(tmp_path / "broker")
-        await broker.start()
-        try:
+        async with started(LocalBroker(tmp_path / "broker")) as broker:
             await _produce(broker, topology, "users", users)
             stats = await _run(topology, broker, tmp_path / "state")
             assert stats.events_out > 0
             assert (await broker.list_topics())["svc-by-team-repartition"] == 2  # the source's count
             assert _last_by_key(await _read(broker, "team-sizes")) == {"red": 0, "blue": 2}
-        finally:
-            await broker.close()
 
     asyncio.run(main())

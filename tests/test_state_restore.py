@@ -1,7 +1,6 @@
 """Restoring stores from changelogs on the real local broker: every edge case of the design."""
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
@@ -16,6 +15,7 @@ from edm_runner.brokers.local import LocalBroker
 from edm_runner.state import (Checkpoint, RestoreProgress, TaskState, restore_task,
                               task_dir)
 from edm_runner.state.api import encode_json
+from helpers.brokers import run_on, started
 
 TOPIC = "svc-counts-changelog"
 TP = TopicPartition(TOPIC, 1)
@@ -23,16 +23,12 @@ IN = TopicPartition("events", 1)
 
 
 def run(body: Callable[[LocalBroker], Awaitable[None]], tmp_path: Path) -> None:
-    async def main() -> None:
-        broker = LocalBroker(tmp_path / "broker")
-        await broker.start()
-        try:
-            await broker.ensure_topics([TopicSpec(TOPIC, 2, compacted=True)])
-            await body(broker)
-        finally:
-            await broker.close()
+    """``body`` on a started local broker holding the 2-partition changelog ``TOPIC``."""
+    async def main(broker: LocalBroker) -> None:
+        await broker.ensure_topics([TopicSpec(TOPIC, 2, compacted=True)])
+        await body(broker)
 
-    asyncio.run(main())
+    run_on(LocalBroker(tmp_path / "broker"), main)
 
 
 async def append(broker: LocalBroker, partition: int, items: list[tuple[object, object | None]],
@@ -49,15 +45,11 @@ async def append(broker: LocalBroker, partition: int, items: list[tuple[object, 
 
 
 async def restore(broker: LocalBroker, st: TaskState, end: int | None = None, **kwargs):
-    consumer = broker.consumer(None, [TOPIC])
-    await consumer.start()
-    try:
+    async with started(broker.consumer(None, [TOPIC])) as consumer:
         if end is None:
             end = (await consumer.end_offsets([TP]))[TP]
         return await restore_task(st, "counts", consumer, TP, end,
                                   from_offset=st.checkpoint().changelogs.get(TP, 0), **kwargs)
-    finally:
-        await consumer.close()
 
 
 def contents(st: TaskState) -> dict:
@@ -282,35 +274,30 @@ def test_restore_from_a_kafka_changelog(kafka_bootstrap: str, tmp_path: Path) ->
     tp = TopicPartition(topic, 1)
     n = 60_000
 
-    async def main() -> None:
-        broker = KafkaBroker({"bootstrap_servers": kafka_bootstrap})
-        await broker.start()
-        try:
-            await broker.ensure_topics([TopicSpec(topic, 2, compacted=True)])
-            producer = broker.producer()
-            await producer.start()
-            for i in range(n):
-                producer.send(OutRecord(topic, i % 2, encode_json(f"k{i}"), encode_json(i), 0))
-            header = json.dumps({f"{IN.topic}:{IN.partition}": 77}).encode()
-            producer.send(OutRecord(topic, 1, b'"k1"', b"-1", 0, (("edm.input", header),)))
-            await producer.flush()
-            reader = broker.consumer(None, [topic])
-            await reader.start()
-            end = (await reader.end_offsets([tp]))[tp]
-            producer.send(OutRecord(topic, 1, b'"late"', b"1", 0))  # after the captured end
-            await producer.flush()
-            await producer.close()
+    async def main(broker) -> None:
+        await broker.ensure_topics([TopicSpec(topic, 2, compacted=True)])
+        producer = broker.producer()
+        await producer.start()
+        for i in range(n):
+            producer.send(OutRecord(topic, i % 2, encode_json(f"k{i}"), encode_json(i), 0))
+        header = json.dumps({f"{IN.topic}:{IN.partition}": 77}).encode()
+        producer.send(OutRecord(topic, 1, b'"k1"', b"-1", 0, (("edm.input", header),)))
+        await producer.flush()
+        reader = broker.consumer(None, [topic])
+        await reader.start()
+        end = (await reader.end_offsets([tp]))[tp]
+        producer.send(OutRecord(topic, 1, b'"late"', b"1", 0))  # after the captured end
+        await producer.flush()
+        await producer.close()
 
-            with TaskState.open(task_dir(tmp_path, "svc", 0, 1)) as st:
-                st.register("counts", "key_value")
-                result = await restore_task(st, "counts", reader, tp, end, from_offset=0)
-                await reader.close()
-                assert result.records_read == n // 2 + 1 and result.input_position == {IN: 77}
-                kv = st.store("counts")
-                assert kv.get("k1") == -1 and kv.get("k3") == 3 and kv.get("k2") is None
-                assert kv.get("late") is None
-                assert st.checkpoint() == Checkpoint({tp: end}, {IN: 77})
-        finally:
-            await broker.close()
+        with TaskState.open(task_dir(tmp_path, "svc", 0, 1)) as st:
+            st.register("counts", "key_value")
+            result = await restore_task(st, "counts", reader, tp, end, from_offset=0)
+            await reader.close()
+            assert result.records_read == n // 2 + 1 and result.input_position == {IN: 77}
+            kv = st.store("counts")
+            assert kv.get("k1") == -1 and kv.get("k3") == 3 and kv.get("k2") is None
+            assert kv.get("late") is None
+            assert st.checkpoint() == Checkpoint({tp: end}, {IN: 77})
 
-    asyncio.run(main())
+    run_on(KafkaBroker({"bootstrap_servers": kafka_bootstrap}), main)

@@ -17,6 +17,7 @@ from edm_runner.brokers.partitioner import default_partition
 from edm_runner.runtime import RunStats, run_services
 from edm_runner.spec import load_file
 from edm_runner.spec.model import BrokerSpec, Topology
+from helpers.brokers import run_on, started
 
 
 def j(obj: Any) -> bytes | None:
@@ -62,20 +63,15 @@ class Service:
         idle, returns every (key, value) of stream ``read`` so far."""
         topology = topology or self.topology()
 
-        async def main() -> list[tuple[Any, Any]]:
-            broker = self.broker()
-            await broker.start()
+        async def main(broker) -> list[tuple[Any, Any]]:
+            await produce(broker, topology, inputs)
             try:
-                await produce(broker, topology, inputs)
-                try:
-                    self.stats = await run_services([topology], broker, until_idle=True,
-                                                    state_dir=self.state_dir)
-                finally:
-                    self.out = await read_all(broker, topology.streams[read].topic)
-                return self.out
+                self.stats = await run_services([topology], broker, until_idle=True,
+                                                state_dir=self.state_dir)
             finally:
-                await broker.close()
-        return asyncio.run(main())
+                self.out = await read_all(broker, topology.streams[read].topic)
+            return self.out
+        return run_on(self.broker(), main)
 
     @property
     def service(self) -> Any:
@@ -100,9 +96,7 @@ async def produce(broker: Broker, topology: Topology, inputs: dict[str, list[tup
 
 async def read_raw(broker: Broker, topic: str) -> list[Record]:
     """Every record of ``topic``, partition by partition."""
-    consumer = broker.consumer(None, [topic])
-    await consumer.start()
-    try:
+    async with started(broker.consumer(None, [topic])) as consumer:
         tps = sorted(consumer.assignment())
         ends = await consumer.end_offsets(tps)
         out: dict[TopicPartition, list[Record]] = {tp: [] for tp in tps}
@@ -110,8 +104,6 @@ async def read_raw(broker: Broker, topic: str) -> list[Record]:
             for tp, records in (await consumer.getmany(timeout_ms=500, max_records=10_000)).items():
                 out[tp].extend(records)
         return [r for tp in tps for r in out[tp]]
-    finally:
-        await consumer.close()
 
 
 async def read_all(broker: Broker, topic: str) -> list[tuple[Any, Any]]:
@@ -168,12 +160,8 @@ def test_an_aggregate_that_makes_nan_is_an_error_of_the_event_not_a_changelog_re
 
 
 async def _changelog(svc: Service, topic: str) -> list[tuple[bytes | None, bytes | None]]:
-    broker = svc.broker()
-    await broker.start()
-    try:
+    async with started(svc.broker()) as broker:
         return [(r.key, r.value) for r in await read_raw(broker, topic)]
-    finally:
-        await broker.close()
 
 
 # -- edm's own bugs are not bad events -----------------------------------------------------------
@@ -223,14 +211,9 @@ def test_an_internal_error_stops_the_service_and_commits_nothing(tmp_path: Path,
         in message
     assert svc.out == []  # the user error ("text" + 1) would have been skipped, but nothing was sent
 
-    async def committed() -> dict:
-        broker = svc.broker()
-        await broker.start()
-        try:
-            return await broker.group_offsets(f"{svc.p}s", [f"{svc.p}in"])
-        finally:
-            await broker.close()
-    assert not any(asyncio.run(committed()).values())
+    async def committed(broker) -> dict:
+        return await broker.group_offsets(f"{svc.p}s", [f"{svc.p}in"])
+    assert not any(run_on(svc.broker(), committed).values())
 
 
 def test_only_user_errors_follow_on_error(tmp_path: Path) -> None:
@@ -444,14 +427,9 @@ def test_global_table_records_that_fail_are_dead_lettered(tmp_path: Path, broker
     svc.run({"countries": COUNTRIES, "in": LOOKUPS})
     assert svc.stats.dead_lettered == 2
 
-    async def dead() -> list[Record]:
-        broker = svc.broker()
-        await broker.start()
-        try:
-            return await read_raw(broker, f"{svc.p}dlq")
-        finally:
-            await broker.close()
-    records = asyncio.run(dead())
+    async def dead(broker) -> list[Record]:
+        return await read_raw(broker, f"{svc.p}dlq")
+    records = run_on(svc.broker(), dead)
     assert [r.value for r in records] == [b"{not json", j({"name": "long"})]
     errors = [dict(r.headers)["edm.error"].decode() for r in records]
     assert "invalid JSON" in errors[0] and "exceeds LMDB's limit" in errors[1]
@@ -550,12 +528,8 @@ def test_every_changelog_record_names_its_store_definition(tmp_path: Path) -> No
 
 
 async def _records(svc: Service, topic: str) -> list[Record]:
-    broker = svc.broker()
-    await broker.start()
-    try:
+    async with started(svc.broker()) as broker:
         return await read_raw(broker, topic)
-    finally:
-        await broker.close()
 
 
 # -- a null key and an entity stream ---------------------------------------------------------
