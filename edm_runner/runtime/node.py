@@ -167,9 +167,6 @@ class StoreCatalog:
                            f"as {known.type} {known.params} at {known.pos}; give each use its own store")
         return known.ref
 
-    def for_subtopology(self, sub: int) -> list[StoreUse]:
-        return [u for u in self.uses.values() if u.subtopology == sub]
-
     def global_tables(self) -> list[StoreUse]:
         return [u for u in self.uses.values() if u.subtopology is None]
 

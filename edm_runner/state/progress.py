@@ -42,10 +42,6 @@ class RestoreProgress:
         self._started = clock()
         self._last_report = self._started
 
-    def add_total(self, n: int) -> None:
-        """More offsets to restore (the runtime may learn end offsets as it goes)."""
-        self.total += max(0, n)
-
     def advance(self, n: int) -> None:
         self.done += n
         now = self._clock()
