@@ -279,11 +279,6 @@ class TaskManager:
                                                                 inputs.get(tp, 0))
                 consumer.seek(tp, target)
 
-    async def reseek(self, consumer: Consumer) -> None:
-        """After a failed flush (Kafka): seek every task's inputs again from its local state."""
-        for task in self.tasks.values():
-            await self._seek_inputs(consumer, task)
-
     # -- processing -------------------------------------------------------------------------
 
     def bind(self, tp: TopicPartition, next_offset: int) -> None:
