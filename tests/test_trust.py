@@ -612,3 +612,44 @@ def test_a_non_string_written_in_format_string_is_an_error_of_the_event(tmp_path
     assert [r.key for r in dead] == [b"1", b"true"]  # the records of the group_by's topic
     assert "cannot encode int 1 in format string" in dict(dead[0].headers)["edm.error"].decode()
     assert "cannot encode bool True in format string" in dict(dead[1].headers)["edm.error"].decode()
+
+
+# -- event times past 64 bits ----------------------------------------------------------------
+
+def test_an_event_time_past_year_9999_is_an_error_of_the_event(tmp_path: Path, broker_url: str) -> None:
+    """A `time:` of 1e20 stopped the service with an internal error (int too large to convert, a
+    crash loop); a record timestamp of 2**63-1 emitted a window end past 64 bits. Both are now
+    errors of their event (on_error: skip), and the other events are windowed as before. Kafka 4
+    refuses a record timestamp that far ahead itself (InvalidTimestampError, its
+    log.message.timestamp.after.max.ms), so there the second event has an ordinary one."""
+    far = 2**63 - 1 if broker_url.startswith("local:") else 2000
+    svc = Service(tmp_path, """
+    kind: microservice
+    name: "{p}w"
+    streams:
+      in: {topic: "{p}in"}
+      by_value: {topic: "{p}by-value"}
+      by_record: {topic: "{p}by-record"}
+    stores:
+      v: {type: window}
+      r: {type: window}
+    pipelines:
+      value_time:
+        from: in
+        steps: [{group_by_key: {}}, {window: {type: tumbling, size: 1h, time: value.ts}}, {count: {store: v}}]
+        to: by_value
+        on_error: skip
+      record_time:
+        from: in
+        steps: [{group_by_key: {}}, {window: {type: tumbling, size: 1h}}, {count: {store: r}}]
+        to: by_record
+        on_error: skip
+    """, url=broker_url)
+    hour = 3_600_000
+    out = svc.run({"in": [("a", {"ts": 10**20}, 1000), ("a", {"ts": 2000}, far), ("a", {"ts": 3000}, 3000)]},
+                  read="by_value")
+    assert out == [("a", {"start": 0, "end": hour, "value": 1}), ("a", {"start": 0, "end": hour, "value": 2})]
+    by_record = asyncio.run(_records(svc, f"{svc.p}by-record"))
+    counts = [json.loads(r.value)["value"] for r in by_record]
+    assert counts == ([1, 2] if far != 2000 else [1, 2, 3])
+    assert svc.stats.skipped == (2 if far != 2000 else 1)

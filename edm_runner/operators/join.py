@@ -25,7 +25,7 @@ from edm_runner.errors import EventError
 from edm_runner.operators.common import EXPRESSION, STREAM_NAME, keyed_expressions
 from edm_runner.operators.registry import Operator, register
 from edm_runner.operators.table import reads_table
-from edm_runner.runtime.event import Event
+from edm_runner.runtime.event import Event, event_time
 from edm_runner.runtime.node import BuildContext, EventwiseProcessor, Processor
 from edm_runner.spec.durations import DURATION_SCHEMA, parse_duration
 from edm_runner.spec.model import StepSpec
@@ -130,7 +130,7 @@ class StreamStreamJoin(EventwiseProcessor):
         return self._join(e, False)
 
     def _join(self, e: Event, this_side: bool) -> list[Event]:
-        key, t, w = e.key, e.timestamp, self.within
+        key, t, w = e.key, event_time(e.timestamp), self.within
         if key is None:
             raise EventError("the join key is null; a stream-stream join matches events by key: filter "
                              "such events out first or compute a non-null key")

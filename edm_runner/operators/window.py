@@ -3,7 +3,9 @@
 The ``window`` step is a pass-through marker; the aggregation that follows it
 (``count``/``reduce``/``aggregate``) does the windowing (``build_windowed``).
 
-Time, per task: an event's time is its record timestamp or the ``time`` expression (ms).
+Time, per task: an event's time is its record timestamp or the ``time`` expression (ms), checked
+by ``runtime.event.event_time`` (0..year 9999, else an error of the event), so the window bounds
+computed from it and a duration stay inside 64 bits.
 Stream time is the max event time seen; it lives in the store under the reserved key None
 (window start 0, session [0, 0]; aggregations never store a null group key), with the
 emit-final and retention watermarks, so it survives restarts and restores.
@@ -35,7 +37,7 @@ from edm_runner.operators.aggregate import AggregateFns
 from edm_runner.operators.common import EXPRESSION, STREAM_NAME
 from edm_runner.operators.registry import Operator, register
 from edm_runner.operators.table import reads_table
-from edm_runner.runtime.event import Event
+from edm_runner.runtime.event import Event, event_time
 from edm_runner.runtime.node import BuildContext, EventwiseProcessor, ExprFn, PassThrough, Processor
 from edm_runner.spec.durations import DURATION_SCHEMA, POSITIVE_DURATION_SCHEMA, parse_duration
 from edm_runner.spec.model import StepSpec
@@ -102,10 +104,7 @@ class _Windowed(EventwiseProcessor):
         self.meta = self.read_meta() or {"time": None, "swept": None, "retained": None}
 
     def event_time(self, e: Event) -> int:
-        t = self.time_fn(e.key, e.value, e) if self.time_fn else e.timestamp
-        if not isinstance(t, int) or isinstance(t, bool) or t < 0:
-            raise EventError(f"the event time must be a non-negative integer of milliseconds, got {t!r}")
-        return t
+        return event_time(self.time_fn(e.key, e.value, e) if self.time_fn else e.timestamp)
 
     def apply(self, e: Event) -> list[Event]:
         key = e.key

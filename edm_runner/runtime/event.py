@@ -9,6 +9,24 @@ from __future__ import annotations
 from typing import Any
 
 from edm_runner.brokers.base import Headers, Record
+from edm_runner.errors import EventError
+
+# The latest event time accepted: 9999-12-31T23:59:59.999Z. With every duration at most 100 years
+# (spec.durations.MAX_DURATION_MS), every window start, end, join bound and retention mark computed
+# from an accepted time stays far inside the signed 64 bits that stores and record timestamps hold,
+# so no time computation downstream needs its own check.
+MAX_EVENT_TIME_MS = 253_402_300_799_999
+
+
+def event_time(t: Any) -> int:
+    """``t`` as the time of an event for windows and joins, or EventError (an error of that event,
+    which follows the pipeline's on_error): an integer of ms in [0, MAX_EVENT_TIME_MS]."""
+    if not isinstance(t, int) or isinstance(t, bool) or t < 0:
+        raise EventError(f"the event time must be a non-negative integer of milliseconds, got {t!r}")
+    if t > MAX_EVENT_TIME_MS:
+        raise EventError(f"the event time {t} ms is past the latest time edm accepts, {MAX_EVENT_TIME_MS} "
+                         f"(9999-12-31T23:59:59.999Z); is it in micro- or nanoseconds?")
+    return t
 
 
 class Event:
