@@ -653,3 +653,72 @@ def test_an_event_time_past_year_9999_is_an_error_of_the_event(tmp_path: Path, b
     counts = [json.loads(r.value)["value"] for r in by_record]
     assert counts == ([1, 2] if far != 2000 else [1, 2, 3])
     assert svc.stats.skipped == (2 if far != 2000 else 1)
+
+
+# -- one record size limit, on every broker ----------------------------------------------------
+
+CHUNK = "x" * 300_000
+
+
+def test_an_aggregate_that_outgrows_the_record_size_limit_is_an_error_of_the_event(tmp_path: Path,
+                                                                                   broker_url: str) -> None:
+    """A list an aggregate appends to passed Kafka's 1 MiB message limit: every run exited with
+    MessageSizeTooLargeError past on_error (a crash loop); the embedded broker kept the record.
+    The changelog record is refused where the store encodes it, as an error of the event."""
+    svc = Service(tmp_path, """
+    kind: microservice
+    name: "{p}a"
+    processing: {expression_limits: {max_string_length: 10000000}}
+    streams:
+      in: {topic: "{p}in"}
+      out: {topic: "{p}out"}
+      dlq: {topic: "{p}dlq", key: bytes, value: bytes}
+    stores: {acc: {type: key_value}}
+    pipelines:
+      p:
+        from: in
+        steps:
+          - group_by_key: {}
+          - aggregate: {store: acc, initializer: "[]", aggregator: "aggregate + [value.s]"}
+          - map_values: "value | length"
+        to: out
+        on_error: {dead_letter: dlq}
+    """, url=broker_url)
+    out = svc.run({"in": [("a", {"s": CHUNK})] * 4 + [("b", {"s": "y"})]})
+    assert out == [("a", 1), ("a", 2), ("a", 3), ("b", 1)]
+    assert svc.service.dead_lettered == 1
+    dead = asyncio.run(_records(svc, f"{svc.p}dlq"))
+    assert [r.key for r in dead] == [b"a"]
+    error = dict(dead[0].headers)["edm.error"].decode()
+    assert "store 'acc': the changelog record of key b'\"a\"' is 1200016 bytes" in error
+    assert "above the record size limit of 1000000 bytes" in error
+    assert svc.run({"in": [("a", {"s": "z"})]})[-1] == ("a", 4)  # the store kept 3 chunks
+
+
+def test_an_output_record_above_the_limit_is_an_error_of_the_event(tmp_path: Path, broker_url: str) -> None:
+    svc = Service(tmp_path, """
+    kind: microservice
+    name: "{p}o"
+    processing: {expression_limits: {max_string_length: 10000000}}
+    streams: {in: {topic: "{p}in"}, out: {topic: "{p}out"}}
+    pipelines:
+      p: {from: in, steps: [{map_values: "value.s * value.n"}], to: out, on_error: skip}
+    """, url=broker_url)
+    out = svc.run({"in": [("a", {"s": CHUNK, "n": 3}), ("b", {"s": CHUNK, "n": 4}), ("c", {"s": "y", "n": 1})]})
+    assert [(k, len(v)) for k, v in out] == [("a", 900_000), ("c", 1)]
+    assert svc.stats.skipped == 1
+
+
+def test_edm_produce_refuses_a_record_above_the_limit(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "t.yaml").write_text("kind: microservice\nname: n\nstreams: {s: {}}\n")
+    lines = json.dumps({"key": "k", "value": "small"}) + "\n" + json.dumps({"key": "k", "value": "v" * 2_000_000})
+    done = subprocess.run([sys.executable, "-m", "edm_runner", "produce", "s", "-t", str(tmp_path / "t.yaml"),
+                           "--state-dir", str(tmp_path / "state")],
+                          input=lines + "\n", capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.startswith("edm: <stdin>:2:1: the record is 2000003 bytes (key 1, value 2000002), above "
+                                  "the record size limit of 1000000 bytes")
+    assert "inputs" not in done.stderr

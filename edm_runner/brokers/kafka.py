@@ -511,7 +511,7 @@ class KafkaProducer:
         self._producer: AIOKafkaProducer = None  # type: ignore[assignment]  # set by start
         self._queue: list[OutRecord] = []
         self._pump: asyncio.Task[None] | None = None
-        self._deliveries: list[asyncio.Future[Any]] = []
+        self._deliveries: list[tuple[tuple[str, int], asyncio.Future[Any]]] = []
         self._failed: BrokerError | None = None
 
     async def start(self) -> None:
@@ -539,10 +539,23 @@ class KafkaProducer:
             if pump is not None:
                 pump.result()
             deliveries, self._deliveries = self._deliveries, []
-            await asyncio.gather(*deliveries)
+            results = await asyncio.gather(*(d for _, d in deliveries), return_exceptions=True)
+            for ((topic, partition), _), result in zip(deliveries, results):
+                if isinstance(result, KafkaError):
+                    raise _WriteFailed(topic, partition, result) from result
+                if isinstance(result, BaseException):
+                    raise result
+        except _WriteFailed as failed:
+            exc = failed.error
+            self._failed = BrokerError(
+                f"writing records to '{failed.topic}' (partition {failed.partition}) on "
+                f"{self._broker.describe()} failed: {_describe_error(exc)}; what was written since "
+                "the last successful flush is not known to be stored")
+            raise self._failed from exc
         except KafkaError as exc:
             self._failed = BrokerError(f"writing records to {self._broker.describe()} failed: "
-                                       f"{_describe_error(exc)}; the inputs were not committed")
+                                       f"{_describe_error(exc)}; what was written since the last "
+                                       "successful flush is not known to be stored")
             raise self._failed from exc
         except BrokerError as exc:
             self._failed = exc
@@ -583,7 +596,15 @@ class KafkaProducer:
 
     async def _ship(self, batch: Any, topic: str, partition: int) -> None:
         batch.close()
-        self._deliveries.append(await self._producer.send_batch(batch, topic, partition=partition))
+        delivery = await self._producer.send_batch(batch, topic, partition=partition)
+        self._deliveries.append(((topic, partition), delivery))
+
+
+class _WriteFailed(Exception):
+    """A batch for ``topic``/``partition`` was refused with ``error`` (names the topic)."""
+
+    def __init__(self, topic: str, partition: int, error: KafkaError) -> None:
+        self.topic, self.partition, self.error = topic, partition, error
 
 
 def _default_connect_timeout_s() -> float:

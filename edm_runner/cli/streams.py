@@ -60,7 +60,8 @@ def _parse_lines(source, origin: str, raw_values: bool, key_serde, value_serde) 
     """Encode each JSON line of the binary stream ``source``; any problem is an ``EdmError``
     at ``origin:line:col``. Bytes are read back by ``serde.printable.from_json``, the inverse
     of what `edm consume` prints."""
-    from edm_runner.serde import SerdeError
+    from edm_runner.brokers.base import check_record_size
+    from edm_runner.errors import EventError
     from edm_runner.serde.printable import from_json, header_from_json
     now = int(time.time() * 1000)
     records = []
@@ -91,10 +92,12 @@ def _parse_lines(source, origin: str, raw_values: bool, key_serde, value_serde) 
         if not isinstance(headers, dict):
             raise EdmError(f"{origin}:{number}:1: \"headers\" must be an object of names to values")
         try:
-            records.append(_Line(from_json(item.get("key"), key_serde), from_json(item["value"], value_serde),
-                                 tuple((k, header_from_json(v)) for k, v in headers.items()), timestamp))
-        except SerdeError as error:
+            line_record = _Line(from_json(item.get("key"), key_serde), from_json(item["value"], value_serde),
+                                tuple((k, header_from_json(v)) for k, v in headers.items()), timestamp)
+            check_record_size("the record", line_record.key, line_record.value, line_record.headers)
+        except EventError as error:  # SerdeError, RecordTooLargeError
             raise EdmError(f"{origin}:{number}:1: {error}") from None
+        records.append(line_record)
     return records
 
 

@@ -3,13 +3,14 @@
 Invariants: the partition is always chosen here (never by the broker), with the same
 murmur2 mapping as Kafka's Java client for non-null keys; null keys go round robin over the
 partitions in event order, so a run is deterministic. Output timestamp and headers are the
-input event's.
+input event's. No record above ``MAX_RECORD_BYTES`` is returned: its event gets a
+``RecordTooLargeError`` (on every broker, before the broker could refuse the batch).
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from edm_runner.brokers.base import OutRecord
+from edm_runner.brokers.base import MAX_RECORD_BYTES, OutRecord, check_record_size
 from edm_runner.brokers.partitioner import default_partition
 from edm_runner.errors import EventError
 from edm_runner.runtime.event import Event
@@ -87,13 +88,18 @@ class TopicWriter:
         ke, ve = self.key_serde.encode, self.value_serde.encode
         out = []
         append = out.append
+        limit = MAX_RECORD_BYTES
         for e in batch:
             kb = ke(e.key)
             value = e.value
-            append(OutRecord(topic, part(e.key, kb, value), kb, ve(value), e.timestamp, e.headers))
+            vb = ve(value)
+            if e.headers or (len(vb) if vb else 0) + (len(kb) if kb else 0) > limit:
+                check_record_size(f"a record for '{topic}'", kb, vb, e.headers)
+            append(OutRecord(topic, part(e.key, kb, value), kb, vb, e.timestamp, e.headers))
         return out
 
     def record(self, e: Event) -> OutRecord:
         kb = self.key_serde.encode(e.key)
-        return OutRecord(self.topic, self.partitioner(e.key, kb, e.value), kb,
-                         self.value_serde.encode(e.value), e.timestamp, e.headers)
+        vb = self.value_serde.encode(e.value)
+        check_record_size(f"a record for '{self.topic}'", kb, vb, e.headers)
+        return OutRecord(self.topic, self.partitioner(e.key, kb, e.value), kb, vb, e.timestamp, e.headers)

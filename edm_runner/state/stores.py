@@ -5,7 +5,8 @@ Invariants:
   else until the task commits them (``TaskState.commit``); reads look at ``writes`` first,
   so a batch reads its own writes, and a failed batch (``TaskState.abort``) leaves LMDB as it was.
 - ``writes`` keeps the latest value per key, so it is also the batch's changelog (one record
-  per dirty key).
+  per dirty key). A store with a changelog refuses, with an ``EventError`` of the event, a
+  write whose record would be larger than ``MAX_RECORD_BYTES`` (no broker could keep it).
 - Every value returned is decoded afresh: mutating it never changes the store.
 - Iteration order is stored-bytes order (see ``state.keys`` for the window/session layout).
 """
@@ -13,6 +14,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, NoReturn
 
+import sys
+
+from edm_runner.brokers.base import MAX_RECORD_BYTES, check_record_size
 from edm_runner.errors import EventError
 from edm_runner.state.api import decode_json, encode_json
 from edm_runner.state.keys import (key_prefix, session_key, split_session_key,
@@ -69,6 +73,7 @@ class _Store:
         self.writes: dict[bytes, bytes | None] = {}
         self._state = state
         self._max_key = state.max_key_size
+        self._max_record = MAX_RECORD_BYTES if changelog else sys.maxsize
 
     def _get_raw(self, k: bytes) -> bytes | None:
         writes = self.writes
@@ -79,10 +84,16 @@ class _Store:
     def _put_raw(self, k: bytes, v: bytes | None) -> None:
         if len(k) > self._max_key:
             self._too_long(k)
+        if v is not None and len(k) + len(v) > self._max_record:
+            self._too_large(k, v)
         self.writes[k] = v
 
     def _too_long(self, k: bytes) -> NoReturn:
         raise key_too_long(self.name, k, self._max_key)
+
+    def _too_large(self, k: bytes, v: bytes) -> NoReturn:
+        check_record_size(f"store {self.name!r}: the changelog record of key {k[:60]!r}", k, v)
+        raise AssertionError("check_record_size accepted a record above the limit")
 
     def _stored_range(self, lo: bytes, hi: bytes | None) -> Iterator[tuple[bytes, bytes]]:
         """Stored entries with ``lo <= key <= hi`` (``hi`` None: to the end)."""
@@ -124,7 +135,13 @@ class LmdbKeyValueStore(_Store):
         k = encode_json(key)
         if len(k) > self._max_key:
             self._too_long(k)
-        self.writes[k] = None if value is None else encode_json(value)
+        if value is None:
+            self.writes[k] = None
+            return
+        v = encode_json(value)
+        if len(k) + len(v) > self._max_record:
+            self._too_large(k, v)
+        self.writes[k] = v
 
     def scan(self, prefix: bytes = b"") -> Iterator[tuple[Any, Any]]:
         for k, v in self._range(prefix, None):
