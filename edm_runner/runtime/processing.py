@@ -34,6 +34,7 @@ from edm_runner.serde import Serde
 from edm_runner.runtime.stats import ServiceStats
 from edm_runner.serde import SerdeError, make_serde
 from edm_runner.spec.model import ErrorPolicy, Pos, StreamSpec, ToSpec, Topology
+from edm_runner.state.stores import null_table_key
 
 log = logging.getLogger("edm.runtime")
 
@@ -121,11 +122,13 @@ class ToSink(Processor):
 
 class TableMaterializer(EventwiseProcessor):
     """A table's node: the latest value per key in the table's store (a null value deletes);
-    emits one change event per actual change, with ``old`` the previous value. Event by event
+    emits one change event per actual change, with ``old`` the previous value. A null key is an
+    error of the record (``null_table_key``, as on restore: ``tasks.table_converter``). Event by event
     (``EventwiseProcessor``): when a record of a batch fails (a key too long for the store),
     the replay of the records before it does not see their own writes as their old values."""
 
     def __init__(self, name: str, ref: TaskStoreRef, pos: Pos) -> None:
+        self.name = name
         self.label = f"table {name}"
         self.ref = ref
         self.pos = pos
@@ -134,6 +137,8 @@ class TableMaterializer(EventwiseProcessor):
         self.store = self.ref.get()
 
     def apply(self, e: Event) -> list[Event]:
+        if e.key is None:
+            raise null_table_key(self.name)
         store = self.store
         old = store.get(e.key)
         if old is None and e.value is None:

@@ -35,7 +35,7 @@ from edm_runner.spec.model import Pos
 from edm_runner.state.api import encode_json
 from edm_runner.state.progress import RestoreProgress
 from edm_runner.state.restore import INPUT_HEADER, check_changelog, input_position, restore_task, store_headers
-from edm_runner.state.stores import key_too_long
+from edm_runner.state.stores import key_too_long, null_table_key
 from edm_runner.state.task import Checkpoint, TaskState, fingerprint, global_dir, task_dir, tp_key
 
 log = logging.getLogger("edm.runtime")
@@ -68,8 +68,9 @@ def table_converter(name: str, serdes: tuple[Serde, Serde], max_key: int,
                     on_error: Callable[[Record, EventError], None]
                     ) -> Callable[[Record], tuple[bytes, bytes | None] | None]:
     """Source record -> the table store's (key bytes, value bytes or None), or None for a
-    record that never enters the table: a null key, or (``on_error`` is told) a key or value
-    that does not decode, or a key too long for the store."""
+    record that never enters the table (``on_error`` is told): a key or value that does not
+    decode, a null key, or a key too long for the store; the same records ``TableMaterializer``
+    refuses when it processes them."""
     decode_key, decode_value = serdes[0].decode, serdes[1].decode
 
     def convert(r: Record) -> tuple[bytes, bytes | None] | None:
@@ -77,7 +78,7 @@ def table_converter(name: str, serdes: tuple[Serde, Serde], max_key: int,
             key = decode_key(r.key)
             value = decode_value(r.value)
             if key is None:
-                return None
+                raise null_table_key(name)
             kb = encode_json(key)
             if len(kb) > max_key:
                 raise key_too_long(name, kb, max_key)
