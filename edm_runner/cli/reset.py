@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from edm_runner.cli.common import (BrokerOption, StateDirOption, app, connected, fail, guarded, invocation_of,
                                    load, local_state_dir, open_broker, services_of)
 from edm_runner.errors import EdmError
+
+if TYPE_CHECKING:
+    from edm_runner.runtime.reset import ResetPlan
 
 
 def _parse_datetime(text: str) -> int:
@@ -26,99 +28,21 @@ def _parse_datetime(text: str) -> int:
     return int(moment.timestamp() * 1000)
 
 
-@dataclass
-class _ResetPlan:
-    """What ``edm reset`` does to one service. ``offsets``: input partition -> (committed
-    offset or None, new offset). ``rewritten``: the input topics set to their end instead,
-    because the services being reset write them (the reprocessing writes their records
-    again). ``topics``: existing internal topics to delete. ``state``: the service's local
-    state directory when it exists."""
-
-    service: str
-    broker: str
-    offsets: dict = field(default_factory=dict)
-    rewritten: set[str] = field(default_factory=set)
-    topics: list[str] = field(default_factory=list)
-    state: Path | None = None
-    state_dir: Path = Path()
-
-    def format(self) -> str:
-        lines = [f"reset plan for service {self.service} on {self.broker} (edm reset stops nothing: "
-                 "every instance of the service must be stopped)"]
-        lines.append(f"  group {self.service}: input offsets")
-        for tp, (old, new) in sorted(self.offsets.items()):
-            end = " (its end: this reset's services write it again)" if tp.topic in self.rewritten else ""
-            lines.append(f"    {tp.topic}[{tp.partition}]: {'none' if old is None else old} -> {new}{end}")
-        if not self.offsets:
-            lines.append("    none (no input topic exists yet)")
-        lines.append("  internal topics to delete:")
-        lines += [f"    {t}" for t in self.topics] or ["    none"]
-        lines.append("  local state to wipe:")
-        lines.append(f"    {self.state}" if self.state is not None else "    none")
-        return "\n".join(lines)
-
-
-@dataclass(frozen=True)
-class _ResetTopics:
-    """What ``edm reset`` touches of one service. ``inputs``: the declared topics its group
-    consumes (sources and table sources; global tables are read without the group).
-    ``internal``: the topics the runtime creates beyond the declared streams (repartition
-    topics, store changelogs). ``written``: the declared topics its pipelines write."""
-
-    inputs: set[str]
-    internal: set[str]
-    written: set[str]
-
-
-def _reset_topics(topology) -> _ResetTopics:
-    from edm_runner.runtime.processing import CompiledService
-    from edm_runner.runtime.service import topic_specs
-    from edm_runner.runtime.stats import ServiceStats
-    compiled = CompiledService(topology, ServiceStats())
-    declared = {s.topic for s in topology.streams.values()}
-    internal = {spec.name for spec in topic_specs(topology, compiled)} - declared
-    tables = {topology.streams[t.source].topic for t in topology.tables.values()}
-    written = {t for node in compiled.dag.sinks() for t in node.topics} - internal
-    return _ResetTopics((set(compiled.dag.source_topics()) | tables) - internal, internal, written)
-
-
-async def _reset_plan(topology, topics: _ResetTopics, broker, state_dir: Path, since_ms: int | None,
-                      again: str, rewritten: set[str]) -> _ResetPlan:
-    """``again``: the command line that runs this reset again. ``rewritten``: the topics the
-    services being reset write. An input among them is set to its end, not to its beginning
-    (or ``since_ms``): the reprocessing writes its records again, and reading the old ones
-    too would process every one of them twice (a count downstream would double)."""
-    from edm_runner.brokers.base import TopicPartition
-    from edm_runner.state.task import service_dir
-    group = topology.name
-    if await broker.group_alive(group):
-        raise EdmError(f"an instance of service {group!r} is running on {broker.describe()}; edm reset "
-                       f"stops nothing itself: stop every instance, then run `{again}` again")
-    existing = await broker.list_topics()
-    committed = await broker.group_offsets(group, sorted(topics.inputs))
-    tps = sorted(TopicPartition(t, p) for t in topics.inputs if t in existing for p in range(existing[t]))
-    reread = [tp for tp in tps if tp.topic not in rewritten]
-    to_end = [tp for tp in tps if tp.topic in rewritten]
-    targets = {}
-    if reread:
-        targets.update(await broker.beginning_offsets(reread) if since_ms is None
-                       else await broker.offsets_for_times(reread, since_ms))
-    if to_end:
-        targets.update(await broker.end_offsets(to_end))
-    local = service_dir(state_dir, group)
-    return _ResetPlan(group, broker.describe(), {tp: (committed.get(tp), targets[tp]) for tp in tps},
-                      rewritten & topics.inputs, sorted(topics.internal & set(existing)),
-                      local if local.exists() else None, state_dir)
-
-
-async def _apply_reset(plan: _ResetPlan, broker) -> None:
-    """Offsets first, then topics, then local state; each step is idempotent, so a reset
-    interrupted half-way is completed by running it again."""
-    from edm_runner.state.offline import wipe
-    await broker.set_group_offsets(plan.service, {tp: new for tp, (_, new) in plan.offsets.items()})
-    await broker.delete_topics(plan.topics)
-    if plan.state is not None:
-        wipe(plan.state_dir, plan.service)
+def _render(plan: ResetPlan) -> str:
+    """A reset plan as `edm reset` prints it before it changes anything."""
+    lines = [f"reset plan for service {plan.service} on {plan.broker} (edm reset stops nothing: "
+             "every instance of the service must be stopped)"]
+    lines.append(f"  group {plan.service}: input offsets")
+    for tp, (old, new) in sorted(plan.offsets.items()):
+        end = " (its end: this reset's services write it again)" if tp.topic in plan.rewritten else ""
+        lines.append(f"    {tp.topic}[{tp.partition}]: {'none' if old is None else old} -> {new}{end}")
+    if not plan.offsets:
+        lines.append("    none (no input topic exists yet)")
+    lines.append("  internal topics to delete:")
+    lines += [f"    {t}" for t in plan.topics] or ["    none"]
+    lines.append("  local state to wipe:")
+    lines.append(f"    {plan.state}" if plan.state is not None else "    none")
+    return "\n".join(lines)
 
 
 @app.command()
@@ -141,6 +65,7 @@ def reset(
     It stops nothing itself: stop every instance of the service first (it refuses while one runs).
     The plan is printed before anything changes."""
     def body() -> int:
+        from edm_runner.runtime.reset import apply_reset, plan_resets
         if to_earliest and to_datetime is not None:
             raise fail("--to-earliest and --to-datetime exclude each other; give one", 2)
         since = _parse_datetime(to_datetime) if to_datetime is not None else None
@@ -153,17 +78,14 @@ def reset(
 
         async def go() -> None:
             async with connected(connection, invocation):
-                topics = [_reset_topics(s) for s in services]
-                rewritten = {t for each in topics for t in each.written}
-                plans = [await _reset_plan(s, t, connection, local_state, since, again, rewritten)
-                         for s, t in zip(services, topics)]
+                plans = await plan_resets(services, connection, local_state, since, again)
                 for plan in plans:
-                    typer.echo(plan.format())
+                    typer.echo(_render(plan))
                 if dry_run:
                     typer.echo("dry run: nothing changed")
                     return
                 for plan in plans:
-                    await _apply_reset(plan, connection)
+                    await apply_reset(plan, connection)
                     typer.echo(f"reset {plan.service}: done")
 
         asyncio.run(go())

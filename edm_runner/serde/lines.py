@@ -1,0 +1,89 @@
+"""The JSON lines that `edm produce` reads: ``{"key", "value", "headers", "timestamp"}`` per
+line (or the value alone), the very lines `edm consume` prints, plus the ``topic``,
+``partition`` and ``offset`` it adds. Bytes are read back by ``serde.printable.from_json``,
+the inverse of what `edm consume` prints, so ``edm consume ... | edm produce ...`` writes the
+same bytes again."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, BinaryIO, Iterable
+
+from edm_runner.errors import EdmError, EventError
+from edm_runner.serde.core import Serde, make_serde
+from edm_runner.serde.printable import from_json, header_from_json
+
+if TYPE_CHECKING:
+    from edm_runner.spec.model import StreamSpec
+
+__all__ = ["Line", "parse_lines", "plain_serdes"]
+
+# What `edm consume` prints besides the record, so its output can be produced again.
+CONSUMED_FIELDS = frozenset({"topic", "partition", "offset"})
+
+
+@dataclass(frozen=True)
+class Line:
+    """One input line, encoded in its stream's formats."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    timestamp: int
+
+
+def plain_serdes(stream: StreamSpec | None) -> tuple[Serde, Serde]:
+    """Key and value serdes of a stream's formats without schema validation (tools must be able
+    to write and read invalid events, for example to exercise dead letters); without a stream,
+    string keys and JSON values. A null key is still refused on an entity stream: no broker can
+    keep such a record (Kafka refuses it)."""
+    from edm_runner.spec.model import SerdeSpec
+    key = SerdeSpec(stream.key.format, keyed=stream.key.keyed) if stream else SerdeSpec("string")
+    value = SerdeSpec(stream.value.format) if stream else SerdeSpec("json")
+    return make_serde(key), make_serde(value)
+
+
+def parse_lines(source: BinaryIO | Iterable[bytes], origin: str, raw_values: bool, key_serde: Serde,
+                value_serde: Serde) -> list[Line]:
+    """Encode each JSON line of the binary stream ``source``; any problem is an ``EdmError``
+    at ``origin:line:col``. ``raw_values``: each line is the value itself. A line without a
+    timestamp gets the time of the call. A record larger than the brokers take is refused here
+    too."""
+    from edm_runner.brokers.base import check_record_size
+    now = int(time.time() * 1000)
+    records = []
+    for number, raw in enumerate(source, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise EdmError(f"{origin}:{number}:{error.start + 1}: not UTF-8 text; "
+                           "write raw bytes as {\"base64\": ...}") from None
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise EdmError(f"{origin}:{number}:{error.colno}: not valid JSON: {error.msg}") from None
+        if raw_values:
+            item = {"value": item}
+        elif not isinstance(item, dict) or not set(item) <= {"key", "value", "headers", "timestamp",
+                                                             *CONSUMED_FIELDS} or "value" not in item:
+            raise EdmError(f"{origin}:{number}:1: expected an object with \"value\" and optionally \"key\", "
+                           "\"headers\", \"timestamp\" (the lines `edm consume` prints); use --raw-values "
+                           "if each line is the value itself")
+        timestamp = item.get("timestamp", now)
+        if type(timestamp) is not int or not 0 <= timestamp < 2 ** 63:  # Kafka's int64
+            raise EdmError(f"{origin}:{number}:1: \"timestamp\" must be milliseconds since the epoch "
+                           f"(an integer), not {json.dumps(timestamp, ensure_ascii=False)}")
+        headers = item.get("headers") or {}
+        if not isinstance(headers, dict):
+            raise EdmError(f"{origin}:{number}:1: \"headers\" must be an object of names to values")
+        try:
+            record = Line(from_json(item.get("key"), key_serde), from_json(item["value"], value_serde),
+                          tuple((k, header_from_json(v)) for k, v in headers.items()), timestamp)
+            check_record_size("the record", record.key, record.value, record.headers)
+        except EventError as error:  # SerdeError, RecordTooLargeError
+            raise EdmError(f"{origin}:{number}:1: {error}") from None
+        records.append(record)
+    return records
