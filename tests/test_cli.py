@@ -102,7 +102,8 @@ def test_unknown_stream_with_a_topology_lists_the_declared_ones(tmp_path: Path) 
 
 def test_broker_url_override_is_checked(tmp_path: Path) -> None:
     result = edm("topics", "--broker", "carrier-pigeon://x", "--state-dir", tmp_path)
-    assert result.code == 1 and "kafka://" in result.stderr
+    # a malformed option value is a usage error (2), checked before anything runs
+    assert result.code == 2 and "kafka://" in result.stderr
 
 
 GRAPH_EVERYTHING = """\

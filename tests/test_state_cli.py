@@ -128,6 +128,45 @@ def test_state_errors_name_the_declared_stores_and_missing_state(tmp_path: Path)
     assert bad_json.code == 1 and "not JSON" in bad_json.stderr
 
 
+def test_a_declared_store_nothing_wrote_yet_is_said_empty_not_missing(tmp_path: Path) -> None:
+    """Run over no events, the service had no `counts` yet: `edm state` said it had no store
+    'counts' (stores: none). It says the store is declared and empty; scan prints nothing."""
+    topology = TOPOLOGIES / "user-counts" / "topology.yaml"
+    ok("run", topology, "--until-idle", "--state-dir", tmp_path)
+    scanned = ok("state", topology, "scan", "counts", "--state-dir", tmp_path)
+    assert scanned.stdout == "" and "store 'counts' of service 'user-counts' is declared but empty" in scanned.stderr
+    got = edm("state", topology, "get", "counts", "u-1", "--state-dir", tmp_path)
+    assert got.code == 1 and "is declared but empty: nothing has been written to it yet" in got.stderr
+    assert f"`edm run {topology} --state-dir {tmp_path}` fills it" in got.stderr
+
+
+def test_a_bad_broker_says_it_came_from_edm_broker(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    topology = TOPOLOGIES / "user-counts" / "topology.yaml"
+    done = subprocess.run([sys.executable, "-m", "edm_runner", "topics", "-t", str(topology)],
+                          env={**os.environ, "EDM_BROKER": "bogus"}, capture_output=True, text=True, timeout=60)
+    flat = " ".join(done.stderr.replace("│", " ").split())
+    assert done.returncode == 2 and "unknown broker 'bogus'" in flat
+    assert "from the environment variable EDM_BROKER" in flat
+    given = edm("topics", "-t", topology, "--broker", "bogus")
+    assert given.code == 2 and "from the environment variable" not in given.stderr
+
+
+def test_the_readme_state_section_runs_as_written(tmp_path: Path) -> None:
+    """The README's `edm state` block ran the service without producing its input first, so
+    every command after it read nothing. Its commands, run in order, now show the counts."""
+    from cli_helpers import ROOT
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## State"):]
+    block = section[section.index("```bash\n") + 8:section.index("\n```", section.index("```bash"))]
+    shutil.copytree(TOPOLOGIES / "user-counts", tmp_path / "topologies" / "user-counts")
+    outputs = [ok(*line.split("#")[0].split()[1:], cwd=tmp_path) for line in block.splitlines()]
+    assert outputs[-3].lines() and outputs[-2].lines()[0]["key"] == "u-1"
+
+
 def test_state_options_work_before_and_after_the_command(tmp_path: Path) -> None:
     topology = TOPOLOGIES / "user-counts" / "topology.yaml"
     ok("produce", "user-events", "-f", TOPOLOGIES / "user-counts" / "user-events.jsonl",
@@ -141,12 +180,17 @@ def test_state_options_work_before_and_after_the_command(tmp_path: Path) -> None
         ["state", topology, "scan", "counts", "--state-dir", tmp_path, "--prefix", "u-1",
          "--service", "user-counts"],
         ["state", topology, "scan", "--prefix", "u-1", "counts", "--state-dir", tmp_path],
+        ["state", topology, "--prefix", "u-1", "scan", "counts", "--state-dir", tmp_path],
+        ["state", topology, "--prefix=u-1", "--state-dir", tmp_path, "scan", "counts"],
+        ["state", topology, "--json", "--state-dir", tmp_path, "get", "counts", '"u-1"'],
     ]
     for args in placements:
         assert [e["key"] for e in ok(*args).lines()] == ["u-1"], args
     for args in (["state", topology, "--state-dir", tmp_path, "stats"],
                  ["state", topology, "stats", "--state-dir", tmp_path, "--service", "user-counts"]):
         assert json.loads(ok(*args).stdout)["service"] == "user-counts"
+    unknown = edm("state", topology, "--bogus", "scan", "counts", "--state-dir", tmp_path)
+    assert unknown.code == 2 and "No such option: --bogus" in unknown.stderr
     # a hint that names a command repeats the options in effect
     missing = edm("state", topology, "--state-dir", tmp_path, "get", "counts", "nobody")
     assert missing.code == 1

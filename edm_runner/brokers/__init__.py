@@ -17,21 +17,14 @@ def open_broker(spec: BrokerSpec, state_dir: Path, override: str | None = None) 
     kind as ``spec`` keeps the spec's other settings (e.g. Kafka security)."""
     kind, path, options = spec.kind, spec.path, dict(spec.options)
     if override:
-        if override == "local" or override.startswith("local:"):
-            if spec.kind != "local":
-                path = None
-            if override != "local":
-                if not override[6:]:
-                    raise EdmError(f"broker {override!r} has an empty path; use {_FORMS}")
-                path = Path(override[6:]).expanduser()
-            kind = "local"
-        elif override.startswith("kafka://"):
+        kind, override_path, servers = parse_url(override)
+        if kind == "local":
+            if override_path is not None or spec.kind != "local":
+                path = override_path
+        else:
             if spec.kind != "kafka":
                 options = {}
-            options["bootstrap_servers"] = _bootstrap_servers(override)
-            kind = "kafka"
-        else:
-            raise EdmError(f"unknown broker {override!r}; use {_FORMS}")
+            options["bootstrap_servers"] = servers
     if kind == "local":
         from edm_runner.brokers.local import LocalBroker
 
@@ -39,6 +32,20 @@ def open_broker(spec: BrokerSpec, state_dir: Path, override: str | None = None) 
     from edm_runner.brokers.kafka import KafkaBroker  # aiokafka is only imported when needed
 
     return KafkaBroker(options)
+
+
+def parse_url(url: str) -> tuple[str, Path | None, str | None]:
+    """(kind, local path or None, Kafka bootstrap servers or None) of a broker URL; EdmError
+    when it is none of the forms."""
+    if url == "local":
+        return "local", None, None
+    if url.startswith("local:"):
+        if not url[6:]:
+            raise EdmError(f"broker {url!r} has an empty path; use {_FORMS}")
+        return "local", Path(url[6:]).expanduser(), None
+    if url.startswith("kafka://"):
+        return "kafka", None, _bootstrap_servers(url)
+    raise EdmError(f"unknown broker {url!r}; use {_FORMS}")
 
 
 def _bootstrap_servers(url: str) -> str:

@@ -22,8 +22,22 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 
 log = logging.getLogger("edm")
 
+def _check_broker(ctx: typer.Context, param: typer.CallbackParam, url: Optional[str]) -> Optional[str]:
+    """A usage error for a malformed ``--broker`` that says where the value came from."""
+    from edm_runner.brokers import parse_url
+    if url:
+        try:
+            parse_url(url)
+        except EdmError as error:
+            source = ctx.get_parameter_source(param.name)
+            came = " (from the environment variable EDM_BROKER: fix it, unset it or pass --broker)" \
+                if source is not None and source.name == "ENVIRONMENT" else ""
+            raise typer.BadParameter(f"{error}{came}") from None
+    return url
+
+
 BrokerOption = Annotated[Optional[str], typer.Option(
-    "--broker", envvar="EDM_BROKER",
+    "--broker", envvar="EDM_BROKER", callback=_check_broker,
     help="Override the file's broker: local, local:PATH or kafka://HOST:PORT[,HOST:PORT].")]
 StateDirOption = Annotated[Optional[Path], typer.Option(
     "--state-dir", help="Local state and embedded broker directory (default: .edm/ beside the topology).")]

@@ -15,26 +15,32 @@ from edm_runner.invocation import Invocation
 
 
 class _StateGroup(TyperGroup):
-    """`edm state FILE [OPTIONS] COMMAND ...`: the group's options may follow FILE too. Click
-    takes the first word after a group's arguments for the command name, so `edm state FILE
-    --state-dir D scan S` would look for a command `--state-dir`; the options found before the
-    command name are moved in front of FILE."""
+    """`edm state FILE [OPTIONS] COMMAND ...`: every option works wherever the user puts it.
+    Click takes the first word after a group's arguments for the command name, so `edm state
+    FILE --prefix P scan S` would look for a command `--prefix`. The options found before the
+    command name are moved: the group's own (`--state-dir`, `--service`, `--help`) in front of
+    FILE, the others (a command's, such as `--prefix`, `--json`) after the command name, where
+    that command parses them (or names the one it does not know)."""
 
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
-        takes_value = {name for param in self.params if isinstance(param, TyperOption)
-                       and not param.is_flag for name in param.opts}
-        options: list[str] = []
+        mine = {name for param in self.get_params(ctx) for name in param.opts}
+        takes_value = {name for command in [self, *self.commands.values()] for param in command.params
+                       if isinstance(param, TyperOption) and not param.is_flag for name in param.opts}
+        front: list[str] = []
+        later: list[str] = []
         positionals: list[str] = []
         i = 0
         while i < len(args) and len(positionals) < 2:  # FILE, then the command name
             word = args[i]
-            if word in takes_value and i + 1 < len(args):
-                options += args[i:i + 2]
-                i += 2
+            if not word.startswith("-") or word == "-":
+                positionals.append(word)
+                i += 1
                 continue
-            (options if word.startswith("-") and word != "-" else positionals).append(word)
-            i += 1
-        return super().parse_args(ctx, options + positionals + args[i:])
+            name = word.split("=", 1)[0]
+            n = 2 if name == word and name in takes_value and i + 1 < len(args) else 1
+            (front if name in mine else later).extend(args[i:i + n])
+            i += n
+        return super().parse_args(ctx, front + positionals + later + args[i:])
 
 
 state_app = typer.Typer(no_args_is_help=True, cls=_StateGroup,
@@ -64,9 +70,11 @@ def state(
 
 
 def _state_call(ctx: typer.Context, state_dir: Path | None, service_name: str | None, store: str | None,
-                action: Callable[[object, Invocation], None]) -> None:
+                action: Callable[[object, Invocation], None], empty_ok: bool = False) -> None:
     """Opens the service's local state read-only and runs ``action(state, invocation)``; a
     ``store`` must be declared by the topology (or exist in the state: implicit join stores).
+    A declared store nothing has written yet is an error, or (``empty_ok``) an empty result
+    with a note on stderr.
     ``state_dir`` and ``service_name`` are the command's options, which win over the group's."""
     target: _StateTarget = ctx.obj
     state_dir = state_dir or target.state_dir
@@ -86,6 +94,14 @@ def _state_call(ctx: typer.Context, state_dir: Path | None, service_name: str | 
             if store is not None and store not in declared:
                 raise EdmError(f"service {service.name!r} has no store {store!r}; its stores: "
                                f"{', '.join(declared) or 'none'}")
+            if store is not None and store not in state.store_names():
+                empty = (f"store {store!r} of service {service.name!r} is declared but empty: nothing has "
+                         f"been written to it yet in {state.root} (`{invocation.command('run')}` fills it "
+                         "as it processes events)")
+                if not empty_ok:
+                    raise EdmError(empty)
+                typer.echo(f"edm: {empty}", err=True)
+                return 0
             action(state, invocation)
         return 0
     guarded(body)
@@ -138,7 +154,8 @@ def state_scan(
     service: ServiceOption = None,
 ) -> None:
     """Print STORE's entries as JSON lines (task, key, value; start/end for windows and sessions)."""
-    _state_call(ctx, state_dir, service, store, lambda state, _: _echo_entries(state.scan(store, prefix)))
+    _state_call(ctx, state_dir, service, store, lambda state, _: _echo_entries(state.scan(store, prefix)),
+                empty_ok=True)
 
 
 @state_app.command("stats")
