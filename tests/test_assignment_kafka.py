@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.kafka_flow import Runner, broker_yaml
+from tests.helpers.kafka_flow import Runner
+from tests.helpers.topologies import write_service
 
 pytestmark = pytest.mark.kafka
 
@@ -18,13 +19,7 @@ PARTITIONS = 6
 def write_topology(directory: Path, name: str, bootstrap: str) -> Path:
     """Sub-topology 0: events joined with the users table (copartitioned, 6 partitions);
     sub-topology 1: a count behind a group_by. Every store has one standby (the service default)."""
-    broker = broker_yaml(directory, bootstrap)
-    path = directory / f"{name}.yaml"
-    path.write_text(f"""\
-kind: microservice
-name: {name}
-broker: {broker}
-processing: {{standby_replicas: 1}}
+    return write_service(directory, name, bootstrap, f"""\
 streams:
   events: {{topic: {name}-events, partitions: {PARTITIONS}}}
   users: {{topic: {name}-users, partitions: {PARTITIONS}, type: entity}}
@@ -41,8 +36,7 @@ pipelines:
       - group_by: {{key: key, name: by-key}}
       - count: {{store: counts}}
     to: counts-out
-""")
-    return path
+""", processing="{standby_replicas: 1}")
 
 
 def last_assignments(runners: dict[str, Runner]) -> dict[str, dict]:

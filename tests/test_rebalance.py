@@ -18,7 +18,8 @@ import pytest
 from edm_runner.brokers.base import OutRecord
 from edm_runner.brokers.kafka import KafkaBroker
 from edm_runner.brokers.partitioner import default_partition
-from tests.helpers.kafka_flow import Runner, broker_yaml
+from tests.helpers.kafka_flow import Runner
+from tests.helpers.topologies import write_service
 from helpers.brokers import started
 
 pytestmark = pytest.mark.kafka
@@ -31,13 +32,7 @@ LOG_POLL_S = 0.1  # another process's log file has no event to await: it is poll
 
 def write_topology(directory: Path, name: str, bootstrap: str, *, partitions: int = PARTITIONS,
                    processing: str = "{commit_interval_ms: 50}") -> Path:
-    broker = broker_yaml(directory, bootstrap)
-    path = directory / f"{name}.yaml"
-    path.write_text(f"""\
-kind: microservice
-name: {name}
-broker: {broker}
-processing: {processing}
+    return write_service(directory, name, bootstrap, f"""\
 streams:
   in: {{topic: {name}-in, partitions: {partitions}, key: string, value: json}}
   out: {{topic: {name}-out, partitions: {partitions}, key: string, value: json, type: entity}}
@@ -50,8 +45,7 @@ pipelines:
       - group_by_key: {{}}
       - count: {{store: counts}}
     to: out
-""")
-    return path
+""", processing=processing)
 
 
 def start(topology: Path, instance: str) -> Runner:

@@ -18,7 +18,7 @@ from edm_runner.brokers.kafka import KafkaBroker
 from edm_runner.brokers.local import LocalBroker
 from edm_runner.brokers.partitioner import default_partition
 from edm_runner.errors import BrokerError
-from helpers.kafka_flow import broker_yaml
+from helpers.topologies import broker_yaml, write_service
 from helpers.reliability_flow import (PARTITIONS, edm, events, produce, reference_counts,
                                       run_until_idle, scan, write_topology)
 from helpers.brokers import run_on, started
@@ -230,11 +230,7 @@ def _write_chain(directory: Path, name: str, bootstrap: str | None) -> tuple[Pat
     steps:
       - map_values: "{'n': value.n, 'tagged': true}"
     to: tagged"""
-    chain = directory / f"{name}-chain.yaml"
-    chain.write_text(f"""\
-kind: microservice
-name: {name}-chain
-broker: {broker}
+    chain = write_service(directory, f"{name}-chain", bootstrap, f"""\
 streams:
 {streams(f"{name}-chain-tagged")}
   counts: {{topic: {name}-chain-counts, partitions: {PARTITIONS}, key: string, value: json}}

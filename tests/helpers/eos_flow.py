@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from helpers.kafka_flow import broker_yaml
+from helpers.topologies import write_service
 from edm_runner.brokers.base import Broker, OutRecord, TopicPartition, TopicSpec
 from edm_runner.brokers.kafka import KafkaBroker
 from edm_runner.brokers.kafka_eos import read_committed
@@ -26,13 +26,8 @@ KEYS = 50
 
 def write_topology(directory: Path, name: str, kafka_bootstrap: str | None, guarantee: str, *,
                    max_batch: int = 500, commit_interval_ms: int = 100) -> Path:
-    broker = broker_yaml(directory, kafka_bootstrap)
-    path = directory / f"{name}.yaml"
-    path.write_text(f"""\
-kind: microservice
-name: {name}
-broker: {broker}
-processing: {{guarantee: {guarantee}, max_batch: {max_batch}, commit_interval_ms: {commit_interval_ms}}}
+    processing = f"{{guarantee: {guarantee}, max_batch: {max_batch}, commit_interval_ms: {commit_interval_ms}}}"
+    return write_service(directory, name, kafka_bootstrap, f"""\
 streams:
   events: {{topic: {name}-events, partitions: {PARTITIONS}, key: string, value: json}}
   totals: {{topic: {name}-totals, partitions: {PARTITIONS}, key: string, value: json}}
@@ -46,8 +41,7 @@ pipelines:
       - aggregate: {{store: totals, initializer: "{{'count': 0, 'last': -1}}",
                     aggregator: "{{'count': aggregate.count + 1, 'last': value.n}}"}}
     to: totals
-""")
-    return path
+""", processing=processing)
 
 
 def key_of(n: int) -> str:

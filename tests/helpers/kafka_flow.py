@@ -20,30 +20,14 @@ from pathlib import Path
 
 from edm_runner.brokers.base import Broker, OutRecord, TopicSpec
 from edm_runner.brokers.partitioner import default_partition
+from helpers.topologies import write_service
 
 PARTITIONS = 3
-# The minimum the broker allows (group.min.session.timeout.ms): a SIGKILLed member is
-# evicted quickly, so the restarted runner gets its partitions within seconds.
-KAFKA_CONSUMER = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
-
-
-def broker_yaml(directory: Path, kafka_bootstrap: str | None) -> str:
-    """A topology's `broker:` value: Kafka (short session timeout, so a killed member's
-    partitions move quickly) when ``kafka_bootstrap`` is given, else a local broker in
-    ``directory / "broker"``."""
-    if kafka_bootstrap is not None:
-        return json.dumps({"kind": "kafka", "bootstrap_servers": kafka_bootstrap, "consumer": KAFKA_CONSUMER})
-    return json.dumps({"kind": "local", "path": str(directory / "broker")})
 
 
 def write_topology(directory: Path, name: str, kafka_bootstrap: str | None) -> Path:
     """A pass-through microservice ``name``; on Kafka when ``kafka_bootstrap`` is given."""
-    broker = broker_yaml(directory, kafka_bootstrap)
-    path = directory / f"{name}.yaml"
-    path.write_text(f"""\
-kind: microservice
-name: {name}
-broker: {broker}
+    return write_service(directory, name, kafka_bootstrap, f"""\
 streams:
   in: {{topic: {name}-in, partitions: {PARTITIONS}, key: string, value: json}}
   out: {{topic: {name}-out, partitions: {PARTITIONS}, key: string, value: json}}
@@ -54,7 +38,6 @@ pipelines:
       - map_values: "{{'n': value.n}}"
     to: out
 """)
-    return path
 
 
 def topics(name: str) -> list[TopicSpec]:

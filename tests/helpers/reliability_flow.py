@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from helpers.kafka_flow import broker_yaml
+from helpers.topologies import write_service
 from edm_runner.brokers.base import Broker, OutRecord, TopicSpec
 from edm_runner.brokers.partitioner import default_partition
 
@@ -37,14 +37,8 @@ def write_topology(directory: Path, name: str, kafka_bootstrap: str | None = Non
     """The count-per-user microservice ``name``; on Kafka when ``kafka_bootstrap`` is given,
     else on a local broker in ``directory / "broker"``. ``processing`` entries replace the
     defaults (small batches, a commit after every batch)."""
-    broker = broker_yaml(directory, kafka_bootstrap)
     settings = json.dumps({"max_batch": MAX_BATCH, "commit_interval_ms": 1, **(processing or {})})
-    path = directory / f"{name}.yaml"
-    path.write_text(f"""\
-kind: microservice
-name: {name}
-broker: {broker}
-processing: {settings}
+    return write_service(directory, name, kafka_bootstrap, f"""\
 streams:
   events: {{topic: {name}-events, partitions: {PARTITIONS}, key: string, value: json}}
   counts: {{topic: {name}-counts, partitions: {PARTITIONS}, type: entity, key: string, value: json}}
@@ -57,8 +51,7 @@ pipelines:
       - group_by_key: {{}}
       - count: {{store: counts}}
     to: counts
-""")
-    return path
+""", processing=settings)
 
 
 def events(count: int = EVENTS, first: int = 0) -> list[tuple[str, dict]]:
