@@ -1,7 +1,6 @@
 """Restoring stores from changelogs on the real local broker: every edge case of the design."""
 from __future__ import annotations
 
-import io
 import json
 import logging
 import shutil
@@ -15,6 +14,7 @@ from edm_runner.brokers.local import LocalBroker
 from edm_runner.state import (Checkpoint, RestoreProgress, TaskState, restore_task,
                               task_dir)
 from edm_runner.state.api import encode_json
+from edm_runner.state.progress import Progress, observe
 from helpers.brokers import run_on, started
 
 TOPIC = "svc-counts-changelog"
@@ -216,23 +216,24 @@ def test_table_restores_from_its_source_topic_up_to_the_committed_offset(tmp_pat
     run(body, tmp_path)
 
 
-def test_progress_reports_rate_and_eta() -> None:
+def test_progress_reports_rate_and_eta_to_its_observer() -> None:
+    """The state package draws nothing: snapshots go to the observer the CLI installed."""
     now = [0.0]
-    out = io.StringIO()
-    bar = RestoreProgress("restoring counts", 1000, stream=out, tty=True, clock=lambda: now[0])
+    seen: list[Progress] = []
+    with observe(seen.append):
+        bar = RestoreProgress("restoring counts", 1000, clock=lambda: now[0])
     now[0] = 1.0
     bar.advance(250)
-    assert "25%" in out.getvalue() and "250/1000" in out.getvalue() and "ETA 3s" in out.getvalue()
+    assert "25%" in seen[-1].line() and "250/1000" in seen[-1].line() and "ETA 3s" in seen[-1].line()
     now[0] = 4.0
     bar.advance(750)
     bar.finish()
-    assert out.getvalue().endswith("\n") and "100%" in out.getvalue()
+    assert seen[-1].final and seen[-1].percent == 100 and seen[-1].done == 1000
 
 
-def test_progress_logs_every_interval_without_a_tty(caplog: pytest.LogCaptureFixture) -> None:
+def test_progress_logs_every_interval_without_an_observer(caplog: pytest.LogCaptureFixture) -> None:
     now = [0.0]
-    progress = RestoreProgress("restoring counts", 100, stream=io.StringIO(), tty=False,
-                               interval_s=2.0, clock=lambda: now[0])
+    progress = RestoreProgress("restoring counts", 100, interval_s=2.0, clock=lambda: now[0])
     with caplog.at_level(logging.INFO, logger="edm.state"):
         for _ in range(10):
             now[0] += 0.5

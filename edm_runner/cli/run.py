@@ -1,13 +1,14 @@
-"""`edm run`: runs the services until stopped (or idle), with a live status line on a TTY."""
+"""`edm run`: runs the services until stopped (or idle); on a terminal, restore bars and a live
+status line (``cli.live``)."""
 from __future__ import annotations
 
 import asyncio
 import re
 import signal
 import sys
-import time
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -15,31 +16,8 @@ from edm_runner.cli.common import (BrokerOption, NoCodeOption, StateDirOption, a
                                    invocation_of, load, local_state_dir, log, open_broker, setup_logging)
 from edm_runner.errors import EdmError
 
-
-class _StatusLine:
-    """A live `events in/out per second` line on a TTY; nothing otherwise."""
-
-    def __init__(self) -> None:
-        self.enabled = sys.stderr.isatty()
-        self._last: tuple[float, int, int] | None = None
-
-    def __call__(self, stats) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        rate_in = rate_out = 0.0
-        if self._last is not None and now > self._last[0]:
-            elapsed = now - self._last[0]
-            rate_in = (stats.events_in - self._last[1]) / elapsed
-            rate_out = (stats.events_out - self._last[2]) / elapsed
-        self._last = (now, stats.events_in, stats.events_out)
-        sys.stderr.write(f"\r\x1b[2K[edm] in {stats.events_in} ({rate_in:,.0f}/s)  out {stats.events_out} "
-                         f"({rate_out:,.0f}/s)  skipped {stats.skipped}  dead-lettered {stats.dead_lettered}")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled and self._last is not None:
-            sys.stderr.write("\n")
+if TYPE_CHECKING:
+    from edm_runner.cli.live import LiveDisplay
 
 
 @app.command()
@@ -64,6 +42,7 @@ def run(
     def body() -> int:
         from edm_runner.runtime import run_services
         from edm_runner.spec.model import BusinessTopology
+        from edm_runner.state.progress import observe
         topology = load(file, no_code)
         services = topology.services if isinstance(topology, BusinessTopology) else [topology]
         if instance_id:
@@ -74,7 +53,6 @@ def run(
                 service.processing.instance_id = instance_id
         connection = open_broker(topology, file, broker, state_dir)
         invocation = invocation_of(topology, file, broker=broker, state_dir=state_dir)
-        status = _StatusLine()
 
         stopped_by: list[signal.Signals] = []
 
@@ -90,18 +68,27 @@ def run(
             async with connected(connection, invocation):
                 log.info("running %s on %s", ", ".join(s.name for s in services), connection.describe())
                 return await run_services(services, connection, until_idle=until_idle, stop=stop,
-                                          on_progress=status, create_topics=not no_create_topics,
+                                          on_progress=display.stats if display else None,
+                                          create_topics=not no_create_topics,
                                           state_dir=local_state_dir(file, state_dir),
                                           invocation=invocation)
 
-        try:
+        with ExitStack() as stack:
+            display = stack.enter_context(_live_display()) if sys.stderr.isatty() else None
+            if display is not None:
+                stack.enter_context(observe(display.restore))
             stats = asyncio.run(go())
-        finally:
-            status.close()
         typer.echo(_run_summary(topology.name, stats), err=True)
         # SIGTERM is the orchestrator's normal stop; SIGINT (Ctrl-C) an interruption.
         return 128 + signal.SIGINT if stopped_by[:1] == [signal.SIGINT] else 0
     guarded(body)
+
+
+def _live_display() -> LiveDisplay:
+    from rich.console import Console
+
+    from edm_runner.cli.live import LiveDisplay
+    return LiveDisplay(Console(stderr=True))
 
 
 def _run_summary(name: str, stats) -> str:

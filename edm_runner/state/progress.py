@@ -1,19 +1,27 @@
-"""Restore progress: a one-line bar on a TTY, otherwise a log line every ``interval_s``.
+"""Restore progress, reported to whoever shows it: the state package draws nothing.
 
-The unit is changelog offsets (compaction gaps count as done), so the bar reaches 100 %
+A ``RestoreProgress`` sends ``Progress`` snapshots to the observer installed with ``observe``
+(`edm run` on a terminal renders a bar), at most every ``redraw_s`` and once at the end;
+without an observer it logs a line every ``interval_s`` and a final line, which is what a
+service without a terminal (a container) shows.
+
+The unit is changelog offsets (compaction gaps count as done), so a restore reaches 100 %
 exactly when every restored partition reaches its end offset.
 """
 from __future__ import annotations
 
 import logging
-import sys
 import time
-from typing import Callable, TextIO
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+__all__ = ["Progress", "RestoreProgress", "observe"]
 
 log = logging.getLogger("edm.state")
 
-_BAR = 30
-_TTY_REDRAW_S = 0.1
+_REDRAW_S = 0.1
 
 
 def _duration(seconds: float) -> str:
@@ -25,19 +33,62 @@ def _duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
-class RestoreProgress:
-    """Tracks ``done`` of ``total`` offsets for ``label`` (e.g. "restoring counts").
-    ``tty`` defaults to whether ``stream`` (default stderr) is a terminal."""
+@dataclass(frozen=True)
+class Progress:
+    """A snapshot of one restore: ``done`` of ``total`` offsets after ``elapsed_s``;
+    ``final`` on the last snapshot (then ``done`` may stay below ``total`` when it failed)."""
 
-    def __init__(self, label: str, total: int, *, stream: TextIO | None = None,
-                 tty: bool | None = None, interval_s: float = 2.0,
-                 clock: Callable[[], float] = time.monotonic):
+    label: str
+    done: int
+    total: int
+    elapsed_s: float
+    final: bool = False
+
+    @property
+    def rate(self) -> float:
+        """Offsets per second since the start."""
+        return self.done / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def percent(self) -> int:
+        return 100 if self.total == 0 else min(100, self.done * 100 // self.total)
+
+    def line(self) -> str:
+        """The status as text, e.g. ``restoring counts 45% 450000/1000000 offsets 120,000/s ETA 5s``."""
+        rate = self.rate
+        eta = (f" ETA {_duration((self.total - self.done) / rate)}"
+               if rate > 0 and self.done < self.total else "")
+        return f"{self.label} {self.percent}% {self.done}/{self.total} offsets {rate:,.0f}/s{eta}"
+
+
+Observer = Callable[[Progress], None]
+
+# Installed by the command that shows progress, read when a restore starts: the tasks that
+# restore are created after it, inside the context it was set in.
+_observer: ContextVar[Observer | None] = ContextVar("edm_restore_observer", default=None)
+
+
+@contextmanager
+def observe(observer: Observer) -> Iterator[None]:
+    """Within the block (and the asyncio tasks started in it), restores report to ``observer``."""
+    token = _observer.set(observer)
+    try:
+        yield
+    finally:
+        _observer.reset(token)
+
+
+class RestoreProgress:
+    """Tracks ``done`` of ``total`` offsets for ``label`` (e.g. "restoring counts"). Reports to
+    ``observer``, by default the one ``observe`` installed, else to the log."""
+
+    def __init__(self, label: str, total: int, *, observer: Observer | None = None,
+                 interval_s: float = 2.0, clock: Callable[[], float] = time.monotonic):
         self.label = label
         self.total = max(0, total)
         self.done = 0
-        self._stream = stream if stream is not None else sys.stderr
-        self._tty = self._stream.isatty() if tty is None else tty
-        self._interval = _TTY_REDRAW_S if self._tty else interval_s
+        self._observer = observer if observer is not None else _observer.get()
+        self._interval = _REDRAW_S if self._observer is not None else interval_s
         self._clock = clock
         self._started = clock()
         self._last_report = self._started
@@ -47,32 +98,20 @@ class RestoreProgress:
         now = self._clock()
         if now - self._last_report >= self._interval:
             self._last_report = now
-            self._report(now, final=False)
+            self._report(self.snapshot(now))
 
     def finish(self) -> None:
-        self._report(self._clock(), final=True)
+        self._report(self.snapshot(final=True))
 
-    def _rate(self, now: float) -> float:
-        elapsed = now - self._started
-        return self.done / elapsed if elapsed > 0 else 0.0
-
-    def line(self, now: float | None = None) -> str:
-        """The current status, e.g. ``restoring counts 45% 450000/1000000 120000/s ETA 5s``."""
+    def snapshot(self, now: float | None = None, *, final: bool = False) -> Progress:
         now = self._clock() if now is None else now
-        rate = self._rate(now)
-        pct = 100 if self.total == 0 else min(100, self.done * 100 // self.total)
-        eta = (f" ETA {_duration((self.total - self.done) / rate)}"
-               if rate > 0 and self.done < self.total else "")
-        return f"{self.label} {pct}% {self.done}/{self.total} offsets {rate:,.0f}/s{eta}"
+        return Progress(self.label, self.done, self.total, now - self._started, final)
 
-    def _report(self, now: float, *, final: bool) -> None:
-        if self._tty:
-            filled = _BAR if self.total == 0 else min(_BAR, self.done * _BAR // self.total)
-            bar = "#" * filled + "-" * (_BAR - filled)
-            self._stream.write(f"\r[{bar}] {self.line(now)}\x1b[K" + ("\n" if final else ""))
-            self._stream.flush()
-        elif final:
-            log.info("%s done: %d offsets in %s (%s/s)", self.label, self.done,
-                     _duration(now - self._started), f"{self._rate(now):,.0f}")
+    def _report(self, progress: Progress) -> None:
+        if self._observer is not None:
+            self._observer(progress)
+        elif progress.final:
+            log.info("%s done: %d offsets in %s (%s/s)", self.label, progress.done,
+                     _duration(progress.elapsed_s), f"{progress.rate:,.0f}")
         else:
-            log.info("%s", self.line(now))
+            log.info("%s", progress.line())
