@@ -11,12 +11,15 @@ Points (called by the runtime and the state package, see docs/design/stateful.md
   put and before the transaction commits.
 
 Invariant: without the variable ``reached`` costs one attribute test; it never raises. With a
-malformed value the process refuses to start (a test typo must not pass silently).
+malformed value importing this module raises an ``EdmError``: the runner refuses to start
+(a test typo must not pass silently).
 """
 from __future__ import annotations
 
 import os
 import signal
+
+from edm_runner.errors import EdmError
 
 ENV = "EDM_CRASH_AT"
 POINTS = ("before_produce", "after_produce", "store_write")
@@ -27,8 +30,8 @@ def _parse(raw: str) -> tuple[str, int] | None:
         return None
     point, _, count = raw.partition(":")
     if point not in POINTS or not count.isdigit() or int(count) < 1:
-        raise SystemExit(f"edm: {ENV}={raw!r} is not POINT:N with POINT one of "
-                         f"{', '.join(POINTS)} and N >= 1")
+        raise EdmError(f"{ENV}={raw!r} is not POINT:N with POINT one of "
+                       f"{', '.join(POINTS)} and N >= 1")
     return point, int(count)
 
 
