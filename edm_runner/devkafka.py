@@ -6,8 +6,10 @@ topics without a replication factor get min(3, N) replicas, ``min.insync.replica
 min(2, N). So leader changes and replication are part of what runs on it.
 
 The broker jars are fetched once with Maven into ``~/.cache/edm/kafka-<version>/libs``
-(override with ``EDM_KAFKA_CACHE``) and reused. Everything else lives in a workdir
-(default ``.edm/kafka`` under the current directory):
+(override with ``EDM_KAFKA_CACHE``) and reused. Everything else lives in a workdir, by default
+one well-known place whatever the current directory (``default_workdir``: ``$XDG_STATE_HOME/
+edm/kafka``, else ``~/.local/state/edm/kafka``), so ``status`` and ``stop`` find the broker
+from anywhere:
 
     state.json         bootstrap address, and pid and ports of every node
     server.properties  a node's config (ports are kept across restarts)
@@ -128,7 +130,10 @@ class KafkaInfo:
 
 
 def default_workdir() -> Path:
-    return Path.cwd() / ".edm" / "kafka"
+    """The dev broker's workdir when none is given: the same from every directory."""
+    state_home = os.environ.get("XDG_STATE_HOME", "")
+    base = Path(state_home) if os.path.isabs(state_home) else Path.home() / ".local" / "state"
+    return base / "edm" / "kafka"
 
 
 def cache_dir() -> Path:

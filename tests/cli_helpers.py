@@ -21,9 +21,10 @@ class Result:
         return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
 
 
-def edm(*args: str | Path, stdin: str | None = None, timeout: float = 120, cwd: Path | None = None) -> Result:
+def edm(*args: str | Path, stdin: str | None = None, timeout: float = 120, cwd: Path | None = None,
+        env: dict[str, str] | None = None) -> Result:
     proc = subprocess.run([sys.executable, "-m", "edm_runner", *map(str, args)], input=stdin,
-                          capture_output=True, text=True, timeout=timeout, cwd=cwd or ROOT)
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd or ROOT, env=env)
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 

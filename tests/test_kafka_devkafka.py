@@ -111,3 +111,32 @@ def test_a_cluster_replicates_and_start_brings_back_a_stopped_node(kafka_cluster
     assert devkafka.status(workdir) == restarted
     with pytest.raises(devkafka.DevKafkaError, match="has 3 node"):
         devkafka.start(workdir, nodes=1)
+
+
+@pytest.mark.kafka
+def test_status_and_stop_find_the_default_broker_from_any_directory(kafka_tools: None, tmp_path: Path) -> None:
+    """The default workdir was `.edm/kafka` under the current directory: `edm dev kafka stop`
+    run elsewhere said "kafka not running" and left the broker running. It is one well-known
+    place now ($XDG_STATE_HOME/edm/kafka here)."""
+    import os
+
+    from cli_helpers import edm
+
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir()
+    elsewhere.mkdir()
+    workdir = tmp_path / "state" / "edm" / "kafka"
+    try:
+        started_ = edm("dev", "kafka", "start", cwd=here, env=env, timeout=300)
+        assert started_.code == 0, started_.stderr
+        bootstrap = started_.stdout.strip()
+        status = edm("dev", "kafka", "status", cwd=elsewhere, env=env)
+        assert status.code == 0 and status.stdout.strip() == bootstrap, status.stderr
+        stopped = edm("dev", "kafka", "stop", cwd=elsewhere, env=env)
+        assert "kafka stopped" in stopped.stderr
+        after = edm("dev", "kafka", "status", cwd=here, env=env)
+        assert after.code == 1 and f"kafka not running in {workdir}" in after.stderr
+    finally:
+        devkafka.stop(workdir)
+        devkafka.stop(here / ".edm" / "kafka")
