@@ -379,7 +379,8 @@ def test_adapter_round_trip(tmp_path: Path, caplog) -> None:
 
 def test_local_offsets_report_open_tasks_and_standbys_from_memory(tmp_path: Path) -> None:
     """Active tasks and standbys open in this process report their in-memory checkpoints (LMDB
-    must not open an environment twice in a process); one ``group_consumer`` wires both."""
+    must not open an environment twice in a process), other tasks the scan of the disk made
+    before the join (no disk read on the loop); one ``group_consumer`` wires them."""
     from types import SimpleNamespace
 
     from edm_runner.brokers.kafka import KafkaBroker
@@ -390,8 +391,9 @@ def test_local_offsets_report_open_tasks_and_standbys_from_memory(tmp_path: Path
 
     topology = load_file(write(tmp_path))
     dag = build_dag(topology)
-    tasks = SimpleNamespace(state_dir=tmp_path / "state", tasks={(0, 1): opened({"a": 3, "b": 4})})
+    tasks = SimpleNamespace(state_dir=tmp_path / "state", tasks={(0, 1): opened({"a": 3, "b": 4})},
+                            on_disk={(0, 1): 1, (0, 3): 9})
     standbys = SimpleNamespace(tasks={(0, 2): opened({"a": 40})})
     broker = KafkaBroker({"bootstrap_servers": "localhost:9"})  # never started: no connection
     _, assignor = group_consumer(broker, topology, dag, dag.source_topics(), tasks, standbys)
-    assert assignor is not None and assignor.local_offsets() == {(0, 1): 7, (0, 2): 40}
+    assert assignor is not None and assignor.local_offsets() == {(0, 1): 7, (0, 2): 40, (0, 3): 9}

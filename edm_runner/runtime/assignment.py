@@ -427,21 +427,18 @@ def _decode(user_data: bytes | None) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
-def checkpointed_offsets(state_dir: Path, service: str,
-                         open_tasks: Mapping[TaskId, Mapping[Any, int]]) -> dict[TaskId, int]:
-    """Per task with local state, the sum of its checkpointed changelog offsets: from
-    ``open_tasks`` (task -> its in-memory checkpoint's changelog offsets) for tasks this process
-    has open, else read from disk. Unreadable directories count as no state."""
+def checkpointed_offsets(state_dir: Path, service: str) -> dict[TaskId, int]:
+    """Per task directory of ``service`` on disk, the sum of its checkpointed changelog
+    offsets (read-only LMDB opens: blocking, call it in a thread, before this process opens
+    any task). Unreadable directories count as no state."""
     from edm_runner.state.offline import TaskReader, state_paths
 
-    result = {t: sum(offsets.values()) for t, offsets in open_tasks.items()}
+    result: dict[TaskId, int] = {}
     for path in state_paths(state_dir, service):
         try:
             task = parse_task(path.name)
         except ValueError:
             continue  # the global tables' directory
-        if task in result:
-            continue
         try:
             reader = TaskReader(path)
         except EdmError:
@@ -460,8 +457,10 @@ def group_consumer(broker: Any, topology: Topology, dag: Dag, topics: list[str],
     reading the checkpoints of ``tasks``, a ``runtime.tasks.TaskManager`` or None when
     stateless, and of ``standbys``, a ``runtime.tasks.StandbyTasks`` or None; its hints
     repeating ``invocation``) and static membership when the topology has an instance id;
-    elsewhere the broker's own. Tasks open in this process report from memory: LMDB must not
-    open an environment twice in a process."""
+    elsewhere the broker's own. ``local_offsets`` runs at every join, on the event loop, so it
+    reads no disk: tasks open in this process report from memory (LMDB must not open an
+    environment twice in a process either), the others from ``tasks.on_disk`` (scanned in a
+    thread before the group is joined, updated as tasks close)."""
     from edm_runner.brokers.kafka import KafkaBroker
 
     if not isinstance(broker, KafkaBroker):
@@ -470,7 +469,7 @@ def group_consumer(broker: Any, topology: Topology, dag: Dag, topics: list[str],
     assignor = EdmAssignor(topology, dag, instance_id, invocation=invocation)
     if tasks is not None:
         opened = [tasks] if standbys is None else [tasks, standbys]
-        assignor.local_offsets = lambda: checkpointed_offsets(
-            tasks.state_dir, topology.name,
-            {key: task.state.checkpoint().changelogs for group in opened for key, task in group.tasks.items()})
+        assignor.local_offsets = lambda: {
+            **tasks.on_disk, **{key: sum(task.state.checkpoint().changelogs.values())
+                                for group in opened for key, task in group.tasks.items()}}
     return broker.consumer(topology.name, topics, assignor=assignor, group_instance_id=instance_id), assignor

@@ -202,7 +202,7 @@ class KafkaTransactions:
             await self._drop(key, tasks)
         if tasks is not None and tasks.touched:
             faults.reached("after_produce")
-            tasks.commit(await consumer.end_offsets(tasks.touched_changelogs()))
+            await tasks.commit(await consumer.end_offsets(tasks.touched_changelogs()))
         if errors:
             raise errors[0]
         await self._release_unassigned(consumer)

@@ -43,7 +43,7 @@ from edm_runner.brokers.local import LocalBroker
 from edm_runner.errors import BrokerError, InternalError, ProcessingError
 from edm_runner.runtime import faults
 from edm_runner.runtime.eos import KafkaTransactions
-from edm_runner.runtime.assignment import EdmAssignor, group_consumer
+from edm_runner.runtime.assignment import EdmAssignor, checkpointed_offsets, group_consumer
 from edm_runner.runtime.copartition import check_copartitioning
 from edm_runner.runtime.ordering import InputOrder
 from edm_runner.runtime.processing import CompiledService
@@ -173,6 +173,9 @@ class ServiceRunner:
                                                       self.tasks, self.standbys, self.invocation)
         if hasattr(self.consumer, "listener"):
             self.consumer.listener = self.rebalance
+        if self.assignor is not None and self.tasks is not None:
+            # The assignor reports the local state at every join, on the loop: read it now.
+            self.tasks.on_disk = await asyncio.to_thread(checkpointed_offsets, self.tasks.state_dir, self.name)
         await self.consumer.start()
         self.rebalance.pending = self.rebalance.revoking = False  # the first assignment: restored below
         if self.eos is not None:
@@ -267,7 +270,7 @@ class ServiceRunner:
             ends = await self.local.append_and_commit(batch, self.name, offsets)
             faults.reached("after_produce")
             if tasks is not None:
-                tasks.commit(ends)
+                await tasks.commit(ends)
             return count
         if eos is not None:
             eos.send(batch)
@@ -307,7 +310,7 @@ class ServiceRunner:
             self.unflushed = False
             if tasks is not None and tasks.touched:
                 faults.reached("after_produce")
-                tasks.commit(await self.consumer.end_offsets(tasks.touched_changelogs()))
+                await tasks.commit(await self.consumer.end_offsets(tasks.touched_changelogs()))
         if self.pending:
             await self.consumer.commit(self.pending)
             self.pending = {}
@@ -343,7 +346,7 @@ class ServiceRunner:
                     await self.consumer.close()
             finally:
                 if self.tasks is not None:
-                    self.tasks.close()
+                    await self.tasks.close()
                 if self.standbys is not None:
                     await self.standbys.close()
                 if self.globals is not None:
@@ -380,7 +383,7 @@ class Rebalance:
                     runner.pending = {}
                 runner.order.drop(tps)
                 if runner.tasks is not None:
-                    runner.tasks.close()
+                    await runner.tasks.close()
         except BaseException:
             log.exception("%s: releasing revoked partitions failed", runner.name)
             raise

@@ -151,6 +151,9 @@ class TaskManager:
         self.tasks: dict[tuple[int, int], Task] = {}
         self.exactly_once = self.topology.processing.guarantee == "exactly_once"
         self.touched: dict[tuple[int, int], Task] = {}
+        # Per task not open here: the sum of its checkpointed changelog offsets on disk, as the
+        # assignor reports it (see ``assignment.group_consumer``).
+        self.on_disk: dict[tuple[int, int], int] = {}
         self.headers = {u.name: store_headers({"type": u.type, "params": u.params,
                                                "fingerprint": fingerprint(u.type, u.params)})
                         for uses in self.uses.values() for u in uses}
@@ -323,9 +326,17 @@ class TaskManager:
         return [TopicPartition(u.changelog, t.partition) for t in self.touched.values()
                 for u in t.uses if u.changelog is not None]
 
-    def commit(self, ends: Mapping[TopicPartition, int]) -> None:
+    async def commit(self, ends: Mapping[TopicPartition, int]) -> None:
         """Writes every touched task's stores and checkpoint (changelog ends from ``ends``, the
-        end offsets after the flush) in one LMDB transaction per task."""
+        end offsets after the flush) in one LMDB transaction per task, in a worker thread (an
+        LMDB commit fsyncs: it must not stall the event loop). The caller holds the batch lock,
+        so no batch mutates the write buffers until this returns; it returns only once every
+        transaction has ended, so the caller commits input offsets after the stores."""
+        await asyncio.to_thread(self._commit, ends)
+
+    def _commit(self, ends: Mapping[TopicPartition, int]) -> None:
+        """``commit``'s blocking part: one thread runs each task's whole write transaction
+        (LMDB binds a write transaction to the thread that began it)."""
         for task in self.touched.values():
             changelogs = {TopicPartition(u.changelog, task.partition): ends[tp]
                           for u in task.uses if u.changelog is not None
@@ -341,10 +352,15 @@ class TaskManager:
             task.inputs.clear()
         self.touched.clear()
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Closes every task; buffered updates are dropped, so under exactly-once each task
-        is marked clean (its stores hold committed updates only)."""
-        for task in self.tasks.values():
+        is marked clean (its stores hold committed updates only). In a thread: the clean mark
+        is fsynced."""
+        await asyncio.to_thread(self._close)
+
+    def _close(self) -> None:
+        for key, task in self.tasks.items():
+            self.on_disk[key] = sum(task.state.checkpoint().changelogs.values())
             if self.exactly_once:
                 eos.release_task_state(task.state)
             task.state.close()
@@ -381,11 +397,10 @@ class GlobalTables:
     async def bootstrap(self, broker: Broker) -> None:
         service = self.topology.name
         self.broker = broker
-        self.state = state = TaskState.open(global_dir(self.state_dir, service),
-                                            invocation=self.invocation)
+        # In a thread: the open may wait up to 30 s for another process's lock, and it writes.
+        self.state = state = await asyncio.to_thread(self._open)
         topology, compiled = self.topology, self.compiled
         for use in self.uses:
-            state.register(use.name, "key_value", {}, changelog=False)
             use.ref.current = state.store(use.name)
             spec = topology.global_tables[use.name]
             handler = compiled.error_handler(f"global_tables.{use.name}", spec.source, self.dead_letters)
@@ -413,8 +428,19 @@ class GlobalTables:
         for tp in tps:
             consumer.seek(tp, positions.get(tp, 0))
 
+    def _open(self) -> TaskState:
+        state = TaskState.open(global_dir(self.state_dir, self.topology.name), invocation=self.invocation)
+        try:
+            for use in self.uses:
+                state.register(use.name, "key_value", {}, changelog=False)
+        except BaseException:
+            state.close()
+            raise
+        return state
+
     async def tail(self, max_records: int = 10_000) -> int:
-        """Applies the records that arrived since the last call; returns how many."""
+        """Applies the records that arrived since the last call; returns how many. The LMDB
+        write runs in a thread; the runner awaits it before it processes the next batch."""
         fetched = await self.consumer.getmany(timeout_ms=0, max_records=max_records)
         count = 0
         for tp, records in fetched.items():
@@ -422,7 +448,8 @@ class GlobalTables:
             for use, convert in self.by_topic[tp.topic]:
                 entries = [kv for r in records if (kv := convert(r)) is not None]
                 await self._send_dead_letters()
-                self.state.apply_changelog(use.name, entries, inputs_at_least=position)
+                await asyncio.to_thread(self.state.apply_changelog, use.name, entries,
+                                        inputs_at_least=position)
             count += len(records)
         return count
 
@@ -447,7 +474,7 @@ class GlobalTables:
                 await self.producer.close()
         finally:
             if self.state is not None:
-                self.state.close()
+                await asyncio.to_thread(self.state.close)
 
 
 class StandbyTasks:
@@ -513,10 +540,14 @@ class StandbyTasks:
                 await self.reader.close()
         finally:
             self.reader = None
-            for task in self.tasks.values():
-                if self.manager.exactly_once:
-                    # A standby only ever applied committed changelog records: it is clean.
-                    eos.release_task_state(task.state)
-                task.state.close()
-            self.tasks.clear()
-            self.stores.clear()
+            await asyncio.to_thread(self._close_tasks)
+
+    def _close_tasks(self) -> None:
+        for key, task in self.tasks.items():
+            self.manager.on_disk[key] = sum(task.state.checkpoint().changelogs.values())
+            if self.manager.exactly_once:
+                # A standby only ever applied committed changelog records: it is clean.
+                eos.release_task_state(task.state)
+            task.state.close()
+        self.tasks.clear()
+        self.stores.clear()
