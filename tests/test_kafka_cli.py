@@ -121,3 +121,34 @@ def test_dev_kafka_stop_without_a_broker_says_not_running(tmp_path: Path) -> Non
     result = edm("dev", "kafka", "stop", "--dir", tmp_path / "nothing")
     assert result.code == 0
     assert "kafka not running" in result.stderr
+
+
+@pytest.mark.kafka
+def test_a_first_run_on_fresh_topics_logs_no_error(tmp_path: Path, kafka_bootstrap: str) -> None:
+    """The metadata names a new partition's leader a moment before that broker serves it: the
+    first produce and a service's first run (its new repartition and changelog topics) logged
+    aiokafka's NotLeaderForPartitionError at ERROR before retrying. Creating topics now waits
+    until their leaders serve them."""
+    name = unique("fresh")
+    topology = tmp_path / "topology.yaml"
+    topology.write_text(f"""\
+kind: microservice
+name: {name}
+streams:
+  in: {{topic: {name}-in, partitions: 4, key: string, value: json}}
+  out: {{topic: {name}-out, partitions: 4, key: string, value: json}}
+stores:
+  c: {{type: key_value}}
+pipelines:
+  p:
+    from: in
+    steps: [{{group_by: {{key: value.g, name: g}}}}, {{count: {{store: c}}}}]
+    to: out
+""")
+    broker = f"kafka://{kafka_bootstrap}"
+    lines = "".join(json.dumps({"key": f"k{i}", "value": {"g": f"g{i % 7}"}}) + "\n" for i in range(50))
+    produced = ok("produce", "in", "-t", topology, "--broker", broker, stdin=lines)
+    run = ok("run", topology, "--until-idle", "--broker", broker)
+    assert "50 in, 50 out" in run.stderr
+    for output in (produced.stderr, run.stderr):
+        assert not [line for line in output.splitlines() if " ERROR " in line or "etrying" in line], output

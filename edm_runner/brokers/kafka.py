@@ -122,6 +122,8 @@ class KafkaBroker:
             await self._create(missing)
         # Also when they existed: another instance may have created them a moment ago.
         existing = await self._wait_known_everywhere(names)
+        if missing:
+            await self._wait_served([TopicPartition(s.name, p) for s in missing for p in range(existing[s.name])])
         mismatches = {s.name: (existing[s.name], s.partitions)
                       for s in specs if existing.get(s.name, s.partitions) != s.partitions}
         if mismatches:
@@ -354,6 +356,16 @@ class KafkaBroker:
                     f"broker(s) {', '.join(map(str, sorted(lagging)))} of {self.describe()} within "
                     f"{timeout_s:g} s; check the brokers' health")
             await asyncio.sleep(0.05)  # no event to await: metadata is polled
+
+    async def _wait_served(self, tps: list[TopicPartition]) -> None:
+        """Waits until the leader of each of ``tps`` (new partitions) serves it.
+
+        The metadata can name a partition's leader a moment before that broker acts as its
+        leader: a first reader or producer was refused (NotLeaderForPartitionError, which
+        aiokafka logs at ERROR before retrying). Asking for the end offsets retries quietly
+        until every leader answers."""
+        await self._with_reader("reading the end offsets of new topics",
+                                lambda reader: reader.end_offsets([KafkaTP(*tp) for tp in tps]))
 
     async def _metadata_of_every_broker(self, names: list[str]) -> dict[int, list[dict[str, Any]] | None]:
         """Per live broker (node id), its own metadata of topics ``names``; None for a broker

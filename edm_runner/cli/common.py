@@ -114,11 +114,33 @@ class _RepeatFilter(logging.Filter):
         return True
 
 
+# Retriable conditions aiokafka logs at ERROR while it retries them, expected on a fresh cluster
+# or topic and gone a moment later: a group coordinator being elected or loaded (a cluster's first
+# group creates __consumer_offsets), a partition leader not acting as one yet or moving.
+_TRANSIENT = ("GroupCoordinatorNotAvailableError", "NotCoordinatorForGroupError", "GroupLoadInProgressError",
+              "LeaderNotAvailableError", "NotLeaderForPartitionError")
+
+
+class _TransientFilter(logging.Filter):
+    """Shows aiokafka's records about a transient condition (``_TRANSIENT``, in the record's
+    arguments) at INFO, not ERROR; every other aiokafka error stays as it is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("aiokafka") or record.levelno <= logging.INFO:
+            return True
+        args = record.args if isinstance(record.args, tuple) else (record.args,)
+        if not any(type(arg).__name__ in _TRANSIENT for arg in args):
+            return True
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        return logging.getLogger().isEnabledFor(logging.INFO)
+
+
 def setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)-5s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    if level.lower() != "debug":
-        for handler in logging.getLogger().handlers:
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_TransientFilter())
+        if level.lower() != "debug":
             handler.addFilter(_RepeatFilter())
 
 
