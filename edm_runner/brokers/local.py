@@ -248,7 +248,7 @@ class LocalBroker:
             yield h, txn
 
     async def start(self) -> None:
-        self._h()
+        await asyncio.to_thread(self._h)  # opening (or creating) the environment writes
 
     async def close(self) -> None:
         if self._handle is not None and self._pid == os.getpid():
