@@ -24,18 +24,15 @@ pending group/window.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from edm_runner.spec.context import EXPRESSION_PARAMS, CheckContext
 from edm_runner.spec.durations import DurationError, parse_duration
 from edm_runner.spec.report import did_you_mean, where
 
 from edm_runner.spec.flows import Flow, Ref
 from edm_runner.spec.partitioning import Side, internal_key_format, mismatch, partitioner_name
 
-if TYPE_CHECKING:
-    from edm_runner.spec.validate import _Context
-
-EXPRESSION_PARAMS = ("key", "value", "event")
 _AGGREGATE_PARAMS = ("key", "value", "aggregate", "event")
 
 # Expression parameters by (operator, config key); any other expression gets EXPRESSION_PARAMS.
@@ -89,7 +86,7 @@ class StateChecks:
     """The stateful checks of one microservice file; ``internal_topics`` (topic -> what it is)
     is complete after ``finish``."""
 
-    def __init__(self, ctx: "_Context") -> None:
+    def __init__(self, ctx: CheckContext) -> None:
         self.ctx = ctx
         self.report = ctx.report
         name = ctx.data.get("name")

@@ -13,21 +13,20 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from jsonschema import Draft202012Validator, SchemaError
 from jsonschema.validators import validator_for
 
-from edm_runner.operators.registry import Operator, operators
 from edm_runner.spec import structure
-from edm_runner.spec.expressions import ExpressionError, compile_expression, function_name_problem
+from edm_runner.spec.context import CheckContext, undefined_hint
+from edm_runner.spec.expressions import function_name_problem
 from edm_runner.spec.flows import Flow, Ref
 from edm_runner.spec.functions import FunctionRefError, resolve_function
 from edm_runner.spec.graph import find_cycles
-from edm_runner.spec.limits import Limits
-from edm_runner.spec.report import Report, did_you_mean, where
+from edm_runner.spec.report import Report, did_you_mean
 from edm_runner.spec.schema import IDENTIFIER_PATTERN, PYTHON_REF_PATTERN, validation_schema
-from edm_runner.spec.stateful import EXPRESSION_PARAMS, StateChecks, Step, expression_params
+from edm_runner.spec.stateful import StateChecks, Step, expression_params
 
 @dataclass
 class Checked:
@@ -43,73 +42,16 @@ class Checked:
     internal_topics: dict[str, str] = field(default_factory=dict)
 
 
-def _undefined_hint(name: str, declared: Any, section: str) -> str:
-    close = did_you_mean(name, declared) if declared else ""
-    if close.startswith("did"):
-        return f"{close} (or declare '{name}' under `{section}:`)"
-    listed = f" (declared: {', '.join(sorted(declared))})" if declared else ""
-    return f"declare '{name}' under `{section}:`{listed}"
-
-
 def _placeholder(*args: Any, **kwargs: Any) -> None:
     """Stands for a function that could not be resolved, so expressions calling it are still
     checked without repeating the function's own error."""
-
-
-class _Context:
-    def __init__(self, data: dict, report: Report, base_dir: Path, no_code: bool):
-        self.data = data
-        self.report = report
-        self.base_dir = base_dir
-        self.no_code = no_code
-        self.streams = _section(data, "streams")
-        self.tables = _section(data, "tables")
-        self.global_tables = _section(data, "global_tables")
-        self.stores = _section(data, "stores")
-        self.table_reads: list[Ref] = []
-        self.functions: dict[str, Callable] = {}
-        processing = data.get("processing")
-        self.limits = Limits.from_config(processing.get("expression_limits")
-                                         if isinstance(processing, dict) else None)
-        self.operators: dict[str, Operator] = operators()
-
-    def topic(self, stream: str) -> str:
-        topic = self.streams.get(stream, {}).get("topic", stream)
-        return topic if isinstance(topic, str) else stream
-
-    def stream_ref(self, name: Any, path: tuple) -> Ref | None:
-        """A reference to a declared stream, or None (reported) when it is not declared."""
-        if not isinstance(name, str):
-            return None
-        if name not in self.streams:
-            self.report.error(path, f"undefined stream '{name}'", _undefined_hint(name, self.streams, "streams"))
-            return None
-        return Ref(name, self.topic(name), path)
-
-    def expression(self, source: Any, path: tuple, params: tuple[str, ...] = EXPRESSION_PARAMS) -> None:
-        if not isinstance(source, str):
-            return
-        try:
-            compile_expression(source, params=params, functions=self.functions, limits=self.limits)
-        except ExpressionError as e:
-            pos = self.report.smap.expression(path, getattr(e, "col", None), source)
-            message = str(e).removeprefix("invalid expression: ")
-            self.report.add(pos, f"invalid expression in {where(path)}: {message}",
-                            getattr(e, "hint", "") or "")
-
-
-def _section(data: dict, key: str) -> dict[str, dict]:
-    """A top-level mapping of named items, non-mapping items as empty (the schema reports them)."""
-    raw = data.get(key)
-    return {name: (cfg if isinstance(cfg, dict) else {})
-            for name, cfg in (raw.items() if isinstance(raw, dict) else [])}
 
 
 def check_microservice(data: dict, report: Report, base_dir: Path, no_code: bool) -> Checked:
     """Validate a microservice document (a mapping with ``kind: microservice``)."""
     schema = validation_schema()
     structure.check({"$defs": schema["$defs"], "$ref": "#/$defs/microservice"}, data, report)
-    ctx = _Context(data, report, base_dir, no_code)
+    ctx = CheckContext(data, report, base_dir, no_code)
     stream_dead_letters = _check_streams(ctx)
     _check_functions(ctx)
     _check_assignment(ctx)
@@ -123,7 +65,7 @@ def check_microservice(data: dict, report: Report, base_dir: Path, no_code: bool
                    ctx.table_reads, state.internal_topics)
 
 
-def _check_streams(ctx: _Context) -> dict[str, Ref]:
+def _check_streams(ctx: CheckContext) -> dict[str, Ref]:
     by_topic: dict[str, tuple[str, int]] = {}
     dead_letters: dict[str, Ref] = {}
     for name, cfg in ctx.streams.items():
@@ -151,7 +93,7 @@ def _check_streams(ctx: _Context) -> dict[str, Ref]:
     return dead_letters
 
 
-def _check_event_schema(ctx: _Context, relative: str, path: tuple) -> None:
+def _check_event_schema(ctx: CheckContext, relative: str, path: tuple) -> None:
     file = ctx.base_dir / relative
     if not file.is_file():
         ctx.report.error(path, f"event schema file not found: {relative}",
@@ -173,7 +115,7 @@ def _check_event_schema(ctx: _Context, relative: str, path: tuple) -> None:
                          "see https://json-schema.org/understanding-json-schema/")
 
 
-def _check_functions(ctx: _Context) -> None:
+def _check_functions(ctx: CheckContext) -> None:
     functions = ctx.data.get("functions")
     if not isinstance(functions, dict):
         return
@@ -190,7 +132,7 @@ def _check_functions(ctx: _Context) -> None:
         for index, store in enumerate(cfg.get("stores", []) if isinstance(cfg, dict) else []):
             if isinstance(store, str) and store not in ctx.stores:
                 ctx.report.error(("functions", name, "stores", index), f"undefined store '{store}'",
-                                 _undefined_hint(store, ctx.stores, "stores"))
+                                 undefined_hint(store, ctx.stores, "stores"))
         if not isinstance(ref, str) or not re.fullmatch(PYTHON_REF_PATTERN, ref):
             continue  # the structural check reported it
         path = ("functions", name, "python")
@@ -207,7 +149,7 @@ def _check_functions(ctx: _Context) -> None:
                              "the module is looked up next to the topology file, then on the Python path")
 
 
-def _check_assignment(ctx: _Context) -> None:
+def _check_assignment(ctx: CheckContext) -> None:
     """``processing.assignment``: the strategy's own section is present, the other's absent,
     and a custom class resolves (``runtime.assignment.load_custom`` checks its interface)."""
     processing = ctx.data.get("processing")
@@ -244,7 +186,7 @@ def _check_assignment(ctx: _Context) -> None:
                          "define a class with assign(self, tasks, members, previous) -> {instance_id: [task, ...]}")
 
 
-def _check_pipelines(ctx: _Context, state: StateChecks) -> list[Flow]:
+def _check_pipelines(ctx: CheckContext, state: StateChecks) -> list[Flow]:
     pipelines = ctx.data.get("pipelines")
     flows: list[Flow] = []
     for name, cfg in (pipelines.items() if isinstance(pipelines, dict) else []):
@@ -271,7 +213,7 @@ def _check_pipelines(ctx: _Context, state: StateChecks) -> list[Flow]:
     return flows
 
 
-def _check_sink(ctx: _Context, sink: Any, path: tuple, flow: Flow) -> None:
+def _check_sink(ctx: CheckContext, sink: Any, path: tuple, flow: Flow) -> None:
     if isinstance(sink, str):
         ref = ctx.stream_ref(sink, path)
         if ref:
@@ -285,7 +227,7 @@ def _check_sink(ctx: _Context, sink: Any, path: tuple, flow: Flow) -> None:
                 flow.writes.append(ref)
 
 
-def _check_branches(ctx: _Context, branches: list, path: tuple, flow: Flow) -> list[list[Step]]:
+def _check_branches(ctx: CheckContext, branches: list, path: tuple, flow: Flow) -> list[list[Step]]:
     """Check each branch; returns each valid branch's steps (for the stateful checks)."""
     arms: list[list[Step]] = []
     otherwise_seen = False
@@ -316,7 +258,7 @@ def _check_branches(ctx: _Context, branches: list, path: tuple, flow: Flow) -> l
     return arms
 
 
-def _check_steps(ctx: _Context, steps: Any, path: tuple, flow: Flow) -> list[Step]:
+def _check_steps(ctx: CheckContext, steps: Any, path: tuple, flow: Flow) -> list[Step]:
     """Check each step on its own; returns the steps in order (an unknown operator's as invalid)."""
     known: list[Step] = []
     if not isinstance(steps, list):
@@ -359,7 +301,7 @@ def _check_steps(ctx: _Context, steps: Any, path: tuple, flow: Flow) -> list[Ste
     return known
 
 
-def _step_streams(ctx: _Context, op_name: str, config: Any, path: tuple, flow: Flow) -> None:
+def _step_streams(ctx: CheckContext, op_name: str, config: Any, path: tuple, flow: Flow) -> None:
     """Names inside step configs: merge reads streams; repartition writes its `to` stream and
     may name a partitioner function. Called only for schema-valid configs."""
     if op_name == "merge":
@@ -377,7 +319,7 @@ def _step_streams(ctx: _Context, op_name: str, config: Any, path: tuple, flow: F
         if isinstance(partitioner, dict) and partitioner["function"] not in ctx.functions:
             name = partitioner["function"]
             ctx.report.error(path + ("partitioner", "function"), f"undefined function '{name}'",
-                             _undefined_hint(name, ctx.functions, "functions"))
+                             undefined_hint(name, ctx.functions, "functions"))
 
 
 def _check_cycles(flows: list[Flow], report: Report) -> None:
