@@ -15,8 +15,8 @@ from edm_runner.spec.business import check_business
 from edm_runner.spec.model import BusinessTopology, Topology
 from edm_runner.spec.report import Report
 from edm_runner.spec.schema import topology_schema, write_schema
-from edm_runner.spec.service import check_service, document_kind
-from edm_runner.spec.source import read_source
+from edm_runner.spec.service_file import check_service, document_kind
+from edm_runner.spec.yaml_loader import read_source
 
 __all__ = ["load_file", "topology_schema", "write_schema"]
 

@@ -14,7 +14,7 @@ from edm_runner.spec.limits import Limits
 from edm_runner.spec.model import (NOWHERE, AssignmentSpec, BranchSpec, BrokerSpec, ErrorPolicy, FunctionSpec, PipelineSpec, Pos,
                                    ProcessingSpec, SerdeSpec, StepSpec, StoreSpec, StreamSpec, TableSpec,
                                    ToSpec, Topology)
-from edm_runner.spec.source import SourceMap
+from edm_runner.spec.yaml_loader import SourceMap
 
 
 class _Builder:

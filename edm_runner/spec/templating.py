@@ -1,6 +1,6 @@
 """Load-time templating of YAML scalars with Jinja2.
 
-Rule (applied by ``spec.source`` while it builds the document):
+Rule (applied by ``spec.yaml_loader`` while it builds the document):
 
 - Only scalars containing ``{{`` are rendered; bare expressions (no braces) are per-event
   expressions and are left alone.

@@ -8,8 +8,8 @@ from typing import Any, Mapping
 from edm_runner.spec.build import build_topology
 from edm_runner.spec.model import Topology
 from edm_runner.spec.report import Report, describe_value, did_you_mean
-from edm_runner.spec.source import Source, read_source
 from edm_runner.spec.validate import Checked, check_microservice
+from edm_runner.spec.yaml_loader import Source, read_source
 
 KINDS = ("microservice", "business")
 
