@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from bench import best_times
 from edm_runner.brokers.base import Record
-from edm_runner.runtime.event import Event
+from edm_runner.operators.api import Event
 from edm_runner.spec.expressions import compile_expression
 
 TARGET = 0.5

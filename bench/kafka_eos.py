@@ -25,7 +25,7 @@ from pathlib import Path
 from bench import kafka_bootstrap
 from edm_runner.brokers.base import OutRecord, TopicSpec
 from edm_runner.brokers.kafka import KafkaBroker
-from edm_runner.brokers.partitioner import default_partition
+from edm_runner.records.partitioner import default_partition
 
 EVENTS = 200_000
 KEYS = 10_000

@@ -28,7 +28,7 @@ from pathlib import Path
 from bench import compare, kafka_bootstrap, run_child
 from edm_runner.brokers.base import OutRecord, TopicSpec
 from edm_runner.brokers.kafka import KafkaBroker
-from edm_runner.brokers.partitioner import default_partition
+from edm_runner.records.partitioner import default_partition
 from edm_runner.state.restore import store_headers
 from edm_runner.state.task import fingerprint
 

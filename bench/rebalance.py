@@ -27,7 +27,7 @@ from bench import kafka_bootstrap
 from bench.kafka_restore import PARTITIONS, fill_changelog
 from edm_runner.brokers.base import OutRecord, TopicPartition
 from edm_runner.brokers.kafka import KafkaBroker
-from edm_runner.brokers.partitioner import default_partition
+from edm_runner.records.partitioner import default_partition
 from edm_runner.runtime.assignment import checkpointed_offsets
 
 KEYS = 1_000_000

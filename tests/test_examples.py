@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from cli_helpers import TOPOLOGIES, edm, ok
-from edm_runner.brokers.partitioner import default_partition
+from edm_runner.records.partitioner import default_partition
 
 EXAMPLES = sorted(p for p in TOPOLOGIES.rglob("*.yaml"))
 

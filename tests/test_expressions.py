@@ -12,7 +12,7 @@ from jinja2.exceptions import SecurityError
 
 from edm_runner.brokers.base import Record
 from edm_runner.errors import EdmError, UserCodeError
-from edm_runner.runtime.event import Event
+from edm_runner.operators.api import Event
 from edm_runner.spec.expressions import (METADATA, PARAMETERS, SAFE_GLOBALS, ExpressionError,
                                          compile_expression, function_name_problem)
 from edm_runner.spec.limits import LimitExceeded, Limits

@@ -17,7 +17,7 @@ import pytest
 from edm_runner.brokers.base import Broker, OutRecord, TopicSpec
 from edm_runner.brokers.kafka import KafkaBroker
 from edm_runner.brokers.local import LocalBroker
-from edm_runner.brokers.partitioner import default_partition
+from edm_runner.records.partitioner import default_partition
 from edm_runner.runtime import run_services
 from edm_runner.serde import make_serde
 from edm_runner.spec import load_file

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from edm_runner.brokers.partitioner import default_partition, murmur2
+from edm_runner.records.partitioner import default_partition, murmur2
 
 # key, murmur2, partition of 3, of 8, of 12
 JAVA_VECTORS = [

@@ -17,7 +17,7 @@ import pytest
 
 from edm_runner.brokers.base import OutRecord
 from edm_runner.brokers.kafka import KafkaBroker
-from edm_runner.brokers.partitioner import default_partition
+from edm_runner.records.partitioner import default_partition
 from tests.helpers.kafka_flow import Runner
 from tests.helpers.topologies import write_service
 from helpers.brokers import started

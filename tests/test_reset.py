@@ -16,7 +16,7 @@ import pytest
 from edm_runner.brokers.base import Broker, OutRecord, TopicPartition
 from edm_runner.brokers.kafka import KafkaBroker
 from edm_runner.brokers.local import LocalBroker
-from edm_runner.brokers.partitioner import default_partition
+from edm_runner.records.partitioner import default_partition
 from edm_runner.errors import BrokerError
 from helpers.topologies import broker_yaml, write_service
 from helpers.reliability_flow import (PARTITIONS, edm, events, produce, reference_counts,

@@ -12,7 +12,7 @@ import pytest
 
 from edm_runner.brokers.base import OutRecord, Record, TopicPartition, TopicSpec
 from edm_runner.brokers.local import LocalBroker
-from edm_runner.brokers.partitioner import default_partition
+from edm_runner.records.partitioner import default_partition
 from edm_runner.errors import ProcessingError
 from edm_runner.runtime import RunStats, run_services
 from edm_runner.spec import load_file

@@ -13,13 +13,12 @@ import pytest
 
 from edm_runner.brokers.base import OutRecord, TopicPartition, TopicSpec
 from edm_runner.brokers.local import LocalBroker
-from edm_runner.brokers.partitioner import default_partition
+from edm_runner.records.partitioner import default_partition
 from edm_runner.operators import registry
 from edm_runner.operators.registry import Operator, operators
 from edm_runner.runtime import run_services
 from edm_runner.runtime.copartition import CopartitionError
-from edm_runner.runtime.event import Event
-from edm_runner.runtime.node import Processor
+from edm_runner.operators.api import Event, Processor
 from edm_runner.spec.model import (PipelineSpec, SerdeSpec, StepSpec, StoreSpec, StreamSpec, TableSpec, ToSpec,
                                    Topology)
 from edm_runner.state.task import TaskState, task_dir

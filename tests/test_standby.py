@@ -79,5 +79,5 @@ def test_failover_promotes_the_standby(tmp_path: Path, kafka_bootstrap: str) -> 
 
 
 def _partition(key: str) -> int:
-    from edm_runner.brokers.partitioner import default_partition
+    from edm_runner.records.partitioner import default_partition
     return default_partition(key.encode(), PARTITIONS)

@@ -13,7 +13,7 @@ import pytest
 
 from edm_runner.brokers import open_broker
 from edm_runner.brokers.base import Broker, OutRecord, Record, TopicPartition, TopicSpec
-from edm_runner.brokers.partitioner import default_partition
+from edm_runner.records.partitioner import default_partition
 from edm_runner.runtime import RunStats, run_services
 from edm_runner.spec import load_file
 from edm_runner.spec.model import BrokerSpec, Topology
@@ -172,7 +172,7 @@ class _Buggy:
     label = "test_buggy"
 
     def __init__(self, pos: Any) -> None:
-        from edm_runner.runtime.node import Processor
+        from edm_runner.operators.api import Processor
 
         self.proc = type("BuggyProcessor", (Processor,), {
             "label": "test_buggy", "pos": pos,

@@ -5,7 +5,7 @@ Invariants every implementation keeps:
 - ``Producer.flush()`` returns only when every record sent before it is durable
   (LMDB commit for local, acks=all for Kafka). The runtime commits input offsets only
   after a successful flush (at-least-once).
-- Partitions are chosen by the caller (``edm_runner.brokers.partitioner``), never by the
+- Partitions are chosen by the caller (``edm_runner.records.partitioner``), never by the
   broker, so a topology's outputs are identical on every broker.
 - Committed offsets are "next offset to read", as in Kafka.
 """
@@ -14,38 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping, NamedTuple, Protocol, Sequence
 
-from edm_runner.errors import BrokerError, EventError
-
-Headers = tuple[tuple[str, bytes], ...]
-
-MAX_RECORD_BYTES = 1_000_000
-"""The largest record edm writes, on every broker: its key, value and header bytes together.
-Kafka refuses a record batch above the topic's max.message.bytes (1 MiB + 12 by default) and
-aiokafka's producer a request above max_request_size (1 MiB by default, edm keeps it); a record
-alone in its batch adds under 100 bytes of framing. The embedded broker applies the same limit,
-so a topology that runs on it runs on Kafka."""
-
-
-class RecordTooLargeError(EventError):
-    """A record to write is larger than ``MAX_RECORD_BYTES``: an error of its event (it follows
-    ``on_error``), found before anything of the event is written."""
-
-
-def check_record_size(what: str, key: bytes | None, value: bytes | None, headers: Headers = ()) -> None:
-    """Raises ``RecordTooLargeError`` when the record is larger than ``MAX_RECORD_BYTES``. The one
-    place that limit is applied: the stream writers, the store changelogs and ``edm produce``.
-    ``what`` names the record's destination in the message ("a record for 'topic'")."""
-    size = (len(key) if key else 0) + (len(value) if value else 0)
-    if headers:
-        size += sum(len(k) + len(v) for k, v in headers)
-    if size > MAX_RECORD_BYTES:
-        parts = f"key {len(key) if key else 0}, value {len(value) if value else 0}"
-        if headers:
-            parts += f", headers {sum(len(k) + len(v) for k, v in headers)}"
-        raise RecordTooLargeError(
-            f"{what} is {size} bytes ({parts}), above the record size limit of {MAX_RECORD_BYTES} "
-            "bytes (Kafka's default max.message.bytes is 1 MiB); keep less per event, e.g. bound "
-            "what an aggregate accumulates")
+from edm_runner.errors import BrokerError
+# Records are shared with the operators (which know no broker): defined in edm_runner.records.
+from edm_runner.records import (MAX_RECORD_BYTES, Headers, OutRecord, Record, RecordTooLargeError,  # noqa: F401
+                                check_record_size)
 
 
 class PartitionMismatchError(BrokerError):
@@ -73,31 +45,6 @@ class BrokerFullError(BrokerError):
 class TopicPartition(NamedTuple):
     topic: str
     partition: int
-
-
-@dataclass(slots=True)
-class Record:
-    """A record as read from a broker."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp_ms: int
-    headers: Headers = ()
-
-
-@dataclass(slots=True)
-class OutRecord:
-    """A record to write; ``partition`` is always decided by the caller."""
-
-    topic: str
-    partition: int
-    key: bytes | None
-    value: bytes | None
-    timestamp_ms: int
-    headers: Headers = ()
 
 
 @dataclass(frozen=True)

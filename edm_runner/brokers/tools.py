@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from edm_runner.brokers.base import Broker, OutRecord, Record, TopicPartition, TopicSpec
-from edm_runner.brokers.partitioner import default_partition
+from edm_runner.records.partitioner import default_partition
 from edm_runner.errors import EdmError
 
 if TYPE_CHECKING:

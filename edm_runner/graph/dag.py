@@ -190,7 +190,7 @@ class _Builder:
     def steps(self, pipeline: str, prefix: str, steps: list[StepSpec], tails: list[str],
               inputs: list[tuple[str, Side]], from_table: bool) -> list[str]:
         from edm_runner.operators.merge import merged_streams
-        from edm_runner.runtime.node import repartition_topic
+        from edm_runner.operators.api import repartition_topic
 
         for i, step in enumerate(steps):
             node_id = f"{prefix}.steps[{i}]"

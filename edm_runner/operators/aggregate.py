@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from edm_runner.errors import EventError
+from edm_runner.operators.api import BuildContext, Event, EventwiseProcessor, PassThrough, Processor
 from edm_runner.operators.common import EXPRESSION, KEY_FORMAT, keyed_expressions
 from edm_runner.operators.registry import Operator, register
 from edm_runner.operators.table import reads_table, steps_before
-from edm_runner.runtime.event import Event
-from edm_runner.runtime.node import BuildContext, EventwiseProcessor, PassThrough, Processor
 from edm_runner.spec.model import StepSpec
 
 NAME_SCHEMA = {"type": "string", "pattern": "^[A-Za-z0-9._-]+$"}

@@ -1,10 +1,9 @@
 """filter and filter_not: keep the events for which an expression is (not) truthy."""
 from __future__ import annotations
 
+from edm_runner.operators.api import BuildContext, Event, ExprFn, Processor
 from edm_runner.operators.common import EXPRESSION, whole_expression
 from edm_runner.operators.registry import Operator, register
-from edm_runner.runtime.event import Event
-from edm_runner.runtime.node import BuildContext, ExprFn, Processor
 from edm_runner.spec.model import StepSpec
 
 

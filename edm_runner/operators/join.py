@@ -22,15 +22,13 @@ from __future__ import annotations
 from typing import Any
 
 from edm_runner.errors import EventError
+from edm_runner.operators.api import BuildContext, Event, EventwiseProcessor, Processor, event_time
 from edm_runner.operators.common import EXPRESSION, STREAM_NAME, keyed_expressions
 from edm_runner.operators.registry import Operator, register
 from edm_runner.operators.table import reads_table
-from edm_runner.runtime.event import Event, event_time
-from edm_runner.runtime.node import BuildContext, EventwiseProcessor, Processor
 from edm_runner.spec.durations import DURATION_SCHEMA, parse_duration
 from edm_runner.spec.model import StepSpec
 from edm_runner.state.keys import META
-
 
 
 class LookupJoin(Processor):

@@ -8,10 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 from edm_runner.errors import EventError
+from edm_runner.operators.api import BuildContext, Event, ExprFn, Processor
 from edm_runner.operators.common import EXPRESSION, keyed_expressions, whole_expression
 from edm_runner.operators.registry import Operator, register
-from edm_runner.runtime.event import Event
-from edm_runner.runtime.node import BuildContext, ExprFn, Processor
 from edm_runner.spec.model import StepSpec
 
 

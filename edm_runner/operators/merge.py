@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from edm_runner.operators.api import PassThrough
 from edm_runner.operators.common import STREAM_NAME
 from edm_runner.operators.registry import Operator, register
-from edm_runner.runtime.node import PassThrough
 
 
 def merged_streams(config: Any) -> list[str]:

@@ -4,10 +4,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from edm_runner.operators.api import BuildContext, Event, ExprFn, Processor
 from edm_runner.operators.common import EXPRESSION, whole_expression
 from edm_runner.operators.registry import Operator, register
-from edm_runner.runtime.event import Event
-from edm_runner.runtime.node import BuildContext, ExprFn, Processor
 from edm_runner.spec.model import StepSpec
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}

@@ -4,11 +4,11 @@ A change of a table (a pipeline ``from:`` a table, the other side of a table-tab
 a group_by topic fed by a table) is an event whose ``value`` is the new value (None: deleted)
 and whose ``old`` is the previous one (None: new key); the runtime sets both.
 
-Stateful steps are ``runtime.node.EventwiseProcessor``s.
+Stateful steps are ``operators.api.EventwiseProcessor``s.
 """
 from __future__ import annotations
 
-from edm_runner.runtime.node import BuildContext
+from edm_runner.operators.api import BuildContext
 from edm_runner.spec.model import StepSpec
 
 

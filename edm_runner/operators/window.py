@@ -4,7 +4,7 @@ The ``window`` step is a pass-through marker; the aggregation that follows it
 (``count``/``reduce``/``aggregate``) does the windowing (``build_windowed``).
 
 Time, per task: an event's time is its record timestamp or the ``time`` expression (ms), checked
-by ``runtime.event.event_time`` (0..year 9999, else an error of the event), so the window bounds
+by ``operators.api.event_time`` (0..year 9999, else an error of the event), so the window bounds
 computed from it and a duration stay inside 64 bits.
 Stream time is the max event time seen; it lives in the store under the reserved key None
 (window start 0, session [0, 0]; aggregations never store a null group key), with the
@@ -34,11 +34,10 @@ from typing import Any
 
 from edm_runner.errors import EventError
 from edm_runner.operators.aggregate import AggregateFns
+from edm_runner.operators.api import BuildContext, Event, EventwiseProcessor, ExprFn, PassThrough, Processor, event_time
 from edm_runner.operators.common import EXPRESSION, STREAM_NAME
 from edm_runner.operators.registry import Operator, register
 from edm_runner.operators.table import reads_table
-from edm_runner.runtime.event import Event, event_time
-from edm_runner.runtime.node import BuildContext, EventwiseProcessor, ExprFn, PassThrough, Processor
 from edm_runner.spec.durations import DURATION_SCHEMA, POSITIVE_DURATION_SCHEMA, parse_duration
 from edm_runner.spec.model import StepSpec
 from edm_runner.state.keys import META

@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Iterable
 from edm_runner.brokers.base import Consumer, OutRecord, TopicPartition
 from edm_runner.brokers.kafka import KafkaBroker
 from edm_runner.brokers.kafka_eos import TaskFenced, TransactionalProducer, transactional_id
+from edm_runner.operators.api import StoreUse
 from edm_runner.runtime import faults
-from edm_runner.runtime.node import StoreUse
 from edm_runner.runtime.processing import CompiledService
 from edm_runner.state.task import TaskState
 

@@ -27,9 +27,8 @@ from edm_runner.brokers.base import OutRecord, Record
 from edm_runner.errors import EventError, InternalError, ProcessingError, UserCodeError
 from edm_runner.graph.dag import Dag, InternalTopic, Node, build_dag
 from edm_runner.operators.registry import get as get_operator
-from edm_runner.runtime.event import Event
-from edm_runner.runtime.node import BuildContext, EventwiseProcessor, ExprFn, Processor, StoreCatalog, TaskStoreRef
-from edm_runner.runtime.sink import DefaultPartitioner, TopicWriter
+from edm_runner.operators.api import BuildContext, Event, EventwiseProcessor, ExprFn, Processor, StoreCatalog, TaskStoreRef
+from edm_runner.operators.sink import DefaultPartitioner, TopicWriter
 from edm_runner.serde import Serde
 from edm_runner.runtime.stats import ServiceStats
 from edm_runner.serde import SerdeError, make_serde

@@ -26,8 +26,8 @@ from typing import Any, Callable, Iterable, Mapping
 from edm_runner.brokers.base import Broker, Consumer, OutRecord, Producer, Record, TopicPartition
 from edm_runner.errors import EventError
 from edm_runner.invocation import Invocation
+from edm_runner.operators.api import StoreUse
 from edm_runner.runtime import eos
-from edm_runner.runtime.node import StoreUse
 from edm_runner.runtime.processing import CompiledService, ErrorHandler
 from edm_runner.runtime.stats import ServiceStats
 from edm_runner.serde import Serde

@@ -63,7 +63,7 @@ class ExpressionError(EdmError):
         self.col = col
 
 
-# Metadata names -> Python source over the event parameter (``{e}``), a runtime.event.Event:
+# Metadata names -> Python source over the event parameter (``{e}``), an operators.api.Event:
 # ``timestamp``, ``header_map`` (headers as dict str->str), ``origin`` (a Record or None).
 METADATA: dict[str, str] = {
     "timestamp": "{e}.timestamp",

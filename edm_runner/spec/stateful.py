@@ -492,7 +492,7 @@ class StateChecks:
                                   key=len(path) == 2)
 
     def _topic(self, name: Any, suffix: str) -> str:
-        # the names runtime.node.repartition_topic / changelog_topic give
+        # the names operators.api.repartition_topic / changelog_topic give
         return f"{self.service}-{name}-{suffix}"
 
     def _internal(self, topic: str, what: str, path: tuple, check: bool = True) -> None:

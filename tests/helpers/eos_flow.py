@@ -17,7 +17,7 @@ from helpers.topologies import write_service
 from edm_runner.brokers.base import Broker, OutRecord, TopicPartition, TopicSpec
 from edm_runner.brokers.kafka import KafkaBroker
 from edm_runner.brokers.kafka_eos import read_committed
-from edm_runner.brokers.partitioner import default_partition
+from edm_runner.records.partitioner import default_partition
 
 PARTITIONS = 4
 KEYS = 50

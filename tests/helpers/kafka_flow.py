@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 from edm_runner.brokers.base import Broker, OutRecord, TopicSpec
-from edm_runner.brokers.partitioner import default_partition
+from edm_runner.records.partitioner import default_partition
 from helpers.topologies import write_service
 
 PARTITIONS = 3

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from helpers.topologies import write_service
 from edm_runner.brokers.base import Broker, OutRecord, TopicSpec
-from edm_runner.brokers.partitioner import default_partition
+from edm_runner.records.partitioner import default_partition
 
 PARTITIONS = 2
 USERS = 17

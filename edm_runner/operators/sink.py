@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from edm_runner.brokers.base import MAX_RECORD_BYTES, OutRecord, check_record_size
-from edm_runner.brokers.partitioner import default_partition
 from edm_runner.errors import EventError
-from edm_runner.runtime.event import Event
+from edm_runner.operators.api import Event
+from edm_runner.records import MAX_RECORD_BYTES, OutRecord, check_record_size
+from edm_runner.records.partitioner import default_partition
 from edm_runner.serde import Serde
 
 # (key, key_bytes, value) -> partition

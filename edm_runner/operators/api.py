@@ -1,10 +1,19 @@
-"""Runtime processor nodes and the context operators build them with.
+"""The operator API: what operators build (processors) and with what (``BuildContext``, store
+references), what flows through them (``Event``) and what they emit (``OutRecord``). The
+operators own it; the runtime implements the stores, binds the refs and drives the processors.
+It imports no broker and no runtime: ``edm validate`` builds nothing of the runtime.
 
-A processor works on BATCHES. ``process(batch)`` is the fast path: it must either return the
-full result or raise before any visible side effect (compute new values first, then assign),
+Events. The event that flows through a pipeline.
+
+Invariant: an ``Event`` object belongs to exactly one batch at a time (a branch hands each
+event to one child; every source node decodes its own events), so steps may update
+``key``/``value`` in place once their new values are all computed.
+
+Processors. A processor works on BATCHES. ``process(batch)`` is the fast path: it must either
+return the full result or raise before any visible side effect (compute new values first, then assign),
 because when it raises (an ``EventError``) the runtime replays the batch through
 ``process_one`` event by event so that the error policy applies to exactly the failing event.
-A step that writes state event by event is an ``operators.table.EventwiseProcessor`` instead:
+A step that writes state event by event is an ``EventwiseProcessor`` instead:
 the replay returns the remembered outputs of the events it already applied. Either way a batch
 with a failing event gives what the batch without it gives (tests/test_trust.py runs that
 contract over every processor).
@@ -19,17 +28,80 @@ import functools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-from edm_runner.brokers.base import OutRecord
-from edm_runner.brokers.partitioner import default_partition
-from edm_runner.errors import EdmError
-from edm_runner.runtime.event import Event
-from edm_runner.runtime.stats import ServiceStats
+from edm_runner.errors import EdmError, EventError
+from edm_runner.records import Headers, OutRecord, Record
+from edm_runner.records.partitioner import default_partition
 from edm_runner.spec.model import NOWHERE, Pos, StoreSpec, StoreType, StreamSpec, Topology
 
 if TYPE_CHECKING:
     from edm_runner.graph.dag import InternalTopic
+
+__all__ = ["BuildContext", "Counters", "Event", "EventwiseProcessor", "ExprFn", "Headers", "LateEvents",
+           "OutRecord", "PassThrough", "Processor", "Record", "StoreCatalog", "StoreUse", "TaskStoreRef",
+           "changelog_topic", "event_time", "repartition_topic"]
+
+# The latest event time accepted: 9999-12-31T23:59:59.999Z. With every duration at most 100 years
+# (spec.durations.MAX_DURATION_MS), every window start, end, join bound and retention mark computed
+# from an accepted time stays far inside the signed 64 bits that stores and record timestamps hold,
+# so no time computation downstream needs its own check.
+MAX_EVENT_TIME_MS = 253_402_300_799_999
+
+
+def event_time(t: Any) -> int:
+    """``t`` as the time of an event for windows and joins, or EventError (an error of that event,
+    which follows the pipeline's on_error): an integer of ms in [0, MAX_EVENT_TIME_MS]."""
+    if not isinstance(t, int) or isinstance(t, bool) or t < 0:
+        raise EventError(f"the event time must be a non-negative integer of milliseconds, got {t!r}")
+    if t > MAX_EVENT_TIME_MS:
+        raise EventError(f"the event time {t} ms is past the latest time edm accepts, {MAX_EVENT_TIME_MS} "
+                         f"(9999-12-31T23:59:59.999Z); is it in micro- or nanoseconds?")
+    return t
+
+
+class Event:
+    """A decoded event. ``origin`` is the broker record it came from (kept for dead letters).
+
+    ``old`` is set only on table-change events (a pipeline ``from:`` a table): the key's value
+    before the change (None when the key was new); ``value`` None means the key was deleted.
+    """
+
+    __slots__ = ("key", "value", "timestamp", "headers", "origin", "old")
+
+    def __init__(self, key: Any, value: Any, timestamp: int, headers: Headers, origin: Record,
+                 old: Any = None) -> None:
+        self.key = key
+        self.value = value
+        self.timestamp = timestamp
+        self.headers = headers
+        self.origin = origin
+        self.old = old
+
+    @property
+    def topic(self) -> str:
+        return self.origin.topic
+
+    @property
+    def partition(self) -> int:
+        return self.origin.partition
+
+    @property
+    def offset(self) -> int:
+        return self.origin.offset
+
+    @property
+    def header_map(self) -> dict[str, str]:
+        """The headers as text (what expressions see as ``headers``); later duplicates win."""
+        return {k: v.decode("utf-8", "replace") for k, v in self.headers}
+
+    def derive(self, key: Any, value: Any) -> "Event":
+        """A new event with the same timestamp, headers and origin (flat_map outputs)."""
+        return Event(key, value, self.timestamp, self.headers, self.origin)
+
+    def __repr__(self) -> str:
+        return f"Event(key={self.key!r}, value={self.value!r}, timestamp={self.timestamp})"
+
 
 ExprFn = Callable[[Any, Any, Event], Any]
 
@@ -171,11 +243,24 @@ class StoreCatalog:
         return [u for u in self.uses.values() if u.subtopology is None]
 
 
+class Counters(Protocol):
+    """The counters operators add to (the runtime's ``ServiceStats`` is one)."""
+
+    late: int
+    dead_lettered: int
+
+
+@dataclass
+class _Counters:
+    late: int = 0
+    dead_lettered: int = 0
+
+
 class LateEvents:
     """What a window step does with a late event: count it (``ServiceStats.late``) and, with
     a dead-letter stream, write the original record there with ``edm.error`` headers."""
 
-    def __init__(self, stats: ServiceStats, outputs: list[OutRecord], dead_letter: StreamSpec | None,
+    def __init__(self, stats: Counters, outputs: list[OutRecord], dead_letter: StreamSpec | None,
                  pipeline: str, pos: Pos) -> None:
         self.stats = stats
         self.outputs = outputs
@@ -229,7 +314,7 @@ class BuildContext:
     outputs: list[OutRecord] = field(default_factory=list)
     subtopology: int = 0
     catalog: StoreCatalog = field(default_factory=StoreCatalog)
-    stats: ServiceStats = field(default_factory=ServiceStats)
+    stats: Counters = field(default_factory=_Counters)
     internal_topics: Mapping[str, "InternalTopic"] = field(default_factory=dict)
 
     def compile(self, source: str, pos: Pos = NOWHERE, params: tuple[str, ...] = ("key", "value", "event")

@@ -1,0 +1,24 @@
+"""Dependencies run one way: validating a topology loads the language and the operators, never
+the runtime, a broker client (aiokafka) or the state stores (lmdb)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_validating_a_file_imports_neither_the_runtime_nor_aiokafka_nor_lmdb() -> None:
+    code = ("import json, sys\nfrom pathlib import Path\nfrom edm_runner.spec import load_file\n"
+            "from edm_runner.operators import load_all\n"
+            "load_all()\nload_file(Path(sys.argv[1]))\n"
+            "print(json.dumps(sorted(sys.modules)))\n")
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT / "topologies/quickstart/topology.yaml")],
+                         capture_output=True, text=True, check=True).stdout
+    modules = json.loads(out)
+    assert "edm_runner.operators.mapping" in modules  # the operators were built and checked
+    loaded = [m for m in modules if m.split(".")[0] in ("aiokafka", "lmdb")
+              or m.startswith(("edm_runner.runtime", "edm_runner.brokers"))]
+    assert loaded == []
