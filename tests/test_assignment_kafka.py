@@ -78,7 +78,7 @@ def test_three_instances_share_every_task_once(tmp_path: Path, kafka_bootstrap: 
 
     assert sorted(len(d["active"]) for d in docs.values()) == [4, 4, 4]  # even
     owner = {t: i for i, d in docs.items() for t in d["active"]}
-    for i, d in docs.items():
+    for d in docs.values():
         # copartitioned: partition N of users and of events on the instance running task 0_N
         parts = d["partitions"]
         for topic in (f"{name}-events", f"{name}-users"):

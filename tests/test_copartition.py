@@ -133,8 +133,10 @@ def test_run_refuses_an_internal_topic_left_on_the_broker_with_another_partition
 def test_run_refuses_a_join_of_different_key_formats(tmp_path: Path) -> None:
     """A model built in code skips `edm validate`; the run checks the same rule."""
     path = tmp_path / "r.yaml"
-    path.write_text(REPARTITION_THEN_JOIN.replace("activity: {partitions: 1,", "activity: {partitions: 4,")
-                    .replace("      - select_key: value.user\n      - repartition: {name: by-user, partitions: 4}\n", ""))
+    path.write_text(REPARTITION_THEN_JOIN
+                    .replace("activity: {partitions: 1,", "activity: {partitions: 4,")
+                    .replace("      - select_key: value.user\n"
+                             "      - repartition: {name: by-user, partitions: 4}\n", ""))
     topology = load_file(path)
     topology.streams["users"].key = SerdeSpec("json")
 

@@ -10,7 +10,7 @@ from edm_runner import devkafka
 from edm_runner.brokers.base import OutRecord, Record, TopicSpec
 from edm_runner.brokers.kafka import KafkaBroker
 from test_kafka_broker import read_until, unique
-from helpers.brokers import run_on, started
+from helpers.brokers import run_on
 
 
 @pytest.mark.kafka

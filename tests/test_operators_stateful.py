@@ -192,7 +192,8 @@ def test_stream_table_and_global_table_joins(tmp_path: Path) -> None:
               to: out}
     """)
     r.run({"users": [("u1", "U1", 1)], "profiles": [("p1", "P1", 1)]})
-    out = r.run({"in": [("u1", 1, 2), ("u9", 2, 3)], "in2": [("k", {"p": "p1", "x": 1}, 4), ("k", {"p": "p9", "x": 2}, 5)]})
+    out = r.run({"in": [("u1", 1, 2), ("u9", 2, 3)],
+                 "in2": [("k", {"p": "p1", "x": 1}, 4), ("k", {"p": "p9", "x": 2}, 5)]})
     assert sorted(kv(out)) == [("k", [1, "P1"]), ("u1", [1, "U1"]), ("u9", [2, None])]
 
 

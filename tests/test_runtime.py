@@ -313,7 +313,8 @@ def test_fail_policy_stops_without_committing_the_failing_batch(tmp_path: Path, 
     assert values(out) == [{"inv": 10}, {"inv": 5}]
 
 
-def test_skip_policy_counts_and_logs_a_sample(tmp_path: Path, run_local: RunLocal, caplog: pytest.LogCaptureFixture) -> None:
+def test_skip_policy_counts_and_logs_a_sample(tmp_path: Path, run_local: RunLocal,
+                                              caplog: pytest.LogCaptureFixture) -> None:
     t = load(tmp_path, FAILING.replace("{policy}", "    on_error: skip"))
     stats, out = run_local(lambda broker: _run_and_read(broker, t, "other"))
     assert stats.skipped == 2 and stats.services["svc"].skipped_by_pipeline == {"p": 2}

@@ -281,9 +281,12 @@ def test_table_changes_and_lookup_and_restore_from_the_source(tmp_path: Path) ->
             for k, v in changes:
                 by_key.setdefault(k, []).append(v)
             # u3's tombstone changed nothing: no change event
-            assert by_key == {"u1": [{"new": {"name": "A"}, "old": None}, {"new": {"name": "A2"}, "old": {"name": "A"}}],
-                              "u2": [{"new": {"name": "B"}, "old": None}, {"new": None, "old": {"name": "B"}}]}
-            await _produce(broker, topology, "activity", [("u1", {"page": 1}), ("u2", {"page": 2}), ("u3", {"page": 3})])
+            assert by_key == {"u1": [{"new": {"name": "A"}, "old": None},
+                                     {"new": {"name": "A2"}, "old": {"name": "A"}}],
+                              "u2": [{"new": {"name": "B"}, "old": None},
+                                     {"new": None, "old": {"name": "B"}}]}
+            await _produce(broker, topology, "activity",
+                           [("u1", {"page": 1}), ("u2", {"page": 2}), ("u3", {"page": 3})])
             await _run(topology, broker, state)
             assert sorted(await _read(broker, "out")) == [
                 ("u1", {"value": {"page": 1}, "other": {"name": "A2"}}),

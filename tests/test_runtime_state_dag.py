@@ -13,7 +13,8 @@ def _pos(line: int) -> Pos:
     return Pos("t.yaml", line, 3)
 
 
-def _topology(tmp_path: Path, pipelines: list[tuple[int, str, list[str], list[tuple[str, dict]], str | None]]) -> Topology:
+def _topology(tmp_path: Path,
+              pipelines: list[tuple[int, str, list[str], list[tuple[str, dict]], str | None]]) -> Topology:
     streams = {"users": (4, "entity"), "activity": (4, "keyed"), "clicks": (4, "keyed"),
                "orders": (2, "keyed"), "out": (4, "keyed"), "countries": (1, "entity")}
     return Topology(
@@ -22,7 +23,8 @@ def _topology(tmp_path: Path, pipelines: list[tuple[int, str, list[str], list[tu
         stores={"counts": StoreSpec("counts"), "revenue": StoreSpec("revenue", "window", changelog=False)},
         tables={"users-table": TableSpec("users-table", "users", pos=_pos(10))},
         global_tables={"countries-g": TableSpec("countries-g", "countries", is_global=True, pos=_pos(12))},
-        pipelines={name: PipelineSpec(name, sources, [StepSpec(op, cfg, _pos(line + 1 + i)) for i, (op, cfg) in enumerate(steps)],
+        pipelines={name: PipelineSpec(name, sources,
+                                      [StepSpec(op, cfg, _pos(line + 1 + i)) for i, (op, cfg) in enumerate(steps)],
                                       ToSpec(stream=to) if to else None, pos=_pos(line))
                    for line, name, sources, steps, to in pipelines})
 

@@ -149,7 +149,8 @@ def test_an_aggregate_that_makes_nan_is_an_error_of_the_event_not_a_changelog_re
         on_error: skip
         steps:
           - group_by_key: {}
-          - aggregate: {store: sums, initializer: "0", aggregator: "'nan' | float if value.bad else aggregate + value.x"}
+          - aggregate: {store: sums, initializer: "0",
+                        aggregator: "'nan' | float if value.bad else aggregate + value.x"}
         to: out
     """)
     out = svc.run({"in": [("a", {"x": 1}), ("a", {"bad": True}), ("a", {"x": 2})]})
@@ -307,13 +308,15 @@ case("merge, peek, log", {"merge", "peek", "log"},
 case("repartition", {"repartition"}, _pipeline(f'[{{repartition: {{name: r, partitions: 2, key: "key ~ {EXPR}"}}}}]'),
      {"in": _events()}, ("in", "a", BAD_N, 1_005))
 case("group_by, count", {"group_by", "count"},
-     "stores: {kv: {type: key_value}}" + _pipeline(f'[{{group_by: {{key: "key ~ {EXPR}", name: g}}}}, {{count: {{store: kv}}}}]'),
+     "stores: {kv: {type: key_value}}"
+     + _pipeline(f'[{{group_by: {{key: "key ~ {EXPR}", name: g}}}}, {{count: {{store: kv}}}}]'),
      {"in": _events()}, ("in", "a", BAD_N, 1_005))
 case("group_by_key, count", {"group_by_key", "count"},
      "stores: {kv: {type: key_value}}" + _pipeline('[{group_by_key: {}}, {count: {store: kv}}]'),
      {"in": _events()}, ("in", LONG, {"n": 5}, 1_005))
 case("reduce", {"reduce"},
-     "stores: {kv: {type: key_value}}" + _pipeline("""[{group_by_key: {}}, {reduce: {store: kv, reducer: "{'n': aggregate.n + value.n}"}}]"""),
+     "stores: {kv: {type: key_value}}"
+     + _pipeline("""[{group_by_key: {}}, {reduce: {store: kv, reducer: "{'n': aggregate.n + value.n}"}}]"""),
      {"in": _events()}, ("in", LONG, {"n": 5}, 1_005))
 case("aggregate", {"aggregate"},
      "stores: {kv: {type: key_value}}" + _pipeline(

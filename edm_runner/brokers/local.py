@@ -37,7 +37,8 @@ from urllib.parse import quote
 
 import lmdb
 
-from edm_runner.brokers.base import BrokerFullError, Headers, OutRecord, PartitionMismatchError, Record, TopicPartition, TopicSpec
+from edm_runner.brokers.base import (BrokerFullError, Headers, OutRecord, PartitionMismatchError, Record,
+                                     TopicPartition, TopicSpec)
 from edm_runner.errors import BrokerError
 
 MAP_SIZE = 64 << 30  # sparse: only pages in use take disk space

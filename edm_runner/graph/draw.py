@@ -115,7 +115,7 @@ class _ServiceDrawing:
             if node.kind == "sink":  # repartition, group_by: the step, then its topic
                 for topic in node.topics:
                     d.edge(drawn, self.topic(topic))
-            for index, child in enumerate(node.children):
+            for child in node.children:
                 label = ""
                 if node.kind == "branch":
                     arm = node.branch[node.arms.index(child)] if child in node.arms else None

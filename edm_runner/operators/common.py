@@ -31,7 +31,8 @@ KEY_FORMAT: dict = {
                    "reads (so they are copartitioned), else json.",
 }
 
-VALUE_FORMAT: dict = {"enum": list(get_args(Format)), "description": "The value format of the internal topic (default json)."}
+VALUE_FORMAT: dict = {"enum": list(get_args(Format)),
+                      "description": "The value format of the internal topic (default json)."}
 
 
 def whole_expression(config: Any) -> list[tuple[tuple, str]]:

@@ -378,8 +378,10 @@ register(Operator(
                      "description": "tumbling (size), hopping (size, advance), sliding (size: the max "
                                     "time difference), session (gap)."},
             "size": {**POSITIVE_DURATION_SCHEMA, "description": "The window length."},
-            "advance": {**POSITIVE_DURATION_SCHEMA, "description": "Hopping windows: the distance between window starts."},
-            "gap": {**POSITIVE_DURATION_SCHEMA, "description": "Session windows: the inactivity gap closing a session."},
+            "advance": {**POSITIVE_DURATION_SCHEMA,
+                        "description": "Hopping windows: the distance between window starts."},
+            "gap": {**POSITIVE_DURATION_SCHEMA,
+                    "description": "Session windows: the inactivity gap closing a session."},
             "grace": {**DURATION_SCHEMA, "description": "How long after its end a window accepts late "
                                                         "events (default 0)."},
             "time": {**EXPRESSION, "description": "The event time in ms (default: the record timestamp)."},

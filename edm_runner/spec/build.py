@@ -11,9 +11,9 @@ from typing import Any
 
 from edm_runner.spec.durations import parse_duration
 from edm_runner.spec.limits import Limits
-from edm_runner.spec.model import (NOWHERE, AssignmentSpec, BranchSpec, BrokerSpec, ErrorPolicy, FunctionSpec, PipelineSpec, Pos,
-                                   ProcessingSpec, SerdeSpec, StepSpec, StoreSpec, StreamSpec, TableSpec,
-                                   ToSpec, Topology)
+from edm_runner.spec.model import (NOWHERE, AssignmentSpec, BranchSpec, BrokerSpec, ErrorPolicy, FunctionSpec,
+                                   PipelineSpec, Pos, ProcessingSpec, SerdeSpec, StepSpec, StoreSpec, StreamSpec,
+                                   TableSpec, ToSpec, Topology)
 from edm_runner.spec.yaml_loader import SourceMap
 
 

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import yaml
 
@@ -78,7 +78,7 @@ def run(args: list[str], cwd: Path, preexec: Callable[[], None] | None = None,
             resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 
 
-def prepare_event_run(directory: Path, cases: dict[str, dict[str, Any]], broker: list[str] = [],
+def prepare_event_run(directory: Path, cases: dict[str, dict[str, Any]], broker: Sequence[str] = (),
                       prefix: str = "") -> Path:
     """Write the topology of ``cases`` in ``directory`` and produce their events (``broker``:
     extra options of edm, e.g. ``["--broker", URL]``); the topology's path."""

@@ -85,7 +85,7 @@ async def read_outputs(broker: KafkaBroker, name: str, committed: bool = True) -
         ends = await consumer.end_offsets(tps)
         todo = {tp for tp in tps if ends[tp] > 0}
         while todo:
-            for tp, records in (await consumer.getmany(timeout_ms=500, max_records=10_000)).items():
+            for records in (await consumer.getmany(timeout_ms=500, max_records=10_000)).values():
                 for record in records:
                     seen[json.loads(record.value)["last"]] += 1
             for tp in list(todo):

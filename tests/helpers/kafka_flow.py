@@ -75,7 +75,7 @@ class Runner:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
-            raise AssertionError(f"the runner ignored SIGTERM for {timeout_s} s:\n{self.stderr()}")
+            raise AssertionError(f"the runner ignored SIGTERM for {timeout_s} s:\n{self.stderr()}") from None
 
 
 class Feeder:
