@@ -13,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "edm_runner"
@@ -104,7 +103,6 @@ print(json.dumps({"exit": code, "loaded": [m for m in ("aiokafka", "lmdb") if m 
 """
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9: operators import the runtime")
 def test_validate_imports_neither_aiokafka_nor_lmdb():
     """`edm validate` reads a file: it must not pay for (or need) the Kafka client or LMDB."""
     topology = ROOT / "topologies" / "quickstart" / "topology.yaml"
