@@ -37,7 +37,7 @@ class Node:
     declared stream a source reads (None for an internal topic). ``arms`` (branch only) are
     each arm's first node id in order, None for an arm that drops its events. ``table``: the
     table a ``table`` node materializes. ``changes``: a source of a group_by topic fed by table
-    changes (its values carry the old value, see ``runtime.processing.GroupBySink``).
+    changes (its values carry the old value, see ``operators.sink.GroupBySink``).
     ``links``: nodes in the same sub-topology without an event flow (a stream-table join and
     its table). ``stores``: the stores the step uses, by name (from its config)."""
 

@@ -1,7 +1,7 @@
 """group_by, group_by_key, count, reduce, aggregate.
 
 - ``group_by`` re-keys through ``<service>-<name>-repartition``; the DAG and the runtime
-  implement it (``graph.dag``, ``runtime.processing.GroupBySink``); on a table its events
+  implement it (``graph.dag``, ``operators.sink.GroupBySink``); on a table its events
   arrive here as changes (``value`` new, ``old`` previous) under the group key.
 - ``group_by_key`` marks the current key as the group key (a pass-through step).
 - Aggregations keep one value per group key in a key_value store and emit each update
@@ -36,7 +36,7 @@ def _null_key() -> EventError:
 
 def _build_group_by(step: StepSpec, ctx: BuildContext) -> Processor:
     raise NotImplementedError("group_by is built by the runtime as a sink to its repartition topic "
-                              "(runtime.processing.GroupBySink), like the DAG cuts the pipeline there")
+                              "(operators.sink.GroupBySink), like the DAG cuts the pipeline there")
 
 
 # -- aggregations -----------------------------------------------------------------------------

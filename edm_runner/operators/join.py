@@ -178,6 +178,21 @@ class StreamStreamJoin(EventwiseProcessor):
         return out
 
 
+class SideInput(Processor):
+    """Feeds a join the events of its other side (``Processor.process_other``)."""
+
+    def __init__(self, join: Processor) -> None:
+        self.join = join
+        self.label = f"{join.label} (other side)"
+        self.pos = join.pos
+
+    def process(self, batch: list[Event]) -> list[Event]:
+        return self.join.process_other(batch)
+
+    def process_one(self, event: Event) -> list[Event]:
+        return self.join.process_other([event])
+
+
 def _build(step: StepSpec, ctx: BuildContext) -> Processor:
     cfg = step.config
     kind = cfg.get("kind", "inner")

@@ -1,4 +1,5 @@
-"""Writing events to a topic: encoding with the target's serdes and choosing partitions.
+"""Writing events to a topic: encoding with the target's serdes and choosing partitions; the
+sinks the DAG places (a pipeline's ``to``, ``group_by``) and ``repartition`` use it.
 
 Invariants: the partition is always chosen here (never by the broker), with the same
 murmur2 mapping as Kafka's Java client for non-null keys; null keys go round robin over the
@@ -11,10 +12,11 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from edm_runner.errors import EventError
-from edm_runner.operators.api import Event
+from edm_runner.operators.api import Event, ExprFn, Processor
 from edm_runner.records import MAX_RECORD_BYTES, OutRecord, check_record_size
 from edm_runner.records.partitioner import default_partition
 from edm_runner.serde import Serde
+from edm_runner.spec.model import Pos, ToSpec
 
 # (key, key_bytes, value) -> partition
 Partitioner = Callable[[Any, "bytes | None", Any], int]
@@ -103,3 +105,82 @@ class TopicWriter:
         vb = self.value_serde.encode(e.value)
         check_record_size(f"a record for '{self.topic}'", kb, vb, e.headers)
         return OutRecord(self.topic, self.partitioner(e.key, kb, e.value), kb, vb, e.timestamp, e.headers)
+
+
+class ToSink(Processor):
+    """A pipeline's ``to``: one stream, or one per event chosen by ``select``."""
+
+    def __init__(self, writers: dict[str, TopicWriter], select: ExprFn | None, outputs: list[OutRecord],
+                 to: ToSpec) -> None:
+        self.writers = writers
+        self.select = select
+        self.outputs = outputs
+        self.label = f"to {to.stream}" if to.stream else "to (select)"
+        self.pos = to.pos
+        self.only = next(iter(writers.values())) if select is None else None
+
+    def _writer(self, name: Any) -> TopicWriter:
+        writer = self.writers.get(name) if isinstance(name, str) else None
+        if writer is None:
+            raise EventError(f"`select` returned {name!r}; it must be one of {', '.join(self.writers)}")
+        return writer
+
+    def process(self, batch: list[Event]) -> list[Event]:
+        if self.only is not None:
+            self.outputs.extend(self.only.records(batch))
+            return []
+        f = self.select
+        writers = [self._writer(f(e.key, e.value, e)) for e in batch]
+        self.outputs.extend([w.record(e) for w, e in zip(writers, batch)])
+        return []
+
+    def process_one(self, event: Event) -> list[Event]:
+        return self.process([event])
+
+
+class GroupBySink(Processor):
+    """``group_by``: re-keys with ``key`` and writes to its internal repartition topic with the
+    topic's serdes (``graph.dag.InternalTopic``) and the default partitioner. After a table
+    (``changes``) the value is ``{"old": o, "new": n}`` and a change that moves a key between
+    groups becomes two records: the old value leaving its group, the new one entering the other."""
+
+    label = "group_by"
+
+    def __init__(self, key_fn: ExprFn, writer: TopicWriter, outputs: list[OutRecord],
+                 changes: bool, pos: Pos) -> None:
+        self.key_fn = key_fn
+        self.topic = writer.topic
+        self.encode_key = writer.key_serde.encode
+        self.encode_value = writer.value_serde.encode
+        self.partitioner = writer.partitioner
+        self.outputs = outputs
+        self.changes = changes
+        self.pos = pos
+
+    def _record(self, key: Any, value: Any, e: Event) -> OutRecord:
+        kb = self.encode_key(key)
+        return OutRecord(self.topic, self.partitioner(key, kb, value), kb, self.encode_value(value),
+                         e.timestamp, e.headers)
+
+    def process(self, batch: list[Event]) -> list[Event]:
+        f = self.key_fn
+        if not self.changes:
+            keys = [f(e.key, e.value, e) for e in batch]
+            self.outputs.extend([self._record(k, e.value, e) for k, e in zip(keys, batch)])
+            return []
+        records = []
+        for e in batch:
+            new_key = f(e.key, e.value, e) if e.value is not None else None
+            old_key = f(e.key, e.old, e) if e.old is not None else None
+            if e.value is not None and e.old is not None and new_key == old_key:
+                records.append(self._record(new_key, {"old": e.old, "new": e.value}, e))
+                continue
+            if e.old is not None:
+                records.append(self._record(old_key, {"old": e.old, "new": None}, e))
+            if e.value is not None:
+                records.append(self._record(new_key, {"old": None, "new": e.value}, e))
+        self.outputs.extend(records)
+        return []
+
+    def process_one(self, event: Event) -> list[Event]:
+        return self.process([event])

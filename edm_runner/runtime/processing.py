@@ -25,15 +25,15 @@ from typing import Any, Callable
 
 from edm_runner.brokers.base import OutRecord, Record
 from edm_runner.errors import EventError, InternalError, ProcessingError, UserCodeError
-from edm_runner.graph.dag import Dag, InternalTopic, Node, build_dag
+from edm_runner.graph.dag import Dag, Node, build_dag
+from edm_runner.operators.api import BuildContext, Event, ExprFn, Processor, StoreCatalog
+from edm_runner.operators.join import SideInput
 from edm_runner.operators.registry import get as get_operator
-from edm_runner.operators.api import BuildContext, Event, EventwiseProcessor, ExprFn, Processor, StoreCatalog, TaskStoreRef
-from edm_runner.operators.sink import DefaultPartitioner, TopicWriter
-from edm_runner.serde import Serde
+from edm_runner.operators.sink import DefaultPartitioner, GroupBySink, TopicWriter, ToSink
+from edm_runner.operators.table import TableMaterializer
 from edm_runner.runtime.stats import ServiceStats
-from edm_runner.serde import SerdeError, make_serde
-from edm_runner.spec.model import ErrorPolicy, Pos, StreamSpec, ToSpec, Topology
-from edm_runner.state.stores import null_table_key
+from edm_runner.serde import Serde, SerdeError, make_serde
+from edm_runner.spec.model import ErrorPolicy, Pos, StreamSpec, Topology
 
 log = logging.getLogger("edm.runtime")
 
@@ -86,128 +86,6 @@ class ErrorHandler:
             f"event at {where} (topic/partition/offset): {error}\n"
             f"    hint: nothing from this event on was committed; fix the step or the data, or set "
             f"`on_error: skip` or `on_error: {{dead_letter: <stream>}}` on {self.owner} to keep going") from exc
-
-
-class ToSink(Processor):
-    """A pipeline's ``to``: one stream, or one per event chosen by ``select``."""
-
-    def __init__(self, writers: dict[str, TopicWriter], select: ExprFn | None, outputs: list[OutRecord],
-                 to: ToSpec) -> None:
-        self.writers = writers
-        self.select = select
-        self.outputs = outputs
-        self.label = f"to {to.stream}" if to.stream else "to (select)"
-        self.pos = to.pos
-        self.only = next(iter(writers.values())) if select is None else None
-
-    def _writer(self, name: Any) -> TopicWriter:
-        writer = self.writers.get(name) if isinstance(name, str) else None
-        if writer is None:
-            raise EventError(f"`select` returned {name!r}; it must be one of {', '.join(self.writers)}")
-        return writer
-
-    def process(self, batch: list[Event]) -> list[Event]:
-        if self.only is not None:
-            self.outputs.extend(self.only.records(batch))
-            return []
-        f = self.select
-        writers = [self._writer(f(e.key, e.value, e)) for e in batch]
-        self.outputs.extend([w.record(e) for w, e in zip(writers, batch)])
-        return []
-
-    def process_one(self, event: Event) -> list[Event]:
-        return self.process([event])
-
-
-class TableMaterializer(EventwiseProcessor):
-    """A table's node: the latest value per key in the table's store (a null value deletes);
-    emits one change event per actual change, with ``old`` the previous value. A null key is an
-    error of the record (``null_table_key``, as on restore: ``tasks.table_converter``). Event by event
-    (``EventwiseProcessor``): when a record of a batch fails (a key too long for the store),
-    the replay of the records before it does not see their own writes as their old values."""
-
-    def __init__(self, name: str, ref: TaskStoreRef, pos: Pos) -> None:
-        self.name = name
-        self.label = f"table {name}"
-        self.ref = ref
-        self.pos = pos
-
-    def begin(self) -> None:
-        self.store = self.ref.get()
-
-    def apply(self, e: Event) -> list[Event]:
-        if e.key is None:
-            raise null_table_key(self.name)
-        store = self.store
-        old = store.get(e.key)
-        if old is None and e.value is None:
-            return []
-        store.put(e.key, e.value)
-        e.old = old
-        return [e]
-
-
-class SideInput(Processor):
-    """Feeds a join the events of its other side (``Processor.process_other``)."""
-
-    def __init__(self, join: Processor) -> None:
-        self.join = join
-        self.label = f"{join.label} (other side)"
-        self.pos = join.pos
-
-    def process(self, batch: list[Event]) -> list[Event]:
-        return self.join.process_other(batch)
-
-    def process_one(self, event: Event) -> list[Event]:
-        return self.join.process_other([event])
-
-
-class GroupBySink(Processor):
-    """``group_by``: re-keys with ``key`` and writes to its internal repartition topic with the
-    topic's serdes (``graph.dag.InternalTopic``) and the default partitioner. After a table
-    (``changes``) the value is ``{"old": o, "new": n}`` and a change that moves a key between
-    groups becomes two records: the old value leaving its group, the new one entering the other."""
-
-    label = "group_by"
-
-    def __init__(self, key_fn: ExprFn, topic: InternalTopic, outputs: list[OutRecord],
-                 changes: bool, pos: Pos) -> None:
-        self.key_fn = key_fn
-        self.topic = topic.topic
-        self.encode_key = make_serde(topic.key).encode
-        self.encode_value = make_serde(topic.value).encode
-        self.partitioner = DefaultPartitioner(topic.partitions)
-        self.outputs = outputs
-        self.changes = changes
-        self.pos = pos
-
-    def _record(self, key: Any, value: Any, e: Event) -> OutRecord:
-        kb = self.encode_key(key)
-        return OutRecord(self.topic, self.partitioner(key, kb, value), kb, self.encode_value(value),
-                         e.timestamp, e.headers)
-
-    def process(self, batch: list[Event]) -> list[Event]:
-        f = self.key_fn
-        if not self.changes:
-            keys = [f(e.key, e.value, e) for e in batch]
-            self.outputs.extend([self._record(k, e.value, e) for k, e in zip(keys, batch)])
-            return []
-        records = []
-        for e in batch:
-            new_key = f(e.key, e.value, e) if e.value is not None else None
-            old_key = f(e.key, e.old, e) if e.old is not None else None
-            if e.value is not None and e.old is not None and new_key == old_key:
-                records.append(self._record(new_key, {"old": e.old, "new": e.value}, e))
-                continue
-            if e.old is not None:
-                records.append(self._record(old_key, {"old": e.old, "new": None}, e))
-            if e.value is not None:
-                records.append(self._record(new_key, {"old": None, "new": e.value}, e))
-        self.outputs.extend(records)
-        return []
-
-    def process_one(self, event: Event) -> list[Event]:
-        return self.process([event])
 
 
 @dataclass(eq=False)
@@ -348,8 +226,10 @@ class CompiledService:
             select = ctx.compile(to.select, to.pos) if to.select else None
             step.proc = ToSink(writers, select, self.outputs, to)
         elif node.kind == "sink" and node.step.op == "group_by":
-            step.proc = GroupBySink(ctx.compile(node.step.config["key"], node.pos),
-                                    self.dag.internal_topics[node.topics[0]], self.outputs, node.changes, node.pos)
+            topic = self.dag.internal_topics[node.topics[0]]
+            writer = TopicWriter(topic.topic, topic.partitions, make_serde(topic.key), make_serde(topic.value))
+            step.proc = GroupBySink(ctx.compile(node.step.config["key"], node.pos), writer, self.outputs,
+                                    node.changes, node.pos)
         else:
             op = get_operator(node.step.op)
             if op is None:

@@ -27,6 +27,7 @@ from edm_runner.brokers.base import Broker, Consumer, OutRecord, Producer, Recor
 from edm_runner.errors import EventError
 from edm_runner.invocation import Invocation
 from edm_runner.operators.api import StoreUse
+from edm_runner.operators.table import null_table_key
 from edm_runner.runtime import eos
 from edm_runner.runtime.processing import CompiledService, ErrorHandler
 from edm_runner.runtime.stats import ServiceStats
@@ -35,7 +36,7 @@ from edm_runner.spec.model import Pos
 from edm_runner.state.api import encode_json
 from edm_runner.state.progress import RestoreProgress
 from edm_runner.state.restore import INPUT_HEADER, check_changelog, input_position, restore_task, store_headers
-from edm_runner.state.stores import key_too_long, null_table_key
+from edm_runner.state.stores import key_too_long
 from edm_runner.state.task import Checkpoint, TaskState, fingerprint, global_dir, task_dir, tp_key
 
 log = logging.getLogger("edm.runtime")
@@ -69,7 +70,7 @@ def table_converter(name: str, serdes: tuple[Serde, Serde], max_key: int,
                     ) -> Callable[[Record], tuple[bytes, bytes | None] | None]:
     """Source record -> the table store's (key bytes, value bytes or None), or None for a
     record that never enters the table (``on_error`` is told): a key or value that does not
-    decode, a null key, or a key too long for the store; the same records ``TableMaterializer``
+    decode, a null key, or a key too long for the store; the same records ``operators.table.TableMaterializer``
     refuses when it processes them."""
     decode_key, decode_value = serdes[0].decode, serdes[1].decode
 

@@ -39,13 +39,6 @@ def key_too_long(store: str, k: bytes, limit: int) -> EventError:
                       f"({k[:60]!r}...); use a shorter key")
 
 
-def null_table_key(table: str) -> EventError:
-    """The error of a record of a table's source with a null key: a table keeps the latest
-    value per key, so such a record cannot enter it (when processed and when restored alike)."""
-    return EventError(f"table {table!r}: a record with a null key cannot enter a table (it keeps the "
-                      "latest value per key); write a key with every record of its entity stream")
-
-
 def _merge(stored: Iterable[tuple[bytes, bytes]], buffered: list[tuple[bytes, bytes | None]]
            ) -> Iterator[tuple[bytes, bytes]]:
     """Merge two byte-ordered streams; a buffered entry overrides (None hides) a stored one."""
