@@ -50,7 +50,7 @@ def parse_lines(source: BinaryIO | Iterable[bytes], origin: str, raw_values: boo
     at ``origin:line:col``. ``raw_values``: each line is the value itself. A line without a
     timestamp gets the time of the call. A record larger than the brokers take is refused here
     too."""
-    from edm_runner.brokers.base import check_record_size
+    from edm_runner.records import check_record_size
     now = int(time.time() * 1000)
     records = []
     for number, raw in enumerate(source, start=1):
