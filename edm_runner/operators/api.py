@@ -39,8 +39,8 @@ if TYPE_CHECKING:
     from edm_runner.graph.dag import InternalTopic
 
 __all__ = ["BuildContext", "Counters", "Event", "EventwiseProcessor", "ExprFn", "Headers", "LateEvents",
-           "OutRecord", "PassThrough", "Processor", "Record", "StoreCatalog", "StoreUse", "TaskStoreRef",
-           "changelog_topic", "event_time", "repartition_topic"]
+           "OutRecord", "PassThrough", "PerEventProcessor", "Processor", "Record", "StoreCatalog", "StoreUse",
+           "TaskStoreRef", "changelog_topic", "event_time", "repartition_topic"]
 
 # The latest event time accepted: 9999-12-31T23:59:59.999Z. With every duration at most 100 years
 # (spec.durations.MAX_DURATION_MS), every window start, end, join bound and retention mark computed
@@ -107,10 +107,20 @@ ExprFn = Callable[[Any, Any, Event], Any]
 
 
 class Processor:
-    """One step of a pipeline. ``label`` names it in errors (``filter``, ``branch[1].when``)."""
+    """One step of a pipeline. ``label`` names it in errors (``filter``, ``branch[1].when``).
+
+    A subclass writes its logic once: ``process_one(event)`` (then the batch path applies it
+    event by event, which keeps the contract when ``process_one`` changes nothing it was given:
+    ``flat_map`` derives new events), or ``process(batch)`` (then the replay of one event is a
+    batch of one). ``PerEventProcessor`` derives both from a per-event ``compute`` + ``emit``."""
 
     label: str = "step"
     pos: Pos = NOWHERE
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.process is Processor.process and cls.process_one is Processor.process_one:
+            raise TypeError(f"{cls.__name__} must define process or process_one")
 
     def process(self, batch: list[Event]) -> list[Event]:
         out: list[Event] = []
@@ -119,12 +129,41 @@ class Processor:
         return out
 
     def process_one(self, event: Event) -> list[Event]:
-        raise NotImplementedError
+        return self.process([event])
 
     def process_other(self, batch: list[Event]) -> list[Event]:
         """A join's other side: events of the other stream (stream-stream join) or change
         events of the other table (table-table join), same contract as ``process``."""
         raise NotImplementedError(f"{self.label} has no other side")
+
+
+class PerEventProcessor(Processor):
+    """A stateless step with at most one output per event: ``compute(event)`` (may raise an
+    ``EventError``; changes nothing), then ``emit(event, result)``: the output event (the input,
+    possibly updated in place) or None to drop it; never raises. The batch path computes every
+    result before it emits any, so a batch that raises has changed nothing, and the replay of
+    one event is ``compute`` + ``emit``."""
+
+    def compute(self, event: Event) -> Any:
+        raise NotImplementedError
+
+    def emit(self, event: Event, result: Any) -> Event | None:
+        raise NotImplementedError
+
+    def process(self, batch: list[Event]) -> list[Event]:
+        compute, emit = self.compute, self.emit
+        results = [compute(e) for e in batch]
+        out: list[Event] = []
+        append = out.append
+        for e, r in zip(batch, results):
+            e = emit(e, r)
+            if e is not None:
+                append(e)
+        return out
+
+    def process_one(self, event: Event) -> list[Event]:
+        e = self.emit(event, self.compute(event))
+        return [] if e is None else [e]
 
 
 class EventwiseProcessor(Processor):
@@ -296,9 +335,6 @@ class PassThrough(Processor):
 
     def process(self, batch: list[Event]) -> list[Event]:
         return batch
-
-    def process_one(self, event: Event) -> list[Event]:
-        return [event]
 
 
 @dataclass

@@ -1,13 +1,13 @@
 """filter and filter_not: keep the events for which an expression is (not) truthy."""
 from __future__ import annotations
 
-from edm_runner.operators.api import BuildContext, Event, ExprFn, Processor
+from edm_runner.operators.api import BuildContext, Event, ExprFn, PerEventProcessor
 from edm_runner.operators.common import EXPRESSION, whole_expression
 from edm_runner.operators.registry import Operator, register
 from edm_runner.spec.model import StepSpec
 
 
-class Filter(Processor):
+class Filter(PerEventProcessor):
     """Keeps events where ``predicate`` is truthy (``keep=True``) or falsy (``keep=False``)."""
 
     def __init__(self, predicate: ExprFn, keep: bool, label: str, step: StepSpec) -> None:
@@ -16,14 +16,11 @@ class Filter(Processor):
         self.label = label
         self.pos = step.pos
 
-    def process(self, batch: list[Event]) -> list[Event]:
-        f = self.predicate
-        if self.keep:
-            return [e for e in batch if f(e.key, e.value, e)]
-        return [e for e in batch if not f(e.key, e.value, e)]
+    def compute(self, e: Event) -> bool:
+        return bool(self.predicate(e.key, e.value, e))
 
-    def process_one(self, event: Event) -> list[Event]:
-        return [event] if bool(self.predicate(event.key, event.value, event)) == self.keep else []
+    def emit(self, e: Event, passed: bool) -> Event | None:
+        return e if passed == self.keep else None
 
 
 def _build(keep: bool, label: str):

@@ -55,9 +55,6 @@ class LookupJoin(Processor):
             e.value = v
         return [e for e, _ in results]
 
-    def process_one(self, event: Event) -> list[Event]:
-        return self.process([event])
-
 
 class TableTableJoin(Processor):
     """Joins two tables' changes (this side: ``process``, the other: ``process_other``)."""
@@ -93,9 +90,6 @@ class TableTableJoin(Processor):
 
     def process(self, batch: list[Event]) -> list[Event]:
         return self._changes(batch, True)
-
-    def process_one(self, event: Event) -> list[Event]:
-        return self._changes([event], True)
 
     def process_other(self, batch: list[Event]) -> list[Event]:
         return self._changes(batch, False)
@@ -188,9 +182,6 @@ class SideInput(Processor):
 
     def process(self, batch: list[Event]) -> list[Event]:
         return self.join.process_other(batch)
-
-    def process_one(self, event: Event) -> list[Event]:
-        return self.join.process_other([event])
 
 
 def _build(step: StepSpec, ctx: BuildContext) -> Processor:

@@ -8,51 +8,43 @@ from __future__ import annotations
 from typing import Any
 
 from edm_runner.errors import EventError
-from edm_runner.operators.api import BuildContext, Event, ExprFn, Processor
+from edm_runner.operators.api import BuildContext, Event, ExprFn, PerEventProcessor, Processor
 from edm_runner.operators.common import EXPRESSION, keyed_expressions, whole_expression
 from edm_runner.operators.registry import Operator, register
 from edm_runner.spec.model import StepSpec
 
 
-class MapValues(Processor):
+class MapValues(PerEventProcessor):
     label = "map_values"
 
     def __init__(self, fn: ExprFn, step: StepSpec) -> None:
         self.fn = fn
         self.pos = step.pos
 
-    def process(self, batch: list[Event]) -> list[Event]:
-        f = self.fn
-        values = [f(e.key, e.value, e) for e in batch]
-        for e, v in zip(batch, values):
-            e.value = v
-        return batch
+    def compute(self, e: Event) -> Any:
+        return self.fn(e.key, e.value, e)
 
-    def process_one(self, event: Event) -> list[Event]:
-        event.value = self.fn(event.key, event.value, event)
-        return [event]
+    def emit(self, e: Event, value: Any) -> Event:
+        e.value = value
+        return e
 
 
-class SelectKey(Processor):
+class SelectKey(PerEventProcessor):
     label = "select_key"
 
     def __init__(self, fn: ExprFn, step: StepSpec) -> None:
         self.fn = fn
         self.pos = step.pos
 
-    def process(self, batch: list[Event]) -> list[Event]:
-        f = self.fn
-        keys = [f(e.key, e.value, e) for e in batch]
-        for e, k in zip(batch, keys):
-            e.key = k
-        return batch
+    def compute(self, e: Event) -> Any:
+        return self.fn(e.key, e.value, e)
 
-    def process_one(self, event: Event) -> list[Event]:
-        event.key = self.fn(event.key, event.value, event)
-        return [event]
+    def emit(self, e: Event, key: Any) -> Event:
+        e.key = key
+        return e
 
 
-class Map(Processor):
+class Map(PerEventProcessor):
     """New key and/or value; both expressions see the ORIGINAL key and value."""
 
     label = "map"
@@ -62,21 +54,14 @@ class Map(Processor):
         self.value_fn = value_fn
         self.pos = step.pos
 
-    def _pair(self, e: Event) -> tuple[Any, Any]:
+    def compute(self, e: Event) -> tuple[Any, Any]:
         k = self.key_fn(e.key, e.value, e) if self.key_fn else e.key
         v = self.value_fn(e.key, e.value, e) if self.value_fn else e.value
         return k, v
 
-    def process(self, batch: list[Event]) -> list[Event]:
-        pairs = [self._pair(e) for e in batch]
-        for e, (k, v) in zip(batch, pairs):
-            e.key = k
-            e.value = v
-        return batch
-
-    def process_one(self, event: Event) -> list[Event]:
-        event.key, event.value = self._pair(event)
-        return [event]
+    def emit(self, e: Event, pair: tuple[Any, Any]) -> Event:
+        e.key, e.value = pair
+        return e
 
 
 def _as_list(result: Any, what: str) -> list:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from edm_runner.operators.api import BuildContext, Event, ExprFn, Processor
+from edm_runner.operators.api import BuildContext, Event, ExprFn, PerEventProcessor
 from edm_runner.operators.common import EXPRESSION, whole_expression
 from edm_runner.operators.registry import Operator, register
 from edm_runner.spec.model import StepSpec
@@ -12,7 +12,7 @@ from edm_runner.spec.model import StepSpec
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-class Peek(Processor):
+class Peek(PerEventProcessor):
     """Evaluates the expression per event for its side effects (typically a function call).
     A batch that raises is replayed per event, so a side effect may happen twice."""
 
@@ -22,18 +22,14 @@ class Peek(Processor):
         self.fn = fn
         self.pos = step.pos
 
-    def process(self, batch: list[Event]) -> list[Event]:
-        f = self.fn
-        for e in batch:
-            f(e.key, e.value, e)
-        return batch
+    def compute(self, e: Event) -> None:
+        self.fn(e.key, e.value, e)
 
-    def process_one(self, event: Event) -> list[Event]:
-        self.fn(event.key, event.value, event)
-        return [event]
+    def emit(self, e: Event, result: None) -> Event:
+        return e
 
 
-class Log(Processor):
+class Log(PerEventProcessor):
     """Logs one line per event on logger ``edm.<service>.<pipeline>``; messages of a batch are
     all computed before any is logged."""
 
@@ -45,20 +41,16 @@ class Log(Processor):
         self.logger = logger
         self.pos = step.pos
 
-    def _message(self, e: Event) -> Any:
+    def compute(self, e: Event) -> Any:
+        """The message, or None when the level is off (then nothing is evaluated)."""
+        if not self.logger.isEnabledFor(self.level):
+            return None
         return self.fn(e.key, e.value, e) if self.fn else f"key={e.key!r} value={e.value!r}"
 
-    def process(self, batch: list[Event]) -> list[Event]:
-        if not self.logger.isEnabledFor(self.level):
-            return batch
-        for message in [self._message(e) for e in batch]:
+    def emit(self, e: Event, message: Any) -> Event:
+        if message is not None:
             self.logger.log(self.level, "%s", message)
-        return batch
-
-    def process_one(self, event: Event) -> list[Event]:
-        if self.logger.isEnabledFor(self.level):
-            self.logger.log(self.level, "%s", self._message(event))
-        return [event]
+        return e
 
 
 def _build_peek(step: StepSpec, ctx: BuildContext) -> Peek:

@@ -41,9 +41,6 @@ class Repartition(Processor):
         self.outputs.extend(self.writer.records(batch))
         return []
 
-    def process_one(self, event: Event) -> list[Event]:
-        return self.process([event])
-
 
 def _build(step: StepSpec, ctx: BuildContext) -> Repartition:
     cfg = step.config

@@ -134,9 +134,6 @@ class ToSink(Processor):
         self.outputs.extend([w.record(e) for w, e in zip(writers, batch)])
         return []
 
-    def process_one(self, event: Event) -> list[Event]:
-        return self.process([event])
-
 
 class GroupBySink(Processor):
     """``group_by``: re-keys with ``key`` and writes to its internal repartition topic with the
@@ -181,6 +178,3 @@ class GroupBySink(Processor):
                 records.append(self._record(new_key, {"old": None, "new": e.value}, e))
         self.outputs.extend(records)
         return []
-
-    def process_one(self, event: Event) -> list[Event]:
-        return self.process([event])
