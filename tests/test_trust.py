@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import textwrap
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -624,7 +625,9 @@ def test_an_event_time_past_year_9999_is_an_error_of_the_event(tmp_path: Path, b
     crash loop); a record timestamp of 2**63-1 emitted a window end past 64 bits. Both are now
     errors of their event (on_error: skip), and the other events are windowed as before. Kafka 4
     refuses a record timestamp that far ahead itself (InvalidTimestampError, its
-    log.message.timestamp.after.max.ms), so there the second event has an ordinary one."""
+    log.message.timestamp.after.max.ms), so there the second event has an ordinary one. On the
+    embedded broker the same bound refuses the output record that carries that timestamp (an
+    error of the event after the window counted it: the count goes on from 2)."""
     far = 2**63 - 1 if broker_url.startswith("local:") else 2000
     svc = Service(tmp_path, """
     kind: microservice
@@ -651,11 +654,11 @@ def test_an_event_time_past_year_9999_is_an_error_of_the_event(tmp_path: Path, b
     hour = 3_600_000
     out = svc.run({"in": [("a", {"ts": 10**20}, 1000), ("a", {"ts": 2000}, far), ("a", {"ts": 3000}, 3000)]},
                   read="by_value")
-    assert out == [("a", {"start": 0, "end": hour, "value": 1}), ("a", {"start": 0, "end": hour, "value": 2})]
+    assert out == [("a", {"start": 0, "end": hour, "value": n}) for n in ([2] if far != 2000 else [1, 2])]
     by_record = asyncio.run(_records(svc, f"{svc.p}by-record"))
     counts = [json.loads(r.value)["value"] for r in by_record]
     assert counts == ([1, 2] if far != 2000 else [1, 2, 3])
-    assert svc.stats.skipped == (2 if far != 2000 else 1)
+    assert svc.stats.skipped == (3 if far != 2000 else 1)
 
 
 # -- one record size limit, on every broker ----------------------------------------------------
@@ -725,6 +728,72 @@ def test_edm_produce_refuses_a_record_above_the_limit(tmp_path: Path) -> None:
     assert done.stderr.startswith("edm: <stdin>:2:1: the record is 2000003 bytes (key 1, value 2000002), above "
                                   "the record size limit of 1000000 bytes")
     assert "inputs" not in done.stderr
+
+
+# -- one record timestamp bound, on every broker ---------------------------------------------------
+
+MINUTE = 60_000
+
+FUTURE_WINDOWS = """
+kind: microservice
+name: "{p}f"
+streams:
+  in: {topic: "{p}in"}
+  out: {topic: "{p}out"%s}
+  dlq: {topic: "{p}dlq", key: bytes, value: bytes}
+stores: {w: {type: window}}
+pipelines:
+  p:
+    from: in
+    steps:
+      - group_by_key: {}
+      - window: {type: tumbling, size: 1m, emit: final, time: value.ts}
+      - count: {store: w}
+    to: out
+    on_error: {dead_letter: dlq}
+"""
+
+
+def _future_run(svc: Service) -> tuple[list[tuple[Any, Any]], int, int]:
+    """Two windows in the past, then two event times two days ahead: the second closes the
+    window of the first, whose result carries the window end (two days ahead) as timestamp."""
+    now = time.time_ns() // 1_000_000
+    past, future = (now - 3 * 3_600_000) // MINUTE * MINUTE, (now + 2 * 86_400_000) // MINUTE * MINUTE
+    out = svc.run({"in": [("a", {"ts": past}), ("a", {"ts": past + 2 * MINUTE}), ("a", {"ts": future}),
+                          ("a", {"ts": future + 2 * MINUTE})]})
+    return out, past, future
+
+
+def test_a_window_result_dated_past_the_topic_bound_is_an_error_of_the_event(tmp_path: Path,
+                                                                              broker_url: str) -> None:
+    """Kafka 4 refuses a record timestamp more than message.timestamp.after.max.ms (1 h) ahead of
+    its clock: a window over a future event time (emit final: the window end is the record
+    timestamp) failed the whole batch with InvalidTimestampError past on_error, and every restart
+    met it again (a crash loop); the embedded broker kept the record. Now the record is refused
+    where it is written, as an error of the event that closed the window, on both brokers."""
+    svc = Service(tmp_path, FUTURE_WINDOWS % "", url=broker_url)
+    out, past, future = _future_run(svc)
+    assert out == [("a", {"start": past, "end": past + MINUTE, "value": 1}),
+                   ("a", {"start": past + 2 * MINUTE, "end": past + 3 * MINUTE, "value": 1})]
+    assert svc.service.dead_lettered == 1
+    dead = asyncio.run(_records(svc, f"{svc.p}dlq"))
+    assert [json.loads(r.value)["ts"] for r in dead] == [future + 2 * MINUTE]
+    error = dict(dead[0].headers)["edm.error"].decode()
+    assert error.startswith(f"RecordTimestampError: a record for '{svc.p}out' has timestamp {future + MINUTE - 1} ms")
+    assert "past the topic's message.timestamp.after.max.ms of 3600000 ms" in error
+    assert "raise message.timestamp.after.max.ms on the topic" in error
+    assert svc.run({}) == out  # committed: a new run does not meet the event again
+    assert svc.service.dead_lettered == 0
+
+
+@pytest.mark.kafka
+def test_a_topic_with_a_raised_timestamp_bound_takes_the_future_window(tmp_path: Path, kafka_bootstrap: str) -> None:
+    """The bound is the topic's own on Kafka (read when the service starts), not only the default."""
+    svc = Service(tmp_path, FUTURE_WINDOWS % ', config: {"message.timestamp.after.max.ms": "259200000"}',
+                  url="kafka://" + kafka_bootstrap)
+    out, past, future = _future_run(svc)
+    assert out[-1] == ("a", {"start": future, "end": future + MINUTE, "value": 1})
+    assert svc.service.dead_lettered == 0
 
 
 # -- a null key on a table's source: one rule when processed and when restored ---------------------

@@ -16,8 +16,9 @@ from typing import Mapping, NamedTuple, Protocol, Sequence
 
 from edm_runner.errors import BrokerError
 # Records are shared with the operators (which know no broker): defined in edm_runner.records.
-from edm_runner.records import (MAX_RECORD_BYTES, Headers, OutRecord, Record, RecordTooLargeError,  # noqa: F401
-                                check_record_size)
+from edm_runner.records import (DEFAULT_TIMESTAMP_BOUND, MAX_RECORD_BYTES, Headers, OutRecord,  # noqa: F401
+                                Record, RecordTimestampError, RecordTooLargeError, TimestampBound,
+                                check_record_size, check_record_timestamp)
 
 
 class PartitionMismatchError(BrokerError):
@@ -124,6 +125,11 @@ class Broker(Protocol):
         ...
 
     def producer(self) -> Producer: ...
+
+    async def timestamp_bounds(self, topics: Sequence[str]) -> dict[str, TimestampBound]:
+        """The record timestamp bound of each of ``topics`` that differs from
+        ``DEFAULT_TIMESTAMP_BOUND`` (the embedded broker: none). Read once per run."""
+        ...
 
     # -- administration (``edm reset``): offsets and topics outside of a running group ---------
 

@@ -29,12 +29,14 @@ from typing import Any, Mapping, Sequence
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka import TopicPartition as KafkaTP
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from aiokafka.helpers import create_ssl_context
 from aiokafka.protocol.metadata import MetadataRequest
 
-from edm_runner.brokers.base import OutRecord, PartitionMismatchError, Record, TopicPartition, TopicSpec
+from edm_runner.brokers.base import (DEFAULT_TIMESTAMP_BOUND, OutRecord, PartitionMismatchError, Record,
+                                     TimestampBound, TopicPartition, TopicSpec)
 from edm_runner.errors import BrokerError
 
 _OPTIONS = {"bootstrap_servers", "client_id", "connect_timeout_s", "security", "producer", "consumer"}
@@ -128,6 +130,35 @@ class KafkaBroker:
                       for s in specs if existing.get(s.name, s.partitions) != s.partitions}
         if mismatches:
             raise PartitionMismatchError(self.describe(), mismatches)
+
+    async def timestamp_bounds(self, topics: Sequence[str]) -> dict[str, TimestampBound]:
+        """Each topic's effective message.timestamp.after.max.ms / before.max.ms (none on
+        LogAppendTime topics; brokers before 3.6 have only message.timestamp.difference.max.ms,
+        both ways); a topic the broker does not describe keeps the default."""
+        if not topics:
+            return {}
+        names = ["message.timestamp.type", "message.timestamp.after.max.ms", "message.timestamp.before.max.ms",
+                 "message.timestamp.difference.max.ms"]
+        resources = [ConfigResource(ConfigResourceType.TOPIC, t, {n: None for n in names}) for t in topics]
+        responses = await self._retrying("describing topic configs",
+                                         lambda: self._started_admin().describe_configs(resources))
+        bounds: dict[str, TimestampBound] = {}
+        for response in responses:
+            for resource in response.to_object()["resources"]:
+                if resource["error_code"] != 0:
+                    continue
+                config = {e["config_names"]: e["config_value"] for e in resource["config_entries"]}
+                after, before = config.get(names[1]), config.get(names[2])
+                if after is None and before is None:
+                    after = before = config.get(names[3])
+                if config.get(names[0]) == "LogAppendTime":
+                    bound = TimestampBound(None, None)
+                else:
+                    bound = TimestampBound(_bound_ms(after, DEFAULT_TIMESTAMP_BOUND.after_ms),
+                                           _bound_ms(before, DEFAULT_TIMESTAMP_BOUND.before_ms))
+                if bound != DEFAULT_TIMESTAMP_BOUND:
+                    bounds[resource["resource_name"]] = bound
+        return bounds
 
     def consumer(self, group: str | None, topics: Sequence[str], *,
                  from_beginning: bool = True, partitions: Sequence[TopicPartition] | None = None,
@@ -656,6 +687,14 @@ def _security_kwargs(security: dict[str, Any]) -> dict[str, Any]:
         kwargs["sasl_plain_username"] = security.get("username")
         kwargs["sasl_plain_password"] = security.get("password")
     return kwargs
+
+
+def _bound_ms(value: str | None, default: int | None) -> int | None:
+    """A timestamp bound config value in ms; Long.MAX_VALUE (or more than 100 years): no bound."""
+    if value is None or not value.lstrip("-").isdigit():
+        return default
+    ms = int(value)
+    return None if ms >= 100 * 365 * 86_400_000 else ms
 
 
 def _configs(spec: TopicSpec) -> dict[str, str]:

@@ -38,7 +38,7 @@ from urllib.parse import quote
 import lmdb
 
 from edm_runner.brokers.base import (BrokerFullError, Headers, OutRecord, PartitionMismatchError, Record,
-                                     TopicPartition, TopicSpec)
+                                     TimestampBound, TopicPartition, TopicSpec)
 from edm_runner.errors import BrokerError
 
 MAP_SIZE = 64 << 30  # sparse: only pages in use take disk space
@@ -306,6 +306,10 @@ class LocalBroker:
 
     async def ensure_topics(self, specs: Sequence[TopicSpec], create: bool = True) -> None:
         await asyncio.to_thread(self._ensure_topics_sync, specs, create)
+
+    async def timestamp_bounds(self, topics: Sequence[str]) -> dict[str, TimestampBound]:
+        """None: every topic keeps Kafka's default bound, so what runs here runs on Kafka."""
+        return {}
 
     async def list_topics(self) -> dict[str, int]:
         with self._read() as (h, txn):

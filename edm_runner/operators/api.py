@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from edm_runner.errors import EdmError, EventError
-from edm_runner.records import Headers, OutRecord, Record
+from edm_runner.records import Headers, OutRecord, Record, TimestampBound
 from edm_runner.records.partitioner import default_partition
 from edm_runner.spec.model import NOWHERE, Pos, StoreSpec, StoreType, StreamSpec, Topology
 
@@ -352,6 +352,7 @@ class BuildContext:
     catalog: StoreCatalog = field(default_factory=StoreCatalog)
     stats: Counters = field(default_factory=_Counters)
     internal_topics: Mapping[str, "InternalTopic"] = field(default_factory=dict)
+    timestamp_bounds: Mapping[str, TimestampBound] = field(default_factory=dict)  # operators.sink.TimestampBounds
 
     def compile(self, source: str, pos: Pos = NOWHERE, params: tuple[str, ...] = ("key", "value", "event")
                 ) -> ExprFn:

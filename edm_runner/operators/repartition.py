@@ -53,7 +53,8 @@ def _build(step: StepSpec, ctx: BuildContext) -> Repartition:
         partitioner = FunctionPartitioner(kind["function"], ctx.function(kind["function"], step.pos), n)
     else:
         partitioner = DefaultPartitioner(n)
-    writer = TopicWriter(target.topic, n, make_serde(target.key), make_serde(target.value), partitioner)
+    writer = TopicWriter(target.topic, n, make_serde(target.key), make_serde(target.value), partitioner,
+                         ctx.timestamp_bounds)
     key_fn = ctx.compile(cfg["key"], step.pos) if "key" in cfg else None
     return Repartition(key_fn, writer, ctx.outputs, step)
 

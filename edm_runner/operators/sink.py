@@ -5,21 +5,47 @@ Invariants: the partition is always chosen here (never by the broker), with the 
 murmur2 mapping as Kafka's Java client for non-null keys; null keys go round robin over the
 partitions in event order, so a run is deterministic. Output timestamp and headers are the
 input event's. No record above ``MAX_RECORD_BYTES`` is returned: its event gets a
-``RecordTooLargeError`` (on every broker, before the broker could refuse the batch).
+``RecordTooLargeError``; no record whose timestamp is outside its topic's ``TimestampBound``
+(``TimestampBounds``, read from the broker at start; Kafka's default unless it reports another)
+is returned: its event gets a ``RecordTimestampError``. Both on every broker, before the broker
+could refuse the batch.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import sys
+import time
+from typing import Any, Callable, Mapping
 
 from edm_runner.errors import EventError
 from edm_runner.operators.api import Event, ExprFn, Processor
-from edm_runner.records import MAX_RECORD_BYTES, OutRecord, check_record_size
+from edm_runner.records import (DEFAULT_TIMESTAMP_BOUND, MAX_RECORD_BYTES, OutRecord, TimestampBound,
+                                check_record_size, check_record_timestamp)
 from edm_runner.records.partitioner import default_partition
 from edm_runner.serde import Serde
 from edm_runner.spec.model import Pos, ToSpec
 
 # (key, key_bytes, value) -> partition
 Partitioner = Callable[[Any, "bytes | None", Any], int]
+# topic -> its record timestamp bound (``Broker.timestamp_bounds``); absent: the default
+TimestampBounds = Mapping[str, TimestampBound]
+
+
+class TimestampGate:
+    """Checks the timestamps of the records of one batch for one topic against its bound at
+    the time the gate is made (one clock read per batch)."""
+
+    __slots__ = ("what", "bound", "now", "lo", "hi")
+
+    def __init__(self, topic: str, bounds: TimestampBounds) -> None:
+        self.what = f"a record for '{topic}'"
+        self.bound = bound = bounds.get(topic, DEFAULT_TIMESTAMP_BOUND)
+        self.now = now = time.time_ns() // 1_000_000
+        self.lo = -sys.maxsize if bound.before_ms is None else now - bound.before_ms
+        self.hi = sys.maxsize if bound.after_ms is None else now + bound.after_ms
+
+    def check(self, timestamp_ms: int) -> None:
+        if not self.lo <= timestamp_ms <= self.hi:
+            check_record_timestamp(self.what, timestamp_ms, self.bound, self.now)
 
 
 class RoundRobin:
@@ -75,15 +101,21 @@ class FunctionPartitioner:
 
 
 class TopicWriter:
-    """Turns events into ``OutRecord``s for one topic."""
+    """Turns events into ``OutRecord``s for one topic. ``bounds`` is shared with the runtime,
+    which fills it when the service starts (``Broker.timestamp_bounds``)."""
 
     def __init__(self, topic: str, partitions: int, key_serde: Serde, value_serde: Serde,
-                 partitioner: Partitioner | None = None) -> None:
+                 partitioner: Partitioner | None = None, bounds: TimestampBounds | None = None) -> None:
         self.topic = topic
         self.partitions = partitions
         self.key_serde = key_serde
         self.value_serde = value_serde
         self.partitioner = partitioner or DefaultPartitioner(partitions)
+        self.bounds: TimestampBounds = {} if bounds is None else bounds
+
+    def gate(self) -> TimestampGate:
+        """The timestamp check for one batch of this topic."""
+        return TimestampGate(self.topic, self.bounds)
 
     def records(self, batch: list[Event]) -> list[OutRecord]:
         topic, part = self.topic, self.partitioner
@@ -91,7 +123,11 @@ class TopicWriter:
         out = []
         append = out.append
         limit = MAX_RECORD_BYTES
+        gate = self.gate()
+        lo, hi = gate.lo, gate.hi
         for e in batch:
+            if not lo <= e.timestamp <= hi:
+                gate.check(e.timestamp)
             kb = ke(e.key)
             value = e.value
             vb = ve(value)
@@ -101,6 +137,7 @@ class TopicWriter:
         return out
 
     def record(self, e: Event) -> OutRecord:
+        self.gate().check(e.timestamp)
         kb = self.key_serde.encode(e.key)
         vb = self.value_serde.encode(e.value)
         check_record_size(f"a record for '{self.topic}'", kb, vb, e.headers)
@@ -150,6 +187,7 @@ class GroupBySink(Processor):
         self.encode_key = writer.key_serde.encode
         self.encode_value = writer.value_serde.encode
         self.partitioner = writer.partitioner
+        self.writer = writer
         self.outputs = outputs
         self.changes = changes
         self.pos = pos
@@ -160,6 +198,9 @@ class GroupBySink(Processor):
                          e.timestamp, e.headers)
 
     def process(self, batch: list[Event]) -> list[Event]:
+        gate = self.writer.gate()
+        for e in batch:
+            gate.check(e.timestamp)
         f = self.key_fn
         if not self.changes:
             keys = [f(e.key, e.value, e) for e in batch]

@@ -40,6 +40,50 @@ def check_record_size(what: str, key: bytes | None, value: bytes | None, headers
             "what an aggregate accumulates")
 
 
+KAFKA_TIMESTAMP_AFTER_MAX_MS = 3_600_000
+"""Kafka's default ``message.timestamp.after.max.ms`` (KIP-937, Kafka 3.6+)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TimestampBound:
+    """How far from the broker's clock a record timestamp may be when written to a topic:
+    Kafka refuses a whole batch holding one above now + ``after_ms`` or below now - ``before_ms``
+    (the topic's ``message.timestamp.after.max.ms`` / ``message.timestamp.before.max.ms``,
+    KIP-937). None: no bound (``before`` by default; both on LogAppendTime topics, whose
+    timestamps the broker sets). Unless a broker reports a topic's bound, Kafka's default applies
+    (the embedded broker too), so a topology that runs on it runs on Kafka."""
+
+    after_ms: int | None = KAFKA_TIMESTAMP_AFTER_MAX_MS
+    before_ms: int | None = None
+
+
+DEFAULT_TIMESTAMP_BOUND = TimestampBound()
+
+
+class RecordTimestampError(EventError):
+    """A record to write has a timestamp outside its topic's ``TimestampBound``: an error of its
+    event (it follows ``on_error``), found before anything of the batch is written."""
+
+
+def check_record_timestamp(what: str, timestamp_ms: int, bound: TimestampBound, now_ms: int) -> None:
+    """Raises ``RecordTimestampError`` when ``timestamp_ms`` is outside ``bound`` at ``now_ms``
+    (this machine's clock, standing in for the broker's). The one place that bound is applied:
+    the stream writers (``operators.sink.TopicWriter``: to, group_by, repartition).
+    ``what`` names the record's destination ("a record for 'topic'")."""
+    after, before = bound.after_ms, bound.before_ms
+    if after is not None and timestamp_ms > now_ms + after:
+        raise RecordTimestampError(
+            f"{what} has timestamp {timestamp_ms} ms, {timestamp_ms - now_ms} ms ahead of the clock "
+            f"({now_ms}), past the topic's message.timestamp.after.max.ms of {after} ms: Kafka refuses "
+            "it. Fix the event time (a `time:` expression in the wrong unit, a producer's clock), or "
+            "raise message.timestamp.after.max.ms on the topic")
+    if before is not None and timestamp_ms < now_ms - before:
+        raise RecordTimestampError(
+            f"{what} has timestamp {timestamp_ms} ms, {now_ms - timestamp_ms} ms behind the clock "
+            f"({now_ms}), past the topic's message.timestamp.before.max.ms of {before} ms: Kafka "
+            "refuses it. Fix the event time, or raise message.timestamp.before.max.ms on the topic")
+
+
 @dataclass(slots=True)
 class Record:
     """A record as read from a broker."""

@@ -23,7 +23,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from edm_runner.brokers.base import OutRecord, Record
+from edm_runner.brokers.base import OutRecord, Record, TimestampBound
 from edm_runner.errors import EventError, InternalError, ProcessingError, UserCodeError
 from edm_runner.graph.dag import Dag, Node, build_dag
 from edm_runner.operators.api import BuildContext, Event, ExprFn, Processor, StoreCatalog
@@ -131,6 +131,8 @@ class CompiledService:
         self.catalog = StoreCatalog()
         self.subtopology_of = {n: sub.id for sub in self.dag.subtopologies for n in sub.nodes}
         self.table_serdes: dict[str, tuple[Serde, Serde]] = {}  # table -> its stream's serdes
+        # Filled by the runner when the service starts (``Broker.timestamp_bounds``); every writer reads it.
+        self.timestamp_bounds: dict[str, TimestampBound] = {}
         self._contexts: dict[tuple[str, int], BuildContext] = {}
         self._handlers: dict[tuple[str, str | None], ErrorHandler] = {}
         self._steps: dict[str, Step] = {}
@@ -152,7 +154,8 @@ class CompiledService:
         if ctx is None:
             ctx = self._contexts[key] = BuildContext(self.topology, node.pipeline, self.functions, self.outputs,
                                                      subtopology=key[1], catalog=self.catalog, stats=self.stats,
-                                                     internal_topics=self.dag.internal_topics)
+                                                     internal_topics=self.dag.internal_topics,
+                                                     timestamp_bounds=self.timestamp_bounds)
         return ctx
 
     def _handler(self, pipeline: str, stream: str | None) -> ErrorHandler:
@@ -180,9 +183,9 @@ class CompiledService:
             handler.owner = f"stream {stream!r}"
         return handler
 
-    @staticmethod
-    def _writer(spec: StreamSpec) -> TopicWriter:
-        return TopicWriter(spec.topic, spec.partitions, make_serde(spec.key), make_serde(spec.value))
+    def _writer(self, spec: StreamSpec) -> TopicWriter:
+        return TopicWriter(spec.topic, spec.partitions, make_serde(spec.key), make_serde(spec.value),
+                           bounds=self.timestamp_bounds)
 
     def _source(self, node: Node) -> Source:
         key_spec, value_spec = node.serdes
@@ -227,7 +230,8 @@ class CompiledService:
             step.proc = ToSink(writers, select, self.outputs, to)
         elif node.kind == "sink" and node.step.op == "group_by":
             topic = self.dag.internal_topics[node.topics[0]]
-            writer = TopicWriter(topic.topic, topic.partitions, make_serde(topic.key), make_serde(topic.value))
+            writer = TopicWriter(topic.topic, topic.partitions, make_serde(topic.key), make_serde(topic.value),
+                                 bounds=self.timestamp_bounds)
             step.proc = GroupBySink(ctx.compile(node.step.config["key"], node.pos), writer, self.outputs,
                                     node.changes, node.pos)
         else:

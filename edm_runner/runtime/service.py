@@ -118,6 +118,8 @@ class ServiceRunner:
             await self.broker.ensure_topics(topic_specs(self.topology, self.compiled), create=create)
         except PartitionMismatchError as error:
             raise BrokerError(f"{error}. To get out: {self._way_out(error.mismatches)}") from None
+        written = sorted({s.topic for s in self.topology.streams.values()} | set(self.internal))
+        self.compiled.timestamp_bounds.update(await self.broker.timestamp_bounds(written))
         if self.topology.processing.start == "latest":
             await self._start_at_end()
 
