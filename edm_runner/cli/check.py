@@ -14,7 +14,8 @@ from edm_runner.errors import ConfigError
 @app.command()
 def validate(
     files: Annotated[list[Path], typer.Argument(help="Topology files to check.")],
-    output: Annotated[OutputFormat, typer.Option("--format", help="text, or json for CI annotations.")] = OutputFormat.text,
+    output: Annotated[OutputFormat,
+                      typer.Option("--format", help="text, or json for CI annotations.")] = OutputFormat.text,
     no_code: NoCodeOption = False,
 ) -> None:
     """Check topology files: every error of every file, as file:line:col: message."""
@@ -101,7 +102,8 @@ def _describe_text(doc: dict) -> str:
         lines += [f"    {node['kind']:<7} {node['label']}" for node in sub["nodes"]]
     if doc["internal_topics"]:
         lines.append("  internal topics:")
-        lines += [f"    {topic} ({t['kind']}, {t['partitions']} partitions{', compacted' if t.get('compacted') else ''}, "
+        lines += [f"    {topic} ({t['kind']}, {t['partitions']} partitions"
+                  f"{', compacted' if t.get('compacted') else ''}, "
                   f"key {t['key']}, value {t['value']}"
                   f"{'' if t.get('partitioner', 'default') == 'default' else ', partitioner ' + t['partitioner']})"
                   for topic, t in doc["internal_topics"].items()]

@@ -68,19 +68,19 @@ def guarded(action: Callable[[], int | None]) -> None:
     except ConfigError as error:
         for diagnostic in error.diagnostics:
             typer.echo(diagnostic.format(), err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from error
     except EdmError as error:
-        raise fail(str(error), error.exit_code)
+        raise fail(str(error), error.exit_code) from error
     except (typer.Exit, KeyboardInterrupt):
         raise
     except BrokenPipeError:  # stdout's reader is gone (`| head`): stop quietly
         _discard_stdout()
-        raise typer.Exit(128 + signal.SIGPIPE)
+        raise typer.Exit(128 + signal.SIGPIPE) from None
     except Exception as error:  # an edm bug: one line, the traceback on demand
         if os.environ.get("EDM_DEBUG"):
             raise
         what = str(error) if isinstance(error, InternalError) else f"{type(error).__name__}: {error}"
-        raise fail(f"internal error: {what} (set EDM_DEBUG=1 for a traceback, and please report it)", 1)
+        raise fail(f"internal error: {what} (set EDM_DEBUG=1 for a traceback, and please report it)", 1) from error
     raise typer.Exit(code or 0)
 
 
@@ -161,8 +161,8 @@ def invocation_of(topology, file: Path | None, *, broker: str | None = None, sta
     """How the user ran this command: what hints that name a command repeat (``file`` None:
     a command given no topology, `-t`)."""
     from edm_runner.spec.model import BusinessTopology
-    return Invocation(None if file is None else str(file), broker, None if state_dir is None else str(state_dir), service,
-                      business=isinstance(topology, BusinessTopology))
+    return Invocation(None if file is None else str(file), broker, None if state_dir is None else str(state_dir),
+                      service, business=isinstance(topology, BusinessTopology))
 
 
 def open_broker(topology, topology_file: Path | None, broker_url: str | None, state_dir: Path | None):

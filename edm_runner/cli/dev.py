@@ -9,7 +9,8 @@ import typer
 from edm_runner.cli.common import app, guarded
 
 dev_app = typer.Typer(no_args_is_help=True, help="Development helpers.")
-kafka_app = typer.Typer(no_args_is_help=True, help="A single-node Apache Kafka broker (KRaft) for tests and development.")
+kafka_app = typer.Typer(no_args_is_help=True,
+                        help="A single-node Apache Kafka broker (KRaft) for tests and development.")
 app.add_typer(dev_app, name="dev")
 dev_app.add_typer(kafka_app, name="kafka")
 

@@ -35,7 +35,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from edm_runner.brokers.base import Broker, Consumer, PartitionMismatchError, Producer, Record, TopicPartition, TopicSpec
+from edm_runner.brokers.base import (Broker, Consumer, PartitionMismatchError, Producer, Record, TopicPartition,
+                                     TopicSpec)
 from edm_runner.brokers.kafka import KafkaBroker
 from edm_runner.brokers.kafka_eos import read_committed
 from edm_runner.invocation import Invocation
@@ -90,7 +91,8 @@ class ServiceRunner:
         tasks = TaskManager(self.compiled, state_dir, stats, invocation)
         self.tasks = tasks if tasks.subs else None
         self.standbys = StandbyTasks(tasks) if tasks.subs else None
-        self.globals = GlobalTables(self.compiled, state_dir, stats, invocation) if self.compiled.catalog.global_tables() else None
+        self.globals = (GlobalTables(self.compiled, state_dir, stats, invocation)
+                        if self.compiled.catalog.global_tables() else None)
         self.local = broker if isinstance(broker, LocalBroker) else None
         # Exactly-once on Kafka: per-task transactions (runtime.eos), read-committed consumers.
         self.eos: KafkaTransactions | None = None
@@ -163,7 +165,8 @@ class ServiceRunner:
             else:
                 ways.append(f"give stream '{name}' a topic of its own (`topic: {self.name}-{name}` in its "
                             "declaration), declare the broker's partition count, or delete the topic "
-                            f"(its events are lost) and run again: `{self.invocation.command('topics', '--delete', topic)}`")
+                            "(its events are lost) and run again: "
+                            f"`{self.invocation.command('topics', '--delete', topic)}`")
         return "; ".join(ways)
 
     async def start(self) -> None:
