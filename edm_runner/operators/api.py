@@ -32,13 +32,13 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from edm_runner.errors import EdmError, EventError
 from edm_runner.records import Headers, OutRecord, Record, TimestampBound
-from edm_runner.records.partitioner import default_partition
+from edm_runner.records.partitioner import DefaultPartitioner
 from edm_runner.spec.model import NOWHERE, Pos, StoreSpec, StoreType, StreamSpec, Topology
 
 if TYPE_CHECKING:
     from edm_runner.graph.dag import InternalTopic
 
-__all__ = ["BuildContext", "Counters", "Event", "EventwiseProcessor", "ExprFn", "Headers", "LateEvents",
+__all__ = ["BuildContext", "Counters", "DeadLetters", "Event", "EventwiseProcessor", "ExprFn", "Headers", "LateEvents",
            "OutRecord", "PassThrough", "PerEventProcessor", "Processor", "Record", "StoreCatalog", "StoreUse",
            "TaskStoreRef", "changelog_topic", "event_time", "repartition_topic"]
 
@@ -295,33 +295,45 @@ class _Counters:
     dead_lettered: int = 0
 
 
-class LateEvents:
-    """What a window step does with a late event: count it (``ServiceStats.late``) and, with
-    a dead-letter stream, write the original record there with ``edm.error`` headers."""
+class DeadLetters:
+    """A dead-letter stream: the one place dead-letter records are built, for events that fail
+    (the pipeline's ``on_error: {dead_letter: ...}``) and for late window events. A dead letter
+    is the original record (key, value and timestamp bytes as read) with its headers plus
+    ``edm.error``, ``edm.error.step`` and ``edm.source.topic``/``partition``/``offset``. Its
+    partition is chosen as every sink chooses one: murmur2 of the key (as Kafka's Java client),
+    round robin over the partitions for null keys."""
 
-    def __init__(self, stats: Counters, outputs: list[OutRecord], dead_letter: StreamSpec | None,
-                 pipeline: str, pos: Pos) -> None:
-        self.stats = stats
+    def __init__(self, topic: str, partitions: int, outputs: list[OutRecord]) -> None:
+        self.topic = topic
         self.outputs = outputs
-        self.dead_letter = dead_letter
-        self.pipeline = pipeline
-        self.pos = pos
+        self.partitioner = DefaultPartitioner(partitions)
+
+    def write(self, origin: Record, error: str, step: str) -> None:
+        headers = origin.headers + (
+            ("edm.error", error.encode()),
+            ("edm.error.step", step.encode()),
+            ("edm.source.topic", origin.topic.encode()),
+            ("edm.source.partition", str(origin.partition).encode()),
+            ("edm.source.offset", str(origin.offset).encode()),
+        )
+        self.outputs.append(OutRecord(self.topic, self.partitioner(None, origin.key, None), origin.key,
+                                      origin.value, origin.timestamp_ms, headers))
+
+
+class LateEvents:
+    """What a window step does with a late event: count it (``Counters.late``) and, with
+    a dead-letter stream, write the original record there (``DeadLetters``)."""
+
+    def __init__(self, stats: Counters, dead_letters: DeadLetters | None, pipeline: str, pos: Pos) -> None:
+        self.stats = stats
+        self.dead_letters = dead_letters
+        self.step = f"{pipeline} window at {pos}"
 
     def __call__(self, event: Event, reason: str) -> None:
         self.stats.late += 1
-        spec = self.dead_letter
-        if spec is None:
+        if self.dead_letters is None:
             return
-        o = event.origin
-        headers = o.headers + (
-            ("edm.error", f"late event: {reason}".encode()),
-            ("edm.error.step", f"{self.pipeline} window at {self.pos}".encode()),
-            ("edm.source.topic", o.topic.encode()),
-            ("edm.source.partition", str(o.partition).encode()),
-            ("edm.source.offset", str(o.offset).encode()),
-        )
-        partition = default_partition(o.key, spec.partitions) if o.key is not None and spec.partitions > 1 else 0
-        self.outputs.append(OutRecord(spec.topic, partition, o.key, o.value, o.timestamp_ms, headers))
+        self.dead_letters.write(event.origin, f"late event: {reason}", self.step)
         self.stats.dead_lettered += 1
 
 
@@ -428,7 +440,8 @@ class BuildContext:
         """The handler a window step calls as ``late(event, reason)`` for each late event:
         counted, and written to the ``dead_letter`` stream when one is given."""
         spec = self.stream(dead_letter, pos) if dead_letter is not None else None
-        return LateEvents(self.stats, self.outputs, spec, self.pipeline, pos)
+        letters = DeadLetters(spec.topic, spec.partitions, self.outputs) if spec is not None else None
+        return LateEvents(self.stats, letters, self.pipeline, pos)
 
     @property
     def base_dir(self) -> Path:

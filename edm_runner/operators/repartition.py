@@ -14,7 +14,8 @@ from edm_runner.operators.api import BuildContext, Event, ExprFn, Processor
 from edm_runner.operators.common import (EXPRESSION, KEY_FORMAT, PARTITIONER, STREAM_NAME, VALUE_FORMAT,
                                          keyed_expressions)
 from edm_runner.operators.registry import Operator, register
-from edm_runner.operators.sink import DefaultPartitioner, FunctionPartitioner, RoundRobin, TopicWriter
+from edm_runner.operators.sink import FunctionPartitioner, TopicWriter
+from edm_runner.records.partitioner import DefaultPartitioner, RoundRobin
 from edm_runner.records import OutRecord
 from edm_runner.serde import make_serde
 from edm_runner.spec.model import StepSpec

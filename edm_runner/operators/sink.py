@@ -20,7 +20,7 @@ from edm_runner.errors import EventError
 from edm_runner.operators.api import Event, ExprFn, Processor
 from edm_runner.records import (DEFAULT_TIMESTAMP_BOUND, MAX_RECORD_BYTES, OutRecord, TimestampBound,
                                 check_record_size, check_record_timestamp)
-from edm_runner.records.partitioner import default_partition
+from edm_runner.records.partitioner import DefaultPartitioner
 from edm_runner.serde import Serde
 from edm_runner.spec.model import Pos, ToSpec
 
@@ -46,42 +46,6 @@ class TimestampGate:
     def check(self, timestamp_ms: int) -> None:
         if not self.lo <= timestamp_ms <= self.hi:
             check_record_timestamp(self.what, timestamp_ms, self.bound, self.now)
-
-
-class RoundRobin:
-    """Partitions 0, 1, ..., n-1, 0, ... in call order."""
-
-    def __init__(self, partitions: int) -> None:
-        self.partitions = partitions
-        self.next = 0
-
-    def __call__(self, key: Any, key_bytes: bytes | None, value: Any) -> int:
-        p = self.next
-        self.next = (p + 1) % self.partitions
-        return p
-
-
-class DefaultPartitioner:
-    """murmur2 of the key bytes (cached per key: keys repeat), round robin for null keys."""
-
-    _CACHE_LIMIT = 100_000
-
-    def __init__(self, partitions: int) -> None:
-        self.partitions = partitions
-        self.null_keys = RoundRobin(partitions)
-        self.cache: dict[bytes, int] = {}
-
-    def __call__(self, key: Any, key_bytes: bytes | None, value: Any) -> int:
-        if self.partitions == 1:
-            return 0
-        if key_bytes is None:
-            return self.null_keys(key, key_bytes, value)
-        p = self.cache.get(key_bytes)
-        if p is None:
-            if len(self.cache) >= self._CACHE_LIMIT:
-                self.cache.clear()
-            p = self.cache[key_bytes] = default_partition(key_bytes, self.partitions)
-        return p
 
 
 class FunctionPartitioner:

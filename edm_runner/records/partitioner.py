@@ -8,6 +8,7 @@ copartitioned data written by Java/Kafka Streams services lines up with ours.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 _SEED = 0x9747B28C
 _M = 0x5BD1E995
@@ -46,3 +47,39 @@ def default_partition(key: bytes, num_partitions: int) -> int:
     if num_partitions < 1:
         raise ValueError(f"num_partitions must be >= 1, got {num_partitions}")
     return (murmur2(key) & 0x7FFFFFFF) % num_partitions
+
+
+class RoundRobin:
+    """Partitions 0, 1, ..., n-1, 0, ... in call order."""
+
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+        self.next = 0
+
+    def __call__(self, key: Any, key_bytes: bytes | None, value: Any) -> int:
+        p = self.next
+        self.next = (p + 1) % self.partitions
+        return p
+
+
+class DefaultPartitioner:
+    """murmur2 of the key bytes (cached per key: keys repeat), round robin for null keys."""
+
+    _CACHE_LIMIT = 100_000
+
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+        self.null_keys = RoundRobin(partitions)
+        self.cache: dict[bytes, int] = {}
+
+    def __call__(self, key: Any, key_bytes: bytes | None, value: Any) -> int:
+        if self.partitions == 1:
+            return 0
+        if key_bytes is None:
+            return self.null_keys(key, key_bytes, value)
+        p = self.cache.get(key_bytes)
+        if p is None:
+            if len(self.cache) >= self._CACHE_LIMIT:
+                self.cache.clear()
+            p = self.cache[key_bytes] = default_partition(key_bytes, self.partitions)
+        return p

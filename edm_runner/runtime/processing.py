@@ -26,10 +26,10 @@ from typing import Any, Callable
 from edm_runner.brokers.base import OutRecord, Record, TimestampBound
 from edm_runner.errors import EventError, InternalError, ProcessingError, UserCodeError
 from edm_runner.graph.dag import Dag, Node, build_dag
-from edm_runner.operators.api import BuildContext, Event, ExprFn, Processor, StoreCatalog
+from edm_runner.operators.api import BuildContext, DeadLetters, Event, ExprFn, Processor, StoreCatalog
 from edm_runner.operators.join import SideInput
 from edm_runner.operators.registry import get as get_operator
-from edm_runner.operators.sink import DefaultPartitioner, GroupBySink, TopicWriter, ToSink
+from edm_runner.operators.sink import GroupBySink, TopicWriter, ToSink
 from edm_runner.operators.table import TableMaterializer
 from edm_runner.runtime.stats import ServiceStats
 from edm_runner.serde import Serde, SerdeError, make_serde
@@ -45,13 +45,11 @@ class ErrorHandler:
     """Applies one pipeline's error policy to a failed event."""
 
     def __init__(self, service: str, pipeline: str, policy: ErrorPolicy,
-                 dead_letter: TopicWriter | None, outputs: list[OutRecord], stats: ServiceStats) -> None:
+                 dead_letters: DeadLetters | None, stats: ServiceStats) -> None:
         self.service = service
         self.pipeline = pipeline
         self.policy = policy
-        self.dead_letter = dead_letter
-        self.dl_partitioner = DefaultPartitioner(dead_letter.partitions) if dead_letter else None
-        self.outputs = outputs
+        self.dead_letters = dead_letters
         self.stats = stats
         self.owner = f"pipeline {pipeline!r}"  # where the policy is set, for the hint
 
@@ -68,17 +66,8 @@ class ErrorHandler:
                             "failed: %s%s", self.service, self.pipeline, where, step, pos, error,
                             " (further skips of this pipeline are only counted)" if n == SKIP_SAMPLE else "")
             return
-        if kind == "dead_letter" and self.dead_letter is not None:
-            headers = origin.headers + (
-                ("edm.error", error.encode()),
-                ("edm.error.step", f"{step} at {pos}".encode()),
-                ("edm.source.topic", origin.topic.encode()),
-                ("edm.source.partition", str(origin.partition).encode()),
-                ("edm.source.offset", str(origin.offset).encode()),
-            )
-            partition = self.dl_partitioner(None, origin.key, None)
-            self.outputs.append(OutRecord(self.dead_letter.topic, partition, origin.key, origin.value,
-                                          origin.timestamp_ms, headers))
+        if kind == "dead_letter" and self.dead_letters is not None:
+            self.dead_letters.write(origin, error, f"{step} at {pos}")
             self.stats.dead_lettered += 1
             return
         raise ProcessingError(
@@ -175,10 +164,11 @@ class CompiledService:
         if policy is None and stream is not None:
             policy = self.topology.streams[stream].on_error
         policy = policy or FAIL
-        writer = None
+        letters = None
         if policy.kind == "dead_letter" and policy.dead_letter:
-            writer = self._writer(self.topology.streams[policy.dead_letter])
-        handler = ErrorHandler(self.topology.name, pipeline, policy, writer, outputs, self.stats)
+            spec = self.topology.streams[policy.dead_letter]
+            letters = DeadLetters(spec.topic, spec.partitions, outputs)
+        handler = ErrorHandler(self.topology.name, pipeline, policy, letters, self.stats)
         if owner is None and stream is not None:
             handler.owner = f"stream {stream!r}"
         return handler
