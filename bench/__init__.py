@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import timeit
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
 
@@ -112,3 +113,21 @@ def kafka_bootstrap() -> Iterator[str]:
             yield info.bootstrap
         finally:
             devkafka.stop(Path(tmp))
+
+
+async def produce_keyed_events(path: Path, topic: str, events: int, keys: int, partitions: int) -> None:
+    """Writes ``events`` JSON events ``{"n": i}`` to ``topic`` on the embedded broker at ``path``,
+    keyed ``u<k>`` over ``keys`` keys spread by a fixed stride, partition ``k % partitions``, timestamp i."""
+    from edm_runner.brokers.base import OutRecord, TopicSpec
+    from edm_runner.brokers.local import LocalBroker
+    broker = LocalBroker(path)
+    await broker.start()
+    await broker.ensure_topics([TopicSpec(topic, partitions)])
+    producer = broker.producer()
+    for i in range(events):
+        key = (i * 7919) % keys
+        producer.send(OutRecord(topic, key % partitions, f"u{key}".encode(), b'{"n":%d}' % i, i))
+        if i % 50_000 == 49_999:
+            await producer.flush()
+    await producer.flush()
+    await broker.close()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import lmdb
 
-from bench import compare, run_child
+from bench import compare, produce_keyed_events, run_child
 from edm_runner.brokers.base import OutRecord, TopicSpec
 from edm_runner.brokers.local import LocalBroker
 
@@ -29,19 +29,6 @@ KEYS = 10_000
 BATCH = 1000
 TARGET_RATIO = 0.5
 INPUT = "events"
-
-
-async def _produce(path: Path, events: int) -> None:
-    broker = LocalBroker(path)
-    await broker.start()
-    await broker.ensure_topics([TopicSpec(INPUT, 1)])
-    producer = broker.producer()
-    for i in range(events):
-        producer.send(OutRecord(INPUT, 0, f"u{(i * 7919) % KEYS}".encode(), b'{"n":%d}' % i, i))
-        if i % 50_000 == 49_999:
-            await producer.flush()
-    await producer.flush()
-    await broker.close()
 
 
 async def _edm(path: Path) -> tuple[dict, float]:
@@ -114,7 +101,7 @@ def _child(mode: str, path: Path) -> dict:
 def run(events: int = EVENTS) -> dict:
     with tempfile.TemporaryDirectory(prefix="edm-bench-count-") as tmp:
         path = Path(tmp)
-        asyncio.run(_produce(path / "broker", events))
+        asyncio.run(produce_keyed_events(path / "broker", INPUT, events, KEYS, 1))
         edm, edm_rss = run_child("bench.local_count", "edm", str(path))
         base, base_rss = run_child("bench.local_count", "baseline", str(path))
     if edm["written"] != events or base["written"] != events:

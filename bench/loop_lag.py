@@ -19,8 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import run_child
-from edm_runner.brokers.base import OutRecord, TopicSpec
+from bench import produce_keyed_events, run_child
 from edm_runner.brokers.local import LocalBroker
 
 EVENTS = 200_000
@@ -33,20 +32,6 @@ IDLE_SECONDS = 1.0
 TARGET_P99_MS = 20.0
 TARGET_MAX_MS = 100.0
 INPUT = "events"
-
-
-async def _produce(path: Path, events: int) -> None:
-    broker = LocalBroker(path)
-    await broker.start()
-    await broker.ensure_topics([TopicSpec(INPUT, PARTITIONS)])
-    producer = broker.producer()
-    for i in range(events):
-        key = (i * 7919) % KEYS
-        producer.send(OutRecord(INPUT, key % PARTITIONS, f"u{key}".encode(), b'{"n":%d}' % i, i))
-        if i % 50_000 == 49_999:
-            await producer.flush()
-    await producer.flush()
-    await broker.close()
 
 
 async def _monitor(lags: list[float], stop: asyncio.Event) -> None:
@@ -102,7 +87,7 @@ def _percentile(values: list[float], q: float) -> float:
 def run(events: int = EVENTS) -> dict:
     with tempfile.TemporaryDirectory(prefix="edm-bench-lag-") as tmp:
         path = Path(tmp)
-        asyncio.run(_produce(path / "broker", events))
+        asyncio.run(produce_keyed_events(path / "broker", INPUT, events, KEYS, PARTITIONS))
         figures, rss = run_child("bench.loop_lag", "edm", str(path))
     if figures["written"] != events:
         raise RuntimeError(f"expected {events} counts written; edm wrote {figures['written']}")
