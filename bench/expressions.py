@@ -15,7 +15,7 @@ from typing import Any, Callable
 from bench import best_times
 from edm_runner.brokers.base import Record
 from edm_runner.operators.api import Event
-from edm_runner.spec.expressions import compile_expression
+from edm_runner.language.expressions import compile_expression
 
 TARGET = 0.5
 EVENTS = 1000

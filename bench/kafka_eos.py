@@ -53,7 +53,7 @@ async def _produce(broker: KafkaBroker, topic: str, events: int) -> None:
 
 async def _count(broker: KafkaBroker, source: str, guarantee: str, state_dir: Path) -> tuple[int, float]:
     from edm_runner.runtime import run_services
-    from edm_runner.spec.model import (PipelineSpec, ProcessingSpec, StepSpec, StoreSpec, StreamSpec,
+    from edm_runner.language.model import (PipelineSpec, ProcessingSpec, StepSpec, StoreSpec, StreamSpec,
                                        ToSpec, Topology)
 
     name = f"bench-eos-{guarantee[:3]}-{uuid.uuid4().hex[:8]}"

@@ -40,7 +40,7 @@ RSS_LIMIT_MB = 300
 
 
 def _topology(name: str, bootstrap: str, directory: Path):
-    from edm_runner.spec.model import (BrokerSpec, PipelineSpec, StepSpec, StoreSpec, StreamSpec,
+    from edm_runner.language.model import (BrokerSpec, PipelineSpec, StepSpec, StoreSpec, StreamSpec,
                                        Topology, ToSpec)
     return Topology(
         name, directory / "bench.yaml",

@@ -54,7 +54,7 @@ async def _produce(broker: KafkaBroker, topic: str, events: int) -> None:
 
 async def _edm(broker: KafkaBroker, source: str, target: str, tag: str) -> tuple[int, float]:
     from edm_runner.runtime import run_services
-    from edm_runner.spec.model import (PipelineSpec, ProcessingSpec, StepSpec, StreamSpec, ToSpec,
+    from edm_runner.language.model import (PipelineSpec, ProcessingSpec, StepSpec, StreamSpec, ToSpec,
                                        Topology)
 
     topology = Topology(

@@ -33,7 +33,7 @@ INPUT = "events"
 
 async def _edm(path: Path) -> tuple[dict, float]:
     from edm_runner.runtime import run_services
-    from edm_runner.spec.model import (PipelineSpec, ProcessingSpec, StepSpec, StoreSpec, StreamSpec,
+    from edm_runner.language.model import (PipelineSpec, ProcessingSpec, StepSpec, StoreSpec, StreamSpec,
                                        Topology, ToSpec)
 
     topology = Topology(

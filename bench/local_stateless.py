@@ -48,7 +48,7 @@ async def _produce(path: Path, events: int) -> None:
 
 async def _edm(path: Path) -> tuple[int, float]:
     from edm_runner.runtime import run_services
-    from edm_runner.spec.model import PipelineSpec, ProcessingSpec, StepSpec, StreamSpec, Topology, ToSpec
+    from edm_runner.language.model import PipelineSpec, ProcessingSpec, StepSpec, StreamSpec, Topology, ToSpec
 
     topology = Topology(
         "bench-stateless", path / "bench.yaml", processing=ProcessingSpec(max_batch=BATCH),

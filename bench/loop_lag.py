@@ -57,7 +57,7 @@ async def _monitored(work) -> tuple[list[float], object]:
 
 async def _measure(path: Path) -> dict:
     from edm_runner.runtime import run_services
-    from edm_runner.spec.model import (PipelineSpec, ProcessingSpec, StepSpec, StoreSpec, StreamSpec,
+    from edm_runner.language.model import (PipelineSpec, ProcessingSpec, StepSpec, StoreSpec, StreamSpec,
                                        Topology, ToSpec)
 
     idle, _ = await _monitored(asyncio.sleep(IDLE_SECONDS))

@@ -13,7 +13,7 @@ from edm_runner.errors import ConfigError, EdmError
 from edm_runner.graph.dag import build_dag
 from edm_runner.runtime.assignment import (EdmAssignor, MemberInfo, Plan, balanced, custom, group_consumer,
                                            load_custom, round_robin, static, task_standbys)
-from edm_runner.spec import load_file
+from edm_runner.language import load_file
 from tests.cli_helpers import edm
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberMetadata
 

@@ -81,7 +81,7 @@ def test_a_raised_limit_lets_the_event_through(tmp_path: Path) -> None:
 
 
 def test_templates_within_the_bounds_render_as_before() -> None:
-    from edm_runner.spec.templating import render
+    from edm_runner.language.templating import render
 
     assert render("{% for i in range(3) %}{{ i ~ '-' }}{% endfor %}{{ 'ab' * 2 }}"
                   "{{ '%03d' % 7 }}{{ 2 ** 10 }}", {}) == "0-1-2-abab0071024"

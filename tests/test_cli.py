@@ -141,7 +141,7 @@ pipelines:
 def test_graph_draws_every_stream_table_store_and_internal_topic(tmp_path: Path) -> None:
     """The picture is the topology: nothing `edm describe` lists is missing from `edm graph`."""
     from edm_runner.graph.dag import describe
-    from edm_runner.spec import load_file
+    from edm_runner.language import load_file
     (tmp_path / "everything.yaml").write_text(GRAPH_EVERYTHING)
     files = [tmp_path / "everything.yaml", *sorted(TOPOLOGIES.glob("*/topology.yaml"))]
     for file in files:

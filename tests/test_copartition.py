@@ -17,8 +17,8 @@ from edm_runner.invocation import Invocation
 from edm_runner.runtime import run_services
 from edm_runner.runtime.copartition import CopartitionError
 from edm_runner.serde import make_serde
-from edm_runner.spec import load_file
-from edm_runner.spec.model import SerdeSpec
+from edm_runner.language import load_file
+from edm_runner.language.model import SerdeSpec
 from tests.test_kafka_conformance import produce, read_all
 from helpers.brokers import started
 

@@ -21,7 +21,7 @@ from edm_runner.brokers.kafka import KafkaBroker
 from edm_runner.brokers.local import LocalBroker
 from edm_runner.records.partitioner import default_partition
 from edm_runner.runtime import run_services
-from edm_runner.spec import load_file
+from edm_runner.language import load_file
 from edm_runner.state.task import TaskState
 from helpers.brokers import started
 from helpers.topologies import write_service

@@ -117,8 +117,8 @@ def test_payroll_business_topology_runs_all_services(tmp_path: Path) -> None:
 def test_no_two_examples_share_a_topic() -> None:
     """A user tries the examples one after another on one broker: none may meet another's
     topics (with other partition counts, or other events)."""
-    from edm_runner.spec import load_file
-    from edm_runner.spec.model import BusinessTopology
+    from edm_runner.language import load_file
+    from edm_runner.language.model import BusinessTopology
     owners: dict[str, set[str]] = defaultdict(set)
     for path in EXAMPLES:
         model = load_file(path)

@@ -13,9 +13,9 @@ from jinja2.exceptions import SecurityError
 from edm_runner.brokers.base import Record
 from edm_runner.errors import EdmError, UserCodeError
 from edm_runner.operators.api import Event
-from edm_runner.spec.expressions import (METADATA, PARAMETERS, SAFE_GLOBALS, ExpressionError,
+from edm_runner.language.expressions import (METADATA, PARAMETERS, SAFE_GLOBALS, ExpressionError,
                                          compile_expression, function_name_problem)
-from edm_runner.spec.limits import LimitExceeded, Limits
+from edm_runner.language.limits import LimitExceeded, Limits
 
 ORDER = {
     "id": "o-1",

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edm_runner.errors import EdmError
-from edm_runner.spec.functions import FunctionRefError, parse_ref, resolve_function
+from edm_runner.language.functions import FunctionRefError, parse_ref, resolve_function
 
 
 def write(path: Path, text: str) -> Path:

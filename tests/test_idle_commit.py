@@ -21,7 +21,7 @@ from edm_runner.brokers.base import Broker, TopicPartition
 from edm_runner.brokers.kafka import KafkaBroker
 from edm_runner.brokers.local import LocalBroker
 from edm_runner.runtime import run_services
-from edm_runner.spec import load_file
+from edm_runner.language import load_file
 from helpers.reliability_flow import PARTITIONS, events, produce, reference_counts, write_topology
 from helpers.brokers import started
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from edm_runner.errors import ConfigError, Diagnostic
-from edm_runner.spec import load_file
+from edm_runner.language import load_file
 
 CORPUS = Path(__file__).parent / "invalid"
 EXPECT = re.compile(r"#\s*expect:\s*(?:(?P<file>[^\s:]+):)?(?P<line>\d+):(?P<col>\d+):\s*(?P<text>.+?)\s*$")

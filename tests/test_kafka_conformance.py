@@ -20,8 +20,8 @@ from edm_runner.brokers.local import LocalBroker
 from edm_runner.records.partitioner import default_partition
 from edm_runner.runtime import run_services
 from edm_runner.serde import make_serde
-from edm_runner.spec import load_file
-from edm_runner.spec.model import BusinessTopology, SerdeSpec, StreamSpec, Topology
+from edm_runner.language import load_file
+from edm_runner.language.model import BusinessTopology, SerdeSpec, StreamSpec, Topology
 from helpers.brokers import started
 
 TOPOLOGIES = Path(__file__).resolve().parent.parent / "topologies"

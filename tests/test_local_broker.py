@@ -16,7 +16,7 @@ from edm_runner.brokers import open_broker
 from edm_runner.brokers.base import OutRecord, TopicPartition, TopicSpec
 from edm_runner.brokers.local import LocalBroker
 from edm_runner.errors import BrokerError, EdmError
-from edm_runner.spec.model import BrokerSpec
+from edm_runner.language.model import BrokerSpec
 from helpers.brokers import drain, run_on
 
 WORKER = Path(__file__).parent / "helpers" / "local_broker_worker.py"

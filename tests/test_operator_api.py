@@ -46,7 +46,7 @@ def test_failed_and_late_events_are_dead_lettered_in_one_place() -> None:
     from edm_runner.records.partitioner import default_partition
     from edm_runner.runtime.processing import ErrorHandler
     from edm_runner.runtime.stats import ServiceStats
-    from edm_runner.spec.model import ErrorPolicy, Pos
+    from edm_runner.language.model import ErrorPolicy, Pos
 
     outputs: list = []
     stats = ServiceStats()

@@ -11,7 +11,7 @@ from typing import Any
 from edm_runner.brokers.base import OutRecord, Record, TopicSpec
 from edm_runner.brokers.local import LocalBroker
 from edm_runner.runtime import RunStats, run_services
-from edm_runner.spec import load_file
+from edm_runner.language import load_file
 from helpers.brokers import records, run_on
 from helpers.topologies import header
 

@@ -15,8 +15,8 @@ from edm_runner.brokers.local import LocalBroker
 from edm_runner.records.partitioner import default_partition
 from edm_runner.errors import ProcessingError
 from edm_runner.runtime import RunStats, run_services
-from edm_runner.spec import load_file
-from edm_runner.spec.model import Topology
+from edm_runner.language import load_file
+from edm_runner.language.model import Topology
 from helpers.brokers import RunLocal, records
 from helpers.topologies import header
 

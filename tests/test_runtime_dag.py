@@ -5,7 +5,7 @@ import textwrap
 from pathlib import Path
 
 from edm_runner.graph.dag import build_dag
-from edm_runner.spec import load_file
+from edm_runner.language import load_file
 
 
 def test_pipelines_are_cut_into_subtopologies_at_repartition_topics(tmp_path: Path) -> None:

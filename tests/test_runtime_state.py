@@ -19,7 +19,7 @@ from edm_runner.operators.registry import Operator, operators
 from edm_runner.runtime import run_services
 from edm_runner.runtime.copartition import CopartitionError
 from edm_runner.operators.api import Event, Processor
-from edm_runner.spec.model import (PipelineSpec, SerdeSpec, StepSpec, StoreSpec, StreamSpec, TableSpec, ToSpec,
+from edm_runner.language.model import (PipelineSpec, SerdeSpec, StepSpec, StoreSpec, StreamSpec, TableSpec, ToSpec,
                                    Topology)
 from edm_runner.state.task import TaskState, task_dir
 from helpers.brokers import started

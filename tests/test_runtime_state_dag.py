@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edm_runner.graph.dag import build_dag, describe
-from edm_runner.spec.model import (PipelineSpec, Pos, SerdeSpec, StepSpec, StoreSpec, StreamSpec, TableSpec, ToSpec,
+from edm_runner.language.model import (PipelineSpec, Pos, SerdeSpec, StepSpec, StoreSpec, StreamSpec, TableSpec, ToSpec,
                                    Topology)
 
 

@@ -8,8 +8,8 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from edm_runner.operators.registry import operators
-from edm_runner.spec import topology_schema, write_schema
-from edm_runner.spec.schema import render_schema
+from edm_runner.language import topology_schema, write_schema
+from edm_runner.language.schema import render_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKED_IN = ROOT / "schemas" / "topology.schema.json"

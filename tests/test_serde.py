@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from edm_runner.serde import SerdeError, make_serde
-from edm_runner.spec.model import SerdeSpec
+from edm_runner.language.model import SerdeSpec
 
 
 def test_json_is_compact_keeps_order_and_unicode() -> None:
@@ -99,7 +99,7 @@ def test_schema_validates_on_decode_and_encode(tmp_path: Path) -> None:
 
 
 def test_tombstones_skip_the_schema_only_on_entity_streams(tmp_path: Path) -> None:
-    from edm_runner.spec.model import StreamSpec
+    from edm_runner.language.model import StreamSpec
 
     schema = SerdeSpec("json", _schema(tmp_path))
     entity = StreamSpec("users", "users", type="entity", value=schema)

@@ -16,8 +16,8 @@ from edm_runner.brokers import open_broker
 from edm_runner.brokers.base import Broker, OutRecord, Record, TopicPartition, TopicSpec
 from edm_runner.records.partitioner import default_partition
 from edm_runner.runtime import RunStats, run_services
-from edm_runner.spec import load_file
-from edm_runner.spec.model import BrokerSpec, Topology
+from edm_runner.language import load_file
+from edm_runner.language.model import BrokerSpec, Topology
 from helpers.brokers import run_on, started
 
 

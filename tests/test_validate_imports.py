@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_validating_a_file_imports_neither_the_runtime_nor_aiokafka_nor_lmdb() -> None:
-    code = ("import json, sys\nfrom pathlib import Path\nfrom edm_runner.spec import load_file\n"
+    code = ("import json, sys\nfrom pathlib import Path\nfrom edm_runner.language import load_file\n"
             "from edm_runner.operators import load_all\n"
             "load_all()\nload_file(Path(sys.argv[1]))\n"
             "print(json.dumps(sorted(sys.modules)))\n")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from edm_runner.brokers.base import Broker
 from edm_runner.errors import EdmError
-from edm_runner.spec.model import BrokerSpec
+from edm_runner.language.model import BrokerSpec
 
 _FORMS = "'local', 'local:PATH' or 'kafka://HOST:PORT[,HOST:PORT...]'"
 

@@ -20,7 +20,7 @@ def validate(
 ) -> None:
     """Check topology files: every error of every file, as file:line:col: message."""
     def body() -> int:
-        from edm_runner.spec import load_file
+        from edm_runner.language import load_file
         diagnostics = []
         for path in files:
             try:
@@ -48,7 +48,7 @@ def schema(
 ) -> None:
     """Write the topology JSON Schema assembled from the operators' own schemas."""
     def body() -> int:
-        from edm_runner.spec import write_schema
+        from edm_runner.language import write_schema
         write_schema(output)
         typer.echo(f"wrote {output}")
         return 0
@@ -78,7 +78,7 @@ def describe(
     (a business topology: each of its microservices)."""
     def body() -> int:
         from edm_runner.graph.dag import describe as describe_topology
-        from edm_runner.spec.model import BusinessTopology
+        from edm_runner.language.model import BusinessTopology
         topology = load(file)
         services = topology.services if isinstance(topology, BusinessTopology) else [topology]
         docs = [describe_topology(s) for s in services]

@@ -145,7 +145,7 @@ def setup_logging(level: str) -> None:
 
 
 def load(path: Path, no_code: bool = False):
-    from edm_runner.spec import load_file
+    from edm_runner.language import load_file
     return load_file(path, no_code=no_code)
 
 
@@ -160,14 +160,14 @@ def invocation_of(topology, file: Path | None, *, broker: str | None = None, sta
                 service: str | None = None) -> Invocation:
     """How the user ran this command: what hints that name a command repeat (``file`` None:
     a command given no topology, `-t`)."""
-    from edm_runner.spec.model import BusinessTopology
+    from edm_runner.language.model import BusinessTopology
     return Invocation(None if file is None else str(file), broker, None if state_dir is None else str(state_dir),
                       service, business=isinstance(topology, BusinessTopology))
 
 
 def open_broker(topology, topology_file: Path | None, broker_url: str | None, state_dir: Path | None):
     from edm_runner.brokers import open_broker as open_url
-    from edm_runner.spec.model import BrokerSpec
+    from edm_runner.language.model import BrokerSpec
     spec = topology.broker if topology is not None else BrokerSpec()
     return open_url(spec, local_state_dir(topology_file, state_dir), broker_url)
 
@@ -192,7 +192,7 @@ async def connected(broker, invocation: Invocation) -> AsyncIterator[None]:
 def services_of(topology, service: str | None = None) -> list:
     """The microservices of ``topology`` (one, or every one of a business topology), or the
     one named ``service``."""
-    from edm_runner.spec.model import BusinessTopology
+    from edm_runner.language.model import BusinessTopology
     services = topology.services if isinstance(topology, BusinessTopology) else [topology]
     if service is None:
         return services

@@ -41,7 +41,7 @@ def run(
 
     def body() -> int:
         from edm_runner.runtime import run_services
-        from edm_runner.spec.model import BusinessTopology
+        from edm_runner.language.model import BusinessTopology
         from edm_runner.state.progress import observe
         topology = load(file, no_code)
         services = topology.services if isinstance(topology, BusinessTopology) else [topology]

@@ -19,7 +19,7 @@ from edm_runner.errors import EdmError
 if TYPE_CHECKING:
     from edm_runner.brokers.base import Broker, Record
     from edm_runner.serde import Serde
-    from edm_runner.spec.model import StreamSpec
+    from edm_runner.language.model import StreamSpec
 
 
 @dataclass
@@ -39,7 +39,7 @@ class _Tool:
         """The declared stream ``name`` (by stream name or topic), or None without a topology."""
         if self.model is None:
             return None
-        from edm_runner.spec.model import BusinessTopology
+        from edm_runner.language.model import BusinessTopology
         services = self.model.services if isinstance(self.model, BusinessTopology) else [self.model]
         for service in services:
             for stream in service.streams.values():

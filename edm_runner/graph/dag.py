@@ -25,8 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from edm_runner.spec.model import BranchSpec, PipelineSpec, Pos, SerdeSpec, StepSpec, ToSpec, Topology
-from edm_runner.spec.partitioning import INTERNAL_FORMAT, Side, internal_key_format, partitioner_name
+from edm_runner.language.model import BranchSpec, PipelineSpec, Pos, SerdeSpec, StepSpec, ToSpec, Topology
+from edm_runner.language.partitioning import INTERNAL_FORMAT, Side, internal_key_format, partitioner_name
 
 NodeKind = Literal["source", "step", "branch", "sink", "table", "side"]
 

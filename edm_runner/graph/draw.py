@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 
 from edm_runner.graph.dag import Node, build_dag
-from edm_runner.spec.model import BusinessTopology, StepSpec, Topology
+from edm_runner.language.model import BusinessTopology, StepSpec, Topology
 
 
 @dataclass

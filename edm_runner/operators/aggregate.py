@@ -21,7 +21,7 @@ from edm_runner.operators.api import BuildContext, Event, EventwiseProcessor, Pa
 from edm_runner.operators.common import EXPRESSION, KEY_FORMAT, keyed_expressions
 from edm_runner.operators.registry import Operator, register
 from edm_runner.operators.table import reads_table, steps_before
-from edm_runner.spec.model import StepSpec
+from edm_runner.language.model import StepSpec
 
 NAME_SCHEMA = {"type": "string", "pattern": "^[A-Za-z0-9._-]+$"}
 STORE_NAME = {"type": "string", "minLength": 1, "description": "A store declared under `stores:`."}

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 from edm_runner.errors import EdmError, EventError
 from edm_runner.records import Headers, OutRecord, Record, TimestampBound
 from edm_runner.records.partitioner import DefaultPartitioner
-from edm_runner.spec.model import NOWHERE, Pos, StoreSpec, StoreType, StreamSpec, Topology
+from edm_runner.language.model import NOWHERE, Pos, StoreSpec, StoreType, StreamSpec, Topology
 
 if TYPE_CHECKING:
     from edm_runner.graph.dag import InternalTopic
@@ -368,7 +368,7 @@ class BuildContext:
 
     def compile(self, source: str, pos: Pos = NOWHERE, params: tuple[str, ...] = ("key", "value", "event")
                 ) -> ExprFn:
-        from edm_runner.spec.expressions import compile_expression
+        from edm_runner.language.expressions import compile_expression
 
         return compile_expression(source, params=params, functions=self.functions_for(source, pos),
                                   user_errors=True, limits=self.topology.processing.expression_limits)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from edm_runner.operators.api import BuildContext, Event, ExprFn, PerEventProcessor
 from edm_runner.operators.common import EXPRESSION, whole_expression
 from edm_runner.operators.registry import Operator, register
-from edm_runner.spec.model import StepSpec
+from edm_runner.language.model import StepSpec
 
 
 class Filter(PerEventProcessor):

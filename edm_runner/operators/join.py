@@ -26,8 +26,8 @@ from edm_runner.operators.api import BuildContext, Event, EventwiseProcessor, Pr
 from edm_runner.operators.common import EXPRESSION, STREAM_NAME, keyed_expressions
 from edm_runner.operators.registry import Operator, register
 from edm_runner.operators.table import reads_table
-from edm_runner.spec.durations import DURATION_SCHEMA, parse_duration
-from edm_runner.spec.model import StepSpec
+from edm_runner.language.durations import DURATION_SCHEMA, parse_duration
+from edm_runner.language.model import StepSpec
 from edm_runner.state.keys import META
 
 

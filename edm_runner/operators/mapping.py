@@ -11,7 +11,7 @@ from edm_runner.errors import EventError
 from edm_runner.operators.api import BuildContext, Event, ExprFn, PerEventProcessor, Processor
 from edm_runner.operators.common import EXPRESSION, keyed_expressions, whole_expression
 from edm_runner.operators.registry import Operator, register
-from edm_runner.spec.model import StepSpec
+from edm_runner.language.model import StepSpec
 
 
 class MapValues(PerEventProcessor):

@@ -7,7 +7,7 @@ from typing import Any
 from edm_runner.operators.api import BuildContext, Event, ExprFn, PerEventProcessor
 from edm_runner.operators.common import EXPRESSION, whole_expression
 from edm_runner.operators.registry import Operator, register
-from edm_runner.spec.model import StepSpec
+from edm_runner.language.model import StepSpec
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 

@@ -18,7 +18,7 @@ from edm_runner.operators.sink import FunctionPartitioner, TopicWriter
 from edm_runner.records.partitioner import DefaultPartitioner, RoundRobin
 from edm_runner.records import OutRecord
 from edm_runner.serde import make_serde
-from edm_runner.spec.model import StepSpec
+from edm_runner.language.model import StepSpec
 
 
 class Repartition(Processor):

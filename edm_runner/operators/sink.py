@@ -22,7 +22,7 @@ from edm_runner.records import (DEFAULT_TIMESTAMP_BOUND, MAX_RECORD_BYTES, OutRe
                                 check_record_size, check_record_timestamp)
 from edm_runner.records.partitioner import DefaultPartitioner
 from edm_runner.serde import Serde
-from edm_runner.spec.model import Pos, ToSpec
+from edm_runner.language.model import Pos, ToSpec
 
 # (key, key_bytes, value) -> partition
 Partitioner = Callable[[Any, "bytes | None", Any], int]

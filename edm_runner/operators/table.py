@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from edm_runner.errors import EventError
 from edm_runner.operators.api import BuildContext, Event, EventwiseProcessor, TaskStoreRef
-from edm_runner.spec.model import Pos, StepSpec
+from edm_runner.language.model import Pos, StepSpec
 
 
 def reads_table(ctx: BuildContext) -> bool:

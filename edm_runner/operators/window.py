@@ -38,8 +38,8 @@ from edm_runner.operators.api import BuildContext, Event, EventwiseProcessor, Ex
 from edm_runner.operators.common import EXPRESSION, STREAM_NAME
 from edm_runner.operators.registry import Operator, register
 from edm_runner.operators.table import reads_table
-from edm_runner.spec.durations import DURATION_SCHEMA, POSITIVE_DURATION_SCHEMA, parse_duration
-from edm_runner.spec.model import StepSpec
+from edm_runner.language.durations import DURATION_SCHEMA, POSITIVE_DURATION_SCHEMA, parse_duration
+from edm_runner.language.model import StepSpec
 from edm_runner.state.keys import META
 
 DAY_MS = 86_400_000

@@ -29,7 +29,7 @@ from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment, Cons
 from edm_runner.errors import EdmError
 from edm_runner.graph.dag import Dag
 from edm_runner.invocation import Invocation
-from edm_runner.spec.model import AssignmentSpec, Topology
+from edm_runner.language.model import AssignmentSpec, Topology
 
 log = logging.getLogger("edm.assignment")
 
@@ -263,7 +263,7 @@ def resolve_pins(spec: AssignmentSpec, dag: Dag, invocation: Invocation) -> dict
 
 def load_custom(spec: AssignmentSpec, base_dir: Path) -> CustomAssignor:
     """Instantiates the ``custom`` class; an ``EdmError`` says what is wrong with it."""
-    from edm_runner.spec.functions import resolve_function
+    from edm_runner.language.functions import resolve_function
 
     ref = spec.custom or ""
     cls = resolve_function(ref, base_dir)

@@ -3,7 +3,7 @@
 ``edm validate`` checks the file; the topics that exist on the broker may differ (created
 earlier, by hand, with another count). A join whose inputs are not copartitioned silently
 misses matches, so the runner refuses to start instead. What copartitioned means (partition
-counts, key formats, partitioners) is ``spec.partitioning.mismatch``, as in ``edm validate``;
+counts, key formats, partitioners) is ``language.partitioning.mismatch``, as in ``edm validate``;
 only the partition counts come from the broker here.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Callable, Mapping
 from edm_runner.brokers.base import Broker
 from edm_runner.errors import EdmError
 from edm_runner.graph.dag import Dag
-from edm_runner.spec.partitioning import mismatch
+from edm_runner.language.partitioning import mismatch
 
 
 class CopartitionError(EdmError):

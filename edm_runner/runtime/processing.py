@@ -33,7 +33,7 @@ from edm_runner.operators.sink import GroupBySink, TopicWriter, ToSink
 from edm_runner.operators.table import TableMaterializer
 from edm_runner.runtime.stats import ServiceStats
 from edm_runner.serde import Serde, SerdeError, make_serde
-from edm_runner.spec.model import ErrorPolicy, Pos, StreamSpec, Topology
+from edm_runner.language.model import ErrorPolicy, Pos, StreamSpec, Topology
 
 log = logging.getLogger("edm.runtime")
 
@@ -386,7 +386,7 @@ def _user_function(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
 def _resolve_functions(topology: Topology) -> dict[str, Callable[..., Any]]:
     if not topology.functions:
         return {}
-    from edm_runner.spec.functions import resolve_function
+    from edm_runner.language.functions import resolve_function
 
     return {name: _user_function(name, resolve_function(f.python, topology.base_dir))
             for name, f in topology.functions.items()}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from edm_runner.brokers.base import Broker, TopicPartition
 from edm_runner.errors import EdmError
-from edm_runner.spec.model import Topology
+from edm_runner.language.model import Topology
 
 __all__ = ["ResetPlan", "plan_resets", "apply_reset"]
 

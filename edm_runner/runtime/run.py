@@ -12,7 +12,7 @@ from edm_runner.errors import EdmError
 from edm_runner.invocation import Invocation
 from edm_runner.runtime.service import ServiceRunner
 from edm_runner.runtime.stats import RunStats, ServiceStats
-from edm_runner.spec.model import Topology
+from edm_runner.language.model import Topology
 
 POLL_MS = 100
 IDLE_POLL_MS = 10

@@ -50,7 +50,7 @@ from edm_runner.runtime.ordering import InputOrder
 from edm_runner.runtime.processing import CompiledService
 from edm_runner.runtime.stats import ServiceStats
 from edm_runner.runtime.tasks import GlobalTables, StandbyTasks, TaskManager, changelog_partitions, end_offsets
-from edm_runner.spec.model import Topology
+from edm_runner.language.model import Topology
 
 log = logging.getLogger("edm.runtime")
 

@@ -32,7 +32,7 @@ from edm_runner.runtime import eos
 from edm_runner.runtime.processing import CompiledService, ErrorHandler
 from edm_runner.runtime.stats import ServiceStats
 from edm_runner.serde import Serde
-from edm_runner.spec.model import Pos
+from edm_runner.language.model import Pos
 from edm_runner.state.api import encode_json
 from edm_runner.state.progress import RestoreProgress
 from edm_runner.state.restore import INPUT_HEADER, check_changelog, input_position, restore_task, store_headers

@@ -15,7 +15,7 @@ from edm_runner.serde.core import Serde, make_serde
 from edm_runner.serde.printable import from_json, header_from_json
 
 if TYPE_CHECKING:
-    from edm_runner.spec.model import StreamSpec
+    from edm_runner.language.model import StreamSpec
 
 __all__ = ["Line", "parse_lines", "plain_serdes"]
 
@@ -38,7 +38,7 @@ def plain_serdes(stream: StreamSpec | None) -> tuple[Serde, Serde]:
     to write and read invalid events, for example to exercise dead letters); without a stream,
     string keys and JSON values. A null key is still refused on an entity stream: no broker can
     keep such a record (Kafka refuses it)."""
-    from edm_runner.spec.model import SerdeSpec
+    from edm_runner.language.model import SerdeSpec
     key = SerdeSpec(stream.key.format, keyed=stream.key.keyed) if stream else SerdeSpec("string")
     value = SerdeSpec(stream.value.format) if stream else SerdeSpec("json")
     return make_serde(key), make_serde(value)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from edm_runner.brokers import open_broker
-from edm_runner.spec.model import BrokerSpec
+from edm_runner.language.model import BrokerSpec
 
 
 async def hold(url: str, group: str, topic: str) -> None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from edm_runner.errors import Diagnostic
-from edm_runner.spec.yaml_loader import NodePos, SourceMap
+from edm_runner.language.yaml_loader import NodePos, SourceMap
 
 
 @dataclass

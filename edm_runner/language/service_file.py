@@ -5,11 +5,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from edm_runner.spec.build import build_topology
-from edm_runner.spec.model import Topology
-from edm_runner.spec.report import Report, describe_value, did_you_mean
-from edm_runner.spec.validate import Checked, check_microservice
-from edm_runner.spec.yaml_loader import Source, read_source
+from edm_runner.language.build import build_topology
+from edm_runner.language.model import Topology
+from edm_runner.language.report import Report, describe_value, did_you_mean
+from edm_runner.language.validate import Checked, check_microservice
+from edm_runner.language.yaml_loader import Source, read_source
 
 KINDS = ("microservice", "business")
 

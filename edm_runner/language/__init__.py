@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Mapping
 
 from edm_runner.errors import ConfigError
-from edm_runner.spec.business import check_business
-from edm_runner.spec.model import BusinessTopology, Topology
-from edm_runner.spec.report import Report
-from edm_runner.spec.schema import topology_schema, write_schema
-from edm_runner.spec.service_file import check_service, document_kind
-from edm_runner.spec.yaml_loader import read_source
+from edm_runner.language.business import check_business
+from edm_runner.language.model import BusinessTopology, Topology
+from edm_runner.language.report import Report
+from edm_runner.language.schema import topology_schema, write_schema
+from edm_runner.language.service_file import check_service, document_kind
+from edm_runner.language.yaml_loader import read_source
 
 __all__ = ["load_file", "topology_schema", "write_schema"]
 

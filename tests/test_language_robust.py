@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from edm_runner.errors import ConfigError
-from edm_runner.spec import load_file
+from edm_runner.language import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
 NOISE = ["", "[]", "{}", "-1", "null", "true", '"{{ env.X }}"', "{{", "x: y", "[a, {b: c}]", "- a",

@@ -32,7 +32,7 @@ from jinja2 import StrictUndefined, TemplateError, UndefinedError, nodes
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError, TemplateSyntaxError
 
-from edm_runner.spec.limits import BoundedSandbox, Bounds, LimitExceeded, Limits
+from edm_runner.language.limits import BoundedSandbox, Bounds, LimitExceeded, Limits
 
 TEMPLATE_LIMITS = Limits(max_string_length=100_000, max_items=100_000, setting="")
 MAX_STEPS = 10_000  # loop iterations and calls per rendered scalar

@@ -26,12 +26,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from edm_runner.spec.context import EXPRESSION_PARAMS, CheckContext
-from edm_runner.spec.durations import DurationError, parse_duration
-from edm_runner.spec.report import did_you_mean, where
+from edm_runner.language.context import EXPRESSION_PARAMS, CheckContext
+from edm_runner.language.durations import DurationError, parse_duration
+from edm_runner.language.report import did_you_mean, where
 
-from edm_runner.spec.flows import Flow, Ref
-from edm_runner.spec.partitioning import Side, internal_key_format, mismatch, partitioner_name
+from edm_runner.language.flows import Flow, Ref
+from edm_runner.language.partitioning import Side, internal_key_format, mismatch, partitioner_name
 
 _AGGREGATE_PARAMS = ("key", "value", "aggregate", "event")
 

@@ -20,15 +20,15 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from edm_runner.errors import Diagnostic
-from edm_runner.spec import structure
-from edm_runner.spec.build import build_broker
-from edm_runner.spec.cycles import find_cycles
-from edm_runner.spec.flows import Ref
-from edm_runner.spec.model import BusinessTopology
-from edm_runner.spec.report import Report
-from edm_runner.spec.schema import validation_schema
-from edm_runner.spec.service_file import Service, load_service
-from edm_runner.spec.yaml_loader import Source
+from edm_runner.language import structure
+from edm_runner.language.build import build_broker
+from edm_runner.language.cycles import find_cycles
+from edm_runner.language.flows import Ref
+from edm_runner.language.model import BusinessTopology
+from edm_runner.language.report import Report
+from edm_runner.language.schema import validation_schema
+from edm_runner.language.service_file import Service, load_service
+from edm_runner.language.yaml_loader import Source
 
 
 @dataclass(frozen=True)

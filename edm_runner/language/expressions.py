@@ -47,7 +47,7 @@ from jinja2.runtime import Undefined, new_context
 from jinja2.utils import _PassArg
 
 from edm_runner.errors import EdmError, EventError, UserCodeError
-from edm_runner.spec.limits import DEFAULT, BoundedSandbox, LimitExceeded, Limits
+from edm_runner.language.limits import DEFAULT, BoundedSandbox, LimitExceeded, Limits
 
 __all__ = ["ExpressionError", "compile_expression", "function_name_problem", "METADATA",
            "PARAMETERS", "SAFE_GLOBALS"]

@@ -10,9 +10,9 @@ from jsonschema import Draft202012Validator
 import yaml
 
 from edm_runner.errors import ConfigError, EdmError
-from edm_runner.spec import load_file, topology_schema
-from edm_runner.spec.durations import DurationError, parse_duration
-from edm_runner.spec.model import BusinessTopology, StoreSpec, TableSpec, Topology
+from edm_runner.language import load_file, topology_schema
+from edm_runner.language.durations import DurationError, parse_duration
+from edm_runner.language.model import BusinessTopology, StoreSpec, TableSpec, Topology
 
 STATEFUL = """\
 kind: microservice

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from edm_runner.operators.registry import operators
-from edm_runner.spec.durations import DURATION_SCHEMA
-from edm_runner.spec.limits import LIMITS_SCHEMA
+from edm_runner.language.durations import DURATION_SCHEMA
+from edm_runner.language.limits import LIMITS_SCHEMA
 
 SCHEMA_ID = "https://edm.dev/schemas/topology.schema.json"
 NAME_PATTERN = "^[a-z0-9][a-z0-9._-]*$"

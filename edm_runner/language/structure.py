@@ -13,10 +13,10 @@ from typing import Any, Iterable
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError
 
-from edm_runner.spec.durations import (DURATION_PATTERN, DURATION_WORDS, MAX_DURATION_MS,
+from edm_runner.language.durations import (DURATION_PATTERN, DURATION_WORDS, MAX_DURATION_MS,
                                        MAX_DURATION_WORDS, POSITIVE_DURATION_PATTERN, within_bounds)
-from edm_runner.spec.report import Report, describe_value, did_you_mean, where
-from edm_runner.spec.schema import PATTERN_WORDS
+from edm_runner.language.report import Report, describe_value, did_you_mean, where
+from edm_runner.language.schema import PATTERN_WORDS
 
 _TYPE_WORDS = {"object": "a mapping", "array": "a list", "string": "a string",
                "integer": "an integer", "number": "a number", "boolean": "true or false",

@@ -1,4 +1,4 @@
-"""The language package's modules import each other one way: every import of edm_runner.spec
+"""The language package's modules import each other one way: every import of edm_runner.language
 sits at a module's top level (none deferred into a function or hidden behind TYPE_CHECKING),
 and the imports between its modules form no cycle."""
 from __future__ import annotations
@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 SPEC = Path(__file__).resolve().parent.parent / "edm_runner" / "spec"
-PACKAGE = "edm_runner.spec"
+PACKAGE = "edm_runner.language"
 
 
 def _module(path: Path) -> str:
@@ -15,7 +15,7 @@ def _module(path: Path) -> str:
 
 
 def _imported(node: ast.Import | ast.ImportFrom, submodules: set[str]) -> list[str]:
-    """The modules of edm_runner.spec that ``node`` imports (``from edm_runner.spec import x``
+    """The modules of edm_runner.language that ``node`` imports (``from edm_runner.language import x``
     imports the submodule x when there is one, else a name of the package)."""
     if isinstance(node, ast.Import):
         names = [alias.name for alias in node.names]

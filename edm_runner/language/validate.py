@@ -18,15 +18,15 @@ from typing import Any
 from jsonschema import Draft202012Validator, SchemaError
 from jsonschema.validators import validator_for
 
-from edm_runner.spec import structure
-from edm_runner.spec.context import CheckContext, undefined_hint
-from edm_runner.spec.cycles import find_cycles
-from edm_runner.spec.expressions import function_name_problem
-from edm_runner.spec.flows import Flow, Ref
-from edm_runner.spec.functions import FunctionRefError, resolve_function
-from edm_runner.spec.report import Report, did_you_mean
-from edm_runner.spec.schema import IDENTIFIER_PATTERN, PYTHON_REF_PATTERN, validation_schema
-from edm_runner.spec.stateful import StateChecks, Step, expression_params
+from edm_runner.language import structure
+from edm_runner.language.context import CheckContext, undefined_hint
+from edm_runner.language.cycles import find_cycles
+from edm_runner.language.expressions import function_name_problem
+from edm_runner.language.flows import Flow, Ref
+from edm_runner.language.functions import FunctionRefError, resolve_function
+from edm_runner.language.report import Report, did_you_mean
+from edm_runner.language.schema import IDENTIFIER_PATTERN, PYTHON_REF_PATTERN, validation_schema
+from edm_runner.language.stateful import StateChecks, Step, expression_params
 
 @dataclass
 class Checked:

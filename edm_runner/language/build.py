@@ -9,12 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edm_runner.spec.durations import parse_duration
-from edm_runner.spec.limits import Limits
-from edm_runner.spec.model import (NOWHERE, AssignmentSpec, BranchSpec, BrokerSpec, ErrorPolicy, FunctionSpec,
+from edm_runner.language.durations import parse_duration
+from edm_runner.language.limits import Limits
+from edm_runner.language.model import (NOWHERE, AssignmentSpec, BranchSpec, BrokerSpec, ErrorPolicy, FunctionSpec,
                                    PipelineSpec, Pos, ProcessingSpec, SerdeSpec, StepSpec, StoreSpec, StreamSpec,
                                    TableSpec, ToSpec, Topology)
-from edm_runner.spec.yaml_loader import SourceMap
+from edm_runner.language.yaml_loader import SourceMap
 
 
 class _Builder:

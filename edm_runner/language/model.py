@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from edm_runner.spec.limits import DEFAULT as DEFAULT_LIMITS, Limits
+from edm_runner.language.limits import DEFAULT as DEFAULT_LIMITS, Limits
 
 
 @dataclass(frozen=True)

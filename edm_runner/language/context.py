@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edm_runner.operators.registry import Operator, operators
-from edm_runner.spec.expressions import ExpressionError, compile_expression
-from edm_runner.spec.flows import Ref
-from edm_runner.spec.limits import Limits
-from edm_runner.spec.report import Report, did_you_mean, where
+from edm_runner.language.expressions import ExpressionError, compile_expression
+from edm_runner.language.flows import Ref
+from edm_runner.language.limits import Limits
+from edm_runner.language.report import Report, did_you_mean, where
 
 # The names an expression sees unless its operator gives it others (``stateful.expression_params``).
 EXPRESSION_PARAMS = ("key", "value", "event")

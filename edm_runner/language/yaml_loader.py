@@ -32,7 +32,7 @@ from yaml.events import AliasEvent
 from yaml.resolver import Resolver
 
 from edm_runner.errors import Diagnostic
-from edm_runner.spec import templating
+from edm_runner.language import templating
 
 try:
     from yaml._yaml import CParser as _EventParser

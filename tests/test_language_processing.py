@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from edm_runner.errors import ConfigError
-from edm_runner.spec import load_file
+from edm_runner.language import load_file
 
 BASE = """kind: microservice
 name: svc

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from edm_runner.errors import ConfigError
-from edm_runner.spec import load_file
-from edm_runner.spec.model import BusinessTopology, Pos, Topology
-from edm_runner.spec.yaml_loader import read_source
+from edm_runner.language import load_file
+from edm_runner.language.model import BusinessTopology, Pos, Topology
+from edm_runner.language.yaml_loader import read_source
 
 ROOT = Path(__file__).resolve().parent.parent
 
