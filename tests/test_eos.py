@@ -22,7 +22,7 @@ from edm_runner.brokers.kafka import KafkaBroker
 from edm_runner.brokers.kafka_eos import (TaskFenced, TransactionalProducer, read_committed,
                                           transactional_id)
 from edm_runner.brokers.local import LocalBroker
-from edm_runner.runtime.eos import CLEAN_MARK
+from edm_runner.state.clean_mark import CLEAN_MARK
 from helpers import eos_flow
 from helpers.kafka_flow import Runner
 from helpers.reliability_flow import run_until_idle, scan

@@ -20,79 +20,28 @@ Invariants:
   fences it) before the task's committed offsets are read and before its stores are restored:
   so neither can miss a transaction that was still completing.
 - Under exactly-once a task's local state counts only if the instance that last held it
-  stopped cleanly: ``release_task_state`` leaves a clean mark on close, ``claim_task_state``
-  consumes it on open, and a task opened without it is wiped and restored from the committed
-  changelog. Stores with ``changelog: false`` are rebuilt from their inputs, which re-emits
-  their outputs: they are outside the exactly-once guarantee.
+  stopped cleanly (``state.clean_mark``): a task dropped here is closed with the mark, as its
+  stores hold committed updates only.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable
 
 from edm_runner.brokers.base import Consumer, OutRecord, TopicPartition
 from edm_runner.brokers.kafka import KafkaBroker
 from edm_runner.brokers.kafka_eos import TaskFenced, TransactionalProducer, transactional_id
-from edm_runner.operators.api import StoreUse
-from edm_runner.runtime import faults
+from edm_runner import faults
 from edm_runner.runtime.processing import CompiledService
-from edm_runner.state.task import TaskState
-
-if TYPE_CHECKING:
-    from edm_runner.runtime.tasks import TaskManager
+from edm_runner.runtime.tasks import TaskManager
+from edm_runner.state.clean_mark import release_task_state
 
 log = logging.getLogger("edm.runtime")
 
 TaskKey = tuple[int, int]
-CLEAN_MARK = "eos-clean"
 
-
-# -- local state: clean marks --------------------------------------------------------------
-
-def claim_task_state(state: TaskState, uses: Iterable[StoreUse], partition: int) -> bool:
-    """Called right after a task's state is opened under exactly-once, before its restore:
-    consumes the clean mark; without one, wipes every store of the task (and the checkpoint's
-    offsets) so that restore reads the committed changelog from zero. True when wiped."""
-    mark = state.path / CLEAN_MARK
-    if mark.exists():
-        mark.unlink()
-        _sync_dir(state.path)  # gone before anything is processed: a crash now means unclean
-        return False
-    if state.fresh:
-        return False
-    log.warning("local state at %s was not closed cleanly under exactly_once: wiping it; its "
-                "stores are restored from their committed changelogs", state.path)
-    for use in uses:
-        changelog = [TopicPartition(use.changelog, partition)] if use.changelog else []
-        state.wipe_store(use.name, changelog_tps=changelog, forget_inputs=True)
-    return True
-
-
-def release_task_state(state: TaskState) -> None:
-    """Leaves the clean mark in a task's state directory; call it when the task is closed
-    with no write pending (its stores hold committed updates only)."""
-    mark = state.path / CLEAN_MARK
-    fd = os.open(mark, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    _sync_dir(state.path)
-
-
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-# -- Kafka: one transaction per task --------------------------------------------------------
 
 @dataclass(eq=False)
 class _TaskTxn:

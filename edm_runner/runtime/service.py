@@ -42,7 +42,7 @@ from edm_runner.brokers.kafka_eos import read_committed
 from edm_runner.invocation import Invocation
 from edm_runner.brokers.local import LocalBroker
 from edm_runner.errors import BrokerError, InternalError, ProcessingError
-from edm_runner.runtime import faults
+from edm_runner import faults
 from edm_runner.runtime.eos import KafkaTransactions
 from edm_runner.runtime.assignment import EdmAssignor, checkpointed_offsets, group_consumer
 from edm_runner.runtime.copartition import check_copartitioning

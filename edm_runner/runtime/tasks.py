@@ -28,12 +28,12 @@ from edm_runner.errors import EventError
 from edm_runner.invocation import Invocation
 from edm_runner.operators.api import StoreUse
 from edm_runner.operators.table import null_table_key
-from edm_runner.runtime import eos
 from edm_runner.runtime.processing import CompiledService, ErrorHandler
 from edm_runner.runtime.stats import ServiceStats
 from edm_runner.serde import Serde
 from edm_runner.language.model import Pos
 from edm_runner.state.api import encode_json
+from edm_runner.state.clean_mark import claim_task_state, release_task_state
 from edm_runner.state.progress import RestoreProgress
 from edm_runner.state.restore import INPUT_HEADER, check_changelog, input_position, restore_task, store_headers
 from edm_runner.state.stores import key_too_long
@@ -232,7 +232,8 @@ class TaskManager:
             for use in self.uses[sub]:
                 state.register(use.name, use.type, use.params, changelog=use.changelog is not None)
             if self.exactly_once:
-                eos.claim_task_state(state, self.uses[sub], partition)
+                claim_task_state(state, {u.name: None if u.changelog is None else TopicPartition(u.changelog, partition)
+                                         for u in self.uses[sub]})
         except BaseException:
             state.close()
             raise
@@ -363,7 +364,7 @@ class TaskManager:
         for key, task in self.tasks.items():
             self.on_disk[key] = sum(task.state.checkpoint().changelogs.values())
             if self.exactly_once:
-                eos.release_task_state(task.state)
+                release_task_state(task.state)
             task.state.close()
         self.tasks.clear()
 
@@ -548,7 +549,7 @@ class StandbyTasks:
             self.manager.on_disk[key] = sum(task.state.checkpoint().changelogs.values())
             if self.manager.exactly_once:
                 # A standby only ever applied committed changelog records: it is clean.
-                eos.release_task_state(task.state)
+                release_task_state(task.state)
             task.state.close()
         self.tasks.clear()
         self.stores.clear()

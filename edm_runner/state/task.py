@@ -37,6 +37,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import lmdb
 
 from edm_runner.brokers.base import TopicPartition
+from edm_runner import faults
 from edm_runner.errors import EdmError
 from edm_runner.invocation import Invocation
 from edm_runner.state.stores import STORE_CLASSES, AnyStore
@@ -344,8 +345,6 @@ class TaskState:
         """Write every store's buffered updates and ``checkpoint`` (merged into the stored
         one, entry by entry) in one transaction, then clear the buffers. On failure nothing
         is written and the buffers are kept (the caller aborts)."""
-        from edm_runner.runtime import faults  # here: the runtime package imports this one
-
         self._end_read()
         merged = self._checkpoint.merged(checkpoint)
         with self._errors(), self.env.begin(write=True) as txn:

@@ -101,7 +101,7 @@ class Run:
 
 def edm(*args: str | Path, crash_at: str | None = None, timeout: float = RUN_TIMEOUT_S) -> Run:
     """The real CLI in a subprocess; ``crash_at`` sets EDM_CRASH_AT (the runtime SIGKILLs
-    itself there, see edm_runner/runtime/faults.py)."""
+    itself there, see edm_runner/faults.py)."""
     env = {k: v for k, v in os.environ.items() if k != "EDM_CRASH_AT"}
     if crash_at is not None:
         env["EDM_CRASH_AT"] = crash_at

@@ -2,7 +2,9 @@
 time the runtime reaches ``POINT`` (1-based), so reliability tests can kill a runner at an exact
 place of an exact batch instead of racing a timer.
 
-Points (called by the runtime and the state package, see docs/design/stateful.md "Test hooks"):
+Points (called by the runtime's checkpoints and the state package, see docs/design/stateful.md
+"Test hooks"). The module is a leaf below both (it imports only ``errors``), so the state
+package reaches it without importing the runtime.
 - ``before_produce``: a batch was processed, nothing of it was sent or written yet.
 - ``after_produce``:  the batch's outputs and changelog records are durable on the broker
   (flushed, or appended on the local broker), the task's LMDB transaction is not committed
