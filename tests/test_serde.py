@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edm_runner.serde import SerdeError, make_serde
-from edm_runner.language.model import SerdeSpec
+from edm_runner.serde import SerdeError, SerdeSpec, make_serde
 
 
 def test_json_is_compact_keeps_order_and_unicode() -> None:

@@ -22,3 +22,17 @@ def test_validating_a_file_imports_neither_the_runtime_nor_aiokafka_nor_lmdb() -
     loaded = [m for m in modules if m.split(".")[0] in ("aiokafka", "lmdb")
               or m.startswith(("edm_runner.runtime", "edm_runner.brokers"))]
     assert loaded == []
+
+
+def test_serde_is_a_leaf_it_loads_no_other_edm_package() -> None:
+    """Formats are used by every layer: encoding an event or a produce line needs the serde
+    package alone (its spec, ``serde.spec.SerdeSpec``, lives there, not in the language)."""
+    code = ("import json, sys\nfrom edm_runner.serde import SerdeSpec, make_serde\n"
+            "from edm_runner.serde.lines import parse_lines, plain_serdes\n"
+            "key, value = plain_serdes(SerdeSpec('string', keyed=True))\n"
+            "parse_lines([b'{\"key\": \"k\", \"value\": 1}'], '<test>', False, key, value)\n"
+            "print(json.dumps(sorted(sys.modules)))\n")
+    modules = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                        check=True).stdout)
+    edm = {m.split(".")[1] for m in modules if m.startswith("edm_runner.")}
+    assert edm <= {"serde", "errors", "records"}

@@ -77,7 +77,7 @@ def produce(
         from edm_runner.serde.lines import parse_lines, plain_serdes
         tool = _Tool(topology, broker, state_dir)
         target = tool.stream(stream)
-        key_serde, value_serde = plain_serdes(target)
+        key_serde, value_serde = plain_serdes(target.key, target.value) if target else plain_serdes()
         if file is None:
             items = parse_lines(sys.stdin.buffer, "<stdin>", raw_values, key_serde, value_serde)
         else:
@@ -118,7 +118,7 @@ def consume(
         from edm_runner.serde.lines import plain_serdes
         tool = _Tool(topology, broker, state_dir)
         target = tool.stream(stream)
-        key_serde, value_serde = plain_serdes(target)
+        key_serde, value_serde = plain_serdes(target.key, target.value) if target else plain_serdes()
         topic = target.topic if target else stream
 
         async def go() -> None:

@@ -25,8 +25,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from edm_runner.language.model import BranchSpec, PipelineSpec, Pos, SerdeSpec, StepSpec, ToSpec, Topology
+from edm_runner.language.model import BranchSpec, PipelineSpec, Pos, StepSpec, ToSpec, Topology
 from edm_runner.language.partitioning import INTERNAL_FORMAT, Side, internal_key_format, partitioner_name
+from edm_runner.serde.spec import SerdeSpec
 
 NodeKind = Literal["source", "step", "branch", "sink", "table", "side"]
 

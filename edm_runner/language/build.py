@@ -12,9 +12,10 @@ from typing import Any
 from edm_runner.language.durations import parse_duration
 from edm_runner.language.limits import Limits
 from edm_runner.language.model import (NOWHERE, AssignmentSpec, BranchSpec, BrokerSpec, ErrorPolicy, FunctionSpec,
-                                   PipelineSpec, Pos, ProcessingSpec, SerdeSpec, StepSpec, StoreSpec, StreamSpec,
+                                   PipelineSpec, Pos, ProcessingSpec, StepSpec, StoreSpec, StreamSpec,
                                    TableSpec, ToSpec, Topology)
 from edm_runner.language.yaml_loader import SourceMap
+from edm_runner.serde.spec import SerdeSpec
 
 
 class _Builder:

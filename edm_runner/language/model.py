@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edm_runner.language.limits import DEFAULT as DEFAULT_LIMITS, Limits
+from edm_runner.serde.spec import SerdeSpec  # StreamSpec.key, .value (serde owns it)
 
 
 @dataclass(frozen=True)
@@ -26,22 +27,7 @@ class Pos:
 
 NOWHERE = Pos("<none>", 0, 0)
 
-Format = Literal["json", "string", "bytes"]
 StreamType = Literal["unkeyed", "keyed", "entity"]
-
-
-@dataclass(frozen=True)
-class SerdeSpec:
-    """How a key or a value is encoded. ``schema`` is an absolute path to a JSON Schema file.
-    ``tombstones``: a null value is a delete, never checked against ``schema`` (the values of
-    entity streams, see ``StreamSpec``); otherwise a null value must match the schema too.
-    ``keyed``: a null is refused when encoding (the keys of entity streams: a compacted topic
-    keeps the latest value per key, so Kafka refuses a record without one)."""
-
-    format: Format = "json"
-    schema: Path | None = None
-    tombstones: bool = False
-    keyed: bool = False
 
 
 @dataclass(frozen=True)

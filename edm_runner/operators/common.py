@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, get_args
 
-from edm_runner.language.model import Format
+from edm_runner.serde.spec import Format
 
 EXPRESSION: dict = {
     "type": "string",

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import jsonschema
 
 from edm_runner.errors import EventError
-from edm_runner.language.model import SerdeSpec
+from edm_runner.serde.spec import SerdeSpec
 
 
 class SerdeError(EventError):

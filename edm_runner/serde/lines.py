@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO, Iterable
+from dataclasses import dataclass, replace
+from typing import BinaryIO, Iterable
 
 from edm_runner.errors import EdmError, EventError
 from edm_runner.serde.core import Serde, make_serde
 from edm_runner.serde.printable import from_json, header_from_json
-
-if TYPE_CHECKING:
-    from edm_runner.language.model import StreamSpec
+from edm_runner.serde.spec import SerdeSpec
 
 __all__ = ["Line", "parse_lines", "plain_serdes"]
 
@@ -33,15 +31,16 @@ class Line:
     timestamp: int
 
 
-def plain_serdes(stream: StreamSpec | None) -> tuple[Serde, Serde]:
-    """Key and value serdes of a stream's formats without schema validation (tools must be able
-    to write and read invalid events, for example to exercise dead letters); without a stream,
-    string keys and JSON values. A null key is still refused on an entity stream: no broker can
-    keep such a record (Kafka refuses it)."""
-    from edm_runner.language.model import SerdeSpec
-    key = SerdeSpec(stream.key.format, keyed=stream.key.keyed) if stream else SerdeSpec("string")
-    value = SerdeSpec(stream.value.format) if stream else SerdeSpec("json")
-    return make_serde(key), make_serde(value)
+# What `edm produce` and `consume` use for a topic no topology declares.
+STRING_KEYS, JSON_VALUES = SerdeSpec("string"), SerdeSpec("json")
+
+
+def plain_serdes(key: SerdeSpec = STRING_KEYS, value: SerdeSpec = JSON_VALUES) -> tuple[Serde, Serde]:
+    """Key and value serdes of a stream's formats (``key``, ``value``: its declared serdes; by
+    default string keys and JSON values) without schema validation: tools must be able to write
+    and read invalid events, for example to exercise dead letters. A null key is still refused
+    on an entity stream (``key.keyed``): no broker can keep such a record (Kafka refuses it)."""
+    return make_serde(replace(key, schema=None)), make_serde(replace(value, schema=None))
 
 
 def parse_lines(source: BinaryIO | Iterable[bytes], origin: str, raw_values: bool, key_serde: Serde,
