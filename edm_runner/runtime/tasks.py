@@ -301,15 +301,16 @@ class TaskManager:
         self.touched[key] = task
 
     def changelog_records(self) -> list[OutRecord]:
-        """The changelog records of every touched task's dirty keys, each naming its store's
-        definition (``state.restore.store_headers``); each task's last record carries
-        ``edm.input``."""
+        """Prepares every touched task's store transaction (``TaskState.prepare``: its stores
+        take no more writes until ``commit`` or ``abort``) and returns its changelog records,
+        one per dirty key, each naming its store's definition (``state.restore.store_headers``);
+        each task's last record carries ``edm.input``."""
         now = int(time.time() * 1000)
         out: list[OutRecord] = []
         topics = {u.name: u.changelog for uses in self.uses.values() for u in uses}
         headers = self.headers
         for task in self.touched.values():
-            rows = task.state.dirty_changelog_records()
+            rows = task.state.prepare()
             if not rows:
                 continue
             p = task.partition

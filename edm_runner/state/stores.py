@@ -19,6 +19,7 @@ import sys
 from edm_runner.brokers.base import MAX_RECORD_BYTES, check_record_size
 from edm_runner.errors import EventError
 from edm_runner.state.api import decode_json, encode_json
+from edm_runner.state.transaction import SealedWrites
 from edm_runner.state.keys import (key_prefix, session_key, split_session_key,
                                    split_window_key, time_bytes, window_key)
 
@@ -114,8 +115,13 @@ class _Store:
                           if lo <= k and (hi is None or k <= hi))
         return _merge(self._stored_range(lo, hi), buffered)
 
+    def seal(self) -> None:
+        """The transaction is prepared or failed: the buffer refuses writes until ``clear``."""
+        self.writes = SealedWrites(self.writes, self.name)
+
     def clear(self) -> None:
-        self.writes.clear()
+        """Drops the buffered writes (committed or aborted); the buffer takes writes again."""
+        self.writes = {}
 
 
 class LmdbKeyValueStore(_Store):

@@ -18,6 +18,9 @@ Invariants:
 - A store whose stored fingerprint differs from its definition refuses to open
   (``IncompatibleStoreError``); a store new to the environment is simply added.
 - One process owns a task directory at a time (the flock).
+- The stores' buffered updates are one store transaction at a time (``transaction``, see
+  ``state.transaction``): ``prepare`` takes its changelog records and seals the buffers,
+  ``commit`` writes it, ``abort`` drops it; an illegal move raises ``TransactionStateError``.
 """
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ from edm_runner import faults
 from edm_runner.errors import EdmError
 from edm_runner.invocation import Invocation
 from edm_runner.state.stores import STORE_CLASSES, AnyStore
+from edm_runner.state.transaction import StoreTransaction
 
 log = logging.getLogger("edm.state")
 
@@ -206,6 +210,7 @@ class TaskState:
         self._invocation = invocation
         self._stores: dict[str, AnyStore] = {}
         self._rtxn: lmdb.Transaction | None = None
+        self.transaction = StoreTransaction(path)  # the buffered updates since the last commit
 
     @classmethod
     def open(cls, path: Path, *, invocation: Invocation | None = None,
@@ -341,13 +346,23 @@ class TaskState:
         return [(s.name, k, v) for s in self._stores.values() if s.changelog
                 for k, v in s.writes.items()]
 
+    def prepare(self) -> list[tuple[str, bytes, bytes | None]]:
+        """The transaction's changelog records (``dirty_changelog_records``), taken to be sent
+        before ``commit``: the transaction is prepared and its buffers refuse further writes."""
+        self.transaction.move("prepare")
+        for s in self._stores.values():
+            s.seal()
+        return self.dirty_changelog_records()
+
     def commit(self, checkpoint: Checkpoint) -> None:
         """Write every store's buffered updates and ``checkpoint`` (merged into the stored
-        one, entry by entry) in one transaction, then clear the buffers. On failure nothing
-        is written and the buffers are kept (the caller aborts)."""
+        one, entry by entry) in one transaction, then clear the buffers and start the next
+        store transaction. On failure nothing is written, the store transaction is failed
+        and keeps its buffers (sealed): the caller aborts it."""
+        self.transaction.check("commit")
         self._end_read()
         merged = self._checkpoint.merged(checkpoint)
-        with self._errors(), self.env.begin(write=True) as txn:
+        with self._errors(), self._failing(), self.env.begin(write=True) as txn:
             for s in self._stores.values():
                 if not s.writes:
                     continue
@@ -362,16 +377,32 @@ class TaskState:
             txn.put(_CHECKPOINT, merged.to_json(), db=self._meta)
             self._write_definitions(txn)
             faults.reached("store_write")
+        self.transaction.move("commit")
         self._checkpoint = merged
         self._unwritten.clear()
         for s in self._stores.values():
             s.clear()
+        self.transaction = StoreTransaction(self.path)
+
+    @contextmanager
+    def _failing(self) -> Iterator[None]:
+        """A failed LMDB write fails the store transaction and seals its buffers."""
+        try:
+            yield
+        except BaseException:
+            self.transaction.move("fail")
+            for s in self._stores.values():
+                s.seal()
+            raise
 
     def abort(self) -> None:
-        """Drop the buffered updates of a failed batch."""
+        """Drop the buffered updates (a failed batch, a failed flush or write) and start the
+        next store transaction."""
+        self.transaction.move("abort")
         self._end_read()
         for s in self._stores.values():
             s.clear()
+        self.transaction = StoreTransaction(self.path)
 
     def checkpoint(self) -> Checkpoint:
         return Checkpoint(dict(self._checkpoint.changelogs), dict(self._checkpoint.inputs))
