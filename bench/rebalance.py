@@ -28,7 +28,7 @@ from bench.kafka_restore import PARTITIONS, fill_changelog
 from edm_runner.brokers.base import OutRecord, TopicPartition
 from edm_runner.brokers.kafka import KafkaBroker
 from edm_runner.records.partitioner import default_partition
-from edm_runner.runtime.assignment import checkpointed_offsets
+from edm_runner.state.offline import checkpointed_offsets
 
 KEYS = 1_000_000
 CONSUMER = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
@@ -136,7 +136,7 @@ async def _scenario(bootstrap: str, keys: int, standby: bool, directory: Path) -
 
         def warm() -> bool:
             """Every task's state checkpointed to the changelog's end on the instances holding it."""
-            local = [checkpointed_offsets(i.state_dir, name, {}) for i in instances]
+            local = [checkpointed_offsets(i.state_dir, name) for i in instances]
             needed = []
             for inst, offsets in zip(instances, local):
                 a = inst.assignments()[-1]

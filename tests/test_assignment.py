@@ -11,11 +11,15 @@ import pytest
 
 from edm_runner.errors import ConfigError, EdmError
 from edm_runner.graph.dag import build_dag
-from edm_runner.runtime.assignment import (EdmAssignor, MemberInfo, Plan, balanced, custom, group_consumer,
-                                           load_custom, round_robin, static, task_standbys)
+from edm_runner.brokers.kafka import KafkaAssignor
+from edm_runner.runtime.assignment.assignor import EdmAssignor
+from edm_runner.runtime.assignment.consumer import group_consumer
+from edm_runner.runtime.assignment.messages import AssignmentData, MemberMetadata
+from edm_runner.runtime.assignment.strategies import (MemberInfo, Plan, balanced, custom, load_custom, round_robin,
+                                                      static, task_standbys)
 from edm_runner.language import load_file
 from tests.cli_helpers import edm
-from aiokafka.coordinator.protocol import ConsumerProtocolMemberMetadata
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment, ConsumerProtocolMemberMetadata
 
 
 def tasks(subs: int, partitions: int) -> list[tuple[int, int]]:
@@ -339,12 +343,16 @@ class _Cluster:
 
 
 def test_adapter_round_trip(tmp_path: Path, caplog) -> None:
+    """``EdmAssignor`` through the Kafka broker's assignor hook and the consumer protocol's
+    wire structures, as aiokafka drives them."""
     topology = load_file(write(tmp_path))
     dag = build_dag(topology)
     counts = {t: 4 for sub in dag.subtopologies for t in sub.source_topics}
-    assignors = {name: EdmAssignor(topology, dag, name) for name in ("pod-a", "pod-b")}
-    assignors["pod-a"].http_address = "http://a:8080"
-    assignors["pod-b"].local_offsets = lambda: {(1, 3): 42}
+    edm_assignors = {name: EdmAssignor(topology, dag, name) for name in ("pod-a", "pod-b")}
+    edm_assignors["pod-a"].http_address = "http://a:8080"
+    edm_assignors["pod-b"].local_offsets = lambda: {(1, 3): 42}
+    assignors = {name: KafkaAssignor(a) for name, a in edm_assignors.items()}
+    assert {a.name for a in assignors.values()} == {"edm"}
     topics = dag.source_topics()
     metadata = {f"member-{n}": ConsumerProtocolMemberMetadata.decode(a.metadata(topics).encode())
                 for n, a in assignors.items()}
@@ -358,8 +366,8 @@ def test_adapter_round_trip(tmp_path: Path, caplog) -> None:
             for p in ps:
                 assert (topic, p) not in seen
                 seen[(topic, p)] = name
-        assignor.on_tasks_assigned = lambda a, name=name: got.__setitem__(name, a)
-        assignor.on_assignment(type(assignment).decode(assignment.encode()))
+        edm_assignors[name].on_tasks_assigned = lambda a, name=name: got.__setitem__(name, a)
+        assignor.on_assignment(ConsumerProtocolMemberAssignment.decode(assignment.encode()))
     assert set(seen) == {(t, p) for t in topics for p in range(4)}
     # copartitioned: partition N of every source topic of a sub-topology on one member
     for sub in dag.subtopologies:
@@ -395,5 +403,60 @@ def test_local_offsets_report_open_tasks_and_standbys_from_memory(tmp_path: Path
                             on_disk={(0, 1): 1, (0, 3): 9})
     standbys = SimpleNamespace(tasks={(0, 2): opened({"a": 40})})
     broker = KafkaBroker({"bootstrap_servers": "localhost:9"})  # never started: no connection
-    _, assignor = group_consumer(broker, topology, dag, dag.source_topics(), tasks, standbys)
+    _, assignor = group_consumer(broker, topology, dag, dag.source_topics(), tasks=tasks, standbys=standbys)
     assert assignor is not None and assignor.local_offsets() == {(0, 1): 7, (0, 2): 40, (0, 3): 9}
+
+
+def test_member_messages_round_trip_and_read_foreign_data_as_defaults() -> None:
+    """The group protocol's two messages encode in one place; data another protocol (or a member
+    that sent none) left reads as the defaults, so a leader never fails on a member's join."""
+    meta = MemberMetadata("pod-a", "http://a:8080", {(0, 1): 7}, frozenset({(0, 1)}), frozenset({(1, 0)}),
+                          {"pod-b": 12})
+    assert MemberMetadata.from_bytes(meta.to_bytes()) == meta
+    data = AssignmentData(frozenset({(1, 2)}), {(0, 1): "pod-a"}, {"pod-a": None}, {"pod-b": 12})
+    assert AssignmentData.from_bytes(data.to_bytes()) == data
+    for foreign in (None, b"", b"not json", b"[1, 2]"):
+        assert MemberMetadata.from_bytes(foreign) == MemberMetadata(None)
+        assert AssignmentData.from_bytes(foreign) == AssignmentData()
+
+
+def test_group_consumer_where_groups_have_one_member(tmp_path: Path) -> None:
+    """A broker whose groups have one member (``supports_assignor`` False: the embedded one)
+    gets no assignor, so static pins do not apply, and its consumer tells the rebalance
+    listener of its one assignment, every partition, before ``start`` returns."""
+    import asyncio
+
+    from edm_runner.brokers.base import TopicPartition, TopicSpec
+    from edm_runner.brokers.local import LocalBroker
+
+    topology = load_file(write(tmp_path, "assignment:\n  strategy: static\n  static:\n"
+                                         "    instances: {pod-0: ['0_0']}\n"))
+    dag = build_dag(topology)
+    topics = dag.source_topics()
+
+    class Listener:
+        def __init__(self) -> None:
+            self.assigned_tps: list[set[TopicPartition]] = []
+
+        async def revoked(self, tps: set[TopicPartition]) -> None:
+            raise AssertionError("the embedded broker never revokes")
+
+        async def assigned(self, tps: set[TopicPartition]) -> None:
+            self.assigned_tps.append(tps)
+
+    async def scenario() -> tuple[object, Listener]:
+        broker = LocalBroker(tmp_path / "broker")
+        await broker.start()
+        try:
+            await broker.ensure_topics([TopicSpec(t, 4) for t in topics])
+            listener = Listener()
+            consumer, assignor = group_consumer(broker, topology, dag, topics, listener)
+            await consumer.start()
+            await consumer.close()
+            return assignor, listener
+        finally:
+            await broker.close()
+
+    assignor, listener = asyncio.run(scenario())
+    assert assignor is None
+    assert listener.assigned_tps == [{TopicPartition(t, p) for t in topics for p in range(4)}]

@@ -59,6 +59,49 @@ class TopicSpec:
     config: Mapping[str, str] = field(default_factory=dict)
 
 
+class RebalanceListener(Protocol):
+    """Told when a group member's partitions change (``Broker.consumer(..., listener=)``).
+
+    Both are awaited inside the broker client's rebalance, concurrently with the caller's own
+    code. ``assigned``: after every assignment (the first one before ``Consumer.start`` returns);
+    it must return quickly (on Kafka heartbeats resume only after it). ``revoked``: before a
+    rebalance takes the partitions away, once fetching has stopped, while they can still be
+    committed. The embedded broker's one member is assigned every partition at start and never
+    revoked. Exceptions in them are logged and do not stop the rebalance."""
+
+    async def revoked(self, tps: set[TopicPartition]) -> None: ...
+
+    async def assigned(self, tps: set[TopicPartition]) -> None: ...
+
+
+class MemberAssignment(NamedTuple):
+    """One member's share, as a ``GroupAssignor`` decides it: partitions per topic, and data
+    for the member's ``GroupAssignor.on_assignment``."""
+
+    partitions: Mapping[str, Sequence[int]]
+    user_data: bytes
+
+
+class GroupAssignor(Protocol):
+    """Shares a group's partitions among its members, inside the clients (as Kafka's consumer
+    protocol does), for brokers that ``supports_assignor``. Every member runs one; all must
+    have the same ``name`` (the protocol name).
+
+    At every join each member sends ``metadata(topics)``; the leader's ``assign`` gets the
+    partition count of every subscribed topic and every member's metadata (member id -> bytes)
+    and returns every member's share; each member's ``on_assignment`` then receives its own,
+    before the ``RebalanceListener.assigned`` of the new assignment. All three are called
+    synchronously on the event loop: they must not block."""
+
+    name: str
+
+    def metadata(self, topics: Sequence[str]) -> bytes: ...
+
+    def assign(self, partitions: Mapping[str, int], members: Mapping[str, bytes]) -> dict[str, MemberAssignment]: ...
+
+    def on_assignment(self, partitions: Mapping[str, Sequence[int]], user_data: bytes) -> None: ...
+
+
 class Consumer(Protocol):
     """A member of a consumer group. ``group`` is the microservice name."""
 
@@ -98,7 +141,13 @@ class Producer(Protocol):
 
 
 class Broker(Protocol):
-    """A connection to one broker (cluster). ``describe()`` is a one-line human description."""
+    """A connection to one broker (cluster). ``describe()`` is a one-line human description.
+
+    ``supports_assignor``: True when a consumer group may have several members whose
+    partitions a ``GroupAssignor`` shares out (Kafka); False when a group has one member, which
+    holds every partition of its topics (the embedded broker)."""
+
+    supports_assignor: bool
 
     def describe(self) -> str: ...
 
@@ -117,11 +166,17 @@ class Broker(Protocol):
         ...
 
     def consumer(self, group: str | None, topics: Sequence[str], *,
-                 from_beginning: bool = True, partitions: Sequence[TopicPartition] | None = None) -> Consumer:
+                 from_beginning: bool = True, partitions: Sequence[TopicPartition] | None = None,
+                 listener: RebalanceListener | None = None, assignor: GroupAssignor | None = None,
+                 group_instance_id: str | None = None) -> Consumer:
         """A consumer subscribed to ``topics``. ``group=None``: no group, no commits, reads
         from the beginning (or the end when ``from_beginning`` is False), every partition of
         ``topics`` or only ``partitions`` when given (restores read just what they need). With a
-        group, a partition without a committed offset starts at the beginning."""
+        group, a partition without a committed offset starts at the beginning; ``listener`` is
+        told of its assignments and revocations. Where ``supports_assignor``: ``assignor``
+        replaces the broker's default assignment, and ``group_instance_id`` makes the member
+        static (a restart within the session timeout keeps its partitions, no rebalance);
+        elsewhere both are ignored (one member holds every partition)."""
         ...
 
     def producer(self) -> Producer: ...

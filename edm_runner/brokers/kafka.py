@@ -30,13 +30,16 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka import TopicPartition as KafkaTP
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.cluster import ClusterMetadata
+from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment, ConsumerProtocolMemberMetadata
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from aiokafka.helpers import create_ssl_context
 from aiokafka.protocol.metadata import MetadataRequest
 
-from edm_runner.brokers.base import (DEFAULT_TIMESTAMP_BOUND, OutRecord, PartitionMismatchError, Record,
-                                     TimestampBound, TopicPartition, TopicSpec)
+from edm_runner.brokers.base import (DEFAULT_TIMESTAMP_BOUND, GroupAssignor, OutRecord, PartitionMismatchError,
+                                     RebalanceListener, Record, TimestampBound, TopicPartition, TopicSpec)
 from edm_runner.errors import BrokerError
 
 _OPTIONS = {"bootstrap_servers", "client_id", "connect_timeout_s", "security", "producer", "consumer"}
@@ -49,6 +52,8 @@ DEFAULT_CONNECT_TIMEOUT_S = 30.0
 
 class KafkaBroker:
     """A connection to a Kafka cluster (see the module docstring for ``options``)."""
+
+    supports_assignor = True
 
     def __init__(self, options: Mapping[str, Any]):
         unknown = sorted(set(options) - _OPTIONS)
@@ -162,10 +167,9 @@ class KafkaBroker:
 
     def consumer(self, group: str | None, topics: Sequence[str], *,
                  from_beginning: bool = True, partitions: Sequence[TopicPartition] | None = None,
-                 assignor: Any = None, group_instance_id: str | None = None) -> KafkaConsumer:
-        """``assignor``: an aiokafka partition assignor instance replacing Range (the runtime's
-        ``EdmAssignor``). ``group_instance_id``: static membership (a restart within the session
-        timeout keeps the assignment without a rebalance)."""
+                 listener: RebalanceListener | None = None, assignor: GroupAssignor | None = None,
+                 group_instance_id: str | None = None) -> KafkaConsumer:
+        """See ``Broker.consumer``. Without ``assignor`` the group uses aiokafka's Range."""
         kwargs: dict[str, Any] = {
             **self._common,
             "client_id": f"{self.client_id}-{group or 'reader'}",
@@ -178,10 +182,10 @@ class KafkaBroker:
             **self._consumer_options,
         }
         if assignor is not None:
-            kwargs["partition_assignment_strategy"] = (assignor,)
+            kwargs["partition_assignment_strategy"] = (KafkaAssignor(assignor),)
         if group_instance_id is not None:
             kwargs["group_instance_id"] = group_instance_id
-        return KafkaConsumer(self, list(topics), kwargs, partitions)
+        return KafkaConsumer(self, list(topics), kwargs, partitions, listener)
 
     def producer(self) -> KafkaProducer:
         kwargs: dict[str, Any] = {
@@ -412,9 +416,37 @@ class KafkaBroker:
         return views
 
 
+class KafkaAssignor(AbstractPartitionAssignor):
+    """aiokafka's assignor hook over a ``GroupAssignor``, which speaks in partition counts and
+    bytes: this adapter owns the consumer protocol's wire structures. aiokafka calls the hook's
+    methods on the instance, so its abstract class methods are overridden as methods."""
+
+    def __init__(self, assignor: GroupAssignor) -> None:
+        self.assignor = assignor
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.assignor.name
+
+    def metadata(self, topics: Any) -> ConsumerProtocolMemberMetadata:  # type: ignore[override]
+        return ConsumerProtocolMemberMetadata(0, sorted(topics), self.assignor.metadata(sorted(topics)))
+
+    def assign(self, cluster: ClusterMetadata,  # type: ignore[override]
+               members: Mapping[str, ConsumerProtocolMemberMetadata]) -> dict[str, ConsumerProtocolMemberAssignment]:
+        topics = sorted({t for m in members.values() for t in m.subscription})
+        counts = {t: len(cluster.partitions_for_topic(t) or ()) for t in topics}
+        shares = self.assignor.assign(counts, {member: m.user_data or b"" for member, m in members.items()})
+        return {member: ConsumerProtocolMemberAssignment(
+                    0, sorted((t, sorted(ps)) for t, ps in share.partitions.items()), share.user_data)
+                for member, share in shares.items()}
+
+    def on_assignment(self, assignment: ConsumerProtocolMemberAssignment) -> None:  # type: ignore[override]
+        self.assignor.on_assignment({t: list(ps) for t, ps in assignment.assignment}, assignment.user_data or b"")
+
+
 class _Listener(ConsumerRebalanceListener):
     """Sets ``event`` once the group has handed this member its (possibly empty) share, and
-    forwards every rebalance to ``consumer.listener`` (see ``KafkaConsumer``)."""
+    forwards every rebalance to ``consumer.listener`` (a ``RebalanceListener``)."""
 
     def __init__(self, consumer: KafkaConsumer, event: asyncio.Event):
         self.consumer = consumer
@@ -433,18 +465,15 @@ class _Listener(ConsumerRebalanceListener):
 class KafkaConsumer:
     """A group member (or a group-less reader) over aiokafka. Commits are explicit only.
 
-    ``listener`` (set before ``start``; group members only): an object with
-    ``async revoked(tps: set[TopicPartition])`` and ``async assigned(tps)``, awaited inside
-    aiokafka's rebalance, concurrently with the caller's own code (they run in aiokafka's
-    coordinator task). ``revoked`` runs before the member rejoins, once fetching has stopped,
-    while the old generation can still commit; ``assigned`` after the join, before fetching
-    and heartbeats resume: it must return quickly (long work belongs to the caller's loop).
-    Exceptions in them are logged by aiokafka and do not stop the rebalance.
+    ``listener`` (group members only; see ``RebalanceListener``) is awaited inside aiokafka's
+    rebalance, in its coordinator task: ``revoked`` before the member rejoins, ``assigned``
+    after the join, before fetching and heartbeats resume. Exceptions in them are logged by
+    aiokafka and do not stop the rebalance.
     """
 
     def __init__(self, broker: KafkaBroker, topics: list[str], kwargs: dict[str, Any],
-                 partitions: Sequence[TopicPartition] | None = None):
-        self.listener: Any = None
+                 partitions: Sequence[TopicPartition] | None = None, listener: RebalanceListener | None = None):
+        self.listener = listener
         self._broker = broker
         self._topics = topics
         self._partitions = partitions

@@ -37,8 +37,8 @@ from urllib.parse import quote
 
 import lmdb
 
-from edm_runner.brokers.base import (BrokerFullError, Headers, OutRecord, PartitionMismatchError, Record,
-                                     TimestampBound, TopicPartition, TopicSpec)
+from edm_runner.brokers.base import (BrokerFullError, GroupAssignor, Headers, OutRecord, PartitionMismatchError,
+                                     RebalanceListener, Record, TimestampBound, TopicPartition, TopicSpec)
 from edm_runner.errors import BrokerError
 
 MAP_SIZE = 64 << 30  # sparse: only pages in use take disk space
@@ -207,6 +207,8 @@ def _read_partition(cur: lmdb.Cursor, topic: str, tid: int, partition: int, star
 class LocalBroker:
     """The embedded broker at ``path`` (created if missing). Several processes may use the
     same directory at once; each consumer group is held by one process at a time."""
+
+    supports_assignor = False  # a group has one member, holding every partition
 
     def __init__(self, path: Path, *, map_size: int = MAP_SIZE,
                  compact_min_dirty: int = COMPACT_MIN_DIRTY):
@@ -603,9 +605,11 @@ class LocalBroker:
     # -- clients ---------------------------------------------------------------------------
 
     def consumer(self, group: str | None, topics: Sequence[str], *,
-                 from_beginning: bool = True, partitions: Sequence[TopicPartition] | None = None
-                 ) -> LocalConsumer:
-        return LocalConsumer(self, group, list(topics), from_beginning, partitions)
+                 from_beginning: bool = True, partitions: Sequence[TopicPartition] | None = None,
+                 listener: RebalanceListener | None = None, assignor: GroupAssignor | None = None,
+                 group_instance_id: str | None = None) -> LocalConsumer:
+        """See ``Broker.consumer``; ``assignor`` and ``group_instance_id`` are ignored."""
+        return LocalConsumer(self, group, list(topics), from_beginning, partitions, listener)
 
     def producer(self) -> LocalProducer:
         return LocalProducer(self)
@@ -648,11 +652,14 @@ class LocalBroker:
 
 class LocalConsumer:
     """Reads every partition of its topics (the local broker has one member per group).
-    Positions live in memory; ``commit`` makes them durable for the group."""
+    Positions live in memory; ``commit`` makes them durable for the group. A group member's
+    ``listener`` is assigned every partition once, at the end of ``start``."""
 
     def __init__(self, broker: LocalBroker, group: str | None, topics: list[str],
-                 from_beginning: bool, partitions: Sequence[TopicPartition] | None = None):
+                 from_beginning: bool, partitions: Sequence[TopicPartition] | None = None,
+                 listener: RebalanceListener | None = None):
         self._broker = broker
+        self._listener = listener if group is not None else None
         self._group = group
         self._topics = topics
         self._only = list(partitions) if partitions is not None else None
@@ -682,6 +689,8 @@ class LocalConsumer:
                 else:
                     self._positions[tp] = 0 if self._from_beginning else ends[tp]
             self._order = tps
+            if self._listener is not None:
+                await self._listener.assigned(set(tps))
         except BaseException:
             await self.close()
             raise

@@ -148,7 +148,7 @@ class AssignmentSpec:
     """``processing.assignment``: how tasks are spread over a group's members (Kafka).
     ``instances`` (static): instance id -> task ids (``"<sub>_<partition>"``) pinned to it;
     ``reassign_after_ms`` (static): how long an absent instance's tasks wait (None: forever).
-    ``custom``: a class ``module:Class`` (see ``runtime.assignment.CustomAssignor``)."""
+    ``custom``: a class ``module:Class`` (see ``runtime.assignment.strategies.CustomAssignor``)."""
 
     strategy: AssignmentStrategy = "balanced"
     instances: dict[str, list[str]] = field(default_factory=dict)

@@ -151,7 +151,7 @@ def _check_functions(ctx: CheckContext) -> None:
 
 def _check_assignment(ctx: CheckContext) -> None:
     """``processing.assignment``: the strategy's own section is present, the other's absent,
-    and a custom class resolves (``runtime.assignment.load_custom`` checks its interface)."""
+    and a custom class resolves (``runtime.assignment.strategies.load_custom`` checks its interface)."""
     processing = ctx.data.get("processing")
     cfg = processing.get("assignment") if isinstance(processing, dict) else None
     if not isinstance(cfg, dict):

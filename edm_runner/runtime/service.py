@@ -44,12 +44,14 @@ from edm_runner.brokers.local import LocalBroker
 from edm_runner.errors import BrokerError, InternalError, ProcessingError
 from edm_runner import faults
 from edm_runner.runtime.eos import KafkaTransactions
-from edm_runner.runtime.assignment import EdmAssignor, checkpointed_offsets, group_consumer
+from edm_runner.runtime.assignment.assignor import EdmAssignor
+from edm_runner.runtime.assignment.consumer import group_consumer
 from edm_runner.runtime.copartition import check_copartitioning
 from edm_runner.runtime.ordering import InputOrder
 from edm_runner.runtime.processing import CompiledService
 from edm_runner.runtime.stats import ServiceStats
 from edm_runner.runtime.tasks import GlobalTables, StandbyTasks, TaskManager, changelog_partitions, end_offsets
+from edm_runner.state.offline import checkpointed_offsets
 from edm_runner.language.model import Topology
 
 log = logging.getLogger("edm.runtime")
@@ -175,9 +177,7 @@ class ServiceRunner:
             await self.globals.bootstrap(self.broker)
         topics = self.compiled.dag.source_topics()
         self.consumer, self.assignor = group_consumer(self.broker, self.topology, self.compiled.dag, topics,
-                                                      self.tasks, self.standbys, self.invocation)
-        if hasattr(self.consumer, "listener"):
-            self.consumer.listener = self.rebalance
+                                                      self.rebalance, self.tasks, self.standbys, self.invocation)
         if self.assignor is not None and self.tasks is not None:
             # The assignor reports the local state at every join, on the loop: read it now.
             self.tasks.on_disk = await asyncio.to_thread(checkpointed_offsets, self.tasks.state_dir, self.name)
@@ -359,7 +359,7 @@ class ServiceRunner:
 
 
 class Rebalance:
-    """The rebalance listener of one ``ServiceRunner`` (see ``KafkaConsumer.listener``).
+    """The rebalance listener of one ``ServiceRunner`` (a ``brokers.base.RebalanceListener``).
 
     Invariants: ``revoked`` runs under the runner's ``batch_lock``, so it never overlaps a
     batch; after it no task is open and nothing is pending. Between a revocation and the

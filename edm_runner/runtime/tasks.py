@@ -153,7 +153,7 @@ class TaskManager:
         self.exactly_once = self.topology.processing.guarantee == "exactly_once"
         self.touched: dict[tuple[int, int], Task] = {}
         # Per task not open here: the sum of its checkpointed changelog offsets on disk, as the
-        # assignor reports it (see ``assignment.group_consumer``).
+        # assignor reports it (see ``assignment.consumer.group_consumer``).
         self.on_disk: dict[tuple[int, int], int] = {}
         self.headers = {u.name: store_headers({"type": u.type, "params": u.params,
                                                "fingerprint": fingerprint(u.type, u.params)})

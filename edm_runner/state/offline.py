@@ -1,4 +1,5 @@
-"""Reading and deleting a service's local state while no runner needs it (`edm state`, `edm reset`).
+"""Reading and deleting a service's local state outside of the tasks a runner has open (`edm state`,
+`edm reset`, and the freshness of each task on disk that a member reports when it joins its group).
 
 Readers open each task environment read-only: they never change a store, a checkpoint or
 a lock, so they are safe next to a running runner too (LMDB readers see the last commit).
@@ -250,6 +251,27 @@ def open_readonly(state_dir: Path, service: str, invocation: Invocation | None =
             t.close()
         raise
     return OfflineState(service, root, tasks)
+
+
+def checkpointed_offsets(state_dir: Path, service: str) -> dict[tuple[int, int], int]:
+    """Per task directory of ``service`` on disk, (sub-topology, partition) -> the sum of its
+    checkpointed changelog offsets (how fresh its state is: the group's assignor prefers the
+    member with the highest). Read-only LMDB opens: blocking, call it in a thread, before this
+    process opens any task. Unreadable directories count as no state."""
+    result: dict[tuple[int, int], int] = {}
+    for path in state_paths(state_dir, service):
+        sub, _, partition = path.name.partition("_")
+        if not (sub.isdigit() and partition.isdigit()):
+            continue  # the global tables' directory
+        try:
+            reader = TaskReader(path)
+        except EdmError:
+            continue
+        try:
+            result[int(sub), int(partition)] = sum(reader.checkpoint.changelogs.values())
+        finally:
+            reader.close()
+    return result
 
 
 def wipe(state_dir: Path, service: str) -> list[Path]:

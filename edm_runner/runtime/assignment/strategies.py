@@ -1,7 +1,8 @@
-"""Partition assignment: which group member runs which task, and which keeps which standby.
+"""The assignment strategies: which group member runs which task, and which keeps which standby.
 
-The strategies are pure functions over tasks and members (unit-tested without a broker);
-``EdmAssignor`` adapts them to aiokafka's assignor hook. See docs/design/scaleout.md.
+Pure functions over tasks and members (unit-tested without a broker), and what they take from
+the topology (standby counts, static pins, the custom class). ``assignor.EdmAssignor`` runs
+them in the group leader. See docs/design/scaleout.md.
 
 Invariants:
 - Whole tasks are assigned: task N of sub-topology S is partition N of every source topic of S,
@@ -13,18 +14,10 @@ Invariants:
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
-import socket
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Protocol
-
-from aiokafka.cluster import ClusterMetadata
-from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
-from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment, ConsumerProtocolMemberMetadata
+from typing import Any, Iterable, Mapping, Protocol
 
 from edm_runner.errors import EdmError
 from edm_runner.graph.dag import Dag
@@ -34,7 +27,6 @@ from edm_runner.language.model import AssignmentSpec, Topology
 log = logging.getLogger("edm.assignment")
 
 TaskId = tuple[int, int]  # (sub-topology, partition)
-METADATA_VERSION = 1
 
 
 def task_name(task: TaskId) -> str:
@@ -43,8 +35,14 @@ def task_name(task: TaskId) -> str:
 
 
 def parse_task(text: str) -> TaskId:
+    """The task named ``"<sub>_<partition>"``; a ``ValueError`` for any other text."""
     sub, _, partition = text.partition("_")
     return int(sub), int(partition)
+
+
+def task_names(tasks: Iterable[TaskId]) -> list[str]:
+    """``tasks`` sorted, by name."""
+    return [task_name(t) for t in sorted(tasks)]
 
 
 @dataclass(frozen=True)
@@ -278,198 +276,3 @@ def load_custom(spec: AssignmentSpec, base_dir: Path) -> CustomAssignor:
     if not callable(getattr(impl, "assign", None)):
         raise EdmError(f"{spec.pos}: custom assignor {ref!r} has no assign(tasks, members, previous) method")
     return impl
-
-
-def default_instance_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
-# -- the aiokafka adapter ----------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class StandbyAssignment:
-    """What this member got in the last rebalance (see docs/design/scaleout.md)."""
-
-    instance_id: str
-    generation: int
-    active: frozenset[TaskId]
-    standby: frozenset[TaskId]
-    owners: Mapping[TaskId, str]
-    hosts: Mapping[str, str | None]
-
-
-def _names(tasks: Iterable[TaskId]) -> list[str]:
-    return [task_name(t) for t in sorted(tasks)]
-
-
-class EdmAssignor(AbstractPartitionAssignor):
-    """aiokafka's assignor hook over the strategies. One instance per consumer (its methods
-    are called on the instance, so the abstract class methods are overridden as methods).
-
-    Set by the runtime: ``local_offsets`` (called at every join, synchronously),
-    ``on_tasks_assigned`` (called synchronously after each assignment, before the rebalance
-    listener's ``on_partitions_assigned``), ``http_address``."""
-
-    name = "edm"
-
-    def __init__(self, topology: Topology, dag: Dag, instance_id: str | None = None, *,
-                 invocation: Invocation | None = None,
-                 clock_ms: Callable[[], int] = lambda: int(time.time() * 1000)) -> None:
-        self.topology = topology
-        self.dag = dag
-        self.spec = topology.processing.assignment
-        self.instance_id = instance_id or default_instance_id()
-        self.standbys = task_standbys(topology, dag)
-        invocation = invocation or Invocation(str(topology.source_file))
-        self.pins = resolve_pins(self.spec, dag, invocation) if self.spec.strategy == "static" else {}
-        self.impl = load_custom(self.spec, topology.base_dir) if self.spec.strategy == "custom" else None
-        self.clock_ms = clock_ms
-        self.http_address: str | None = None
-        self.local_offsets: Callable[[], Mapping[TaskId, int]] = dict
-        self.on_tasks_assigned: Callable[[StandbyAssignment], None] | None = None
-        self.current: StandbyAssignment | None = None
-        self._absent: dict[str, int] = {}
-        self._generation = 0
-
-    # aiokafka hook methods -------------------------------------------------------------------
-
-    def metadata(self, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
-        current = self.current
-        doc = {"v": METADATA_VERSION, "instance": self.instance_id, "http": self.http_address,
-               "offsets": {task_name(t): o for t, o in self.local_offsets().items()},
-               "active": _names(current.active) if current else [],
-               "standby": _names(current.standby) if current else [],
-               "absent": self._absent}
-        return ConsumerProtocolMemberMetadata(0, sorted(topics), json.dumps(doc).encode())
-
-    def assign(self, cluster: ClusterMetadata,  # type: ignore[override]
-               members: Mapping[str, ConsumerProtocolMemberMetadata]) -> dict[str, ConsumerProtocolMemberAssignment]:
-        counts = {t: len(cluster.partitions_for_topic(t) or ()) or self.dag.partitions.get(t, 1)
-                  for sub in self.dag.subtopologies for t in sub.source_topics}
-        tasks = [(sub.id, p) for sub in self.dag.subtopologies
-                 for p in range(max((counts[t] for t in sub.source_topics), default=1))]
-        infos: dict[str, MemberInfo] = {}
-        member_of: dict[str, str] = {}  # instance id -> member id
-        absent = dict(self._absent)
-        for member_id, meta in sorted(members.items()):
-            doc = _decode(meta.user_data)
-            instance = str(doc.get("instance") or member_id)
-            if instance in infos:  # two members claim one instance id: keep them apart
-                instance = f"{instance}#{member_id}"
-            member_of[instance] = member_id
-            for name, since in dict(doc.get("absent") or {}).items():
-                absent.setdefault(name, int(since))
-            infos[instance] = MemberInfo(
-                instance, {parse_task(k): int(v) for k, v in (doc.get("offsets") or {}).items()},
-                frozenset(map(parse_task, doc.get("active") or [])),
-                frozenset(map(parse_task, doc.get("standby") or [])), doc.get("http"))
-        plan = self.plan(tasks, list(infos.values()), absent)
-        owners = {task_name(t): m for t, m in plan.owners().items()}
-        hosts = {i: info.http for i, info in infos.items()}
-        result = {}
-        for instance, member_id in member_of.items():
-            by_topic: dict[str, list[int]] = {}
-            for sub_id, p in plan.active.get(instance, []):
-                for topic in self.dag.subtopologies[sub_id].source_topics:
-                    if p < counts[topic]:
-                        by_topic.setdefault(topic, []).append(p)
-            user_data = {"v": METADATA_VERSION, "standby": _names(plan.standby.get(instance, [])),
-                         "tasks": owners, "hosts": hosts, "absent": self._absent}
-            result[member_id] = ConsumerProtocolMemberAssignment(
-                0, sorted((t, sorted(ps)) for t, ps in by_topic.items()), json.dumps(user_data).encode())
-        return result
-
-    def on_assignment(self, assignment: ConsumerProtocolMemberAssignment) -> None:  # type: ignore[override]
-        doc = _decode(assignment.user_data)
-        subs = {t: sub.id for sub in self.dag.subtopologies for t in sub.source_topics}
-        active = frozenset((subs[topic], p) for topic, ps in assignment.assignment if topic in subs for p in ps)
-        self._absent = {str(k): int(v) for k, v in (doc.get("absent") or {}).items()}
-        self._generation += 1
-        self.current = StandbyAssignment(
-            self.instance_id, self._generation, active, frozenset(map(parse_task, doc.get("standby") or [])),
-            {parse_task(k): str(v) for k, v in (doc.get("tasks") or {}).items()}, dict(doc.get("hosts") or {}))
-        log.info("assignment %s", json.dumps({
-            "service": self.topology.name, "instance": self.instance_id, "generation": self._generation,
-            "active": _names(self.current.active), "standby": _names(self.current.standby),
-            "partitions": {topic: sorted(ps) for topic, ps in sorted(assignment.assignment)}}))
-        if self.on_tasks_assigned is not None:
-            self.on_tasks_assigned(self.current)
-
-    # the strategy ----------------------------------------------------------------------------
-
-    def plan(self, tasks: list[TaskId], members: list[MemberInfo], absent: Mapping[str, int]) -> Plan:
-        """The plan of the configured strategy. ``static`` updates the absence clocks, which
-        travel to every member in the assignment (so a later leader continues them)."""
-        strategy = self.spec.strategy
-        if strategy == "round_robin":
-            return round_robin(tasks, members, self.standbys)
-        if strategy == "custom" and self.impl is not None:
-            return custom(self.impl, tasks, members, self.standbys)
-        if strategy == "static":
-            plan, self._absent = static(tasks, members, self.pins, self.standbys,
-                                        reassign_after_ms=self.spec.reassign_after_ms,
-                                        absent_since=absent, now_ms=self.clock_ms())
-            waiting = sorted(t for ts in (self.pins.get(i, []) for i in self._absent) for t in ts
-                             if t not in plan.owners())
-            if waiting:
-                log.warning("tasks %s wait for their pinned instance(s) %s", ", ".join(_names(waiting)),
-                            ", ".join(sorted(self._absent)))
-            return plan
-        return balanced(tasks, members, self.standbys)
-
-
-def _decode(user_data: bytes | None) -> dict[str, Any]:
-    """A member's or an assignment's user data; empty (or another protocol's) reads as {}."""
-    try:
-        doc = json.loads(user_data or b"{}")
-    except ValueError:
-        return {}
-    return doc if isinstance(doc, dict) else {}
-
-
-def checkpointed_offsets(state_dir: Path, service: str) -> dict[TaskId, int]:
-    """Per task directory of ``service`` on disk, the sum of its checkpointed changelog
-    offsets (read-only LMDB opens: blocking, call it in a thread, before this process opens
-    any task). Unreadable directories count as no state."""
-    from edm_runner.state.offline import TaskReader, state_paths
-
-    result: dict[TaskId, int] = {}
-    for path in state_paths(state_dir, service):
-        try:
-            task = parse_task(path.name)
-        except ValueError:
-            continue  # the global tables' directory
-        try:
-            reader = TaskReader(path)
-        except EdmError:
-            continue
-        try:
-            result[task] = sum(reader.checkpoint.changelogs.values())
-        finally:
-            reader.close()
-    return result
-
-
-def group_consumer(broker: Any, topology: Topology, dag: Dag, topics: list[str],
-                   tasks: Any = None, standbys: Any = None,
-                   invocation: Invocation | None = None) -> tuple[Any, EdmAssignor | None]:
-    """The service's group consumer: on Kafka with an ``EdmAssignor`` (its ``local_offsets``
-    reading the checkpoints of ``tasks``, a ``runtime.tasks.TaskManager`` or None when
-    stateless, and of ``standbys``, a ``runtime.tasks.StandbyTasks`` or None; its hints
-    repeating ``invocation``) and static membership when the topology has an instance id;
-    elsewhere the broker's own. ``local_offsets`` runs at every join, on the event loop, so it
-    reads no disk: tasks open in this process report from memory (LMDB must not open an
-    environment twice in a process either), the others from ``tasks.on_disk`` (scanned in a
-    thread before the group is joined, updated as tasks close)."""
-    from edm_runner.brokers.kafka import KafkaBroker
-
-    if not isinstance(broker, KafkaBroker):
-        return broker.consumer(topology.name, topics), None
-    instance_id = topology.processing.instance_id
-    assignor = EdmAssignor(topology, dag, instance_id, invocation=invocation)
-    if tasks is not None:
-        opened = [tasks] if standbys is None else [tasks, standbys]
-        assignor.local_offsets = lambda: {
-            **tasks.on_disk, **{key: sum(task.state.checkpoint().changelogs.values())
-                                for group in opened for key, task in group.tasks.items()}}
-    return broker.consumer(topology.name, topics, assignor=assignor, group_instance_id=instance_id), assignor
