@@ -27,6 +27,17 @@ def test_startup_sees_the_quickstart_first_output_and_its_imports(tmp_path: Path
     assert seconds > 0 and "edm_runner" in top
 
 
+def test_startup_times_edm_from_cached_bytecode_as_installed() -> None:
+    """Not the compiler: under PYTHONDONTWRITEBYTECODE an editable checkout would compile every
+    module at each start; the scenario writes the bytecode first, as pip does on install."""
+    import importlib.util
+
+    startup._compile_edm()
+    sources = list((ROOT / "edm_runner").rglob("*.py"))
+    stale = [s for s in sources if not Path(importlib.util.cache_from_source(str(s))).exists()]
+    assert sources and stale == []
+
+
 def test_loop_lag_monitor_records_a_held_loop() -> None:
     async def hold() -> None:
         await asyncio.sleep(0)
