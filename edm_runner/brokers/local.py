@@ -371,27 +371,6 @@ class LocalBroker:
         with self._write() as (h, txn):
             self._commit_in(h, txn, group, offsets)
 
-    async def reset_group(self, group: str, topics: Sequence[str] | None = None) -> int:
-        """Forget ``group``'s committed offsets (on ``topics`` only, if given); the next
-        consumer of the group starts from the beginning. Returns how many were removed."""
-        return await asyncio.to_thread(self._reset_group_sync, group, topics)
-
-    def _reset_group_sync(self, group: str, topics: Sequence[str] | None) -> int:
-        prefix = f"{group}\0".encode()
-        wanted = None if topics is None else {t.encode() for t in topics}
-        with self._write() as (h, txn):
-            cur = txn.cursor(db=h.offsets)
-            stale = []
-            if cur.set_range(prefix):
-                for k in cur.iternext(values=False):
-                    if not k.startswith(prefix):
-                        break
-                    if wanted is None or k[len(prefix):-5] in wanted:
-                        stale.append(k)
-            for k in stale:
-                txn.delete(k, db=h.offsets)
-            return len(stale)
-
     # -- administration (edm reset) ---------------------------------------------------------
 
     async def beginning_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:

@@ -159,10 +159,6 @@ class TaskManager:
                                                "fingerprint": fingerprint(u.type, u.params)})
                         for uses in self.uses.values() for u in uses}
 
-    def owns(self, tp: TopicPartition) -> bool:
-        """True when ``tp`` is an input of a stateful sub-topology."""
-        return tp.topic in self.sub_of_topic
-
     def active_ids(self, tps: Iterable[TopicPartition]) -> set[tuple[int, int]]:
         """The tasks whose input partitions are among ``tps``."""
         return {(self.sub_of_topic[tp.topic], tp.partition) for tp in tps if tp.topic in self.sub_of_topic}
