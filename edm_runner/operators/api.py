@@ -283,16 +283,21 @@ class StoreCatalog:
 
 
 class Counters(Protocol):
-    """The counters operators add to (the runtime's ``ServiceStats`` is one)."""
+    """The counters operators add to (the runtime's ``ServiceStats`` is one); the
+    ``*_by_pipeline`` maps are keyed by pipeline name."""
 
     late: int
     dead_lettered: int
+    late_by_pipeline: dict[str, int]
+    dead_lettered_by_pipeline: dict[str, int]
 
 
 @dataclass
 class _Counters:
     late: int = 0
     dead_lettered: int = 0
+    late_by_pipeline: dict[str, int] = field(default_factory=dict)
+    dead_lettered_by_pipeline: dict[str, int] = field(default_factory=dict)
 
 
 class DeadLetters:
@@ -327,14 +332,18 @@ class LateEvents:
     def __init__(self, stats: Counters, dead_letters: DeadLetters | None, pipeline: str, pos: Pos) -> None:
         self.stats = stats
         self.dead_letters = dead_letters
+        self.pipeline = pipeline
         self.step = f"{pipeline} window at {pos}"
 
     def __call__(self, event: Event, reason: str) -> None:
-        self.stats.late += 1
+        stats, pipeline = self.stats, self.pipeline
+        stats.late += 1
+        stats.late_by_pipeline[pipeline] = stats.late_by_pipeline.get(pipeline, 0) + 1
         if self.dead_letters is None:
             return
         self.dead_letters.write(event.origin, f"late event: {reason}", self.step)
-        self.stats.dead_lettered += 1
+        stats.dead_lettered += 1
+        stats.dead_lettered_by_pipeline[pipeline] = stats.dead_lettered_by_pipeline.get(pipeline, 0) + 1
 
 
 class PassThrough(Processor):

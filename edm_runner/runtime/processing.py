@@ -57,6 +57,10 @@ class ErrorHandler:
         error = str(exc) if isinstance(exc, UserCodeError) else f"{type(exc).__name__}: {exc}"
         where = f"{origin.topic}/{origin.partition}/{origin.offset}"
         kind = self.policy.kind
+        if kind != "fail":
+            errors = self.stats.errors_by_step
+            counted = (self.pipeline, step, kind)
+            errors[counted] = errors.get(counted, 0) + 1
         if kind == "skip":
             self.stats.skipped += 1
             n = self.stats.skipped_by_pipeline.get(self.pipeline, 0) + 1
@@ -69,6 +73,8 @@ class ErrorHandler:
         if kind == "dead_letter" and self.dead_letters is not None:
             self.dead_letters.write(origin, error, f"{step} at {pos}")
             self.stats.dead_lettered += 1
+            by_pipeline = self.stats.dead_lettered_by_pipeline
+            by_pipeline[self.pipeline] = by_pipeline.get(self.pipeline, 0) + 1
             return
         raise ProcessingError(
             f"service {self.service!r}, pipeline {self.pipeline!r}: step {step} at {pos} failed on the "
@@ -99,6 +105,7 @@ class Source:
     """``changes``: the values are a group_by's ``{"old", "new"}`` change records."""
 
     id: str
+    pipeline: str
     topic: str
     decode_key: Callable[[bytes | None], Any]
     decode_value: Callable[[bytes | None], Any]
@@ -179,9 +186,9 @@ class CompiledService:
 
     def _source(self, node: Node) -> Source:
         key_spec, value_spec = node.serdes
-        return Source(node.id, node.topics[0], make_serde(key_spec).decode, make_serde(value_spec).decode,
-                      self._handler(node.pipeline, node.stream), self._step(node.children), node.pos,
-                      node.changes)
+        return Source(node.id, node.pipeline, node.topics[0], make_serde(key_spec).decode,
+                      make_serde(value_spec).decode, self._handler(node.pipeline, node.stream),
+                      self._step(node.children), node.pos, node.changes)
 
     def _step(self, children: list[str]) -> Step | None:
         if not children:
@@ -238,8 +245,13 @@ class CompiledService:
     def process(self, records: list[Record]) -> None:
         """Runs one partition's records (in offset order) through every pipeline reading
         their topic; outputs accumulate in ``self.outputs``. Raises ``ProcessingError`` (an
-        event failed under the ``fail`` policy) or ``InternalError`` (a bug in edm)."""
-        for source in self.sources.get(records[0].topic, ()):
+        event failed under the ``fail`` policy) or ``InternalError`` (a bug in edm).
+        Counts the records per pipeline in and out (``ServiceStats.in_by_pipeline``, ...)."""
+        stats, outputs = self.stats, self.outputs
+        topic = records[0].topic
+        for source in self.sources.get(topic, ()):
+            pipeline = source.pipeline
+            written, dead = len(outputs), stats.dead_lettered
             try:
                 events = self._decode(source, records)
                 if events and source.next is not None:
@@ -248,6 +260,11 @@ class CompiledService:
                 raise
             except Exception as exc:
                 raise _internal(self.topology.name, source.id, source.pos, records, exc) from exc
+            counted = (pipeline, topic)
+            stats.in_by_pipeline[counted] = stats.in_by_pipeline.get(counted, 0) + len(records)
+            written = len(outputs) - written - (stats.dead_lettered - dead)
+            if written:
+                stats.out_by_pipeline[pipeline] = stats.out_by_pipeline.get(pipeline, 0) + written
 
     def _decode(self, source: Source, records: list[Record]) -> list[Event]:
         kd, vd = source.decode_key, source.decode_value

@@ -107,8 +107,14 @@ class ServiceRunner:
         self.pending: dict[TopicPartition, int] = {}  # processed, not yet committed
         self.unflushed = False  # records sent since the last flush
         self.last_commit = time.monotonic()
-        self.batch_lock = asyncio.Lock()  # held while a batch is processed, sent, committed
+        # Held while a batch is processed, sent, committed, and while tasks are opened or
+        # closed: whoever reads the open tasks' state from outside the loop's batches (the
+        # metrics' store sizes) takes it, so no task closes under it.
+        self.batch_lock = asyncio.Lock()
         self.rebalance = Rebalance(self)
+        # starting -> running (the first assignment restored; later rebalances do not go back)
+        # -> stopping -> stopped.
+        self.phase = "starting"
 
     @property
     def name(self) -> str:
@@ -189,6 +195,7 @@ class ServiceRunner:
         if self.local is None and self.eos is None:
             self.producer = self.broker.producer()
             await self.producer.start()
+        self.phase = "running"
 
     async def poll(self, timeout_ms: int) -> int:
         """Fetch, process, write and (maybe) commit one batch; returns how many input
@@ -235,6 +242,7 @@ class ServiceRunner:
         offsets: dict[TopicPartition, int] = {}
         count = 0
         dead_before = self.stats.dead_lettered
+        started = time.perf_counter()
         try:
             for tp, records in runs:
                 if tasks is not None:
@@ -255,6 +263,7 @@ class ServiceRunner:
                 self.pending = {}
             await self.commit()
             raise
+        self.stats.processing.observe(time.perf_counter() - started)
         written = len(outputs) - (self.stats.dead_lettered - dead_before)
         if self.internal:  # the user's streams apart from the repartition topics
             internal_in = sum(len(records) for tp, records in runs if tp.topic in self.internal)
@@ -270,12 +279,14 @@ class ServiceRunner:
         outputs.clear()
         faults.reached("before_produce")
         if self.local is not None:
+            started = time.perf_counter()
             if tasks is not None:
                 batch += tasks.changelog_records()
             ends = await self.local.append_and_commit(batch, self.name, offsets)
             faults.reached("after_produce")
             if tasks is not None:
                 await tasks.commit(ends)
+            self.stats.commit.observe(time.perf_counter() - started)
             return count
         if eos is not None:
             eos.send(batch)
@@ -301,11 +312,13 @@ class ServiceRunner:
 
     async def commit(self) -> None:
         """Flush what was sent, then commit the offsets of the batches behind it."""
+        started = time.perf_counter()
         tasks = self.tasks
         if self.eos is not None:
             await self.eos.commit(self.consumer, tasks)
             self.unflushed = False
             self.last_commit = time.monotonic()
+            self.stats.commit.observe(time.perf_counter() - started)
             return
         if self.producer is not None:
             if tasks is not None and tasks.touched:
@@ -320,6 +333,7 @@ class ServiceRunner:
             await self.consumer.commit(self.pending)
             self.pending = {}
         self.last_commit = time.monotonic()
+        self.stats.commit.observe(time.perf_counter() - started)
 
     async def commit_now(self) -> None:
         """``commit`` outside ``poll`` (idle loops, shutdown): waits for a rebalance in progress."""
@@ -339,6 +353,7 @@ class ServiceRunner:
         return True
 
     async def close(self) -> None:
+        self.phase = "stopping"
         try:
             await self.commit_now()
         finally:
@@ -350,12 +365,16 @@ class ServiceRunner:
                 if self.consumer is not None:
                     await self.consumer.close()
             finally:
-                if self.tasks is not None:
-                    await self.tasks.close()
-                if self.standbys is not None:
-                    await self.standbys.close()
-                if self.globals is not None:
-                    await self.globals.close()
+                async with self.batch_lock:
+                    try:
+                        if self.tasks is not None:
+                            await self.tasks.close()
+                        if self.standbys is not None:
+                            await self.standbys.close()
+                        if self.globals is not None:
+                            await self.globals.close()
+                    finally:
+                        self.phase = "stopped"
 
 
 class Rebalance:
@@ -399,6 +418,7 @@ class Rebalance:
     async def assigned(self, tps: set[TopicPartition]) -> None:
         # No restore here: aiokafka resumes heartbeats only after this returns.
         self.pending = True
+        self.runner.stats.rebalances += 1
 
     async def adopt(self) -> None:
         """Restores the tasks of the current assignment (before anything of them is fetched

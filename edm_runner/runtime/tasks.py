@@ -29,7 +29,7 @@ from edm_runner.invocation import Invocation
 from edm_runner.operators.api import StoreUse
 from edm_runner.operators.table import null_table_key
 from edm_runner.runtime.processing import CompiledService, ErrorHandler
-from edm_runner.runtime.stats import ServiceStats
+from edm_runner.runtime.stats import ServiceStats, StoreRestore
 from edm_runner.serde import Serde
 from edm_runner.language.model import Pos
 from edm_runner.state.api import encode_json
@@ -121,13 +121,33 @@ async def end_offsets(broker: Broker, tps: list[TopicPartition]) -> dict[TopicPa
         await reader.close()
 
 
+class _StoreProgress:
+    """The progress of one store's restore: advances the shared ``RestoreProgress`` (the bar or
+    log lines) and the store's own figures (``ServiceStats.restores``, for the metrics)."""
+
+    def __init__(self, shared: RestoreProgress | None, own: StoreRestore) -> None:
+        self.shared = shared
+        self.own = own
+
+    def advance(self, n: int) -> None:
+        self.own.done += n
+        if self.shared is not None:
+            self.shared.advance(n)
+
+
 async def _restore_store(state: TaskState, use: StoreUse, consumer: Consumer, tp: TopicPartition, end: int,
                          from_offset: int, progress: RestoreProgress | None, label: str,
                          stats: ServiceStats, convert: Any = None, before_apply: Any = None) -> None:
-    result = await restore_task(state, use.name, consumer, tp, end, from_offset=from_offset,
-                                progress=progress, convert=convert, source=convert is not None,
-                                before_apply=before_apply)
+    own = StoreRestore(max(0, end - from_offset) if from_offset <= end else end)
+    stats.restores[(use.name, label.removeprefix("task "))] = own
+    try:
+        result = await restore_task(state, use.name, consumer, tp, end, from_offset=from_offset,
+                                    progress=_StoreProgress(progress, own),  # type: ignore[arg-type]
+                                    convert=convert, source=convert is not None, before_apply=before_apply)
+    finally:
+        own.finished = time.monotonic()
     stats.restored += result.records_read
+    stats.restored_by_store[use.name] = stats.restored_by_store.get(use.name, 0) + result.records_read
     log.info("restored %s %s: %d records from offset %d to %d", use.name, label, result.records_read,
              from_offset if from_offset <= end else 0, end)
 

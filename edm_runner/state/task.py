@@ -334,6 +334,18 @@ class TaskState:
             self._rtxn.abort()
             self._rtxn = None
 
+    def sizes(self) -> dict[str, tuple[int, int]]:
+        """Store name -> (entries, bytes of its pages) as committed (buffered writes not
+        included). A short read transaction of its own; the caller must not close the task
+        meanwhile (the runtime reads it under its batch lock)."""
+        out: dict[str, tuple[int, int]] = {}
+        with self.env.begin() as txn:
+            for name, store in self._stores.items():
+                stat = txn.stat(store.db)
+                pages = stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
+                out[name] = (stat["entries"], pages * stat["psize"])
+        return out
+
     # -- batches --------------------------------------------------------------------------
 
     @property
