@@ -70,84 +70,127 @@ async def run_services(services: list[Topology], broker: Broker, *, until_idle: 
     runners = [ServiceRunner(t, broker, stats.services[t.name], state_dir, invocation) for t in services]
     for runner in runners:
         await runner.provision(create_topics)
-    halt = asyncio.Event()
-    tracker = _IdleTracker([r.name for r in runners])
-    poll_ms = IDLE_POLL_MS if until_idle else POLL_MS
+    run = _Run(runners, stats, until_idle=until_idle, stop=stop, on_progress=on_progress,
+               shutdown_grace_ms=shutdown_grace_ms)
+    return await run.run()
 
-    def stopping() -> bool:
-        return halt.is_set() or (stop is not None and stop.is_set())
 
-    async def loop(runner: ServiceRunner) -> None:
+class _Run:
+    """One ``run_services`` call over provisioned runners: starts them one after the other,
+    then drives one loop per service until the run halts (a service failed, every service is
+    idle under ``until_idle``, or ``stop`` is set), then closes every runner it started.
+
+    Invariants: ``halt`` is set once any loop ends with an error, once the set is idle, and when
+    the run ends, so every loop and the progress reporter end with it; every runner whose
+    ``start`` was called is closed (``close`` copes with a start cut short); after ``stop``,
+    closing ends by ``deadline`` (work still running at the deadline is cancelled first).
+    """
+
+    def __init__(self, runners: list[ServiceRunner], stats: RunStats, *, until_idle: bool,
+                 stop: asyncio.Event | None, on_progress: Callable[[RunStats], None] | None,
+                 shutdown_grace_ms: int) -> None:
+        self.runners = runners
+        self.stats = stats
+        self.until_idle = until_idle
+        self.stop = stop
+        self.on_progress = on_progress
+        self.grace_ms = shutdown_grace_ms
+        self.poll_ms = IDLE_POLL_MS if until_idle else POLL_MS
+        self.halt = asyncio.Event()
+        self.tracker = _IdleTracker([r.name for r in runners])
+        self.started: list[ServiceRunner] = []
+        self.errors: list[BaseException] = []
+        self.deadline: float | None = None  # set by ``stop``: when the grace period ends
+
+    async def run(self) -> RunStats:
+        reporter = asyncio.create_task(self._report_progress()) if self.on_progress is not None else None
+        work = asyncio.ensure_future(self._start_and_loop())
         try:
-            while not stopping():
-                if await runner.poll(poll_ms):
-                    tracker.activity()
-                elif until_idle:
-                    if runner.uncommitted:
-                        await runner.commit_now()
-                        tracker.activity()
-                    elif await runner.caught_up() and tracker.idle(runner.name):
-                        halt.set()
+            await self._until_done_or_stopped(work)
+        finally:
+            self.halt.set()
+            await self._close_started()
+            if reporter is not None:
+                await reporter
+        if self.errors:
+            raise self.errors[0]
+        if self.on_progress is not None:
+            self.on_progress(self.stats)
+        return self.stats
+
+    def _stopping(self) -> bool:
+        return self.halt.is_set() or (self.stop is not None and self.stop.is_set())
+
+    async def _start_and_loop(self) -> None:
+        for runner in self.runners:
+            self.started.append(runner)
+            await runner.start()
+        results = await asyncio.gather(*(self._loop(r) for r in self.runners), return_exceptions=True)
+        self.errors.extend(e for e in results if isinstance(e, BaseException))
+
+    async def _loop(self, runner: ServiceRunner) -> None:
+        """One service's batches until the run halts; an error halts every loop."""
+        try:
+            while not self._stopping():
+                if await runner.poll(self.poll_ms):
+                    self.tracker.activity()
+                elif self.until_idle:
+                    await self._idle(runner)
         except BaseException:
-            halt.set()
+            self.halt.set()
             raise
 
-    async def progress() -> None:
-        while not stopping():
+    async def _idle(self, runner: ServiceRunner) -> None:
+        """``runner`` found nothing to fetch: commit what it processed, else report it caught
+        up, and halt the run when every service is."""
+        if runner.uncommitted:
+            await runner.commit_now()
+            self.tracker.activity()
+        elif await runner.caught_up() and self.tracker.idle(runner.name):
+            self.halt.set()
+
+    async def _report_progress(self) -> None:
+        assert self.on_progress is not None
+        while not self._stopping():
             try:
-                await asyncio.wait_for(halt.wait(), PROGRESS_INTERVAL_S)
+                await asyncio.wait_for(self.halt.wait(), PROGRESS_INTERVAL_S)
             except TimeoutError:
-                on_progress(stats)
+                self.on_progress(self.stats)
 
-    started: list[ServiceRunner] = []
-    errors: list[BaseException] = []
-    reporter = asyncio.create_task(progress()) if on_progress is not None else None
-
-    async def run() -> None:
-        for runner in runners:
-            started.append(runner)  # ``close`` copes with a start cut short
-            await runner.start()
-        results = await asyncio.gather(*(loop(r) for r in runners), return_exceptions=True)
-        errors.extend(e for e in results if isinstance(e, BaseException))
-
-    deadline: float | None = None
-    main = asyncio.ensure_future(run())
-    try:
-        if stop is not None:
-            stopped = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({main, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    async def _until_done_or_stopped(self, work: asyncio.Future[None]) -> None:
+        """Waits for ``work`` to end; on ``stop``, gives it the grace period, then cancels it."""
+        if self.stop is not None:
+            stopped = asyncio.ensure_future(self.stop.wait())
+            await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
             stopped.cancel()
-            if stop.is_set():
-                deadline = time.monotonic() + shutdown_grace_ms / 1000
-                await asyncio.wait({main}, timeout=shutdown_grace_ms / 1000)
-                if not main.done():
-                    log.warning("stopping: cancelling the work in progress to close within the "
-                                "%d ms grace period", shutdown_grace_ms)
-                    main.cancel()
+            if self.stop.is_set():
+                await self._finish_within_grace(work)
         try:
-            await main
+            await work
         except asyncio.CancelledError:
-            if deadline is None:
+            if self.deadline is None:  # cancelled from outside, not by the grace period
                 raise
-    finally:
-        halt.set()
-        for runner in started:
+
+    async def _finish_within_grace(self, work: asyncio.Future[None]) -> None:
+        self.deadline = time.monotonic() + self.grace_ms / 1000
+        await asyncio.wait({work}, timeout=self.grace_ms / 1000)
+        if not work.done():
+            log.warning("stopping: cancelling the work in progress to close within the "
+                        "%d ms grace period", self.grace_ms)
+            work.cancel()
+
+    async def _close_started(self) -> None:
+        """Closes every started runner, each by the deadline when there is one."""
+        for runner in self.started:
             try:
-                if deadline is None:
+                if self.deadline is None:
                     await runner.close()
                 else:
-                    await asyncio.wait_for(runner.close(), max(0.0, deadline - time.monotonic()))
+                    await asyncio.wait_for(runner.close(), max(0.0, self.deadline - time.monotonic()))
             except TimeoutError:
-                errors.append(EdmError(
-                    f"service '{runner.name}' did not close within the {shutdown_grace_ms} ms shutdown "
+                self.errors.append(EdmError(
+                    f"service '{runner.name}' did not close within the {self.grace_ms} ms shutdown "
                     "grace period; its last batch is processed again on restart (at-least-once). "
                     "Raise the grace period if the broker is slow to acknowledge"))
             except Exception as exc:
-                errors.append(exc)
-        if reporter is not None:
-            await reporter
-    if errors:
-        raise errors[0]
-    if on_progress is not None:
-        on_progress(stats)
-    return stats
+                self.errors.append(exc)
