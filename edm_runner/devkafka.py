@@ -19,6 +19,11 @@ from anywhere:
 
 A single node keeps its files in the workdir itself; node ``i`` of a cluster in ``node-<i>/``.
 
+``sasl_ssl=SaslSslListener(keystore, password)`` adds a SASL_SSL listener to every node (TLS with
+the given broker certificate, SCRAM-SHA-256/512 authentication), as production clusters run;
+``add_scram_user`` creates a user's credentials through the broker's own admin tool. PLAINTEXT
+stays the inter-broker listener and the one ``status``/``start`` probe.
+
 Invariants:
 - At most one cluster per workdir, of a fixed size: ``start`` returns the recorded cluster when
   every node is alive and the cluster lists all of them, and otherwise starts just the nodes
@@ -84,6 +89,20 @@ class DevKafkaError(EdmError):
     """The dev broker cannot be fetched, started or stopped."""
 
 
+SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+@dataclass(frozen=True)
+class SaslSslListener:
+    """A SASL_SSL listener on every node, beside PLAINTEXT: TLS with the broker's private key and
+    certificate chain from ``keystore`` (PKCS12, protected by ``password``; the certificate must
+    name 127.0.0.1, the advertised host), and SCRAM-SHA-256/512 logins of the users that
+    ``add_scram_user`` creates."""
+
+    keystore: Path
+    password: str
+
+
 @dataclass(frozen=True)
 class KafkaNode:
     """One node (broker and controller) of a dev cluster; its files are in ``directory``."""
@@ -93,10 +112,15 @@ class KafkaNode:
     port: int
     controller_port: int
     directory: Path
+    sasl_ssl_port: int | None = None
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def sasl_ssl_address(self) -> str | None:
+        return None if self.sasl_ssl_port is None else f"127.0.0.1:{self.sasl_ssl_port}"
 
     @property
     def log_file(self) -> Path:
@@ -124,6 +148,12 @@ class KafkaInfo:
     @property
     def log_file(self) -> Path:
         return self.nodes[0].log_file
+
+    @property
+    def sasl_ssl_bootstrap(self) -> str | None:
+        """``host:port[,...]`` of the SASL_SSL listeners; None when the nodes have none."""
+        addresses = [node.sasl_ssl_address for node in self.nodes]
+        return None if None in addresses else ",".join(a for a in addresses if a)
 
     def node(self, node_id: int) -> KafkaNode:
         return next(n for n in self.nodes if n.node_id == node_id)
@@ -190,9 +220,10 @@ def status(workdir: Path | None = None) -> KafkaInfo | None:
 
 
 def start(workdir: Path | None = None, *, nodes: int | None = None,
-          timeout_s: float = 120.0) -> KafkaInfo:
+          sasl_ssl: SaslSslListener | None = None, timeout_s: float = 120.0) -> KafkaInfo:
     """Start a dev cluster of ``nodes`` nodes in ``workdir`` (default: the size recorded there,
-    else 1), or return the one already running there; nodes that are not running are started.
+    else 1), or return the one already running there; nodes that are not running are started,
+    with a SASL_SSL listener when ``sasl_ssl`` is given (a running node keeps its listeners).
 
     Blocks until every node answers a metadata request listing all the nodes; raises
     ``DevKafkaError`` with the tail of a node's log when it dies or the cluster is not ready
@@ -209,24 +240,26 @@ def start(workdir: Path | None = None, *, nodes: int | None = None,
         return recorded
     libs = fetch_jars()
     ports = _ports(recorded, count, bool(alive))
+    secure_ports = _sasl_ssl_ports(recorded, count, ports) if sasl_ssl else [None] * count
     voters = ",".join(f"{i}@127.0.0.1:{controller}" for i, (_, controller) in enumerate(ports, 1))
     running = {n.node_id: n for n in alive}
     cluster_id = _recorded_cluster_id(workdir, count)
     procs: dict[int, subprocess.Popen] = {}
     members: list[KafkaNode] = []
     try:
-        for node_id, (port, controller_port) in enumerate(ports, 1):
+        for node_id, ((port, controller_port), secure_port) in enumerate(zip(ports, secure_ports), 1):
             if node_id in running:
                 members.append(running[node_id])
                 continue
             directory = _node_dir(workdir, count, node_id)
             directory.mkdir(parents=True, exist_ok=True)
-            _write_configs(directory, node_id, port, controller_port, voters, count)
+            secure = (secure_port, sasl_ssl) if secure_port is not None and sasl_ssl else None
+            _write_configs(directory, node_id, port, controller_port, voters, count, secure)
             if not (directory / "data" / "meta.properties").exists():
                 _format_storage(directory, libs, cluster_id)
             proc = _launch(directory, libs, HEAP if count == 1 else CLUSTER_HEAP)
             procs[node_id] = proc
-            members.append(KafkaNode(node_id, proc.pid, port, controller_port, directory))
+            members.append(KafkaNode(node_id, proc.pid, port, controller_port, directory, secure_port))
         info = KafkaInfo(bootstrap=",".join(n.address for n in members), nodes=tuple(members),
                          workdir=workdir)
         _write_state(info)
@@ -235,6 +268,26 @@ def start(workdir: Path | None = None, *, nodes: int | None = None,
         _terminate([proc.pid for proc in procs.values()], 5.0)
         raise
     return info
+
+
+def add_scram_user(info: KafkaInfo, user: str, password: str, mechanism: str = "SCRAM-SHA-512") -> None:
+    """Create (or replace) ``user``'s SCRAM credentials for ``mechanism`` with the broker's own
+    admin tool (``kafka-configs --alter --add-config``, over PLAINTEXT), as on a production
+    cluster. Returns when the controller has stored them; a node applies them a moment later."""
+    if mechanism not in SCRAM_MECHANISMS:
+        raise DevKafkaError(f"unknown SCRAM mechanism {mechanism!r}; use {' or '.join(SCRAM_MECHANISMS)}")
+    if not password or any(c in password for c in ",[]="):
+        raise DevKafkaError("a dev Kafka SCRAM password must be non-empty and hold none of , [ ] = "
+                            "(the admin tool's syntax)")
+    libs = fetch_jars()
+    proc = subprocess.run(
+        ["java", "-Xmx256m", "-cp", f"{libs}/*", "kafka.admin.ConfigCommand",
+         "--bootstrap-server", info.bootstrap, "--alter", "--entity-type", "users", "--entity-name", user,
+         "--add-config", f"{mechanism}=[password={password}]"],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise DevKafkaError(f"creating the SCRAM user {user!r} on the dev Kafka at {info.bootstrap} "
+                            f"failed:\n{_tail_text(proc.stdout + proc.stderr, 20)}")
 
 
 def stop(workdir: Path | None = None, *, node: int | None = None, kill: bool = False,
@@ -357,18 +410,32 @@ def _ports(recorded: KafkaInfo | None, count: int, any_alive: bool) -> list[tupl
     return [(_free_port(taken), _free_port(taken)) for _ in range(count)]
 
 
+def _sasl_ssl_ports(recorded: KafkaInfo | None, count: int, ports: list[tuple[int, int]]) -> list[int | None]:
+    """The SASL_SSL port of each node: the previous ones when every node had one and they are
+    free, else new ones (none of ``ports``)."""
+    if recorded is not None:
+        previous = [n.sasl_ssl_port for n in recorded.nodes]
+        if all(p is not None and _port_free(p) for p in previous):
+            return previous
+    taken = {p for pair in ports for p in pair}
+    return [_free_port(taken) for _ in range(count)]
+
+
 def _write_configs(directory: Path, node_id: int, port: int, controller_port: int, voters: str,
-                   count: int) -> None:
+                   count: int, sasl_ssl: tuple[int, SaslSslListener] | None = None) -> None:
     replicas, min_isr = str(min(3, count)), str(min(2, count))
+    listeners = [f"PLAINTEXT://127.0.0.1:{port}"]
+    if sasl_ssl is not None:
+        listeners.append(f"SASL_SSL://127.0.0.1:{sasl_ssl[0]}")
     settings = {
         "process.roles": "broker,controller",
         "node.id": str(node_id),
         "controller.quorum.voters": voters,
-        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+        "listeners": ",".join([*listeners, f"CONTROLLER://127.0.0.1:{controller_port}"]),
+        "advertised.listeners": ",".join(listeners),
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL",
         "log.dirs": str(directory / "data"),
         "num.partitions": "1",
         # Topics are created by edm (ensure_topics) with declared partition counts; an
@@ -391,6 +458,8 @@ def _write_configs(directory: Path, node_id: int, port: int, controller_port: in
         "num.network.threads": "2",
         "num.io.threads": "4" if count == 1 else "2",
     }
+    if sasl_ssl is not None:
+        settings.update(_sasl_ssl_settings(sasl_ssl[1]))
     (directory / "server.properties").write_text(
         "".join(f"{key}={value}\n" for key, value in settings.items()))
     (directory / "log4j2.properties").write_text(f"""\
@@ -407,6 +476,18 @@ logger.statechange.level = WARN
 logger.request.name = kafka.request.logger
 logger.request.level = WARN
 """)
+
+
+def _sasl_ssl_settings(listener: SaslSslListener) -> dict[str, str]:
+    scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+    return {
+        "sasl.enabled.mechanisms": ",".join(SCRAM_MECHANISMS),
+        **{f"listener.name.sasl_ssl.{m.lower()}.sasl.jaas.config": scram for m in SCRAM_MECHANISMS},
+        "listener.name.sasl_ssl.ssl.keystore.type": "PKCS12",
+        "listener.name.sasl_ssl.ssl.keystore.location": str(listener.keystore.resolve()),
+        "listener.name.sasl_ssl.ssl.keystore.password": listener.password,
+        "listener.name.sasl_ssl.ssl.key.password": listener.password,
+    }
 
 
 def _recorded_cluster_id(workdir: Path, count: int) -> str:

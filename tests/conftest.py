@@ -10,6 +10,7 @@ import pytest
 from edm_runner import devkafka
 from edm_runner.brokers.local import LocalBroker
 from helpers.brokers import RunLocal, run_on
+from helpers.tls import SecureKafka, make_broker_tls
 
 
 # --- Kafka --------------------------------------------------------------------------------------
@@ -34,13 +35,16 @@ def kafka_tools() -> None:
 @pytest.fixture(scope="session")
 def kafka_dev(request: pytest.FixtureRequest,
               tmp_path_factory: pytest.TempPathFactory) -> Iterator[devkafka.KafkaInfo | None]:
-    """The session's dev broker, or None when EDM_KAFKA_BOOTSTRAP names an external one."""
+    """The session's dev broker, or None when EDM_KAFKA_BOOTSTRAP names an external one. It
+    also has a SASL_SSL listener (see `kafka_secure`), whose certificate is made here: this
+    costs a fraction of a second, where a second broker for the security tests would cost ~10 s."""
     if os.environ.get("EDM_KAFKA_BOOTSTRAP"):
         yield None
         return
     request.getfixturevalue("kafka_tools")
     workdir = tmp_path_factory.mktemp("kafka")
-    info = devkafka.start(workdir)
+    tls = make_broker_tls(workdir / "tls")
+    info = devkafka.start(workdir, sasl_ssl=devkafka.SaslSslListener(tls.keystore, tls.password))
     try:
         yield info
     finally:
@@ -51,6 +55,20 @@ def kafka_dev(request: pytest.FixtureRequest,
 def kafka_bootstrap(kafka_dev: devkafka.KafkaInfo | None) -> str:
     """``host:port`` of a real Kafka broker."""
     return kafka_dev.bootstrap if kafka_dev is not None else os.environ["EDM_KAFKA_BOOTSTRAP"]
+
+
+
+@pytest.fixture(scope="session")
+def kafka_secure(kafka_dev: devkafka.KafkaInfo | None) -> SecureKafka:
+    """The session broker's SASL_SSL listener (TLS signed by a CA made for the session, SCRAM-SHA-512)
+    and a user created with the broker's admin tool. Skips with an external broker."""
+    if kafka_dev is None or kafka_dev.sasl_ssl_bootstrap is None:
+        pytest.skip("EDM_KAFKA_BOOTSTRAP names an external broker; the SASL_SSL tests need the dev broker")
+    secure = SecureKafka(kafka_dev.sasl_ssl_bootstrap, kafka_dev.workdir / "tls" / "ca.pem",
+                         "edm-test", "scram-secret-" + os.urandom(4).hex())
+    devkafka.add_scram_user(kafka_dev, secure.username, secure.password, secure.mechanism)
+    secure.wait_until_accepted()
+    return secure
 
 # --- end Kafka ----------------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ Options (``broker: {kind: kafka, ...}`` in a topology):
     connect_timeout_s   how long ``start`` retries an unreachable cluster (default: the
                         EDM_KAFKA_CONNECT_TIMEOUT_S environment variable, else 30)
     security            {protocol, sasl_mechanism, username, password,
-                         ssl_cafile, ssl_certfile, ssl_keyfile}
+                         ssl_cafile, ssl_certfile, ssl_keyfile, ssl_key_password}
     producer, consumer  extra keyword arguments for AIOKafkaProducer / AIOKafkaConsumer
 
 Invariants:
@@ -17,12 +17,16 @@ Invariants:
   failed it raises ``BrokerError`` and the caller must not commit its inputs.
 - Every aiokafka error that leaves this module is a ``BrokerError`` with a message naming
   the bootstrap servers or the topic concerned.
+- ``start`` fails at once, without retrying, when the cluster refuses the connection for good
+  (a TLS certificate not trusted, SASL credentials or mechanism refused): the message says
+  which, what to change, and repeats the ``security`` options given (never the password).
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import ssl
 import time
 from typing import Any, Mapping, Sequence
 
@@ -31,11 +35,12 @@ from aiokafka import TopicPartition as KafkaTP
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.cluster import ClusterMetadata
+from aiokafka.conn import create_conn
 from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment, ConsumerProtocolMemberMetadata
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
-from aiokafka.helpers import create_ssl_context
+from aiokafka.errors import (KafkaError, SaslAuthenticationFailed, TopicAlreadyExistsError,
+                             UnsupportedSaslMechanismError, for_code)
 from aiokafka.protocol.metadata import MetadataRequest
 
 from edm_runner.brokers.base import (DEFAULT_TIMESTAMP_BOUND, GroupAssignor, OutRecord, PartitionMismatchError,
@@ -44,7 +49,7 @@ from edm_runner.errors import BrokerError
 
 _OPTIONS = {"bootstrap_servers", "client_id", "connect_timeout_s", "security", "producer", "consumer"}
 _SECURITY = {"protocol", "sasl_mechanism", "username", "password",
-             "ssl_cafile", "ssl_certfile", "ssl_keyfile"}
+             "ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_key_password"}
 _UNKNOWN_TOPIC = 3
 JOIN_TIMEOUT_S = 60.0
 DEFAULT_CONNECT_TIMEOUT_S = 30.0
@@ -69,8 +74,9 @@ class KafkaBroker:
             else [str(s) for s in servers])
         self.client_id = str(options.get("client_id", "edm"))
         self.connect_timeout_s = float(options.get("connect_timeout_s", _default_connect_timeout_s()))
-        self._common = {"bootstrap_servers": self.bootstrap,
-                        **_security_kwargs(dict(options.get("security") or {}))}
+        self._security = dict(options.get("security") or {})
+        self._security_kwargs = _security_kwargs(self._security)
+        self._common = {"bootstrap_servers": self.bootstrap, **self._security_kwargs}
         self._producer_options = dict(options.get("producer") or {})
         self._consumer_options = dict(options.get("consumer") or {})
         self._admin: AIOKafkaAdminClient | None = None
@@ -91,6 +97,7 @@ class KafkaBroker:
                                         request_timeout_ms=max(1000, int(remaining * 1000)),
                                         **self._common)
             try:
+                await self._probe(remaining)
                 await asyncio.wait_for(admin.start(), timeout=remaining)
                 self._admin = admin
                 return
@@ -104,6 +111,31 @@ class KafkaBroker:
             f"cannot reach Kafka at {','.join(self.bootstrap)} after {self.connect_timeout_s:g} s"
             f"{detail}; check bootstrap_servers and security, and that the broker is running "
             "(for a local one: edm dev kafka start)")
+
+    async def _probe(self, timeout_s: float) -> None:
+        """Opens (and closes) one connection to a bootstrap server, TLS and SASL included.
+
+        aiokafka's own bootstrap only logs why each server failed; this raises it: a
+        ``BrokerError`` saying what to change when the cluster refuses the connection for
+        good (``_refusal``), else the last server's error (the caller retries)."""
+        last: BaseException | None = None
+        for server in self.bootstrap:
+            host, _, port = server.rpartition(":")
+            try:
+                conn = await asyncio.wait_for(create_conn(
+                    host, int(port), client_id=f"{self.client_id}-probe",
+                    request_timeout_ms=max(1000, int(timeout_s * 1000)), **self._security_kwargs),
+                    timeout=timeout_s)
+            except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+                refusal = _refusal(server, exc, self._security)
+                if refusal is not None:
+                    raise BrokerError(refusal) from None
+                last = exc
+                continue
+            conn.close()
+            return
+        assert last is not None
+        raise last
 
     async def close(self) -> None:
         if self._admin is not None:
@@ -705,17 +737,80 @@ def _security_kwargs(security: dict[str, Any]) -> dict[str, Any]:
                           "SASL_PLAINTEXT or SASL_SSL")
     kwargs: dict[str, Any] = {"security_protocol": protocol}
     if protocol in ("SSL", "SASL_SSL"):
-        try:
-            kwargs["ssl_context"] = create_ssl_context(
-                cafile=security.get("ssl_cafile"), certfile=security.get("ssl_certfile"),
-                keyfile=security.get("ssl_keyfile"))
-        except (OSError, ValueError) as exc:
-            raise BrokerError(f"cannot load the kafka TLS files: {exc}") from exc
+        kwargs["ssl_context"] = _ssl_context(security)
     if protocol.startswith("SASL"):
-        kwargs["sasl_mechanism"] = str(security.get("sasl_mechanism", "PLAIN")).upper()
-        kwargs["sasl_plain_username"] = security.get("username")
-        kwargs["sasl_plain_password"] = security.get("password")
+        mechanism = str(security.get("sasl_mechanism", "PLAIN")).upper()
+        if mechanism not in _SASL_MECHANISMS:
+            raise BrokerError(f"unknown kafka SASL mechanism '{mechanism}'; use "
+                              f"{', '.join(_SASL_MECHANISMS)} ({_given(security)})")
+        missing = [name for name in ("username", "password") if not security.get(name)]
+        if missing:
+            raise BrokerError(f"kafka security protocol {protocol} needs {' and '.join(missing)}; set "
+                              "broker.security.username and password (e.g. password: "
+                              f"\"{{{{ env.KAFKA_PASSWORD }}}}\") ({_given(security)})")
+        kwargs["sasl_mechanism"] = mechanism
+        kwargs["sasl_plain_username"] = str(security["username"])
+        kwargs["sasl_plain_password"] = str(security["password"])
     return kwargs
+
+
+_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def _ssl_context(security: dict[str, Any]) -> ssl.SSLContext:
+    """The client TLS context: the CA file (else the system's CAs), and the client certificate
+    and key when given. A file that cannot be used is named with its option."""
+    for option in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        path = security.get(option)
+        if path is not None and not os.path.isfile(str(path)):
+            raise BrokerError(f"broker.security.{option} {str(path)!r} is not a readable file; give the "
+                              f"path of the PEM file ({_given(security)})")
+    if security.get("ssl_keyfile") and not security.get("ssl_certfile"):
+        raise BrokerError("broker.security.ssl_keyfile needs ssl_certfile, the client certificate it "
+                          f"belongs to ({_given(security)})")
+    try:
+        # What aiokafka's create_ssl_context does, without its INFO line on every start.
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=security.get("ssl_cafile"))
+        if security.get("ssl_certfile"):
+            context.load_cert_chain(security["ssl_certfile"], security.get("ssl_keyfile"),
+                                    security.get("ssl_key_password"))
+        return context
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise BrokerError(f"cannot load the kafka TLS files: {exc}; check that ssl_cafile, ssl_certfile "
+                          f"and ssl_keyfile are PEM files and ssl_key_password opens the key "
+                          f"({_given(security)})") from exc
+
+
+def _given(security: dict[str, Any]) -> str:
+    """The security options as the user gave them, for messages: every one but the secrets."""
+    shown = [f"{name}: {'(hidden)' if 'password' in name else value}" for name, value in security.items()]
+    return f"you gave security: {{{', '.join(shown)}}}" if shown else "you gave no security options"
+
+
+def _refusal(server: str, exc: BaseException, security: dict[str, Any]) -> str | None:
+    """What to do when ``server`` refused a connection for good (retrying cannot help), as one
+    line; None for other errors (unreachable, a broker starting or stopping)."""
+    given = _given(security)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        reason = exc.verify_message or str(exc)
+        if exc.verify_code == 62:  # X509_V_ERR_HOSTNAME_MISMATCH
+            return (f"the TLS certificate of Kafka at {server} does not name that host ({reason}); "
+                    "use in bootstrap_servers a host name the broker's certificate names "
+                    f"({given})")
+        ca = (f"it is not signed by the CA in ssl_cafile {security['ssl_cafile']!r}"
+              if security.get("ssl_cafile") else "no ssl_cafile is set, so the system's CAs were used")
+        return (f"the TLS certificate of Kafka at {server} is not trusted ({reason}): {ca}; set "
+                f"broker.security.ssl_cafile to the CA certificate (PEM) that signed the broker's "
+                f"certificate ({given})")
+    if isinstance(exc, SaslAuthenticationFailed):
+        mechanism = security.get("sasl_mechanism", "PLAIN")
+        return (f"Kafka at {server} refused the login of user {security.get('username')!r} with "
+                f"{mechanism} ({exc.args[0] if exc.args else exc}); check broker.security.username and "
+                f"password, and that the user has {mechanism} credentials on the cluster ({given})")
+    if isinstance(exc, UnsupportedSaslMechanismError):
+        return (f"Kafka at {server} does not accept SASL mechanism {security.get('sasl_mechanism', 'PLAIN')}; "
+                f"set broker.security.sasl_mechanism to one its listener enables ({given})")
+    return None
 
 
 def _bound_ms(value: str | None, default: int | None) -> int | None:

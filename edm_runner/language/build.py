@@ -17,6 +17,8 @@ from edm_runner.language.model import (NOWHERE, AssignmentSpec, BranchSpec, Brok
 from edm_runner.language.yaml_loader import SourceMap
 from edm_runner.serde.spec import SerdeSpec
 
+_SECURITY_FILES = ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+
 
 class _Builder:
     def __init__(self, smap: SourceMap, base_dir: Path):
@@ -31,6 +33,9 @@ class _Builder:
         if cfg is None:
             return BrokerSpec()
         options = {k: v for k, v in cfg.items() if k not in ("kind", "path")}
+        if "security" in options:  # its files are relative to the topology file, like schemas
+            options["security"] = {k: str(self.base_dir / v) if k in _SECURITY_FILES else v
+                                   for k, v in options["security"].items()}
         local_path = self.base_dir / cfg["path"] if "path" in cfg else None
         return BrokerSpec(cfg["kind"], local_path, options, self.pos(path))
 

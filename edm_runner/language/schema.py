@@ -144,14 +144,24 @@ def _defs(step_items: dict) -> dict:
         "on_error": {"$ref": "#/$defs/on_error"},
     }, "A pipeline: reads streams, applies steps, writes to a sink or branches.", ["from"])
     security = _obj({
-        "protocol": {"enum": ["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]},
-        "sasl_mechanism": {"enum": ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]},
-        "username": _str("SASL user name."),
-        "password": _str("SASL password (use a template: {{ env.KAFKA_PASSWORD }})."),
-        "ssl_cafile": _str("CA certificate file."),
-        "ssl_certfile": _str("Client certificate file."),
-        "ssl_keyfile": _str("Client key file."),
+        "protocol": {"enum": ["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"],
+                     "description": "PLAINTEXT (the default), SSL (TLS), SASL_PLAINTEXT or SASL_SSL "
+                                    "(a login over TLS: what production clusters use)."},
+        "sasl_mechanism": {"enum": ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"],
+                           "description": "The SASL login (default PLAIN)."},
+        "username": _str("SASL user name (SASL_* protocols).", minLength=1),
+        "password": _str("SASL password; keep it out of the file: \"{{ env.KAFKA_PASSWORD }}\".",
+                         minLength=1),
+        "ssl_cafile": _str("CA certificate (PEM) that signed the brokers' certificates (default: the "
+                           "system's CAs); relative to the topology file."),
+        "ssl_certfile": _str("Client certificate (PEM), for brokers that authenticate clients by TLS; "
+                             "relative to the topology file."),
+        "ssl_keyfile": _str("The client certificate's private key (PEM); relative to the topology file."),
+        "ssl_key_password": _str("Password of an encrypted ssl_keyfile: \"{{ env.KAFKA_KEY_PASSWORD }}\"."),
     }, "How to connect securely to Kafka.")
+    security["if"] = {"properties": {"protocol": {"enum": ["SASL_PLAINTEXT", "SASL_SSL"]}},
+                      "required": ["protocol"]}
+    security["then"] = {"required": ["username", "password"]}
     broker = {
         "type": "object",
         "description": "The broker: {kind: local} (embedded, the default) or {kind: kafka, ...}.",
