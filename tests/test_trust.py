@@ -2,7 +2,6 @@
 run_services) into a case that used to go wrong without a word."""
 from __future__ import annotations
 
-import asyncio
 import json
 import textwrap
 import time
@@ -13,12 +12,13 @@ from typing import Any
 import pytest
 
 from edm_runner.brokers import open_broker
-from edm_runner.brokers.base import Broker, OutRecord, Record, TopicPartition, TopicSpec
+from edm_runner.brokers.base import Broker, OutRecord, Record, TopicSpec
 from edm_runner.records.partitioner import default_partition
 from edm_runner.runtime import RunStats, run_services
 from edm_runner.language import load_file
 from edm_runner.language.model import BrokerSpec, Topology
-from helpers.brokers import run_on, started
+from cli_helpers import edm
+from helpers.brokers import read_to_end, run_on
 
 
 def j(obj: Any) -> bytes | None:
@@ -74,6 +74,10 @@ class Service:
             return self.out
         return run_on(self.broker(), main)
 
+    def records(self, topic: str) -> list[Record]:
+        """Every record of ``topic`` on the service's broker so far (``{p}`` as in the file)."""
+        return run_on(self.broker(), lambda broker: read_to_end(broker, topic.replace("{p}", self.p)))
+
     @property
     def service(self) -> Any:
         assert self.stats is not None
@@ -95,21 +99,14 @@ async def produce(broker: Broker, topology: Topology, inputs: dict[str, list[tup
         await producer.close()
 
 
-async def read_raw(broker: Broker, topic: str) -> list[Record]:
-    """Every record of ``topic``, partition by partition."""
-    async with started(broker.consumer(None, [topic])) as consumer:
-        tps = sorted(consumer.assignment())
-        ends = await consumer.end_offsets(tps)
-        out: dict[TopicPartition, list[Record]] = {tp: [] for tp in tps}
-        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
-            for tp, records in (await consumer.getmany(timeout_ms=500, max_records=10_000)).items():
-                out[tp].extend(records)
-        return [r for tp in tps for r in out[tp]]
-
-
 async def read_all(broker: Broker, topic: str) -> list[tuple[Any, Any]]:
     return [(None if r.key is None else r.key.decode(), json.loads(r.value) if r.value else None)
-            for r in await read_raw(broker, topic)]
+            for r in await read_to_end(broker, topic)]
+
+
+def error_of(record: Record) -> str:
+    """The error a dead letter carries (its ``edm.error`` header)."""
+    return dict(record.headers)["edm.error"].decode()
 
 
 # -- a null value and the JSON Schema --------------------------------------------------------
@@ -157,13 +154,8 @@ def test_an_aggregate_that_makes_nan_is_an_error_of_the_event_not_a_changelog_re
     out = svc.run({"in": [("a", {"x": 1}), ("a", {"bad": True}), ("a", {"x": 2})]})
     assert out == [("a", 1), ("a", 3)]
     assert svc.stats.skipped == 1
-    changelog = asyncio.run(_changelog(svc, "s-sums-changelog"))
-    assert b"NaN" not in b"".join(v or b"" for _, v in changelog)
-
-
-async def _changelog(svc: Service, topic: str) -> list[tuple[bytes | None, bytes | None]]:
-    async with started(svc.broker()) as broker:
-        return [(r.key, r.value) for r in await read_raw(broker, topic)]
+    changelog = svc.records("s-sums-changelog")
+    assert b"NaN" not in b"".join(r.value or b"" for r in changelog)
 
 
 # -- edm's own bugs are not bad events -----------------------------------------------------------
@@ -430,12 +422,9 @@ def test_global_table_records_that_fail_are_dead_lettered(tmp_path: Path, broker
     svc = Service(tmp_path, GLOBAL.replace("POLICY", "{dead_letter: dlq}"), url=broker_url)
     svc.run({"countries": COUNTRIES, "in": LOOKUPS})
     assert svc.stats.dead_lettered == 2
-
-    async def dead(broker) -> list[Record]:
-        return await read_raw(broker, f"{svc.p}dlq")
-    records = run_on(svc.broker(), dead)
+    records = svc.records("{p}dlq")
     assert [r.value for r in records] == [b"{not json", j({"name": "long"})]
-    errors = [dict(r.headers)["edm.error"].decode() for r in records]
+    errors = [error_of(r) for r in records]
     assert "invalid JSON" in errors[0] and "exceeds LMDB's limit" in errors[1]
 
 
@@ -524,16 +513,11 @@ def test_every_changelog_record_names_its_store_definition(tmp_path: Path) -> No
 
     svc = Service(tmp_path, _counting("{count: {store: stats}}"))
     svc.run({"in": [("a", 1), ("b", 1), ("a", 1), ("c", 1)]})
-    records = asyncio.run(_records(svc, f"{svc.p}c-stats-changelog"))
+    records = svc.records("{p}c-stats-changelog")
     expected = fingerprint("key_value", {"aggregation": "count"}).encode()
     assert records and all(r.headers[0] == ("edm.store", expected) for r in records)
     described = [dict(r.headers)["edm.store.definition"] for r in records if len(r.headers) > 1]
     assert described and set(described) == {b'{"params":{"aggregation":"count"},"type":"key_value"}'}
-
-
-async def _records(svc: Service, topic: str) -> list[Record]:
-    async with started(svc.broker()) as broker:
-        return await read_raw(broker, topic)
 
 
 # -- a null key and an entity stream ---------------------------------------------------------
@@ -556,20 +540,16 @@ def test_a_null_key_written_to_an_entity_stream_is_an_error_of_the_event(tmp_pat
     out = svc.run({"in": [("a", {"id": "x1"}), ("b", {}), ("c", {"id": "x2"})]}, read="ents")
     assert out == [("x1", {"id": "x1"}), ("x2", {"id": "x2"})]
     assert svc.service.dead_lettered == 1
-    dead = asyncio.run(_records(svc, f"{svc.p}dlq"))
+    dead = svc.records("{p}dlq")
     assert [r.key for r in dead] == [b"b"]
-    assert "a null key cannot be written to an entity stream" in dict(dead[0].headers)["edm.error"].decode()
+    assert "a null key cannot be written to an entity stream" in error_of(dead[0])
 
 
 def test_edm_produce_refuses_a_null_key_on_an_entity_stream(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     (tmp_path / "t.yaml").write_text("kind: microservice\nname: n\nstreams: {ents: {type: entity}}\n")
-    done = subprocess.run([sys.executable, "-m", "edm_runner", "produce", "ents", "-t", str(tmp_path / "t.yaml")],
-                          input='{"key": "k", "value": 1}\n{"key": null, "value": 2}\n',
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 1
+    done = edm("produce", "ents", "-t", tmp_path / "t.yaml",
+               stdin='{"key": "k", "value": 1}\n{"key": null, "value": 2}\n', timeout=60)
+    assert done.code == 1
     assert done.stderr.startswith("edm: <stdin>:2:1: a null key cannot be written to an entity stream")
 
 
@@ -612,10 +592,10 @@ def test_a_non_string_written_in_format_string_is_an_error_of_the_event(tmp_path
     """)
     out = svc.run({"in": [("a", {"g": 1}), ("b", {"g": "1"}), ("c", {"g": True}), ("d", {"g": "x"})]})
     assert out == [("1", 1), ("x", 1)]
-    dead = asyncio.run(_records(svc, f"{svc.p}dlq"))
+    dead = svc.records("{p}dlq")
     assert [r.key for r in dead] == [b"1", b"true"]  # the records of the group_by's topic
-    assert "cannot encode int 1 in format string" in dict(dead[0].headers)["edm.error"].decode()
-    assert "cannot encode bool True in format string" in dict(dead[1].headers)["edm.error"].decode()
+    assert "cannot encode int 1 in format string" in error_of(dead[0])
+    assert "cannot encode bool True in format string" in error_of(dead[1])
 
 
 # -- event times past 64 bits ----------------------------------------------------------------
@@ -655,7 +635,7 @@ def test_an_event_time_past_year_9999_is_an_error_of_the_event(tmp_path: Path, b
     out = svc.run({"in": [("a", {"ts": 10**20}, 1000), ("a", {"ts": 2000}, far), ("a", {"ts": 3000}, 3000)]},
                   read="by_value")
     assert out == [("a", {"start": 0, "end": hour, "value": n}) for n in ([2] if far != 2000 else [1, 2])]
-    by_record = asyncio.run(_records(svc, f"{svc.p}by-record"))
+    by_record = svc.records("{p}by-record")
     counts = [json.loads(r.value)["value"] for r in by_record]
     assert counts == ([1, 2] if far != 2000 else [1, 2, 3])
     assert svc.stats.skipped == (3 if far != 2000 else 1)
@@ -693,9 +673,9 @@ def test_an_aggregate_that_outgrows_the_record_size_limit_is_an_error_of_the_eve
     out = svc.run({"in": [("a", {"s": CHUNK})] * 4 + [("b", {"s": "y"})]})
     assert out == [("a", 1), ("a", 2), ("a", 3), ("b", 1)]
     assert svc.service.dead_lettered == 1
-    dead = asyncio.run(_records(svc, f"{svc.p}dlq"))
+    dead = svc.records("{p}dlq")
     assert [r.key for r in dead] == [b"a"]
-    error = dict(dead[0].headers)["edm.error"].decode()
+    error = error_of(dead[0])
     assert "store 'acc': the changelog record of key b'\"a\"' is 1200016 bytes" in error
     assert "above the record size limit of 1000000 bytes" in error
     assert svc.run({"in": [("a", {"s": "z"})]})[-1] == ("a", 4)  # the store kept 3 chunks
@@ -716,15 +696,11 @@ def test_an_output_record_above_the_limit_is_an_error_of_the_event(tmp_path: Pat
 
 
 def test_edm_produce_refuses_a_record_above_the_limit(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     (tmp_path / "t.yaml").write_text("kind: microservice\nname: n\nstreams: {s: {}}\n")
     lines = json.dumps({"key": "k", "value": "small"}) + "\n" + json.dumps({"key": "k", "value": "v" * 2_000_000})
-    done = subprocess.run([sys.executable, "-m", "edm_runner", "produce", "s", "-t", str(tmp_path / "t.yaml"),
-                           "--state-dir", str(tmp_path / "state")],
-                          input=lines + "\n", capture_output=True, text=True, timeout=60)
-    assert done.returncode == 1
+    done = edm("produce", "s", "-t", tmp_path / "t.yaml", "--state-dir", tmp_path / "state", stdin=lines + "\n",
+               timeout=60)
+    assert done.code == 1
     assert done.stderr.startswith("edm: <stdin>:2:1: the record is 2000003 bytes (key 1, value 2000002), above "
                                   "the record size limit of 1000000 bytes")
     assert "inputs" not in done.stderr
@@ -776,9 +752,9 @@ def test_a_window_result_dated_past_the_topic_bound_is_an_error_of_the_event(tmp
     assert out == [("a", {"start": past, "end": past + MINUTE, "value": 1}),
                    ("a", {"start": past + 2 * MINUTE, "end": past + 3 * MINUTE, "value": 1})]
     assert svc.service.dead_lettered == 1
-    dead = asyncio.run(_records(svc, f"{svc.p}dlq"))
+    dead = svc.records("{p}dlq")
     assert [json.loads(r.value)["ts"] for r in dead] == [future + 2 * MINUTE]
-    error = dict(dead[0].headers)["edm.error"].decode()
+    error = error_of(dead[0])
     assert error.startswith(f"RecordTimestampError: a record for '{svc.p}out' has timestamp {future + MINUTE - 1} ms")
     assert "past the topic's message.timestamp.after.max.ms of 3600000 ms" in error
     assert "raise message.timestamp.after.max.ms on the topic" in error

@@ -7,15 +7,15 @@ from typing import Annotated
 
 import typer
 
-from edm_runner.cli.common import GraphFormat, NoCodeOption, OutputFormat, app, guarded, load
+from edm_runner.cli.common import (FileArgument, GraphFormat, NoCodeOption, OutputFormat, OutputFormatOption, app,
+                                   guarded, load, services_of)
 from edm_runner.errors import ConfigError
 
 
 @app.command()
 def validate(
     files: Annotated[list[Path], typer.Argument(help="Topology files to check.")],
-    output: Annotated[OutputFormat,
-                      typer.Option("--format", help="text, or json for CI annotations.")] = OutputFormat.text,
+    output: OutputFormatOption = OutputFormat.text,
     no_code: NoCodeOption = False,
 ) -> None:
     """Check topology files: every error of every file, as file:line:col: message."""
@@ -57,7 +57,7 @@ def schema(
 
 @app.command()
 def graph(
-    file: Path,
+    file: FileArgument,
     output: Annotated[GraphFormat, typer.Option("--format", help="mermaid or dot.")] = GraphFormat.mermaid,
 ) -> None:
     """Draw a topology (a business topology draws its microservices and the streams between them)."""
@@ -71,17 +71,14 @@ def graph(
 
 @app.command()
 def describe(
-    file: Path,
-    output: Annotated[OutputFormat, typer.Option("--format", help="text or json.")] = OutputFormat.text,
+    file: FileArgument,
+    output: OutputFormatOption = OutputFormat.text,
 ) -> None:
     """Print a microservice's sub-topologies, tasks, internal topics and copartition groups
     (a business topology: each of its microservices)."""
     def body() -> int:
         from edm_runner.graph.dag import describe as describe_topology
-        from edm_runner.language.model import BusinessTopology
-        topology = load(file)
-        services = topology.services if isinstance(topology, BusinessTopology) else [topology]
-        docs = [describe_topology(s) for s in services]
+        docs = [describe_topology(s) for s in services_of(load(file))]
         if output is OutputFormat.json:
             typer.echo(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2))
         else:

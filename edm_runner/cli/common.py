@@ -44,11 +44,16 @@ StateDirOption = Annotated[Optional[Path], typer.Option(
 TopologyOption = Annotated[Optional[Path], typer.Option(
     "--topology", "-t", help="Topology file that declares the stream (its topic, formats and broker).")]
 NoCodeOption = Annotated[bool, typer.Option("--no-code", help="Refuse Python function references.")]
+FileArgument = Annotated[Path, typer.Argument(help="The topology file.", show_default=False)]
 
 
 class OutputFormat(str, Enum):
     text = "text"
     json = "json"
+
+
+OutputFormatOption = Annotated[OutputFormat, typer.Option(
+    "--format", help="text, or json for CI annotations and scripts.")]
 
 
 class GraphFormat(str, Enum):

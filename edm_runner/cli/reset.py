@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from edm_runner.cli.common import (BrokerOption, StateDirOption, app, connected, fail, guarded, invocation_of,
-                                   load, local_state_dir, open_broker, services_of)
+from edm_runner.cli.common import (BrokerOption, FileArgument, StateDirOption, app, connected, fail, guarded,
+                                   invocation_of, load, local_state_dir, open_broker, services_of)
 from edm_runner.errors import EdmError
 
 if TYPE_CHECKING:
@@ -47,7 +46,7 @@ def _render(plan: ResetPlan) -> str:
 
 @app.command()
 def reset(
-    file: Path,
+    file: FileArgument,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan, change nothing.")] = False,
     to_earliest: Annotated[bool, typer.Option(
         "--to-earliest", help="Reprocess every input from its first event (the default).")] = False,

@@ -7,13 +7,13 @@ import re
 import signal
 import sys
 from contextlib import ExitStack
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from edm_runner.cli.common import (BrokerOption, NoCodeOption, StateDirOption, app, connected, guarded,
-                                   invocation_of, load, local_state_dir, log, open_broker, setup_logging)
+from edm_runner.cli.common import (BrokerOption, FileArgument, NoCodeOption, StateDirOption, app, connected, guarded,
+                                   invocation_of, load, local_state_dir, log, open_broker, services_of,
+                                   setup_logging)
 from edm_runner.errors import EdmError
 
 if TYPE_CHECKING:
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 @app.command()
 def run(
-    file: Path,
+    file: FileArgument,
     until_idle: Annotated[bool, typer.Option("--until-idle", help="Stop when every input is drained.")] = False,
     broker: BrokerOption = None,
     state_dir: StateDirOption = None,
@@ -41,10 +41,9 @@ def run(
 
     def body() -> int:
         from edm_runner.runtime import run_services
-        from edm_runner.language.model import BusinessTopology
         from edm_runner.state.progress import observe
         topology = load(file, no_code)
-        services = topology.services if isinstance(topology, BusinessTopology) else [topology]
+        services = services_of(topology)
         if instance_id:
             if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,248}", instance_id):
                 raise EdmError(f"invalid --instance-id {instance_id!r}: use letters, digits, '.', '_' "

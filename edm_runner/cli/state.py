@@ -9,7 +9,8 @@ from typing import Annotated, Callable, Optional
 import typer
 from typer.core import TyperGroup, TyperOption
 
-from edm_runner.cli.common import StateDirOption, app, guarded, invocation_of, load, local_state_dir, services_of
+from edm_runner.cli.common import (FileArgument, StateDirOption, app, guarded, invocation_of, load, local_state_dir,
+                                   services_of)
 from edm_runner.errors import EdmError
 from edm_runner.invocation import Invocation
 
@@ -61,7 +62,7 @@ class _StateTarget:
 @state_app.callback()
 def state(
     ctx: typer.Context,
-    file: Annotated[Path, typer.Argument(help="The topology file.")],
+    file: FileArgument,
     service: ServiceOption = None,
     state_dir: StateDirOption = None,
 ) -> None:

@@ -13,13 +13,27 @@ from typing import TYPE_CHECKING, Annotated, AsyncIterator, Optional
 import typer
 
 from edm_runner.cli.common import (BrokerOption, StateDirOption, TopologyOption, app, connected, guarded,
-                                   invocation_of, load, open_broker)
+                                   invocation_of, load, open_broker, services_of)
 from edm_runner.errors import EdmError
 
 if TYPE_CHECKING:
     from edm_runner.brokers.base import Broker, Record
     from edm_runner.serde import Serde
     from edm_runner.language.model import StreamSpec
+
+
+StreamArgument = Annotated[str, typer.Argument(help="Stream name (with -t) or topic name.", show_default=False)]
+
+
+@dataclass(frozen=True)
+class _Target:
+    """A topic `produce` writes or `consume` reads: its declared stream (None without -t) and
+    the stream's formats without schema validation (tools write and read invalid events too)."""
+
+    stream: StreamSpec | None
+    topic: str
+    key_serde: Serde
+    value_serde: Serde
 
 
 @dataclass
@@ -39,8 +53,7 @@ class _Tool:
         """The declared stream ``name`` (by stream name or topic), or None without a topology."""
         if self.model is None:
             return None
-        from edm_runner.language.model import BusinessTopology
-        services = self.model.services if isinstance(self.model, BusinessTopology) else [self.model]
+        services = services_of(self.model)
         for service in services:
             for stream in service.streams.values():
                 if name in (stream.name, stream.topic):
@@ -48,6 +61,13 @@ class _Tool:
         declared = sorted({s.name for svc in services for s in svc.streams.values()})
         raise EdmError(f"stream {name!r} is not declared in {self.model.source_file}; declared streams: "
                        f"{', '.join(declared)}")
+
+    def target(self, name: str) -> _Target:
+        """What `produce` and `consume` address by ``name``: a declared stream, else a topic."""
+        from edm_runner.serde.lines import plain_serdes
+        stream = self.stream(name)
+        key_serde, value_serde = plain_serdes(stream.key, stream.value) if stream else plain_serdes()
+        return _Target(stream, stream.topic if stream else name, key_serde, value_serde)
 
     @cached_property
     def broker(self) -> Broker:
@@ -62,7 +82,7 @@ class _Tool:
 
 @app.command()
 def produce(
-    stream: Annotated[str, typer.Argument(help="Stream name (with -t) or topic name.")],
+    stream: StreamArgument,
     file: Annotated[Optional[Path], typer.Option("--file", "-f", help="JSON lines file (default: stdin).")] = None,
     topology: TopologyOption = None,
     raw_values: Annotated[bool, typer.Option("--raw-values", help="Each line is a value, not {key, value}.")] = False,
@@ -74,21 +94,20 @@ def produce(
     def body() -> int:
         from edm_runner.brokers.base import TopicSpec
         from edm_runner.brokers.tools import produce_lines
-        from edm_runner.serde.lines import parse_lines, plain_serdes
+        from edm_runner.serde.lines import parse_lines
         tool = _Tool(topology, broker, state_dir)
-        target = tool.stream(stream)
-        key_serde, value_serde = plain_serdes(target.key, target.value) if target else plain_serdes()
+        target = tool.target(stream)
         if file is None:
-            items = parse_lines(sys.stdin.buffer, "<stdin>", raw_values, key_serde, value_serde)
+            items = parse_lines(sys.stdin.buffer, "<stdin>", raw_values, target.key_serde, target.value_serde)
         else:
             try:
                 with file.open("rb") as handle:
-                    items = parse_lines(handle, str(file), raw_values, key_serde, value_serde)
+                    items = parse_lines(handle, str(file), raw_values, target.key_serde, target.value_serde)
             except OSError as error:
                 raise EdmError(f"cannot read {file}: {error.strerror}") from None
-        topic = target.topic if target else stream
-        spec = TopicSpec(topic, target.partitions if target else partitions,
-                         compacted=bool(target and target.compacted))
+        declared = target.stream
+        spec = TopicSpec(target.topic, declared.partitions if declared else partitions,
+                         compacted=bool(declared and declared.compacted))
 
         async def go() -> int:
             async with tool.connected() as connection:
@@ -96,14 +115,14 @@ def produce(
             return len(items)
 
         sent = asyncio.run(go())
-        typer.echo(f"produced {sent} event(s) to {topic}", err=True)
+        typer.echo(f"produced {sent} event(s) to {target.topic}", err=True)
         return 0
     guarded(body)
 
 
 @app.command()
 def consume(
-    stream: Annotated[str, typer.Argument(help="Stream name (with -t) or topic name.")],
+    stream: StreamArgument,
     topology: TopologyOption = None,
     from_beginning: Annotated[bool, typer.Option("--from-beginning", help="Read from the first event.")] = False,
     follow: Annotated[bool, typer.Option("--follow",
@@ -115,15 +134,13 @@ def consume(
     """Print events as JSON lines. With --from-beginning it stops at the end unless --follow."""
     def body() -> int:
         from edm_runner.brokers.tools import read_topic
-        from edm_runner.serde.lines import plain_serdes
         tool = _Tool(topology, broker, state_dir)
-        target = tool.stream(stream)
-        key_serde, value_serde = plain_serdes(target.key, target.value) if target else plain_serdes()
-        topic = target.topic if target else stream
+        target = tool.target(stream)
 
         async def go() -> None:
             async with tool.connected() as connection:
-                await read_topic(connection, topic, lambda record: _print_record(record, key_serde, value_serde),
+                await read_topic(connection, target.topic,
+                                 lambda record: _print_record(record, target.key_serde, target.value_serde),
                                  from_beginning=from_beginning, stop_at_end=from_beginning and not follow,
                                  limit=max_events)
 
