@@ -6,6 +6,7 @@ anything else is a bug in edm.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 
 @dataclass(frozen=True, order=True)
@@ -74,3 +75,28 @@ class UserCodeError(EventError):
 class InternalError(Exception):
     """A bug in edm met while processing (deliberately not an ``EdmError``): the service stops
     with nothing committed from the failing batch on, and the CLI asks for a report."""
+
+
+class ServicesFailed(ExceptionGroup):
+    """Several errors of one run of services (``run_services``), in the order they were met:
+    ``services[i]`` is the service that ``exceptions[i]`` stopped (a service may appear twice,
+    e.g. a failed batch and then a failed close). A single error is raised alone, never in a
+    group. Deliberately not an ``EdmError``: an ``InternalError`` among them stays a bug to
+    report; the CLI renders each error as it renders it alone, with its service's name."""
+
+    services: list[str]
+
+    def __new__(cls, failures: Sequence[tuple[str, Exception]]) -> ServicesFailed:
+        names = list(dict.fromkeys(name for name, _ in failures))
+        self = super().__new__(cls, f"{len(failures)} errors in service(s) {', '.join(names)}",
+                               [error for _, error in failures])
+        self.services = [name for name, _ in failures]
+        return self
+
+    def __init__(self, failures: Sequence[tuple[str, Exception]]) -> None:
+        super().__init__(self.message, self.exceptions)
+
+    @property
+    def failures(self) -> list[tuple[str, Exception]]:
+        """(service, error) pairs, in order."""
+        return list(zip(self.services, self.exceptions))  # type: ignore[arg-type]

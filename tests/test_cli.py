@@ -162,3 +162,56 @@ def test_graph_draws_every_stream_table_store_and_internal_topic(tmp_path: Path)
     assert "everything-scratch-changelog" not in mermaid  # changelog: false
     assert "s_users --> tb_users_table" in mermaid and "s_profiles --> gt_profiles_table" in mermaid
     assert "class " in mermaid and "t_everything_by_page_repartition" in mermaid.split("class ")[1]
+
+
+def test_run_reports_the_error_of_every_failed_service(tmp_path: Path) -> None:
+    """Both services of a business topology refuse their input topic (it exists with another
+    partition count than declared): both errors reach stderr, each with its service, as user
+    errors (exit 1, no traceback), not only the first one met."""
+    for name in ("halver", "thirder"):
+        (tmp_path / f"{name}.yaml").write_text(f"""\
+kind: microservice
+name: {name}
+streams:
+  {name}-in: {{partitions: 2, value: json}}
+  {name}-out: {{value: json}}
+pipelines:
+  divide:
+    from: {name}-in
+    steps:
+      - map_values: "value / 2"
+    to: {name}-out
+""")
+        ok("produce", f"{name}-in", "--state-dir", tmp_path / "state", "--raw-values", stdin="6\n")  # 1 partition
+    (tmp_path / "shop.yaml").write_text("kind: business\nname: shop\nservices: [halver.yaml, thirder.yaml]\n"
+                                        "external_streams: [halver-in, thirder-in]\n")
+    result = edm("run", tmp_path / "shop.yaml", "--until-idle", "--state-dir", tmp_path / "state")
+    assert result.code == 1, result.stderr
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+    for name in ("halver", "thirder"):
+        assert (f"edm: service '{name}' failed: partition counts differ on local broker at {tmp_path / 'state' / 'broker'}: "
+                f"'{name}-in' has 1 partition(s) on the broker but the topology declares 2") in result.stderr
+        assert f"give stream '{name}-in' a topic of its own (`topic: {name}-{name}-in`" in result.stderr
+
+
+def test_an_internal_error_among_a_runs_errors_still_asks_to_be_reported(capsys, monkeypatch) -> None:
+    """Every error of a run is rendered as it reads alone, after its service's name: a user
+    error as its message, an edm bug as an internal error to report; exit 1, no traceback."""
+    import pytest
+    import typer
+
+    from edm_runner.cli.common import guarded
+    from edm_runner.errors import BrokerError, InternalError, ServicesFailed
+
+    monkeypatch.delenv("EDM_DEBUG", raising=False)
+
+    def body() -> int:
+        raise ServicesFailed([("a", BrokerError("the broker went away")), ("b", InternalError("step x: KeyError"))])
+
+    with pytest.raises(typer.Exit) as info:
+        guarded(body)
+    assert info.value.exit_code == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "edm: service 'a' failed: the broker went away",
+        "edm: service 'b' failed: internal error: step x: KeyError (set EDM_DEBUG=1 for a traceback, "
+        "and please report it)"]

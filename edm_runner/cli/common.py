@@ -14,7 +14,7 @@ from typing import Annotated, AsyncIterator, Callable, Optional
 
 import typer
 
-from edm_runner.errors import BrokerError, ConfigError, EdmError, InternalError
+from edm_runner.errors import BrokerError, ConfigError, EdmError, InternalError, ServicesFailed
 from edm_runner.invocation import Invocation
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -66,10 +66,24 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _internal(error: Exception) -> str:
+    """How an edm bug reads: one line, the traceback on demand."""
+    what = str(error) if isinstance(error, InternalError) else f"{type(error).__name__}: {error}"
+    return f"internal error: {what} (set EDM_DEBUG=1 for a traceback, and please report it)"
+
+
 def guarded(action: Callable[[], int | None]) -> None:
     """Runs a command body, mapping user errors to messages and exit codes."""
     try:
         code = action()
+    except ServicesFailed as group:  # every error of a run, each as it reads alone
+        bugs = [e for e in group.exceptions if not isinstance(e, EdmError)]
+        if bugs and os.environ.get("EDM_DEBUG"):
+            raise
+        for service, error in group.failures:
+            text = str(error) if isinstance(error, EdmError) else _internal(error)
+            typer.echo(f"edm: service {service!r} failed: {text}", err=True)
+        raise typer.Exit(max(getattr(e, "exit_code", 1) for e in group.exceptions)) from group
     except ConfigError as error:
         for diagnostic in error.diagnostics:
             typer.echo(diagnostic.format(), err=True)
@@ -84,8 +98,7 @@ def guarded(action: Callable[[], int | None]) -> None:
     except Exception as error:  # an edm bug: one line, the traceback on demand
         if os.environ.get("EDM_DEBUG"):
             raise
-        what = str(error) if isinstance(error, InternalError) else f"{type(error).__name__}: {error}"
-        raise fail(f"internal error: {what} (set EDM_DEBUG=1 for a traceback, and please report it)", 1) from error
+        raise fail(_internal(error), 1) from error
     raise typer.Exit(code or 0)
 
 
@@ -182,13 +195,23 @@ async def connected(broker, invocation: Invocation) -> AsyncIterator[None]:
     """``broker`` started for the block and closed after it. A full embedded broker is
     completed with the commands that free room, as ``invocation`` ran edm."""
     from edm_runner.brokers.base import BrokerFullError
+
+    def with_way_out(error: Exception) -> Exception:
+        if not isinstance(error, BrokerFullError):
+            return error
+        return BrokerError(f"{error}; delete topics you no longer need (`{invocation.command('topics')}` "
+                           f"lists them, `{invocation.command('topics', '--delete', 'TOPIC')}` deletes one) "
+                           "or run on Kafka")
+
     await broker.start()
     try:
         yield
     except BrokerFullError as error:
-        raise BrokerError(f"{error}; delete topics you no longer need (`{invocation.command('topics')}` "
-                          f"lists them, `{invocation.command('topics', '--delete', 'TOPIC')}` deletes one) "
-                          "or run on Kafka") from error
+        raise with_way_out(error) from error
+    except ServicesFailed as group:
+        if any(isinstance(e, BrokerFullError) for e in group.exceptions):
+            raise ServicesFailed([(s, with_way_out(e)) for s, e in group.failures]) from group
+        raise
     finally:
         await broker.close()
 

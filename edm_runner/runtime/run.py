@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from edm_runner.brokers.base import Broker
-from edm_runner.errors import EdmError
+from edm_runner.errors import EdmError, ServicesFailed
 from edm_runner.invocation import Invocation
 from edm_runner.runtime.service import ServiceRunner
 from edm_runner.runtime.stats import RunStats, ServiceStats
@@ -52,8 +52,9 @@ async def run_services(services: list[Topology], broker: Broker, *, until_idle: 
 
     Returns when ``stop`` is set (each service finishes its batch, flushes and commits),
     when ``until_idle`` and no service has anything left to consume (including records
-    another service just wrote), or raises the first error (``ProcessingError`` under the
-    fail policy) after the other services have stopped cleanly. Without ``create_topics``,
+    another service just wrote), or raises the run's errors (``ProcessingError`` under the
+    fail policy, a failed start or close) after the other services have stopped cleanly: one
+    error alone, several as a ``ServicesFailed`` that names each one's service. Without ``create_topics``,
     topics are never created: a missing one is a ``BrokerError`` listing them. Local state
     (stores, tables) lives under ``state_dir`` (default: ``.edm`` beside each topology file).
     ``invocation`` (how the user ran edm) is repeated by hints that name a command.
@@ -68,22 +69,25 @@ async def run_services(services: list[Topology], broker: Broker, *, until_idle: 
         shutdown_grace_ms = max(t.processing.shutdown_grace_ms for t in services)
     stats = RunStats({t.name: ServiceStats() for t in services})
     runners = [ServiceRunner(t, broker, stats.services[t.name], state_dir, invocation) for t in services]
-    for runner in runners:
-        await runner.provision(create_topics)
     run = _Run(runners, stats, until_idle=until_idle, stop=stop, on_progress=on_progress,
                shutdown_grace_ms=shutdown_grace_ms)
+    await run.provision(create_topics)
     return await run.run()
 
 
 class _Run:
-    """One ``run_services`` call over provisioned runners: starts them one after the other,
-    then drives one loop per service until the run halts (a service failed, every service is
-    idle under ``until_idle``, or ``stop`` is set), then closes every runner it started.
+    """One ``run_services`` call: provisions every runner (checking each service's topics
+    against the broker: all of them, so that every service's problem is reported at once),
+    starts them one after the other (the first failed start ends the run: starting joins
+    groups and restores state), then drives one loop per service until the run halts (a
+    service failed, every service is idle under ``until_idle``, or ``stop`` is set), then
+    closes every runner it started.
 
     Invariants: ``halt`` is set once any loop ends with an error, once the set is idle, and when
     the run ends, so every loop and the progress reporter end with it; every runner whose
     ``start`` was called is closed (``close`` copes with a start cut short); after ``stop``,
-    closing ends by ``deadline`` (work still running at the deadline is cancelled first).
+    closing ends by ``deadline`` (work still running at the deadline is cancelled first); every
+    error of a start, a loop or a close is kept in ``failures`` with its service's name.
     """
 
     def __init__(self, runners: list[ServiceRunner], stats: RunStats, *, until_idle: bool,
@@ -99,8 +103,16 @@ class _Run:
         self.halt = asyncio.Event()
         self.tracker = _IdleTracker([r.name for r in runners])
         self.started: list[ServiceRunner] = []
-        self.errors: list[BaseException] = []
+        self.failures: list[tuple[str, BaseException]] = []  # (service, error), in order
         self.deadline: float | None = None  # set by ``stop``: when the grace period ends
+
+    async def provision(self, create_topics: bool) -> None:
+        for runner in self.runners:
+            try:
+                await runner.provision(create_topics)
+            except Exception as exc:
+                self.failures.append((runner.name, exc))
+        self._raise_failures()
 
     async def run(self) -> RunStats:
         reporter = asyncio.create_task(self._report_progress()) if self.on_progress is not None else None
@@ -112,8 +124,7 @@ class _Run:
             await self._close_started()
             if reporter is not None:
                 await reporter
-        if self.errors:
-            raise self.errors[0]
+        self._raise_failures()
         if self.on_progress is not None:
             self.on_progress(self.stats)
         return self.stats
@@ -124,9 +135,26 @@ class _Run:
     async def _start_and_loop(self) -> None:
         for runner in self.runners:
             self.started.append(runner)
-            await runner.start()
+            try:
+                await runner.start()
+            except Exception as exc:  # the runners after it never start; those started close
+                self.failures.append((runner.name, exc))
+                return
         results = await asyncio.gather(*(self._loop(r) for r in self.runners), return_exceptions=True)
-        self.errors.extend(e for e in results if isinstance(e, BaseException))
+        self.failures += [(r.name, e) for r, e in zip(self.runners, results) if isinstance(e, BaseException)]
+
+    def _raise_failures(self) -> None:
+        """One error alone, several as a ``ServicesFailed``; a cancellation or an interrupt
+        (not an ``Exception``) is raised as it came."""
+        errors: list[tuple[str, Exception]] = []
+        for name, error in self.failures:
+            if not isinstance(error, Exception):
+                raise error
+            errors.append((name, error))
+        if len(errors) == 1:
+            raise errors[0][1]
+        if errors:
+            raise ServicesFailed(errors)
 
     async def _loop(self, runner: ServiceRunner) -> None:
         """One service's batches until the run halts; an error halts every loop."""
@@ -188,9 +216,9 @@ class _Run:
                 else:
                     await asyncio.wait_for(runner.close(), max(0.0, self.deadline - time.monotonic()))
             except TimeoutError:
-                self.errors.append(EdmError(
+                self.failures.append((runner.name, EdmError(
                     f"service '{runner.name}' did not close within the {self.grace_ms} ms shutdown "
                     "grace period; its last batch is processed again on restart (at-least-once). "
-                    "Raise the grace period if the broker is slow to acknowledge"))
+                    "Raise the grace period if the broker is slow to acknowledge")))
             except Exception as exc:
-                self.errors.append(exc)
+                self.failures.append((runner.name, exc))
