@@ -188,8 +188,9 @@ pipelines:
     result = edm("run", tmp_path / "shop.yaml", "--until-idle", "--state-dir", tmp_path / "state")
     assert result.code == 1, result.stderr
     assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+    broker = tmp_path / "state" / "broker"
     for name in ("halver", "thirder"):
-        assert (f"edm: service '{name}' failed: partition counts differ on local broker at {tmp_path / 'state' / 'broker'}: "
+        assert (f"edm: service '{name}' failed: partition counts differ on local broker at {broker}: "
                 f"'{name}-in' has 1 partition(s) on the broker but the topology declares 2") in result.stderr
         assert f"give stream '{name}-in' a topic of its own (`topic: {name}-{name}-in`" in result.stderr
 
