@@ -104,3 +104,17 @@ def run_local(tmp_path: Path) -> RunLocal:
     return lambda body: run_on(LocalBroker(tmp_path / "broker"), body)
 
 # --- end Local broker ---------------------------------------------------------------------------
+
+
+# --- Both brokers -------------------------------------------------------------------------------
+# `broker_url`: a test that takes it runs twice, on the embedded broker (under tmp_path/broker)
+# and on the session's real Kafka broker (that run is marked `kafka`); the value is a broker URL
+# as `--broker` takes it.
+
+@pytest.fixture(params=["local", pytest.param("kafka", marks=pytest.mark.kafka)])
+def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "local":
+        return f"local:{tmp_path / 'broker'}"
+    return "kafka://" + request.getfixturevalue("kafka_bootstrap")
+
+# --- end Both brokers ---------------------------------------------------------------------------

@@ -33,12 +33,10 @@ def test_validate_refuses_the_bomb_at_its_place(path: Path, tmp_path: Path) -> N
     assert any(text in s for s in located), f"no {line}:{col}: ...{text}... in:\n{out}"
 
 
-@pytest.fixture(params=["local", pytest.param("kafka", marks=pytest.mark.kafka)])
-def broker(request: pytest.FixtureRequest, tmp_path: Path) -> list[str]:
+@pytest.fixture
+def broker(broker_url: str) -> list[str]:
     """The edm options that run a test on the embedded broker, then on a real Kafka broker."""
-    if request.param == "local":
-        return ["--broker", f"local:{tmp_path / 'broker'}"]
-    return ["--broker", "kafka://" + request.getfixturevalue("kafka_bootstrap")]
+    return ["--broker", broker_url]
 
 
 def test_each_event_bomb_is_dead_lettered_and_the_runner_goes_on(tmp_path: Path,

@@ -25,14 +25,6 @@ def j(obj: Any) -> bytes | None:
     return None if obj is None else json.dumps(obj, separators=(",", ":")).encode()
 
 
-@pytest.fixture(params=["local", pytest.param("kafka", marks=pytest.mark.kafka)])
-def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Each test that takes it runs on the embedded broker and on a real Kafka broker."""
-    if request.param == "local":
-        return f"local:{tmp_path / 'broker'}"
-    return "kafka://" + request.getfixturevalue("kafka_bootstrap")
-
-
 class Service:
     """One service over a broker (``url``) and a state dir kept across ``run`` calls. In the
     file text, ``{p}`` is a prefix unique to the test (service and topic names on Kafka)."""
