@@ -93,6 +93,44 @@ def test_nothing_below_the_cli_prints_or_exits():
     assert not gone, f"fixed, so shrink PRINTS_OR_EXITS_ALLOWED to today's counts: {gone}"
 
 
+# --- The runtime never asks a broker for its type -----------------------------------------------
+
+
+
+def broker_type_checks(source: str) -> list[str]:
+    """Every ``isinstance``/``issubclass`` in ``source`` whose class argument names a broker
+    class (a name ending in ``Broker``: LocalBroker, KafkaBroker, ...), as ``call(Name)``."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                and node.func.id in ("isinstance", "issubclass") and len(node.args) == 2):
+            continue
+        classes = node.args[1].elts if isinstance(node.args[1], ast.Tuple) else [node.args[1]]
+        for cls in classes:
+            name = cls.id if isinstance(cls, ast.Name) else cls.attr if isinstance(cls, ast.Attribute) else ""
+            if name.endswith("Broker"):
+                found.append(f"{node.func.id}({name})")
+    return found
+
+
+def test_the_scan_sees_broker_type_checks():
+    source = ("from edm_runner.brokers import kafka\nisinstance(b, LocalBroker)\n"
+              "issubclass(type(b), (int, kafka.KafkaBroker))\nisinstance(b, dict)\n")
+    assert broker_type_checks(source) == ["isinstance(LocalBroker)", "issubclass(KafkaBroker)"]
+
+
+def test_the_runtime_never_checks_a_brokers_type():
+    """The runtime chooses what depends on the broker by what the broker declares it can do
+    (``Broker.supports_assignor``, ``atomic_append``, ``transactions``), never by its class:
+    a third broker, or a wrapper of one, must not fall into the wrong commit path silently."""
+    found: dict[str, int] = {}
+    for path in sorted((PACKAGE / "runtime").rglob("*.py")):
+        checks = broker_type_checks(path.read_text())
+        if checks:
+            found[path.relative_to(ROOT).as_posix()] = len(checks)
+    assert not found, f"isinstance/issubclass on a broker class in the runtime (declare a capability instead): {found}"
+
+
 # --- Validating a file needs neither Kafka nor LMDB ------------------------------------------------
 
 _VALIDATE = """

@@ -143,11 +143,21 @@ class Producer(Protocol):
 class Broker(Protocol):
     """A connection to one broker (cluster). ``describe()`` is a one-line human description.
 
-    ``supports_assignor``: True when a consumer group may have several members whose
-    partitions a ``GroupAssignor`` shares out (Kafka); False when a group has one member, which
-    holds every partition of its topics (the embedded broker)."""
+    What a broker can do beyond this protocol it declares in class attributes, and the runtime
+    chooses by them, never by the broker's type:
+    - ``supports_assignor``: True when a consumer group may have several members whose
+      partitions a ``GroupAssignor`` shares out (Kafka); False when a group has one member,
+      which holds every partition of its topics (the embedded broker).
+    - ``atomic_append``: it is an ``AtomicAppendBroker`` (the embedded broker): a batch's
+      records and the group's offsets are appended in one broker transaction.
+    - ``transactions``: it has transactional producers and read-committed readers (Kafka,
+      ``brokers.kafka_eos``), for exactly-once.
+    The last two choose the service's commit path, once (``runtime.checkpoint.checkpointer``).
+    """
 
     supports_assignor: bool
+    atomic_append: bool
+    transactions: bool
 
     def describe(self) -> str: ...
 
@@ -216,4 +226,14 @@ class Broker(Protocol):
 
     async def delete_topics(self, names: Sequence[str]) -> None:
         """Delete the topics (records and committed offsets); names that do not exist are ignored."""
+        ...
+
+
+class AtomicAppendBroker(Broker, Protocol):
+    """A broker whose ``atomic_append`` is True."""
+
+    async def append_and_commit(self, records: Sequence[OutRecord], group: str,
+                                offsets: Mapping[TopicPartition, int]) -> dict[TopicPartition, int]:
+        """Append ``records`` and commit ``group``'s ``offsets`` in ONE transaction: both or
+        neither survive a crash. Returns the new end offset of every partition written."""
         ...

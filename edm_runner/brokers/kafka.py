@@ -59,6 +59,8 @@ class KafkaBroker:
     """A connection to a Kafka cluster (see the module docstring for ``options``)."""
 
     supports_assignor = True
+    atomic_append = False
+    transactions = True  # transactional producers, read-committed readers: brokers.kafka_eos
 
     def __init__(self, options: Mapping[str, Any]):
         unknown = sorted(set(options) - _OPTIONS)

@@ -209,6 +209,8 @@ class LocalBroker:
     same directory at once; each consumer group is held by one process at a time."""
 
     supports_assignor = False  # a group has one member, holding every partition
+    atomic_append = True  # append_and_commit: records and group offsets in one LMDB transaction
+    transactions = False
 
     def __init__(self, path: Path, *, map_size: int = MAP_SIZE,
                  compact_min_dirty: int = COMPACT_MIN_DIRTY):

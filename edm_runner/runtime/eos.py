@@ -7,7 +7,8 @@ produced, its changelog records and its input offsets go into that producer's tr
 (one LMDB transaction per task, as at-least-once). The group consumer and every restore reader
 read committed only, so aborted or open transactions are never processed nor restored.
 
-On the local broker exactly-once is what ``append_and_commit`` already gives: a batch's outputs,
+On the local broker exactly-once is what ``append_and_commit`` already gives
+(``runtime.checkpoint.EmbeddedCheckpointer``, the same for both guarantees): a batch's outputs,
 changelog records and group offsets are appended in one LMDB transaction of the broker, and the
 stores are written after it; a crash in between leaves the stores behind their changelog, and
 restore (checkpoint -> end, seeking inputs past the restored ``edm.input``) catches them up
@@ -28,15 +29,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, cast
 
-from edm_runner.brokers.base import Consumer, OutRecord, TopicPartition
+from edm_runner.brokers.base import Broker, Consumer, OutRecord, Record, TopicPartition
 from edm_runner.brokers.kafka import KafkaBroker
-from edm_runner.brokers.kafka_eos import TaskFenced, TransactionalProducer, transactional_id
+from edm_runner.brokers.kafka_eos import TaskFenced, TransactionalProducer, read_committed, transactional_id
 from edm_runner import faults
 from edm_runner.runtime.processing import CompiledService
 from edm_runner.runtime.tasks import TaskManager
-from edm_runner.state.clean_mark import release_task_state
 
 log = logging.getLogger("edm.runtime")
 
@@ -52,16 +52,21 @@ class _TaskTxn:
 
 
 class KafkaTransactions:
-    """The transactions of one service instance on Kafka (see the module docstring).
+    """The exactly-once ``runtime.checkpoint.Checkpointer`` on Kafka: the transactions of one
+    service instance (see the module docstring).
 
-    Use per batch: ``admit`` the fetched records (starts the producers of new tasks), call
-    ``processed`` after each input partition's records went through the topology, ``send``
-    the batch's outputs, and ``commit`` on the commit interval (``abort`` on a failed batch).
+    Per batch: ``admit`` the fetched records (starts the producers of new tasks), ``processed``
+    after each input partition's records went through the topology, ``write`` the batch's
+    outputs (each through its task's transaction), and ``commit`` on the commit interval
+    (``abort`` on a failed batch).
     """
 
-    def __init__(self, compiled: CompiledService, broker: KafkaBroker) -> None:
+    def __init__(self, compiled: CompiledService, broker: Broker, tasks: TaskManager | None) -> None:
         self.service = compiled.topology.name
-        self.broker = broker
+        # Every consumer of the service (group, restores, standbys, global tables) reads committed.
+        self.broker = read_committed(cast(KafkaBroker, broker))
+        self.tasks = tasks
+        self.consumer: Consumer | None = None
         self.sub_of_topic = {t: sub.id for sub in compiled.dag.subtopologies for t in sub.source_topics}
         self.sub_of_changelog = {u.changelog: u.subtopology for u in compiled.catalog.uses.values()
                                  if u.changelog is not None and u.subtopology is not None}
@@ -77,10 +82,16 @@ class KafkaTransactions:
     def key(self, tp: TopicPartition) -> TaskKey:
         return self.sub_of_topic[tp.topic], tp.partition
 
-    async def open(self, consumer: Consumer, tps: Iterable[TopicPartition]) -> None:
+    async def open(self, consumer: Consumer) -> None:
+        """Starts the producers of the tasks assigned at the group's first join."""
+        self.consumer = consumer
+        await self._start(consumer.assignment())
+
+    async def _start(self, tps: Iterable[TopicPartition]) -> None:
         """Starts the producers of the tasks of ``tps`` that have none, then seeks those
         tasks' partitions among ``tps`` to their committed offsets (read only now that no
         previous owner's transaction can still complete)."""
+        consumer = self.consumer
         tps = set(tps)
         new = sorted({self.key(tp) for tp in tps} - set(self.txns))
         if not new:
@@ -99,15 +110,16 @@ class KafkaTransactions:
                 if committed is not None:
                     consumer.seek(tp, committed)
 
-    async def admit(self, consumer: Consumer, fetched: dict[TopicPartition, list]
-                    ) -> tuple[dict[TopicPartition, list], set[TopicPartition]]:
+    async def admit(self, fetched: dict[TopicPartition, list[Record]]
+                    ) -> tuple[dict[TopicPartition, list[Record]], set[TopicPartition]]:
         """Splits ``fetched`` into the records of tasks with a producer and the partitions of
-        tasks without one; starts those (``open``: they are seeked back, so their records are
-        fetched again). Returns (records to process, newly opened partitions)."""
+        tasks without one; starts those (they are seeked back, so their records are fetched
+        again; their restore comes after their producer). Returns (records to process, newly
+        opened partitions)."""
         new = {tp for tp in fetched if self.key(tp) not in self.txns}
         if not new:
             return fetched, new
-        await self.open(consumer, new)
+        await self._start(new)
         return {tp: r for tp, r in fetched.items() if tp not in new}, new
 
     def processed(self, tp: TopicPartition, next_offset: int, outputs_end: int) -> None:
@@ -115,8 +127,9 @@ class KafkaTransactions:
         index ``outputs_end`` (exclusive) are theirs or earlier partitions'."""
         self._marks.append((self.key(tp), tp, next_offset, outputs_end))
 
-    def send(self, batch: list[OutRecord]) -> None:
-        """Sends each output through the transaction of the task whose input produced it."""
+    async def write(self, batch: list[OutRecord], offsets: dict[TopicPartition, int]) -> bool:
+        """Sends each output through the transaction of the task whose input produced it (the
+        input offsets come from ``processed``)."""
         start = 0
         for key, tp, next_offset, end in self._marks:
             txn = self.txns[key]
@@ -126,72 +139,76 @@ class KafkaTransactions:
             txn.offsets[tp] = next_offset
             start = end
         self._marks.clear()
+        return False
 
-    async def commit(self, consumer: Consumer, tasks: TaskManager | None) -> None:
+    async def commit(self) -> None:
         """Commits every task's transaction (with its changelog records and input offsets),
         then the stores of the tasks whose transaction committed. A fenced task is dropped
         (it moved to another instance); any other failure is raised after the successful
-        tasks' stores are written."""
+        tasks' stores are written. A failed store write drops the touched tasks' updates."""
+        if self.consumer is None:  # never opened: nothing was processed
+            return
         group = self.service
-        if tasks is not None and tasks.touched:
-            for record in tasks.changelog_records():
-                self.txns[(self.sub_of_changelog[record.topic], record.partition)].producer.send(record)
-        due = [(key, txn) for key, txn in self.txns.items() if txn.producer.dirty or txn.offsets]
-        results = await asyncio.gather(*(txn.producer.commit(txn.offsets, group) for _, txn in due),
-                                       return_exceptions=True)
-        errors: list[BaseException] = []
-        for (key, txn), result in zip(due, results):
-            if result is None:
-                txn.offsets = {}
-                continue
-            if not isinstance(result, TaskFenced):
-                errors.append(result)
-            else:
-                log.warning("%s task %d_%d moved to another instance (%s)", self.service, *key, result)
-            await self._drop(key, tasks)
-        if tasks is not None and tasks.touched:
-            faults.reached("after_produce")
-            await tasks.commit(await consumer.end_offsets(tasks.touched_changelogs()))
+        tasks = self.tasks
+        try:
+            if tasks is not None and tasks.touched:
+                for record in tasks.changelog_records():
+                    self.txns[(self.sub_of_changelog[record.topic], record.partition)].producer.send(record)
+            due = [(key, txn) for key, txn in self.txns.items() if txn.producer.dirty or txn.offsets]
+            results = await asyncio.gather(*(txn.producer.commit(txn.offsets, group) for _, txn in due),
+                                           return_exceptions=True)
+            errors: list[BaseException] = []
+            for (key, txn), result in zip(due, results):
+                if result is None:
+                    txn.offsets = {}
+                    continue
+                if not isinstance(result, TaskFenced):
+                    errors.append(result)
+                else:
+                    log.warning("%s task %d_%d moved to another instance (%s)", self.service, *key, result)
+                await self._drop(key)
+            if tasks is not None and tasks.touched:
+                faults.reached("after_produce")
+                await tasks.commit(await self.consumer.end_offsets(tasks.touched_changelogs()))
+        except BaseException:
+            if tasks is not None:
+                tasks.abort()
+            raise
         if errors:
             raise errors[0]
-        await self._release_unassigned(consumer)
+        await self._release_unassigned()
 
-    async def abort(self, tasks: TaskManager | None) -> None:
+    async def abort(self) -> None:
         """Aborts every open transaction (a failed batch): its outputs and offsets vanish and
         the touched tasks' buffered updates are dropped."""
         self._marks.clear()
-        if tasks is not None:
-            tasks.abort()
+        if self.tasks is not None:
+            self.tasks.abort()
         due = [(key, txn) for key, txn in self.txns.items() if txn.producer.dirty or txn.offsets]
         results = await asyncio.gather(*(txn.producer.abort() for _, txn in due), return_exceptions=True)
         for (key, txn), result in zip(due, results):
             txn.offsets = {}
             if result is not None:
-                await self._drop(key, tasks)
+                await self._drop(key)
+        await self._release_unassigned()
 
     async def close(self) -> None:
         """Closes every producer (an open transaction is aborted by the broker)."""
         txns, self.txns = self.txns, {}
         await asyncio.gather(*(txn.producer.close() for txn in txns.values()), return_exceptions=True)
 
-    async def _drop(self, key: TaskKey, tasks: TaskManager | None) -> None:
+    async def _drop(self, key: TaskKey) -> None:
         """Forgets a task whose transaction is lost: its producer, and its open state (closed
         with its buffers dropped, so it is restored if it comes back)."""
         txn = self.txns.pop(key, None)
         if txn is not None:
             await txn.producer.close()
-        if tasks is not None:
-            tasks.touched.pop(key, None)
-            task = tasks.tasks.pop(key, None)
-            if task is not None:
-                task.state.abort()
-                release_task_state(task.state)
-                task.state.close()
+        if self.tasks is not None:
+            await self.tasks.drop(key)
 
-    async def _release_unassigned(self, consumer: Consumer) -> None:
+    async def _release_unassigned(self) -> None:
         """Closes the producers of tasks no longer assigned here (nothing of them is open)."""
-        assigned = {self.key(tp) for tp in consumer.assignment() if tp.topic in self.sub_of_topic}
+        assigned = {self.key(tp) for tp in self.consumer.assignment() if tp.topic in self.sub_of_topic}
         gone = [key for key in self.txns if key not in assigned]
         for key in gone:
             await self.txns.pop(key).producer.close()
-

@@ -1,25 +1,23 @@
 """One running microservice: provisioning, the consume-process-produce loop, commits.
 
-Invariants (at-least-once):
-- Input offsets are committed only after the outputs of their batch are durable: on the
-  local broker both go in one LMDB transaction (``append_and_commit``); elsewhere outputs
-  are flushed before the offsets are committed (every ``commit_interval_ms``).
+Invariants:
+- How a batch's outputs, store updates and input offsets become durable, and in which order,
+  is its ``runtime.checkpoint.Checkpointer``'s alone (one per guarantee, chosen once by what
+  the broker can do); this module never asks which broker it runs on. Input offsets are
+  committed only after the outputs of their batch are durable.
 - A batch that fails under the ``fail`` policy sends nothing and commits nothing; the
-  batches before it are flushed and committed before the error propagates.
+  batches before it are flushed and committed before the error propagates, unless they
+  share its store transactions (``Checkpointer.abort``).
 - Per input partition, records are processed in offset order.
 - Stateful services (see ``runtime.tasks``): global tables are bootstrapped and every assigned
   task restored before the first batch; the copartitioning of joins is checked against the
-  broker first. The stores of a batch's tasks are written (with their checkpoint) only after
-  the batch's outputs and changelog records are durable; on the local broker that is right
-  after ``append_and_commit``, on Kafka at every commit, after the flush and before the
-  input offsets are committed. A failed batch drops the buffered store updates.
+  broker first.
 - Under every guarantee, whatever is processed but not committed is committed within a commit
   interval even when no more input arrives (an idle ``poll`` commits when one is due).
 
-Exactly-once (``processing.guarantee: exactly_once``, see ``runtime.eos``): on Kafka every task
-commits its outputs, changelog records and input offsets in one transaction of its own
-producer, and every consumer reads committed. On the local broker ``append_and_commit`` already is
-that transaction. On both, a task whose local state was not closed cleanly is wiped and restored.
+Exactly-once (``processing.guarantee: exactly_once``): see ``runtime.eos`` (Kafka) and
+``runtime.checkpoint.EmbeddedCheckpointer``; on both brokers a task whose local state was not
+closed cleanly is wiped and restored (``state.clean_mark``).
 
 Rebalancing (Kafka; see ``Rebalance``): a batch is processed under ``batch_lock``. On
 revocation the runner waits for the batch in flight, then flushes, commits (outputs,
@@ -35,15 +33,11 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from edm_runner.brokers.base import (Broker, Consumer, PartitionMismatchError, Producer, Record, TopicPartition,
-                                     TopicSpec)
-from edm_runner.brokers.kafka import KafkaBroker
-from edm_runner.brokers.kafka_eos import read_committed
+from edm_runner.brokers.base import Broker, Consumer, PartitionMismatchError, Record, TopicPartition, TopicSpec
 from edm_runner.invocation import Invocation
-from edm_runner.brokers.local import LocalBroker
 from edm_runner.errors import BrokerError, InternalError, ProcessingError
 from edm_runner import faults
-from edm_runner.runtime.eos import KafkaTransactions
+from edm_runner.runtime.checkpoint import checkpointer
 from edm_runner.runtime.assignment.assignor import EdmAssignor
 from edm_runner.runtime.assignment.consumer import group_consumer
 from edm_runner.runtime.copartition import check_copartitioning
@@ -95,17 +89,10 @@ class ServiceRunner:
         self.standbys = StandbyTasks(tasks) if tasks.subs else None
         self.globals = (GlobalTables(self.compiled, state_dir, stats, invocation)
                         if self.compiled.catalog.global_tables() else None)
-        self.local = broker if isinstance(broker, LocalBroker) else None
-        # Exactly-once on Kafka: per-task transactions (runtime.eos), read-committed consumers.
-        self.eos: KafkaTransactions | None = None
-        if topology.processing.guarantee == "exactly_once" and isinstance(broker, KafkaBroker):
-            self.broker = read_committed(broker)
-            self.eos = KafkaTransactions(self.compiled, self.broker)
+        self.checkpoint = checkpointer(self.compiled, broker, self.tasks)
+        self.broker = self.checkpoint.broker  # under exactly-once on Kafka: reads committed only
         self.consumer: Consumer | None = None
         self.assignor: EdmAssignor | None = None  # Kafka only: tasks and standbys of this member
-        self.producer: Producer | None = None
-        self.pending: dict[TopicPartition, int] = {}  # processed, not yet committed
-        self.unflushed = False  # records sent since the last flush
         self.last_commit = time.monotonic()
         # Held while a batch is processed, sent, committed, and while tasks are opened or
         # closed: whoever reads the open tasks' state from outside the loop's batches (the
@@ -189,12 +176,9 @@ class ServiceRunner:
             self.tasks.on_disk = await asyncio.to_thread(checkpointed_offsets, self.tasks.state_dir, self.name)
         await self.consumer.start()
         self.rebalance.pending = self.rebalance.revoking = False  # the first assignment: restored below
-        if self.eos is not None:
-            await self.eos.open(self.consumer, self.consumer.assignment())
+        # Before the restore: under exactly-once a task's producer fences its previous owner first.
+        await self.checkpoint.open(self.consumer)
         await self.rebalance.adopt()
-        if self.local is None and self.eos is None:
-            self.producer = self.broker.producer()
-            await self.producer.start()
         self.phase = "running"
 
     async def poll(self, timeout_ms: int) -> int:
@@ -221,10 +205,10 @@ class ServiceRunner:
 
     async def _process(self, fetched: dict[TopicPartition, list[Record]]) -> int:
         tasks = self.tasks
-        eos = self.eos
-        if eos is not None and fetched:
-            # Tasks new here: their producers first (see runtime.eos), then their restore.
-            fetched, new = await eos.admit(self.consumer, fetched)
+        checkpoint = self.checkpoint
+        if fetched:
+            # Tasks new to the checkpoint (exactly-once: their producers first), then their restore.
+            fetched, new = await checkpoint.admit(fetched)
             if new and tasks is not None:
                 await tasks.assign(self.broker, self.consumer, new)
         if tasks is not None and fetched and tasks.missing(fetched):
@@ -250,18 +234,10 @@ class ServiceRunner:
                 compiled.process(records)
                 offsets[tp] = records[-1].offset + 1
                 count += len(records)
-                if eos is not None:
-                    eos.processed(tp, offsets[tp], len(outputs))
+                checkpoint.processed(tp, offsets[tp], len(outputs))
         except (ProcessingError, InternalError):
             outputs.clear()
-            if eos is not None:
-                await eos.abort(tasks)
-            if tasks is not None:
-                # Updates of earlier, uncommitted batches are in the same buffers: commit
-                # none of their offsets either (they are processed again on restart).
-                tasks.abort()
-                self.pending = {}
-            await self.commit()
+            await checkpoint.abort()
             raise
         self.stats.processing.observe(time.perf_counter() - started)
         written = len(outputs) - (self.stats.dead_lettered - dead_before)
@@ -278,60 +254,25 @@ class ServiceRunner:
         batch = outputs[:]
         outputs.clear()
         faults.reached("before_produce")
-        if self.local is not None:
-            started = time.perf_counter()
-            if tasks is not None:
-                batch += tasks.changelog_records()
-            ends = await self.local.append_and_commit(batch, self.name, offsets)
-            faults.reached("after_produce")
-            if tasks is not None:
-                await tasks.commit(ends)
+        started = time.perf_counter()
+        if await checkpoint.write(batch, offsets):
             self.stats.commit.observe(time.perf_counter() - started)
-            return count
-        if eos is not None:
-            eos.send(batch)
-        else:
-            send = self.producer.send
-            for record in batch:
-                send(record)
-            self.pending.update(offsets)
-        self.unflushed = self.unflushed or bool(batch)
-        if self._commit_due():
+        elif self._commit_due():
             await self.commit()
         return count
 
     @property
     def uncommitted(self) -> bool:
         """True while processed input, or outputs or store updates of it, await ``commit``."""
-        if self.eos is not None:
-            return self.eos.dirty
-        return bool(self.pending) or self.unflushed or (self.tasks is not None and bool(self.tasks.touched))
+        return self.checkpoint.dirty
 
     def _commit_due(self) -> bool:
         return (time.monotonic() - self.last_commit) * 1000 >= self.topology.processing.commit_interval_ms
 
     async def commit(self) -> None:
-        """Flush what was sent, then commit the offsets of the batches behind it."""
+        """Makes what was processed durable and commits its input offsets (``Checkpointer.commit``)."""
         started = time.perf_counter()
-        tasks = self.tasks
-        if self.eos is not None:
-            await self.eos.commit(self.consumer, tasks)
-            self.unflushed = False
-            self.last_commit = time.monotonic()
-            self.stats.commit.observe(time.perf_counter() - started)
-            return
-        if self.producer is not None:
-            if tasks is not None and tasks.touched:
-                for record in tasks.changelog_records():
-                    self.producer.send(record)
-            await self.producer.flush()
-            self.unflushed = False
-            if tasks is not None and tasks.touched:
-                faults.reached("after_produce")
-                await tasks.commit(await self.consumer.end_offsets(tasks.touched_changelogs()))
-        if self.pending:
-            await self.consumer.commit(self.pending)
-            self.pending = {}
+        await self.checkpoint.commit()
         self.last_commit = time.monotonic()
         self.stats.commit.observe(time.perf_counter() - started)
 
@@ -358,10 +299,7 @@ class ServiceRunner:
             await self.commit_now()
         finally:
             try:
-                if self.producer is not None:
-                    await self.producer.close()
-                if self.eos is not None:
-                    await self.eos.close()
+                await self.checkpoint.close()
                 if self.consumer is not None:
                     await self.consumer.close()
             finally:
@@ -399,12 +337,10 @@ class Rebalance:
                 try:
                     await asyncio.wait_for(runner.commit(), REVOKE_TIMEOUT_S)
                 except Exception as exc:
-                    # The group moves on either way; what was not committed is processed again.
+                    # The group moves on either way; what was not committed is processed again
+                    # (a failed commit dropped the store updates and offsets it could not commit).
                     log.warning("%s: committing before the rebalance failed (%s); uncommitted "
                                 "input is processed again by the partitions' next owner", runner.name, exc)
-                    if runner.tasks is not None:
-                        runner.tasks.abort()
-                    runner.pending = {}
                 runner.order.drop(tps)
                 if runner.tasks is not None:
                     await runner.tasks.close()

@@ -371,6 +371,24 @@ class TaskManager:
             task.inputs.clear()
         self.touched.clear()
 
+    async def drop(self, key: tuple[int, int]) -> None:
+        """Closes task ``key`` (if open here), its buffered updates dropped, so it is restored if
+        it comes back: its transaction was lost (exactly-once: fenced or failed). Its stores
+        hold committed updates only, so it is marked clean. In a thread: the mark is fsynced."""
+        self.touched.pop(key, None)
+        task = self.tasks.pop(key, None)
+        if task is not None:
+            await asyncio.to_thread(self._close_task, key, task)
+
+    def _close_task(self, key: tuple[int, int], task: Task) -> None:
+        """Closes ``task`` with its buffered updates dropped (under exactly-once: marked clean)."""
+        task.state.abort()
+        task.inputs.clear()
+        self.on_disk[key] = sum(task.state.checkpoint().changelogs.values())
+        if self.exactly_once:
+            release_task_state(task.state)
+        task.state.close()
+
     async def close(self) -> None:
         """Closes every task; buffered updates are dropped, so under exactly-once each task
         is marked clean (its stores hold committed updates only). In a thread: the clean mark
@@ -379,11 +397,9 @@ class TaskManager:
 
     def _close(self) -> None:
         for key, task in self.tasks.items():
-            self.on_disk[key] = sum(task.state.checkpoint().changelogs.values())
-            if self.exactly_once:
-                release_task_state(task.state)
-            task.state.close()
+            self._close_task(key, task)
         self.tasks.clear()
+        self.touched.clear()
 
 
 class GlobalTables:
