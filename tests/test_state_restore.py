@@ -115,6 +115,20 @@ def test_restore_stops_at_the_end_offset_captured_at_start(tmp_path: Path) -> No
     run(body, tmp_path)
 
 
+def test_restore_stops_where_a_changelog_shrunk_below_the_captured_end_ends(tmp_path: Path) -> None:
+    """The end captured at start is past what the changelog now holds (it was truncated or
+    recreated meanwhile): the restore applies what there is and stops at the changelog's end,
+    without waiting for offsets that will not come."""
+    async def body(broker: LocalBroker) -> None:
+        end = await append(broker, 1, [("a", 1), ("b", 1), ("c", 1)])
+        with open_task(tmp_path) as st:
+            result = await restore(broker, st, end=end + 7)
+            assert result.records_read == 3 and contents(st) == {"a": 1, "b": 1, "c": 1}
+            assert st.checkpoint().changelogs == {TP: end}
+
+    run(body, tmp_path)
+
+
 def test_compacted_changelog_with_offset_gaps(tmp_path: Path) -> None:
     async def body(broker: LocalBroker) -> None:
         for round_ in range(5):

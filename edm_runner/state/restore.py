@@ -156,83 +156,131 @@ async def restore_task(state: TaskState, store: str, consumer: Consumer, tp: Top
     ``convert`` queued, e.g. dead letters, is made durable before the checkpoint passes it).
     """
     if from_offset > end_offset:
-        log.warning("the checkpoint of store %r at %s is at offset %d but %s[%d] ends at %d: "
-                    "the topic was recreated; wiping the store and restoring it from offset 0",
-                    store, state.path, from_offset, tp.topic, tp.partition, end_offset)
-        state.wipe_store(store, changelog_tps=() if source else (tp,), forget_inputs=True)
-        from_offset = 0
+        from_offset = _wipe_recreated(state, store, tp, from_offset, end_offset, source)
     result = RestoreResult(0)
     if from_offset >= end_offset:
         return result
     await _isolate(consumer, tp, from_offset)
+    copy = _Copy(state, store, consumer, tp, from_offset, end_offset, result, progress=progress, convert=convert,
+                 source=source, batch_size=batch_size, before_apply=before_apply)
     with _gc_pause:
-        await _copy(state, store, consumer, tp, end_offset, from_offset, progress, convert, source,
-                    batch_size, before_apply, result)
+        await copy.run()
     return result
 
 
-async def _copy(state: TaskState, store: str, consumer: Consumer, tp: TopicPartition, end_offset: int,
-                from_offset: int, progress: RestoreProgress | None, convert: Convert | None, source: bool,
-                batch_size: int, before_apply: Callable[[], Awaitable[None]] | None,
-                result: RestoreResult) -> None:
-    """``restore_task``'s loop: applies ``[from_offset, end_offset)`` of ``tp``."""
-    position = from_offset
-    stalled_since = time.monotonic()
-    skipped_null_keys = 0
-    # The LMDB write of a batch (a thread) overlaps the fetch of the next one; writes stay
-    # in log order because a batch is written only after the previous write finished.
-    writing: asyncio.Future[None] | None = None
-    try:
-        while position < end_offset:
-            records = (await consumer.getmany(timeout_ms=POLL_MS, max_records=batch_size)).get(tp)
-            if not records:
-                if await consumer.position(tp) >= end_offset:
-                    # Only transaction markers were left below the end: they take offsets but
-                    # never arrive as records (exactly-once changelogs and sources).
-                    if writing is not None:
-                        await writing
-                        writing = None
-                    await asyncio.to_thread(
-                        state.apply_changelog, store, [], changelog=None if source else {tp: end_offset},
-                        inputs_at_least={tp: end_offset} if source else None)
-                    break
-                # Nothing below the end (e.g. the topic was truncated meanwhile): stop there.
-                current_end = (await consumer.end_offsets([tp]))[tp]
-                if current_end <= position:
-                    break
-                if time.monotonic() - stalled_since > STALL_S:
-                    raise BrokerError(f"restoring store {store!r} from {tp.topic}[{tp.partition}] "
-                                      f"made no progress for {STALL_S:.0f} s at offset {position} "
-                                      f"(end {end_offset}); check the broker's health")
-                continue
-            stalled_since = time.monotonic()
-            new_position = min(records[-1].offset + 1, end_offset)
-            if records[-1].offset >= end_offset:
-                records = [r for r in records if r.offset < end_offset]
-            if convert is None:
-                check_changelog(state, store, tp, records)
-                entries = [(r.key, r.value) for r in records if r.key is not None]
-                skipped_null_keys += len(records) - len(entries)
-            else:
-                entries = [kv for r in records if (kv := convert(r)) is not None]
-            headers = None if source else input_position(records)
-            if headers:
-                result.input_position = headers
-            if before_apply is not None:
-                await before_apply()
-            if writing is not None:
-                await writing
-            writing = asyncio.ensure_future(asyncio.to_thread(
-                state.apply_changelog, store, entries,  # type: ignore[arg-type]
-                changelog=None if source else {tp: new_position},
-                inputs_at_least={tp: new_position} if source else headers))
-            result.records_read += len(entries)
-            if progress is not None:
-                progress.advance(new_position - position)
-            position = new_position
-    finally:
+def _wipe_recreated(state: TaskState, store: str, tp: TopicPartition, from_offset: int, end_offset: int,
+                    source: bool) -> int:
+    """The checkpoint is past the end of ``tp``: the topic was recreated. Wipes the store (and
+    its checkpoint) and returns the offset to restore from, 0."""
+    log.warning("the checkpoint of store %r at %s is at offset %d but %s[%d] ends at %d: "
+                "the topic was recreated; wiping the store and restoring it from offset 0",
+                store, state.path, from_offset, tp.topic, tp.partition, end_offset)
+    state.wipe_store(store, changelog_tps=() if source else (tp,), forget_inputs=True)
+    return 0
+
+
+class _Copy:
+    """``restore_task``'s copy of ``[position, end)`` of ``tp`` into ``store``, batch by batch.
+
+    Invariants: the loop has one exit, ``position`` reaching ``end``: a batch advances
+    ``position``; transaction markers alone below the end move it to the end; a topic shrunk
+    below ``position`` meanwhile brings ``end`` down to it. LMDB writes run in a thread and
+    overlap the next fetch, in log order: a batch is written only after the previous write
+    finished, and ``run`` returns only when the last one has.
+    """
+
+    def __init__(self, state: TaskState, store: str, consumer: Consumer, tp: TopicPartition, position: int,
+                 end: int, result: RestoreResult, *, progress: RestoreProgress | None, convert: Convert | None,
+                 source: bool, batch_size: int, before_apply: Callable[[], Awaitable[None]] | None) -> None:
+        self.state = state
+        self.store = store
+        self.consumer = consumer
+        self.tp = tp
+        self.position = position
+        self.end = end
+        self.result = result
+        self.progress = progress
+        self.convert = convert
+        self.source = source
+        self.batch_size = batch_size
+        self.before_apply = before_apply
+        self.skipped_null_keys = 0
+        self.last_progress = time.monotonic()
+        self.writing: asyncio.Future[None] | None = None
+
+    async def run(self) -> None:
+        try:
+            while self.position < self.end:
+                records = (await self.consumer.getmany(timeout_ms=POLL_MS, max_records=self.batch_size)).get(self.tp)
+                if records:
+                    await self._apply(records)
+                else:
+                    await self._nothing_fetched()
+        finally:
+            await self._written()
+        if self.skipped_null_keys:
+            log.warning("skipped %d records without a key while restoring store %r from %s[%d]",
+                        self.skipped_null_keys, self.store, self.tp.topic, self.tp.partition)
+
+    async def _apply(self, records: list[Record]) -> None:
+        """Writes the records of ``records`` below ``end`` and moves ``position`` past them."""
+        self.last_progress = time.monotonic()
+        position = min(records[-1].offset + 1, self.end)
+        if records[-1].offset >= self.end:
+            records = [r for r in records if r.offset < self.end]
+        entries = self._entries(records)
+        inputs = None if self.source else input_position(records)
+        if inputs:
+            self.result.input_position = inputs
+        if self.before_apply is not None:
+            await self.before_apply()
+        await self._write(entries, position, inputs)
+        self.result.records_read += len(entries)
+        if self.progress is not None:
+            self.progress.advance(position - self.position)
+        self.position = position
+
+    def _entries(self, records: list[Record]) -> list[tuple[bytes, bytes | None]]:
+        """The store's (key, value) bytes of ``records``: a changelog's as they are (checked to
+        be of this store's definition; records without a key skipped), a source's converted."""
+        if self.convert is not None:
+            return [kv for r in records if (kv := self.convert(r)) is not None]
+        check_changelog(self.state, self.store, self.tp, records)
+        entries = [(r.key, r.value) for r in records if r.key is not None]
+        self.skipped_null_keys += len(records) - len(entries)
+        return entries  # type: ignore[return-value]
+
+    async def _nothing_fetched(self) -> None:
+        """No record within a poll. Only transaction markers may be left below the end (they take
+        offsets but never arrive as records: exactly-once changelogs and sources): the checkpoint
+        moves to the end. The topic may have been truncated below ``position`` meanwhile: the
+        end comes down to it. Otherwise the broker is slow: an error once no record came for
+        ``STALL_S``."""
+        if await self.consumer.position(self.tp) >= self.end:
+            await self._write([], self.end, None)
+            self.position = self.end
+            return
+        current_end = (await self.consumer.end_offsets([self.tp]))[self.tp]
+        if current_end <= self.position:
+            self.end = self.position
+            return
+        if time.monotonic() - self.last_progress > STALL_S:
+            raise BrokerError(f"restoring store {self.store!r} from {self.tp.topic}[{self.tp.partition}] "
+                              f"made no progress for {STALL_S:.0f} s at offset {self.position} "
+                              f"(end {self.end}); check the broker's health")
+
+    async def _write(self, entries: list[tuple[bytes, bytes | None]], position: int,
+                     inputs: dict[TopicPartition, int] | None) -> None:
+        """Starts writing ``entries`` with the checkpoint at ``position`` (a changelog's offset, or
+        a source's input offset; ``inputs``: a changelog's ``edm.input`` position), once the
+        previous write has finished."""
+        await self._written()
+        self.writing = asyncio.ensure_future(asyncio.to_thread(
+            self.state.apply_changelog, self.store, entries,
+            changelog=None if self.source else {self.tp: position},
+            inputs_at_least={self.tp: position} if self.source else inputs))
+
+    async def _written(self) -> None:
+        writing, self.writing = self.writing, None
         if writing is not None:
             await writing
-    if skipped_null_keys:
-        log.warning("skipped %d records without a key while restoring store %r from %s[%d]",
-                    skipped_null_keys, store, tp.topic, tp.partition)
