@@ -50,6 +50,9 @@ def run(
                                "and '-', starting with a letter or digit")
             for service in services:
                 service.processing.instance_id = instance_id
+        attach = None
+        if any(service.http is not None for service in services):
+            from edm_runner.serve.server import attach  # aiohttp only for services that answer HTTP
         connection = open_broker(topology, file, broker, state_dir)
         invocation = invocation_of(topology, file, broker=broker, state_dir=state_dir)
 
@@ -70,7 +73,7 @@ def run(
                                           on_progress=display.stats if display else None,
                                           create_topics=not no_create_topics,
                                           state_dir=local_state_dir(file, state_dir),
-                                          invocation=invocation)
+                                          invocation=invocation, attach=attach)
 
         with ExitStack() as stack:
             display = stack.enter_context(_live_display()) if sys.stderr.isatty() else None

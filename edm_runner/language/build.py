@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from edm_runner.language.durations import parse_duration
+from edm_runner.language.http import parse_size, split_listen
 from edm_runner.language.limits import Limits
 from edm_runner.language.model import (NOWHERE, AssignmentSpec, BranchSpec, BrokerSpec, ErrorPolicy, FunctionSpec,
-                                   PipelineSpec, Pos, ProcessingSpec, StepSpec, StoreSpec, StreamSpec,
-                                   TableSpec, ToSpec, Topology)
+                                       HttpSpec, IngestKey, IngestSpec, PipelineSpec, Pos, ProcessingSpec, StepSpec,
+                                       StoreSpec, StreamSpec, TableSpec, ToSpec, TokenSource, Topology)
 from edm_runner.language.yaml_loader import SourceMap
 from edm_runner.serde.spec import SerdeSpec
 
@@ -84,6 +85,28 @@ class _Builder:
         return {name: TableSpec(name, cfg["from"], section == "global_tables", self.pos((section, name)))
                 for name, cfg in data.get(section, {}).items()}
 
+    def http(self, cfg: dict | None) -> HttpSpec | None:
+        if cfg is None:
+            return None
+        host, port = split_listen(cfg.get("listen", "0.0.0.0:8080"))
+        tls = cfg.get("tls")
+        limits = cfg.get("limits", {})
+        return HttpSpec(
+            host=host, port=port,
+            advertised_url=cfg["advertised_url"].rstrip("/") if "advertised_url" in cfg else None,
+            serve=list(cfg.get("serve", [])),
+            ingest=[IngestSpec(e["path"], e["stream"], IngestKey(**e["key"]) if "key" in e else None,
+                               self.pos(("http", "ingest", i), key=False))
+                    for i, e in enumerate(cfg.get("ingest", []))],
+            tls_cert=(self.base_dir / tls["cert_file"]).resolve() if tls else None,
+            tls_key=(self.base_dir / tls["key_file"]).resolve() if tls else None,
+            auth={scope: TokenSource((self.base_dir / source["tokens_file"]).resolve()
+                                     if "tokens_file" in source else None, source.get("tokens_env"))
+                  for scope, source in cfg.get("auth", {}).items()},
+            max_body_bytes=parse_size(limits.get("max_body", "1MiB")),
+            request_timeout_ms=parse_duration(limits.get("request_timeout", "10s")),
+            pos=self.pos(("http",)))
+
     def steps(self, steps: list | None, path: tuple) -> list[StepSpec]:
         out = []
         for i, step in enumerate(steps or []):
@@ -139,6 +162,7 @@ def build_topology(data: dict, smap: SourceMap, source_file: Path) -> Topology:
                 for name, cfg in data.get("stores", {}).items()},
         tables=b.tables(data, "tables"),
         global_tables=b.tables(data, "global_tables"),
+        http=b.http(data.get("http")),
     )
 
 

@@ -10,7 +10,9 @@ other file and position when two places disagree):
 - no cycle through several services (a cycle inside one service is that service's error);
 - tables read streams like pipelines do (they need a writer or must be external);
 - internal topics (changelogs, repartition topics) belong to their service: no other service
-  declares them.
+  declares them;
+- services with an ``http:`` section listen on addresses one process can bind together
+  (``edm run`` of a business topology runs them all in one process).
 Cross-service checks use what validation could extract from every service file (the
 streams, reads and writes that are themselves valid), so one mistake is reported once.
 """
@@ -24,6 +26,7 @@ from edm_runner.language import structure
 from edm_runner.language.build import build_broker
 from edm_runner.language.cycles import find_cycles
 from edm_runner.language.flows import Ref
+from edm_runner.language.http import listen_clash
 from edm_runner.language.model import BusinessTopology
 from edm_runner.language.report import Report
 from edm_runner.language.schema import validation_schema
@@ -79,6 +82,7 @@ def check_business(source: Source, report: Report, no_code: bool,
         elif service is not None and service.checked is not None:
             services.append((i, service))
     _check_names(services, report)
+    _check_listen([s for _, s in services])
     _check_topics(data, [s for _, s in services], report)
     _check_cycles([s for _, s in services], {id(s): i for i, s in services}, report)
     diagnostics = report.diagnostics + [d for r in reports for d in r.diagnostics]
@@ -102,6 +106,29 @@ def _check_names(services: list[tuple[int, Service]], report: Report) -> None:
                          "a service name is its consumer group and topic prefix: rename one")
         else:
             seen[name] = service
+
+
+def _check_listen(services: list[Service]) -> None:
+    bound: list[Service] = []
+    for service in services:
+        listen = service.checked.listen
+        if listen is None:
+            continue
+        for other in bound:
+            if listen_clash(listen, other.checked.listen):
+                http = service.data["http"]
+                path = ("http", "listen") if "listen" in http else ("http",)
+                pos = (other.report.smap.value(("http", "listen")) if "listen" in other.data["http"]
+                       else other.report.smap.key(("http",)))
+                host, port = listen
+                service.report.error(
+                    path, f"service '{service.checked.name}' listens on {host}:{port}, as service "
+                          f"'{other.checked.name}' does ({other.path}:{pos.line}:{pos.col}); `edm run` of "
+                          "a business topology runs every service in one process",
+                    "give each service its own port (`listen: \"0.0.0.0:8081\"`), or port 0 for any free port",
+                    key="listen" not in http)
+                break
+        bound.append(service)
 
 
 def _writes(service: Service) -> list[Ref]:

@@ -207,6 +207,55 @@ class TableSpec:
     pos: Pos = NOWHERE
 
 
+@dataclass(frozen=True)
+class IngestKey:
+    """Where an ingested event's key comes from: exactly one of a request ``header``, a
+    ``field`` of the value (a dotted path), an ``expression`` over ``value`` and ``headers``."""
+
+    header: str | None = None
+    field: str | None = None
+    expression: str | None = None
+
+
+@dataclass
+class IngestSpec:
+    """``POST path`` writes events to ``stream`` (its serdes and schema); ``key`` None: null keys."""
+
+    path: str
+    stream: str
+    key: IngestKey | None = None
+    pos: Pos = NOWHERE
+
+
+@dataclass(frozen=True)
+class TokenSource:
+    """Bearer tokens: one per line of ``file`` (absolute), or in environment variable ``env``
+    (separated by commas or whitespace); exactly one is set."""
+
+    file: Path | None = None
+    env: str | None = None
+
+
+@dataclass
+class HttpSpec:
+    """``http:``: the service answers HTTP (docs/design/http.md). ``port`` 0: any free port.
+    ``advertised_url`` None: derived from the address actually bound. ``serve``: the stores,
+    tables and global tables that answer queries. ``auth``: scope (queries, ingest, metrics)
+    -> its tokens; a scope absent is open. ``tls_cert``/``tls_key``: absolute PEM paths."""
+
+    host: str = "0.0.0.0"
+    port: int = 8080
+    advertised_url: str | None = None
+    serve: list[str] = field(default_factory=list)
+    ingest: list[IngestSpec] = field(default_factory=list)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    auth: dict[str, TokenSource] = field(default_factory=dict)
+    max_body_bytes: int = 1 << 20
+    request_timeout_ms: int = 10_000
+    pos: Pos = NOWHERE
+
+
 @dataclass
 class Topology:
     """One microservice. ``name`` is its consumer group and the prefix of internal topics."""
@@ -222,6 +271,7 @@ class Topology:
     stores: dict[str, StoreSpec] = field(default_factory=dict)
     tables: dict[str, TableSpec] = field(default_factory=dict)
     global_tables: dict[str, TableSpec] = field(default_factory=dict)
+    http: HttpSpec | None = None
     kind: Literal["microservice"] = "microservice"
 
     @property

@@ -14,6 +14,7 @@ from typing import Any
 
 from edm_runner.operators.registry import operators
 from edm_runner.language.durations import DURATION_SCHEMA
+from edm_runner.language.http import PATTERN_WORDS as HTTP_PATTERN_WORDS, http_schema
 from edm_runner.language.limits import LIMITS_SCHEMA
 
 SCHEMA_ID = "https://edm.dev/schemas/topology.schema.json"
@@ -33,6 +34,7 @@ PATTERN_WORDS = {
     PYTHON_REF_PATTERN: "'module:function', e.g. 'scoring:risk'",
     INSTANCE_PATTERN: "letters, digits, '.', '_' and '-', starting with a letter or digit (empty: none)",
     TASK_PATTERN: "a task id '<sub-topology>_<partition>' as `edm describe` prints it, e.g. '0_3'",
+    **HTTP_PATTERN_WORDS,
 }
 
 FORMATS = ["json", "string", "bytes"]
@@ -259,6 +261,7 @@ def _defs(step_items: dict) -> dict:
         "pipelines": {"type": "object", "description": "Pipelines by name.",
                       "propertyNames": {"pattern": NAME_PATTERN},
                       "additionalProperties": {"$ref": "#/$defs/pipeline"}},
+        "http": {"$ref": "#/$defs/http"},
     }, "One microservice.", ["kind", "name"])
     business = _obj({
         "kind": {"const": "business", "description": "`business`: this file lists services."},
@@ -275,7 +278,7 @@ def _defs(step_items: dict) -> dict:
     return {"stream_ref": stream_ref, "expression": expression, "duration": DURATION_SCHEMA,
             "serde": serde, "on_error": on_error, "sink": sink, "steps": steps, "stream": stream,
             "store": store, "table": table, "branch": branch, "pipeline": pipeline,
-            "broker": broker, "processing": processing, "function": function,
+            "broker": broker, "processing": processing, "function": function, "http": http_schema(),
             "microservice": microservice, "business": business}
 
 

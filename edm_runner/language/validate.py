@@ -24,6 +24,7 @@ from edm_runner.language.cycles import find_cycles
 from edm_runner.language.expressions import function_name_problem
 from edm_runner.language.flows import Flow, Ref
 from edm_runner.language.functions import FunctionRefError, resolve_function
+from edm_runner.language.http import LISTEN_PATTERN, check_http, split_listen
 from edm_runner.language.report import Report, did_you_mean
 from edm_runner.language.schema import IDENTIFIER_PATTERN, PYTHON_REF_PATTERN, validation_schema
 from edm_runner.language.stateful import StateChecks, Step, expression_params
@@ -40,6 +41,7 @@ class Checked:
     stream_dead_letters: dict[str, Ref]  # stream name -> its on_error dead letter
     table_reads: list[Ref] = field(default_factory=list)
     internal_topics: dict[str, str] = field(default_factory=dict)
+    listen: tuple[str, int] | None = None  # ``http.listen`` (host, port), when it is valid
 
 
 def _placeholder(*args: Any, **kwargs: Any) -> None:
@@ -60,9 +62,15 @@ def check_microservice(data: dict, report: Report, base_dir: Path, no_code: bool
     flows = _check_pipelines(ctx, state)
     state.finish()
     _check_cycles(flows, report)
+    ingest = check_http(ctx)
+    if ingest is not None:
+        flows.append(ingest)  # after the cycle check: ingestion reads nothing
     name = data.get("name")
+    http = data.get("http")
+    listen = http.get("listen", "0.0.0.0:8080") if isinstance(http, dict) else None
     return Checked(name if isinstance(name, str) else None, ctx.streams, flows, stream_dead_letters,
-                   ctx.table_reads, state.internal_topics)
+                   ctx.table_reads, state.internal_topics,
+                   split_listen(listen) if isinstance(listen, str) and re.fullmatch(LISTEN_PATTERN, listen) else None)
 
 
 def _check_streams(ctx: CheckContext) -> dict[str, Ref]:

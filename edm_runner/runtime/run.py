@@ -4,14 +4,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from edm_runner.brokers.base import Broker
 from edm_runner.errors import EdmError, ServicesFailed
 from edm_runner.invocation import Invocation
 from edm_runner.runtime.service import ServiceRunner
 from edm_runner.runtime.stats import RunStats, ServiceStats
+from edm_runner.runtime.view import ServiceView
 from edm_runner.language.model import Topology
 
 POLL_MS = 100
@@ -47,7 +49,8 @@ async def run_services(services: list[Topology], broker: Broker, *, until_idle: 
                        on_progress: Callable[[RunStats], None] | None = None,
                        create_topics: bool = True, state_dir: Path | None = None,
                        shutdown_grace_ms: int | None = None,
-                       invocation: Invocation | None = None) -> RunStats:
+                       invocation: Invocation | None = None,
+                       attach: Callable[[ServiceView], AbstractAsyncContextManager[Any]] | None = None) -> RunStats:
     """Runs ``services`` on ``broker``, each in its own consumer group (its name).
 
     Returns when ``stop`` is set (each service finishes its batch, flushes and commits),
@@ -58,6 +61,9 @@ async def run_services(services: list[Topology], broker: Broker, *, until_idle: 
     topics are never created: a missing one is a ``BrokerError`` listing them. Local state
     (stores, tables) lives under ``state_dir`` (default: ``.edm`` beside each topology file).
     ``invocation`` (how the user ran edm) is repeated by hints that name a command.
+    ``attach``: entered per service, with its read-only ``ServiceView``, before the service
+    joins its group, and exited after it closed (the request-response side: ``serve.server``,
+    which the runtime does not import).
 
     Shutdown on ``stop`` (SIGTERM): each service finishes its batch, flushes, commits, writes
     its checkpoints and closes its stores, all within ``shutdown_grace_ms`` of ``stop`` (default:
@@ -70,7 +76,7 @@ async def run_services(services: list[Topology], broker: Broker, *, until_idle: 
     stats = RunStats({t.name: ServiceStats() for t in services})
     runners = [ServiceRunner(t, broker, stats.services[t.name], state_dir, invocation) for t in services]
     run = _Run(runners, stats, until_idle=until_idle, stop=stop, on_progress=on_progress,
-               shutdown_grace_ms=shutdown_grace_ms)
+               shutdown_grace_ms=shutdown_grace_ms, attach=attach)
     await run.provision(create_topics)
     return await run.run()
 
@@ -92,8 +98,11 @@ class _Run:
 
     def __init__(self, runners: list[ServiceRunner], stats: RunStats, *, until_idle: bool,
                  stop: asyncio.Event | None, on_progress: Callable[[RunStats], None] | None,
-                 shutdown_grace_ms: int) -> None:
+                 shutdown_grace_ms: int,
+                 attach: Callable[[ServiceView], AbstractAsyncContextManager[Any]] | None = None) -> None:
         self.runners = runners
+        self.attach = attach
+        self.sides = AsyncExitStack()  # what ``attach`` entered, exited after the runners closed
         self.stats = stats
         self.until_idle = until_idle
         self.stop = stop
@@ -136,6 +145,8 @@ class _Run:
         for runner in self.runners:
             self.started.append(runner)
             try:
+                if self.attach is not None:
+                    await self.sides.enter_async_context(self.attach(ServiceView(runner)))
                 await runner.start()
             except Exception as exc:  # the runners after it never start; those started close
                 self.failures.append((runner.name, exc))
@@ -208,7 +219,8 @@ class _Run:
             work.cancel()
 
     async def _close_started(self) -> None:
-        """Closes every started runner, each by the deadline when there is one."""
+        """Closes every started runner, each by the deadline when there is one, then exits
+        what ``attach`` entered (the HTTP servers answer until their service closed)."""
         for runner in self.started:
             try:
                 if self.deadline is None:
@@ -222,3 +234,7 @@ class _Run:
                     "Raise the grace period if the broker is slow to acknowledge")))
             except Exception as exc:
                 self.failures.append((runner.name, exc))
+        try:
+            await self.sides.aclose()
+        except Exception as exc:
+            self.failures.append(("http server", exc))

@@ -93,6 +93,7 @@ class ServiceRunner:
         self.broker = self.checkpoint.broker  # under exactly-once on Kafka: reads committed only
         self.consumer: Consumer | None = None
         self.assignor: EdmAssignor | None = None  # Kafka only: tasks and standbys of this member
+        self.http_address: str | None = None  # the URL this instance serves HTTP at (runtime.view)
         self.last_commit = time.monotonic()
         # Held while a batch is processed, sent, committed, and while tasks are opened or
         # closed: whoever reads the open tasks' state from outside the loop's batches (the
@@ -171,6 +172,8 @@ class ServiceRunner:
         topics = self.compiled.dag.source_topics()
         self.consumer, self.assignor = group_consumer(self.broker, self.topology, self.compiled.dag, topics,
                                                       self.rebalance, self.tasks, self.standbys, self.invocation)
+        if self.assignor is not None:
+            self.assignor.http_address = self.http_address  # rides in the member metadata of every join
         if self.assignor is not None and self.tasks is not None:
             # The assignor reports the local state at every join, on the loop: read it now.
             self.tasks.on_disk = await asyncio.to_thread(checkpointed_offsets, self.tasks.state_dir, self.name)

@@ -170,6 +170,8 @@ class TaskManager:
         self.subs = {sub.id: sub for sub in compiled.dag.subtopologies if sub.id in self.uses}
         self.sub_of_topic = {t: sub.id for sub in self.subs.values() for t in sub.source_topics}
         self.tasks: dict[tuple[int, int], Task] = {}
+        # Opened and being restored by ``assign`` (not in ``tasks`` yet): stale reads may see them.
+        self.restoring: dict[tuple[int, int], Task] = {}
         self.exactly_once = self.topology.processing.guarantee == "exactly_once"
         self.touched: dict[tuple[int, int], Task] = {}
         # Per task not open here: the sum of its checkpointed changelog offsets on disk, as the
@@ -203,6 +205,7 @@ class TaskManager:
                                       return_exceptions=True)
         new = [task for task in opened if isinstance(task, Task)]
         failed = [e for e in opened if isinstance(e, BaseException)]
+        self.restoring.update({(task.sub, task.partition): task for task in new})
         try:
             if failed:
                 raise failed[0]
@@ -235,9 +238,11 @@ class TaskManager:
                 await self._seek_inputs(consumer, task)
         except BaseException:
             for task in new:
+                del self.restoring[(task.sub, task.partition)]
                 task.state.close()
             raise
         for task in new:
+            del self.restoring[(task.sub, task.partition)]
             self.tasks[(task.sub, task.partition)] = task
         self.stats.restore_seconds += time.perf_counter() - started
 
@@ -392,14 +397,15 @@ class TaskManager:
     async def close(self) -> None:
         """Closes every task; buffered updates are dropped, so under exactly-once each task
         is marked clean (its stores hold committed updates only). In a thread: the clean mark
-        is fsynced."""
-        await asyncio.to_thread(self._close)
-
-    def _close(self) -> None:
-        for key, task in self.tasks.items():
-            self._close_task(key, task)
-        self.tasks.clear()
+        is fsynced. The tasks leave ``tasks`` first, on the loop, so no query reaches a closing
+        environment (``runtime.view``)."""
+        tasks, self.tasks = self.tasks, {}
         self.touched.clear()
+        await asyncio.to_thread(self._close, tasks)
+
+    def _close(self, tasks: dict[tuple[int, int], Task]) -> None:
+        for key, task in tasks.items():
+            self._close_task(key, task)
 
 
 class GlobalTables:
@@ -508,8 +514,9 @@ class GlobalTables:
             if self.producer is not None:
                 await self.producer.close()
         finally:
-            if self.state is not None:
-                await asyncio.to_thread(self.state.close)
+            state, self.state = self.state, None  # detached on the loop: no query reaches it closing
+            if state is not None:
+                await asyncio.to_thread(state.close)
 
 
 class StandbyTasks:
@@ -575,14 +582,16 @@ class StandbyTasks:
                 await self.reader.close()
         finally:
             self.reader = None
-            await asyncio.to_thread(self._close_tasks)
+            # Detached on the loop first, so no query reaches a closing environment.
+            tasks, self.tasks = self.tasks, {}
+            self.stores.clear()
+            for key, task in tasks.items():
+                self.manager.on_disk[key] = sum(task.state.checkpoint().changelogs.values())
+            await asyncio.to_thread(self._close_tasks, list(tasks.values()))
 
-    def _close_tasks(self) -> None:
-        for key, task in self.tasks.items():
-            self.manager.on_disk[key] = sum(task.state.checkpoint().changelogs.values())
+    def _close_tasks(self, tasks: list[Task]) -> None:
+        for task in tasks:
             if self.manager.exactly_once:
                 # A standby only ever applied committed changelog records: it is clean.
                 release_task_state(task.state)
             task.state.close()
-        self.tasks.clear()
-        self.stores.clear()

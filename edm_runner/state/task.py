@@ -43,6 +43,7 @@ from edm_runner.brokers.base import TopicPartition
 from edm_runner import faults
 from edm_runner.errors import EdmError
 from edm_runner.invocation import Invocation
+from edm_runner.state.query import StoreQuery
 from edm_runner.state.stores import STORE_CLASSES, AnyStore
 from edm_runner.state.transaction import StoreTransaction
 
@@ -322,6 +323,10 @@ class TaskState:
         except KeyError:
             raise RuntimeError(f"store {name!r} is not registered in the task at {self.path}; "
                                f"registered: {', '.join(sorted(self._stores)) or 'none'}") from None
+
+    def query(self, name: str) -> StoreQuery:
+        """Read-only queries of registered store ``name``'s committed data (``state.query``)."""
+        return StoreQuery(self.env, self.store(name).db, self._definitions[name]["type"])
 
     def read_txn(self) -> lmdb.Transaction:
         """The read transaction store reads use; renewed after every write."""
