@@ -19,10 +19,11 @@ from anywhere:
 
 A single node keeps its files in the workdir itself; node ``i`` of a cluster in ``node-<i>/``.
 
-``sasl_ssl=SaslSslListener(keystore, password)`` adds a SASL_SSL listener to every node (TLS with
-the given broker certificate, SCRAM-SHA-256/512 authentication), as production clusters run;
-``add_scram_user`` creates a user's credentials through the broker's own admin tool. PLAINTEXT
-stays the inter-broker listener and the one ``status``/``start`` probe.
+``tls=TlsListeners(keystore, password, client_ca)`` adds the listeners production clusters run
+to every node: SASL_SSL (TLS with the given broker certificate, then SCRAM-SHA-256/512 logins of
+users ``add_scram_user`` creates through the broker's own admin tool) and, with ``client_ca``, SSL
+with client certificates (mutual TLS). They are recorded, so a node started again keeps them.
+PLAINTEXT stays the inter-broker listener and the one ``status``/``start`` probe.
 
 Invariants:
 - At most one cluster per workdir, of a fixed size: ``start`` returns the recorded cluster when
@@ -37,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -93,14 +95,16 @@ SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 @dataclass(frozen=True)
-class SaslSslListener:
-    """A SASL_SSL listener on every node, beside PLAINTEXT: TLS with the broker's private key and
+class TlsListeners:
+    """Secure listeners on every node, beside PLAINTEXT. Both serve the broker's private key and
     certificate chain from ``keystore`` (PKCS12, protected by ``password``; the certificate must
-    name 127.0.0.1, the advertised host), and SCRAM-SHA-256/512 logins of the users that
-    ``add_scram_user`` creates."""
+    name 127.0.0.1, the advertised host):
+    - SASL_SSL: SCRAM-SHA-256/512 logins of the users that ``add_scram_user`` creates;
+    - SSL, only with ``client_ca`` (a PEM file): a client must present a certificate it signed."""
 
     keystore: Path
     password: str
+    client_ca: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -113,14 +117,11 @@ class KafkaNode:
     controller_port: int
     directory: Path
     sasl_ssl_port: int | None = None
+    ssl_port: int | None = None
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
-
-    @property
-    def sasl_ssl_address(self) -> str | None:
-        return None if self.sasl_ssl_port is None else f"127.0.0.1:{self.sasl_ssl_port}"
 
     @property
     def log_file(self) -> Path:
@@ -135,6 +136,7 @@ class KafkaInfo:
     nodes: tuple[KafkaNode, ...]
     workdir: Path
     version: str = KAFKA_VERSION
+    tls: TlsListeners | None = None
 
     @property
     def pid(self) -> int:
@@ -152,8 +154,12 @@ class KafkaInfo:
     @property
     def sasl_ssl_bootstrap(self) -> str | None:
         """``host:port[,...]`` of the SASL_SSL listeners; None when the nodes have none."""
-        addresses = [node.sasl_ssl_address for node in self.nodes]
-        return None if None in addresses else ",".join(a for a in addresses if a)
+        return _addresses([node.sasl_ssl_port for node in self.nodes])
+
+    @property
+    def ssl_bootstrap(self) -> str | None:
+        """``host:port[,...]`` of the SSL (client certificate) listeners; None when the nodes have none."""
+        return _addresses([node.ssl_port for node in self.nodes])
 
     def node(self, node_id: int) -> KafkaNode:
         return next(n for n in self.nodes if n.node_id == node_id)
@@ -220,10 +226,11 @@ def status(workdir: Path | None = None) -> KafkaInfo | None:
 
 
 def start(workdir: Path | None = None, *, nodes: int | None = None,
-          sasl_ssl: SaslSslListener | None = None, timeout_s: float = 120.0) -> KafkaInfo:
+          tls: TlsListeners | None = None, timeout_s: float = 120.0) -> KafkaInfo:
     """Start a dev cluster of ``nodes`` nodes in ``workdir`` (default: the size recorded there,
     else 1), or return the one already running there; nodes that are not running are started,
-    with a SASL_SSL listener when ``sasl_ssl`` is given (a running node keeps its listeners).
+    with the secure listeners of ``tls``, else of the ones recorded there (a running node keeps
+    its listeners).
 
     Blocks until every node answers a metadata request listing all the nodes; raises
     ``DevKafkaError`` with the tail of a node's log when it dies or the cluster is not ready
@@ -239,29 +246,33 @@ def start(workdir: Path | None = None, *, nodes: int | None = None,
         _wait_ready(recorded, {}, timeout_s)
         return recorded
     libs = fetch_jars()
+    tls = tls or (recorded.tls if recorded is not None else None)
     ports = _ports(recorded, count, bool(alive))
-    secure_ports = _sasl_ssl_ports(recorded, count, ports) if sasl_ssl else [None] * count
+    taken = {p for pair in ports for p in pair}
+    sasl_ssl_ports = _listener_ports(recorded, count, taken, "sasl_ssl_port", tls is not None)
+    ssl_ports = _listener_ports(recorded, count, taken, "ssl_port", tls is not None and tls.client_ca is not None)
     voters = ",".join(f"{i}@127.0.0.1:{controller}" for i, (_, controller) in enumerate(ports, 1))
     running = {n.node_id: n for n in alive}
     cluster_id = _recorded_cluster_id(workdir, count)
     procs: dict[int, subprocess.Popen] = {}
     members: list[KafkaNode] = []
     try:
-        for node_id, ((port, controller_port), secure_port) in enumerate(zip(ports, secure_ports), 1):
+        for index, (port, controller_port) in enumerate(ports):
+            node_id = index + 1
             if node_id in running:
                 members.append(running[node_id])
                 continue
             directory = _node_dir(workdir, count, node_id)
             directory.mkdir(parents=True, exist_ok=True)
-            secure = (secure_port, sasl_ssl) if secure_port is not None and sasl_ssl else None
-            _write_configs(directory, node_id, port, controller_port, voters, count, secure)
+            node = KafkaNode(node_id, 0, port, controller_port, directory, sasl_ssl_ports[index], ssl_ports[index])
+            _write_configs(node, voters, count, tls)
             if not (directory / "data" / "meta.properties").exists():
                 _format_storage(directory, libs, cluster_id)
             proc = _launch(directory, libs, HEAP if count == 1 else CLUSTER_HEAP)
             procs[node_id] = proc
-            members.append(KafkaNode(node_id, proc.pid, port, controller_port, directory, secure_port))
+            members.append(dataclasses.replace(node, pid=proc.pid))
         info = KafkaInfo(bootstrap=",".join(n.address for n in members), nodes=tuple(members),
-                         workdir=workdir)
+                         workdir=workdir, tls=tls)
         _write_state(info)
         _wait_ready(info, procs, timeout_s)
     except BaseException:
@@ -350,7 +361,11 @@ def _read_state(workdir: Path) -> KafkaInfo | None:
             raw["nodes"] = [{"node_id": 1, "pid": raw.pop("pid"), "port": raw.pop("port"),
                              "controller_port": raw.pop("controller_port"), "directory": raw["workdir"]}]
         nodes = tuple(KafkaNode(**{**n, "directory": Path(n["directory"])}) for n in raw.pop("nodes"))
-        return KafkaInfo(**{**raw, "workdir": Path(raw["workdir"]), "nodes": nodes})
+        tls = raw.pop("tls", None)
+        if tls is not None:
+            tls = TlsListeners(Path(tls["keystore"]), tls["password"],
+                               Path(tls["client_ca"]) if tls.get("client_ca") else None)
+        return KafkaInfo(**{**raw, "workdir": Path(raw["workdir"]), "nodes": nodes, "tls": tls})
     except (FileNotFoundError, ValueError, TypeError, KeyError):
         return None
 
@@ -360,6 +375,9 @@ def _write_state(info: KafkaInfo) -> None:
     raw["workdir"] = str(info.workdir)
     for node in raw["nodes"]:
         node["directory"] = str(node["directory"])
+    if info.tls is not None:
+        raw["tls"] = {"keystore": str(info.tls.keystore), "password": info.tls.password,
+                      "client_ca": str(info.tls.client_ca) if info.tls.client_ca else None}
     tmp = info.workdir / "state.json.tmp"
     tmp.write_text(json.dumps(raw, indent=2) + "\n")
     tmp.replace(info.workdir / "state.json")
@@ -410,32 +428,39 @@ def _ports(recorded: KafkaInfo | None, count: int, any_alive: bool) -> list[tupl
     return [(_free_port(taken), _free_port(taken)) for _ in range(count)]
 
 
-def _sasl_ssl_ports(recorded: KafkaInfo | None, count: int, ports: list[tuple[int, int]]) -> list[int | None]:
-    """The SASL_SSL port of each node: the previous ones when every node had one and they are
-    free, else new ones (none of ``ports``)."""
+def _listener_ports(recorded: KafkaInfo | None, count: int, taken: set[int], field: str,
+                    wanted: bool) -> list[int | None]:
+    """Each node's port of one secure listener (``field`` of ``KafkaNode``), None when not
+    ``wanted``: the recorded ones when every node had one (a running node keeps its port;
+    a stopped one's is reused when free), else new ones, none of ``taken``."""
+    if not wanted:
+        return [None] * count
     if recorded is not None:
-        previous = [n.sasl_ssl_port for n in recorded.nodes]
-        if all(p is not None and _port_free(p) for p in previous):
+        previous = [getattr(n, field) for n in recorded.nodes]
+        if all(p is not None and (_is_ours(n) or _port_free(p)) for p, n in zip(previous, recorded.nodes)):
+            taken.update(previous)
             return previous
-    taken = {p for pair in ports for p in pair}
     return [_free_port(taken) for _ in range(count)]
 
 
-def _write_configs(directory: Path, node_id: int, port: int, controller_port: int, voters: str,
-                   count: int, sasl_ssl: tuple[int, SaslSslListener] | None = None) -> None:
+def _addresses(ports: list[int | None]) -> str | None:
+    return None if not ports or None in ports else ",".join(f"127.0.0.1:{p}" for p in ports)
+
+
+def _write_configs(node: KafkaNode, voters: str, count: int, tls: TlsListeners | None) -> None:
+    directory = node.directory
     replicas, min_isr = str(min(3, count)), str(min(2, count))
-    listeners = [f"PLAINTEXT://127.0.0.1:{port}"]
-    if sasl_ssl is not None:
-        listeners.append(f"SASL_SSL://127.0.0.1:{sasl_ssl[0]}")
+    listeners = [f"{name}://127.0.0.1:{port}" for name, port in (
+        ("PLAINTEXT", node.port), ("SASL_SSL", node.sasl_ssl_port), ("SSL", node.ssl_port)) if port is not None]
     settings = {
         "process.roles": "broker,controller",
-        "node.id": str(node_id),
+        "node.id": str(node.node_id),
         "controller.quorum.voters": voters,
-        "listeners": ",".join([*listeners, f"CONTROLLER://127.0.0.1:{controller_port}"]),
+        "listeners": ",".join([*listeners, f"CONTROLLER://127.0.0.1:{node.controller_port}"]),
         "advertised.listeners": ",".join(listeners),
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL",
         "log.dirs": str(directory / "data"),
         "num.partitions": "1",
         # Topics are created by edm (ensure_topics) with declared partition counts; an
@@ -458,8 +483,8 @@ def _write_configs(directory: Path, node_id: int, port: int, controller_port: in
         "num.network.threads": "2",
         "num.io.threads": "4" if count == 1 else "2",
     }
-    if sasl_ssl is not None:
-        settings.update(_sasl_ssl_settings(sasl_ssl[1]))
+    if tls is not None:
+        settings.update(_tls_settings(tls))
     (directory / "server.properties").write_text(
         "".join(f"{key}={value}\n" for key, value in settings.items()))
     (directory / "log4j2.properties").write_text(f"""\
@@ -478,16 +503,21 @@ logger.request.level = WARN
 """)
 
 
-def _sasl_ssl_settings(listener: SaslSslListener) -> dict[str, str]:
+def _tls_settings(tls: TlsListeners) -> dict[str, str]:
     scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
-    return {
+    settings = {
         "sasl.enabled.mechanisms": ",".join(SCRAM_MECHANISMS),
         **{f"listener.name.sasl_ssl.{m.lower()}.sasl.jaas.config": scram for m in SCRAM_MECHANISMS},
-        "listener.name.sasl_ssl.ssl.keystore.type": "PKCS12",
-        "listener.name.sasl_ssl.ssl.keystore.location": str(listener.keystore.resolve()),
-        "listener.name.sasl_ssl.ssl.keystore.password": listener.password,
-        "listener.name.sasl_ssl.ssl.key.password": listener.password,
     }
+    for listener in ("sasl_ssl", "ssl") if tls.client_ca is not None else ("sasl_ssl",):
+        prefix = f"listener.name.{listener}.ssl."
+        settings.update({prefix + "keystore.type": "PKCS12", prefix + "keystore.location": str(tls.keystore.resolve()),
+                         prefix + "keystore.password": tls.password, prefix + "key.password": tls.password})
+    if tls.client_ca is not None:
+        settings.update({"listener.name.ssl.ssl.client.auth": "required",
+                         "listener.name.ssl.ssl.truststore.type": "PEM",
+                         "listener.name.ssl.ssl.truststore.location": str(tls.client_ca.resolve())})
+    return settings
 
 
 def _recorded_cluster_id(workdir: Path, count: int) -> str:

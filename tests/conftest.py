@@ -10,7 +10,7 @@ import pytest
 from edm_runner import devkafka
 from edm_runner.brokers.local import LocalBroker
 from helpers.brokers import RunLocal, run_on
-from helpers.tls import SecureKafka, make_broker_tls
+from helpers.tls import BrokerTls, SecureKafka, make_broker_tls
 
 
 # --- Kafka --------------------------------------------------------------------------------------
@@ -36,15 +36,16 @@ def kafka_tools() -> None:
 def kafka_dev(request: pytest.FixtureRequest,
               tmp_path_factory: pytest.TempPathFactory) -> Iterator[devkafka.KafkaInfo | None]:
     """The session's dev broker, or None when EDM_KAFKA_BOOTSTRAP names an external one. It
-    also has a SASL_SSL listener (see `kafka_secure`), whose certificate is made here: this
-    costs a fraction of a second, where a second broker for the security tests would cost ~10 s."""
+    also has SASL_SSL and SSL (client certificate) listeners (see `kafka_secure`) with the
+    certificates of `kafka_tls`: they cost a fraction of a second, where a second broker only
+    for the security tests would cost ~10 s."""
     if os.environ.get("EDM_KAFKA_BOOTSTRAP"):
         yield None
         return
     request.getfixturevalue("kafka_tools")
     workdir = tmp_path_factory.mktemp("kafka")
-    tls = make_broker_tls(workdir / "tls")
-    info = devkafka.start(workdir, sasl_ssl=devkafka.SaslSslListener(tls.keystore, tls.password))
+    tls: BrokerTls = request.getfixturevalue("kafka_tls")
+    info = devkafka.start(workdir, tls=devkafka.TlsListeners(tls.keystore, tls.password, tls.ca_file))
     try:
         yield info
     finally:
@@ -57,14 +58,20 @@ def kafka_bootstrap(kafka_dev: devkafka.KafkaInfo | None) -> str:
     return kafka_dev.bootstrap if kafka_dev is not None else os.environ["EDM_KAFKA_BOOTSTRAP"]
 
 
+@pytest.fixture(scope="session")
+def kafka_tls(tmp_path_factory: pytest.TempPathFactory) -> BrokerTls:
+    """The certificates of the session broker's secure listeners and of a client."""
+    return make_broker_tls(tmp_path_factory.mktemp("kafka-tls"))
+
 
 @pytest.fixture(scope="session")
-def kafka_secure(kafka_dev: devkafka.KafkaInfo | None) -> SecureKafka:
-    """The session broker's SASL_SSL listener (TLS signed by a CA made for the session, SCRAM-SHA-512)
-    and a user created with the broker's admin tool. Skips with an external broker."""
-    if kafka_dev is None or kafka_dev.sasl_ssl_bootstrap is None:
-        pytest.skip("EDM_KAFKA_BOOTSTRAP names an external broker; the SASL_SSL tests need the dev broker")
-    secure = SecureKafka(kafka_dev.sasl_ssl_bootstrap, kafka_dev.workdir / "tls" / "ca.pem",
+def kafka_secure(kafka_dev: devkafka.KafkaInfo | None, kafka_tls: BrokerTls) -> SecureKafka:
+    """The session broker's secure listeners (certificates signed by a CA made for the session):
+    SASL_SSL with SCRAM-SHA-512 and a user created with the broker's admin tool, and SSL with a
+    client certificate. Skips with an external broker."""
+    if kafka_dev is None or kafka_dev.sasl_ssl_bootstrap is None or kafka_dev.ssl_bootstrap is None:
+        pytest.skip("EDM_KAFKA_BOOTSTRAP names an external broker; the security tests need the dev broker")
+    secure = SecureKafka(kafka_dev.sasl_ssl_bootstrap, kafka_dev.ssl_bootstrap, kafka_tls,
                          "edm-test", "scram-secret-" + os.urandom(4).hex())
     devkafka.add_scram_user(kafka_dev, secure.username, secure.password, secure.mechanism)
     secure.wait_until_accepted()

@@ -148,6 +148,35 @@ def test_an_untrusted_certificate_is_one_clear_line(kafka_secure: SecureKafka, t
     assert "you gave security: {protocol: SASL_SSL," in line
 
 
+@pytest.mark.kafka
+def test_a_client_certificate_runs_through_ssl(kafka_secure: SecureKafka, tmp_path: Path) -> None:
+    """Mutual TLS: protocol SSL with ssl_certfile and an encrypted ssl_keyfile (its password from
+    the environment); without a client certificate the broker's refusal is one clear line."""
+    topology = _user_counts(tmp_path)
+    doc = yaml.safe_load(topology.read_text())
+    doc["broker"]["security"] = {"protocol": "SSL", "ssl_cafile": "{{ env.KAFKA_CA_FILE }}",
+                                 "ssl_certfile": str(kafka_secure.tls.client_cert),
+                                 "ssl_keyfile": str(kafka_secure.tls.client_key),
+                                 "ssl_key_password": "{{ env.KAFKA_KEY_PASSWORD }}"}
+    topology.write_text(yaml.safe_dump(doc, sort_keys=False))
+    env = _env(kafka_secure, KAFKA_BOOTSTRAP=kafka_secure.ssl_bootstrap,
+               KAFKA_KEY_PASSWORD=kafka_secure.tls.client_key_password)
+    ok("produce", "user-events", "-t", topology, stdin='{"key": "u-1", "value": {}}\n', env=env)
+    ok("run", topology, "--until-idle", env=env)
+    assert _last_value_per_key(ok("consume", "user-counts", "-t", topology, "--from-beginning", env=env)) == {"u-1": 1}
+
+    wrong_key = _one_line(edm("topics", "-t", topology, env={**env, "KAFKA_KEY_PASSWORD": "wrong"}))
+    assert "cannot load the kafka TLS files" in wrong_key and "ssl_key_password opens the key" in wrong_key
+    for option in ("ssl_certfile", "ssl_keyfile", "ssl_key_password"):
+        del doc["broker"]["security"][option]
+    topology.write_text(yaml.safe_dump(doc, sort_keys=False))
+    line = _one_line(edm("topics", "-t", topology, env=env))
+    assert line.startswith(f"edm: Kafka at {kafka_secure.ssl_bootstrap} refused a connection without a client "
+                           "certificate (no ssl_certfile is set)"), line
+    assert "set broker.security.ssl_certfile and ssl_keyfile" in line
+    assert "you gave security: {protocol: SSL, ssl_cafile: " in line
+
+
 def test_security_files_are_relative_to_the_topology_and_sasl_needs_a_login(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "certs").mkdir()
@@ -181,3 +210,15 @@ def test_a_missing_tls_file_names_its_option(tmp_path: Path) -> None:
     ok("validate", topology, env=env)
     line = _one_line(edm("topics", "-t", topology, env=env))
     assert f"broker.security.ssl_cafile '{tmp_path / 'missing' / 'ca.pem'}' is not a readable file" in line
+
+
+def test_the_dev_broker_records_its_secure_listeners(tmp_path: Path) -> None:
+    """A node started again (``devkafka.start(workdir)`` without ``tls``) gets the same listeners:
+    they are part of the recorded state, with their ports."""
+    from edm_runner import devkafka
+    tls = devkafka.TlsListeners(tmp_path / "broker.p12", "pw", tmp_path / "ca.pem")
+    node = devkafka.KafkaNode(1, 123, 9092, 9093, tmp_path, sasl_ssl_port=9094, ssl_port=9095)
+    info = devkafka.KafkaInfo("127.0.0.1:9092", (node,), tmp_path, tls=tls)
+    devkafka._write_state(info)
+    assert devkafka._read_state(tmp_path) == info
+    assert (info.sasl_ssl_bootstrap, info.ssl_bootstrap) == ("127.0.0.1:9094", "127.0.0.1:9095")

@@ -789,13 +789,24 @@ def _given(security: dict[str, Any]) -> str:
     return f"you gave security: {{{', '.join(shown)}}}" if shown else "you gave no security options"
 
 
+def _tls_error(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error behind ``exc`` (aiokafka wraps one raised after the handshake)."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain is short; the bound only guards against a cycle
+        if seen is None or isinstance(seen, ssl.SSLError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _refusal(server: str, exc: BaseException, security: dict[str, Any]) -> str | None:
     """What to do when ``server`` refused a connection for good (retrying cannot help), as one
     line; None for other errors (unreachable, a broker starting or stopping)."""
     given = _given(security)
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        reason = exc.verify_message or str(exc)
-        if exc.verify_code == 62:  # X509_V_ERR_HOSTNAME_MISMATCH
+    tls = _tls_error(exc)
+    if isinstance(tls, ssl.SSLCertVerificationError):
+        reason = tls.verify_message or str(tls)
+        if tls.verify_code == 62:  # X509_V_ERR_HOSTNAME_MISMATCH
             return (f"the TLS certificate of Kafka at {server} does not name that host ({reason}); "
                     "use in bootstrap_servers a host name the broker's certificate names "
                     f"({given})")
@@ -804,6 +815,14 @@ def _refusal(server: str, exc: BaseException, security: dict[str, Any]) -> str |
         return (f"the TLS certificate of Kafka at {server} is not trusted ({reason}): {ca}; set "
                 f"broker.security.ssl_cafile to the CA certificate (PEM) that signed the broker's "
                 f"certificate ({given})")
+    if tls is not None and "ALERT" in (tls.reason or "") and any(
+            word in tls.reason for word in ("CERTIFICATE", "UNKNOWN_CA", "ACCESS_DENIED")):
+        # An alert from the broker about a certificate is about this client's own.
+        what = (f"the client certificate in ssl_certfile {security['ssl_certfile']!r}" if security.get("ssl_certfile")
+                else "a connection without a client certificate (no ssl_certfile is set)")
+        return (f"Kafka at {server} refused {what} ({tls.reason.lower().replace('_', ' ')}); set "
+                "broker.security.ssl_certfile and ssl_keyfile to a certificate signed by a CA the broker "
+                f"trusts for clients, or connect to a listener that takes logins instead ({given})")
     if isinstance(exc, SaslAuthenticationFailed):
         mechanism = security.get("sasl_mechanism", "PLAIN")
         return (f"Kafka at {server} refused the login of user {security.get('username')!r} with "

@@ -1,6 +1,7 @@
-"""TLS material the tests make: a CA, and a broker certificate it signs for 127.0.0.1 and
-localhost, in the files a Kafka broker (PKCS12 keystore) and a client (PEM CA file) read; and
-``SecureKafka``, how a client reaches the session broker's SASL_SSL listener."""
+"""TLS material the tests make: a CA, a broker certificate it signs for 127.0.0.1 and localhost
+and a client certificate, in the files a Kafka broker (PKCS12 keystore, PEM CA) and a client
+(PEM CA, certificate and encrypted key) read; and ``SecureKafka``, how a client reaches the
+session broker's secure listeners."""
 from __future__ import annotations
 
 import asyncio
@@ -23,13 +24,19 @@ from edm_runner.errors import BrokerError
 
 @dataclass(frozen=True)
 class SecureKafka:
-    """A SASL_SSL listener and a SCRAM user on it; ``ca_file`` signed the broker's certificate."""
+    """The SASL_SSL listener and a SCRAM user on it; the SSL listener (``ssl_bootstrap``) that
+    takes the client certificate ``tls.client_cert``. ``tls.ca_file`` signed every certificate."""
 
     bootstrap: str
-    ca_file: Path
+    ssl_bootstrap: str
+    tls: BrokerTls
     username: str
     password: str
     mechanism: str = "SCRAM-SHA-512"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.tls.ca_file
 
     def security(self, **changes: Any) -> dict[str, Any]:
         """The ``broker.security`` options that connect (``changes`` replace some; None drops one)."""
@@ -62,12 +69,17 @@ class SecureKafka:
 
 @dataclass(frozen=True)
 class BrokerTls:
-    """``ca_file``: the CA certificate (PEM) clients trust; ``keystore``: the broker's key and
-    certificate chain (PKCS12, protected by ``password``)."""
+    """``ca_file``: the CA certificate (PEM) clients trust and the broker trusts client
+    certificates of; ``keystore``: the broker's key and certificate chain (PKCS12, protected by
+    ``password``); ``client_cert`` and ``client_key`` (PEM, encrypted with ``client_key_password``):
+    a client's certificate."""
 
     ca_file: Path
     keystore: Path
     password: str
+    client_cert: Path
+    client_key: Path
+    client_key_password: str = "edm-test-client-key"
 
 
 def make_ca(directory: Path, name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate, Path]:
@@ -87,9 +99,20 @@ def make_ca(directory: Path, name: str) -> tuple[ec.EllipticCurvePrivateKey, x50
 
 
 def make_broker_tls(directory: Path, password: str = "edm-test-keystore") -> BrokerTls:
-    """A CA and a broker certificate it signs (SAN 127.0.0.1 and localhost), in ``directory``."""
+    """A CA, a broker certificate it signs (SAN 127.0.0.1 and localhost) and a client
+    certificate, in ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     ca_key, ca_cert, ca_file = make_ca(directory, "ca")
+    client_cert, client_key = directory / "client.pem", directory / "client-key.pem"
+    tls = BrokerTls(ca_file, directory / "broker.p12", password, client_cert, client_key)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (_builder(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edm-client")]), ca_cert.subject, key)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    client_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    client_key.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(tls.client_key_password.encode())))
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     cert = (_builder(subject, ca_cert.subject, key)
@@ -98,10 +121,9 @@ def make_broker_tls(directory: Path, password: str = "edm-test-keystore") -> Bro
                            critical=False)
             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .sign(ca_key, hashes.SHA256()))
-    keystore = directory / "broker.p12"
-    keystore.write_bytes(pkcs12.serialize_key_and_certificates(
+    tls.keystore.write_bytes(pkcs12.serialize_key_and_certificates(
         b"broker", key, cert, [ca_cert], serialization.BestAvailableEncryption(password.encode())))
-    return BrokerTls(ca_file, keystore, password)
+    return tls
 
 
 def _builder(subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePrivateKey) -> x509.CertificateBuilder:
