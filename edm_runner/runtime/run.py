@@ -56,8 +56,9 @@ async def run_services(services: list[Topology], broker: Broker, *, until_idle: 
     Returns when ``stop`` is set (each service finishes its batch, flushes and commits),
     when ``until_idle`` and no service has anything left to consume (including records
     another service just wrote), or raises the run's errors (``ProcessingError`` under the
-    fail policy, a failed start or close) after the other services have stopped cleanly: one
-    error alone, several as a ``ServicesFailed`` that names each one's service. Without ``create_topics``,
+    fail policy, a failed provision, start or close) after the other services have stopped
+    cleanly: one error alone, several as a ``ServicesFailed`` that names each one's service.
+    Without ``create_topics``,
     topics are never created: a missing one is a ``BrokerError`` listing them. Local state
     (stores, tables) lives under ``state_dir`` (default: ``.edm`` beside each topology file).
     ``invocation`` (how the user ran edm) is repeated by hints that name a command.
@@ -93,7 +94,7 @@ class _Run:
     the run ends, so every loop and the progress reporter end with it; every runner whose
     ``start`` was called is closed (``close`` copes with a start cut short); after ``stop``,
     closing ends by ``deadline`` (work still running at the deadline is cancelled first); every
-    error of a start, a loop or a close is kept in ``failures`` with its service's name.
+    error of a provision, a start, a loop or a close is kept in ``failures`` with its service's name.
     """
 
     def __init__(self, runners: list[ServiceRunner], stats: RunStats, *, until_idle: bool,
