@@ -216,3 +216,29 @@ def test_an_internal_error_among_a_runs_errors_still_asks_to_be_reported(capsys,
         "edm: service 'a' failed: the broker went away",
         "edm: service 'b' failed: internal error: step x: KeyError (set EDM_DEBUG=1 for a traceback, "
         "and please report it)"]
+
+
+def test_a_full_embedded_broker_among_a_runs_errors_keeps_its_way_out(tmp_path: Path) -> None:
+    """The commands that free room complete a full broker's error also when it is one of
+    several errors of a run."""
+    import asyncio
+
+    import pytest
+
+    from edm_runner.brokers.base import BrokerFullError
+    from edm_runner.brokers.local import LocalBroker
+    from edm_runner.cli.common import connected
+    from edm_runner.errors import BrokerError, ServicesFailed
+    from edm_runner.invocation import Invocation
+
+    async def run() -> None:
+        async with connected(LocalBroker(tmp_path / "broker"), Invocation("shop.yaml")):
+            raise ServicesFailed([("a", BrokerFullError("the local broker at b", 1 << 20)),
+                                  ("b", BrokerError("b refused"))])
+
+    with pytest.raises(ServicesFailed) as info:
+        asyncio.run(run())
+    assert info.value.services == ["a", "b"]
+    first, second = info.value.exceptions
+    assert "delete topics you no longer need (`edm topics -t shop.yaml` lists them" in str(first)
+    assert str(second) == "b refused"
