@@ -4,7 +4,7 @@
 # volume /var/lib/edm. The chart (charts/edm) runs the default command line below.
 #
 #   docker build -t edm .
-#   docker run --rm -v "$PWD/topologies/quickstart:/etc/edm:ro" -v edm-state:/var/lib/edm edm
+#   docker run --rm -v "$PWD/topologies/user-counts:/etc/edm:ro" -v edm-state:/var/lib/edm edm
 ARG PYTHON_IMAGE=python:3.12-slim-bookworm
 
 # Builder: the project and every dependency as wheels (binary wheels where PyPI has them).
