@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from edm_runner.brokers.base import TopicPartition
-from edm_runner.errors import EdmError
+from edm_runner.errors import EdmError, EventError
 from edm_runner.invocation import Invocation
+from edm_runner.state.api import encode_json
 from edm_runner.state import Checkpoint, IncompatibleStoreError, TaskState, task_dir
 from edm_runner.state.keys import (session_key, split_session_key, split_window_key,
                                    window_key)
@@ -63,6 +64,68 @@ def test_returned_values_are_copies(tmp_path: Path) -> None:
         kv.put("k", {"items": [1]})
         kv.get("k")["items"].append(2)
         assert kv.get("k") == {"items": [1]}
+
+
+def test_a_value_read_back_equals_the_value_put_before_and_after_the_commit(tmp_path: Path) -> None:
+    # Scalars wait in the buffer as they are (encoded at commit), containers as their JSON.
+    values = [7, -3, 10 ** 30, 1.5, -0.0, True, False, "", "short", "é", "x" * 5000, [1, "a"], {"n": {"m": None}}]
+    with open_task(tmp_path) as st:
+        kv = st.register("s", "key_value")
+        for i, v in enumerate(values):
+            kv.put(i, v)
+        assert [kv.get(i) for i in range(len(values))] == values
+        assert [type(kv.get(i)) for i in range(len(values))] == [type(v) for v in values]
+        records = st.dirty_changelog_records()
+        assert [v for _, _, v in records] == [encode_json(v) for v in values]
+        st.commit(Checkpoint())
+        assert [kv.get(i) for i in range(len(values))] == values
+
+
+def test_mutating_a_value_after_putting_it_does_not_change_the_store(tmp_path: Path) -> None:
+    with open_task(tmp_path) as st:
+        kv = st.register("s", "key_value")
+        value = {"items": [1]}
+        kv.put("k", value)
+        value["items"].append(2)
+        assert kv.get("k") == {"items": [1]}
+        key = [1]  # a mutable key: each put encodes it as it is then
+        kv.put(key, "one")
+        key.append(2)
+        kv.put(key, "two")
+        assert kv.get([1]) == "one" and kv.get([1, 2]) == "two"
+
+
+def test_a_value_json_cannot_hold_is_refused_at_put(tmp_path: Path) -> None:
+    with open_task(tmp_path) as st:
+        kv = st.register("s", "key_value")
+        for bad in (float("nan"), float("inf"), "\ud800", {"k": float("nan")}):
+            with pytest.raises(EventError):
+                kv.put("k", bad)
+        assert kv.get("k") is None and st.dirty_changelog_records() == []
+
+
+def test_rollback_undoes_the_writes_since_the_savepoint_in_every_store(tmp_path: Path) -> None:
+    with open_task(tmp_path) as st:
+        kv = st.register("kv", "key_value")
+        w = st.register("w", "window", {"size": 10})
+        kv.put("kept", 1)
+        kv.put("stored", {"v": 1})
+        w.put("a", 0, 1)
+        st.commit(Checkpoint())
+        kv.put("kept", 2)
+        st.journal.savepoint()
+        kv.put("kept", 3)
+        kv.put("new", 1)
+        kv.put("stored", None)
+        w.put("a", 0, 2)
+        w.put("a", 10, 1)
+        st.journal.rollback()
+        assert kv.get("kept") == 2 and kv.get("new") is None and kv.get("stored") == {"v": 1}
+        assert list(w.fetch("a", 0, 20)) == [(0, 1)]
+        assert st.dirty_changelog_records() == [("kv", b'"kept"', b"2")]
+        kv.put("after", 1)  # no savepoint: nothing is recorded, nothing to roll back
+        st.journal.rollback()
+        assert kv.get("after") == 1
 
 
 def test_changelog_records_are_the_latest_value_per_dirty_key(tmp_path: Path) -> None:
@@ -227,6 +290,7 @@ def test_a_task_is_owned_by_one_process(tmp_path: Path) -> None:
 _COMMIT_LOOP = """
 import sys
 from edm_runner.brokers.base import TopicPartition
+from edm_runner.state.api import encode_json
 from edm_runner.state import Checkpoint, TaskState
 st = TaskState.open(sys.argv[1])
 kv = st.register("counts", "key_value")

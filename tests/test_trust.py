@@ -673,6 +673,40 @@ def test_an_aggregate_that_outgrows_the_record_size_limit_is_an_error_of_the_eve
     assert svc.run({"in": [("a", {"s": "z"})]})[-1] == ("a", 4)  # the store kept 3 chunks
 
 
+def test_an_event_that_fails_after_a_store_write_leaves_no_write_behind(tmp_path: Path, broker_url: str) -> None:
+    """An event bridging two sessions deletes both, then fails to put their merged aggregate
+    (above the record size limit). Its deletes stayed in the write buffer: the replay of the
+    event found no session to merge and succeeded as a new session, and the next event
+    started yet another. The buffer rolls an event's writes back with it."""
+    svc = Service(tmp_path, """
+    kind: microservice
+    name: "{p}s"
+    processing: {expression_limits: {max_string_length: 10000000}}
+    streams:
+      in: {topic: "{p}in"}
+      out: {topic: "{p}out"}
+      dlq: {topic: "{p}dlq", key: bytes, value: bytes}
+    stores: {acc: {type: session}}
+    pipelines:
+      p:
+        from: in
+        steps:
+          - group_by_key: {}
+          - window: {type: session, gap: 100, grace: 1000}
+          - aggregate: {store: acc, initializer: "[]", aggregator: "aggregate + [value.s]",
+                        merger: "aggregate + other"}
+          - map_values: "[value.start, value.end, value.value | length if value.value is not none else 0]"
+        to: out
+        on_error: {dead_letter: dlq}
+    """, url=broker_url)
+    out = svc.run({"in": [("a", {"s": CHUNK}, 0), ("a", {"s": CHUNK}, 10), ("a", {"s": CHUNK}, 200),
+                          ("a", {"s": CHUNK}, 210), ("a", {"s": "y"}, 100), ("a", {"s": "z"}, 300)]})
+    # (merged-away sessions are emitted with a null aggregate: length 0 here)
+    assert out == [("a", [0, 0, 1]), ("a", [0, 0, 0]), ("a", [0, 10, 2]), ("a", [200, 200, 1]), ("a", [200, 200, 0]),
+                   ("a", [200, 210, 2]), ("a", [200, 210, 0]), ("a", [200, 300, 3])]
+    assert svc.service.dead_lettered == 1
+
+
 def test_an_output_record_above_the_limit_is_an_error_of_the_event(tmp_path: Path, broker_url: str) -> None:
     svc = Service(tmp_path, """
     kind: microservice

@@ -44,7 +44,7 @@ from edm_runner import faults
 from edm_runner.errors import EdmError
 from edm_runner.invocation import Invocation
 from edm_runner.state.query import StoreQuery
-from edm_runner.state.stores import STORE_CLASSES, AnyStore
+from edm_runner.state.stores import STORE_CLASSES, AnyStore, Journal
 from edm_runner.state.transaction import StoreTransaction
 
 log = logging.getLogger("edm.state")
@@ -212,6 +212,7 @@ class TaskState:
         self._stores: dict[str, AnyStore] = {}
         self._rtxn: lmdb.Transaction | None = None
         self.transaction = StoreTransaction(path)  # the buffered updates since the last commit
+        self.journal = Journal()  # the undo log of the event being applied, for every store
 
     @classmethod
     def open(cls, path: Path, *, invocation: Invocation | None = None,
@@ -361,7 +362,7 @@ class TaskState:
         """(store, key bytes, value bytes or None) per key written in this batch, latest
         value, for the stores that have a changelog."""
         return [(s.name, k, v) for s in self._stores.values() if s.changelog
-                for k, v in s.writes.items()]
+                for k, v in s.encoded().items()]
 
     def prepare(self) -> list[tuple[str, bytes, bytes | None]]:
         """The transaction's changelog records (``dirty_changelog_records``), taken to be sent
@@ -383,7 +384,7 @@ class TaskState:
             for s in self._stores.values():
                 if not s.writes:
                     continue
-                items = sorted(s.writes.items())
+                items = sorted(s.encoded().items())
                 puts = [kv for kv in items if kv[1] is not None]
                 if puts:
                     txn.cursor(db=s.db).putmulti(puts)
