@@ -13,14 +13,15 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from edm_runner.errors import EventError
+from edm_runner.operators.aggregation import AggregateFns, aggregate_fns, null_group_key
 from edm_runner.operators.api import BuildContext, Event, EventwiseProcessor, PassThrough, Processor
 from edm_runner.operators.common import EXPRESSION, KEY_FORMAT, keyed_expressions
 from edm_runner.operators.registry import Operator, register
 from edm_runner.operators.table import reads_table, steps_before
+from edm_runner.operators.window import build_windowed
 from edm_runner.language.model import StepSpec
 
 NAME_SCHEMA = {"type": "string", "pattern": "^[A-Za-z0-9._-]+$"}
@@ -29,57 +30,12 @@ STORE_NAME = {"type": "string", "minLength": 1, "description": "A store declared
 
 # -- group_by / group_by_key -------------------------------------------------------------------
 
-def _null_key() -> EventError:
-    return EventError("the group key is null; an aggregation needs a key: filter such events out "
-                      "first or compute a non-null key")
-
-
 def _build_group_by(step: StepSpec, ctx: BuildContext) -> Processor:
     raise NotImplementedError("group_by is built by the runtime as a sink to its repartition topic "
                               "(operators.sink.GroupBySink), like the DAG cuts the pipeline there")
 
 
 # -- aggregations -----------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class AggregateFns:
-    """An aggregation as functions of (key, value, aggregate, event).
-
-    ``first(key, value, event)``: the aggregate of one value (count: 1, reduce: the value,
-    aggregate: aggregator(initializer)). ``add``: fold one more value in. ``sub`` (grouped
-    tables): take an old value out. ``merge(key, aggregate, other, event)``: combine two
-    sessions' aggregates.
-    """
-
-    op: str
-    first: Callable[[Any, Any, Event], Any]
-    add: Callable[[Any, Any, Any, Event], Any]
-    sub: Callable[[Any, Any, Any, Event], Any] | None
-    merge: Callable[[Any, Any, Any, Event], Any] | None
-
-
-def _compile(ctx: BuildContext, src: str, params: tuple[str, ...]) -> Callable:
-    return ctx.compile(src, params=(*params, "event"))
-
-
-KVA = ("key", "value", "aggregate")
-
-
-def aggregate_fns(step: StepSpec, ctx: BuildContext) -> AggregateFns:
-    cfg = step.config
-    if step.op == "count":
-        return AggregateFns("count", lambda k, v, e: 1, lambda k, v, a, e: a + 1,
-                            lambda k, v, a, e: a - 1, lambda k, a, o, e: a + o)
-    if step.op == "reduce":
-        adder = _compile(ctx, cfg.get("reducer") or cfg["adder"], KVA)
-        sub = _compile(ctx, cfg["subtractor"], KVA) if "subtractor" in cfg else None
-        return AggregateFns("reduce", lambda k, v, e: v, adder, sub, lambda k, a, o, e: adder(k, o, a, e))
-    init = _compile(ctx, cfg["initializer"], ("key", "value"))
-    adder = _compile(ctx, cfg.get("aggregator") or cfg["adder"], KVA)
-    sub = _compile(ctx, cfg["subtractor"], KVA) if "subtractor" in cfg else None
-    merge = _compile(ctx, cfg["merger"], ("key", "aggregate", "other")) if "merger" in cfg else None
-    return AggregateFns("aggregate", lambda k, v, e: adder(k, v, init(k, v, e), e), adder, sub, merge)
-
 
 class KeyValueAggregate(EventwiseProcessor):
     """count/reduce/aggregate over a key_value store: one aggregate per group key."""
@@ -97,7 +53,7 @@ class KeyValueAggregate(EventwiseProcessor):
     def apply(self, e: Event) -> list[Event]:
         key = e.key
         if key is None:
-            raise _null_key()
+            raise null_group_key()
         store, fns = self.store, self.fns
         agg = store.get(key)
         if not self.table:
@@ -128,8 +84,6 @@ def _build_aggregation(step: StepSpec, ctx: BuildContext) -> Processor:
     window = window_before(ctx, step)
     fns = aggregate_fns(step, ctx)
     if window is not None:
-        from edm_runner.operators.window import build_windowed
-
         return build_windowed(step, window, fns, ctx)
     store = ctx.store(step.config["store"], "key_value", {"aggregation": step.op}, step.pos)
     return KeyValueAggregate(fns, store, reads_table(ctx), step)

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edm_runner.errors import EventError
-from edm_runner.operators.aggregate import AggregateFns
+from edm_runner.operators.aggregation import AggregateFns, null_group_key
 from edm_runner.operators.api import BuildContext, Event, EventwiseProcessor, ExprFn, PassThrough, Processor, event_time
 from edm_runner.operators.common import EXPRESSION, STREAM_NAME
 from edm_runner.operators.registry import Operator, register
@@ -108,8 +108,7 @@ class _Windowed(EventwiseProcessor):
     def apply(self, e: Event) -> list[Event]:
         key = e.key
         if key is None:
-            raise EventError("the group key is null; an aggregation needs a key: filter such events out "
-                             "first or compute a non-null key")
+            raise null_group_key()
         if e.value is None:
             return []
         t = self.event_time(e)
