@@ -137,7 +137,30 @@ class Producer(Protocol):
 
     async def flush(self) -> None: ...
 
+    async def write(self, records: Sequence[OutRecord]) -> list[int]:
+        """Writes ``records`` now and returns once every one is durable (as ``flush``), with
+        the offset of each, in order. Apart from ``send``/``flush``: a failed write raises
+        ``BrokerError`` (nothing of it is known to be stored) and leaves the producer usable.
+        For writers that answer someone per write (HTTP ingestion)."""
+        ...
+
     async def close(self) -> None: ...
+
+
+def offsets_of(records: Sequence[OutRecord], ends: Mapping[TopicPartition, int]) -> list[int]:
+    """The offset of each of ``records``, appended together in order, from the partitions'
+    end offsets after the append (offsets are dense within one append)."""
+    counts: dict[TopicPartition, int] = {}
+    for r in records:
+        tp = TopicPartition(r.topic, r.partition)
+        counts[tp] = counts.get(tp, 0) + 1
+    next_offset = {tp: ends[tp] - n for tp, n in counts.items()}
+    out = []
+    for r in records:
+        tp = TopicPartition(r.topic, r.partition)
+        out.append(next_offset[tp])
+        next_offset[tp] += 1
+    return out
 
 
 class Broker(Protocol):

@@ -667,6 +667,55 @@ class KafkaProducer:
             self._failed = exc
             raise
 
+    async def write(self, records: Sequence[OutRecord]) -> list[int]:
+        """Sends ``records`` as record batches (one or more per partition run) and waits for
+        each batch's acknowledgement; a record's offset is its batch's base offset plus its
+        index in the batch. Does not touch the ``send`` queue, and a failure leaves the
+        producer usable (``flush`` refuses after one; this is for callers that answer per write)."""
+        if not records:
+            return []
+        runs: dict[tuple[str, int], list[int]] = {}
+        for i, r in enumerate(records):
+            runs.setdefault((r.topic, r.partition), []).append(i)
+        shipped: list[tuple[list[int], asyncio.Future[Any]]] = []
+        try:
+            for (topic, partition), indexes in runs.items():
+                partitions = await self._producer.partitions_for(topic)
+                if partition not in partitions:
+                    raise BrokerError(f"cannot write to partition {partition} of '{topic}' on "
+                                      f"{self._broker.describe()}: it has {len(partitions)} partition(s)")
+                batch, members = self._producer.create_batch(), []
+                for i in indexes:
+                    r = records[i]
+                    while batch.append(timestamp=r.timestamp_ms, key=r.key, value=r.value,
+                                       headers=list(r.headers)) is None:
+                        if batch.record_count() == 0:
+                            raise BrokerError(f"a record for '{topic}' is larger than the producer's "
+                                              "max_batch_size; raise producer.max_batch_size")
+                        batch.close()
+                        shipped.append((members, await self._producer.send_batch(batch, topic, partition=partition)))
+                        batch, members = self._producer.create_batch(), []
+                    members.append(i)
+                if members:
+                    batch.close()
+                    shipped.append((members, await self._producer.send_batch(batch, topic, partition=partition)))
+            results = await asyncio.gather(*(delivery for _, delivery in shipped), return_exceptions=True)
+        except KafkaError as exc:
+            for _, delivery in shipped:  # their outcome no longer matters: never left unretrieved
+                delivery.add_done_callback(lambda f: f.cancelled() or f.exception())
+            raise BrokerError(f"writing records to {self._broker.describe()} failed: {_describe_error(exc)}; "
+                              "they are not known to be stored") from exc
+        offsets = [0] * len(records)
+        for (members, _), result in zip(shipped, results):
+            if isinstance(result, KafkaError):
+                raise BrokerError(f"writing records to {self._broker.describe()} failed: "
+                                  f"{_describe_error(result)}; they are not known to be stored") from result
+            if isinstance(result, BaseException):
+                raise result
+            for n, i in enumerate(members):
+                offsets[i] = result.offset + n
+        return offsets
+
     async def close(self) -> None:
         if self._pump is not None:
             self._pump.cancel()

@@ -38,7 +38,7 @@ from urllib.parse import quote
 import lmdb
 
 from edm_runner.brokers.base import (BrokerFullError, GroupAssignor, Headers, OutRecord, PartitionMismatchError,
-                                     RebalanceListener, Record, TimestampBound, TopicPartition, TopicSpec)
+                                     RebalanceListener, Record, TimestampBound, TopicPartition, TopicSpec, offsets_of)
 from edm_runner.errors import BrokerError
 
 MAP_SIZE = 64 << 30  # sparse: only pages in use take disk space
@@ -748,6 +748,13 @@ class LocalProducer:
         except BaseException:
             self._buffer[:0] = batch  # nothing was written: keep the records for a retry
             raise
+
+    async def write(self, records: Sequence[OutRecord]) -> list[int]:
+        """One durable LMDB transaction of ``records`` (not the ``send`` buffer)."""
+        if not records:
+            return []
+        ends = await asyncio.to_thread(self._broker._append_sync, records)
+        return offsets_of(records, ends)
 
     async def close(self) -> None:
         await self.flush()

@@ -83,7 +83,7 @@ class ServiceRunner:
         self.compiled = CompiledService(topology, stats)
         self.order = InputOrder(self.compiled.dag)
         self.internal = frozenset(self.compiled.dag.internal_topics)
-        state_dir = state_dir if state_dir is not None else topology.base_dir / ".edm"
+        self.state_dir = state_dir = state_dir if state_dir is not None else topology.base_dir / ".edm"
         tasks = TaskManager(self.compiled, state_dir, stats, invocation)
         self.tasks = tasks if tasks.subs else None
         self.standbys = StandbyTasks(tasks) if tasks.subs else None

@@ -199,6 +199,37 @@ def _keyed(encode: Encoder) -> Encoder:
     return encode_key
 
 
+@dataclass(frozen=True)
+class Violation:
+    """One way a value fails its schema: ``pointer`` (RFC 6901) to the offending part of the
+    value ("" for the value itself), and the validator's ``message``."""
+
+    pointer: str
+    message: str
+
+
+def _pointer(path: Any) -> str:
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in path)
+
+
+def schema_violations(spec: SerdeSpec) -> Callable[[Any], list[Violation]]:
+    """For values of ``spec``: every way a value fails the schema (none without a schema, or
+    for a tombstone where tombstones are allowed), in the order of the value's paths."""
+    if spec.schema is None:
+        return lambda obj: []
+    path = Path(spec.schema)
+    validator = _validator(path)
+    tombstones = spec.tombstones
+
+    def violations(obj: Any) -> list[Violation]:
+        if (obj is None and tombstones) or validator.is_valid(obj):
+            return []
+        errors = sorted(validator.iter_errors(obj), key=lambda e: [str(p) for p in e.absolute_path])
+        return [Violation(_pointer(e.absolute_path), e.message) for e in errors]
+
+    return violations
+
+
 def make_serde(spec: SerdeSpec) -> Serde:
     """The serde for ``spec``; with a schema, values are validated after decoding and
     before encoding."""
