@@ -22,6 +22,7 @@ from edm_runner.brokers.local import LocalBroker
 from edm_runner.language import load_file
 from edm_runner.runtime.service import ServiceRunner
 from edm_runner.runtime.stats import ServiceStats
+from edm_runner.runtime.view import ServiceView
 from edm_runner.serve.metrics import Metrics
 from helpers.reliability_flow import PARTITIONS, events, produce, write_topology
 
@@ -69,7 +70,7 @@ async def scenario(broker: Broker, tmp_path: Path, kafka_bootstrap: str | None) 
         await produce(broker, name, inputs)
         runner = ServiceRunner(topology, broker, ServiceStats(), state_dir)
         metrics = Metrics()
-        metrics.watch([runner])
+        metrics.watch(ServiceView(runner))
         before = await scrape(metrics)
         assert one(before, "edm_ready", service=name) == 0  # not started: no assignment yet
         await runner.provision()
@@ -107,7 +108,7 @@ async def scenario(broker: Broker, tmp_path: Path, kafka_bootstrap: str | None) 
         shutil.rmtree(state_dir)
         again = ServiceRunner(topology, broker, ServiceStats(), state_dir)
         metrics = Metrics()
-        metrics.watch([again])
+        metrics.watch(ServiceView(again))
         await again.provision()
         await again.start()
         try:

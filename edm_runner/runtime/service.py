@@ -95,10 +95,7 @@ class ServiceRunner:
         self.assignor: EdmAssignor | None = None  # Kafka only: tasks and standbys of this member
         self.http_address: str | None = None  # the URL this instance serves HTTP at (runtime.view)
         self.last_commit = time.monotonic()
-        # Held while a batch is processed, sent, committed, and while tasks are opened or
-        # closed: whoever reads the open tasks' state from outside the loop's batches (the
-        # metrics' store sizes) takes it, so no task closes under it.
-        self.batch_lock = asyncio.Lock()
+        self.batch_lock = asyncio.Lock()  # held while a batch is processed, sent, committed
         self.rebalance = Rebalance(self)
         # starting -> running (the first assignment restored; later rebalances do not go back)
         # -> stopping -> stopped.
@@ -306,16 +303,15 @@ class ServiceRunner:
                 if self.consumer is not None:
                     await self.consumer.close()
             finally:
-                async with self.batch_lock:
-                    try:
-                        if self.tasks is not None:
-                            await self.tasks.close()
-                        if self.standbys is not None:
-                            await self.standbys.close()
-                        if self.globals is not None:
-                            await self.globals.close()
-                    finally:
-                        self.phase = "stopped"
+                try:
+                    if self.tasks is not None:
+                        await self.tasks.close()
+                    if self.standbys is not None:
+                        await self.standbys.close()
+                    if self.globals is not None:
+                        await self.globals.close()
+                finally:
+                    self.phase = "stopped"
 
 
 class Rebalance:

@@ -14,12 +14,15 @@ Invariants:
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Mapping
 
-from edm_runner.brokers.base import TopicPartition
+from edm_runner.brokers.base import Producer, TopicPartition
 from edm_runner.language.model import HttpSpec, SerdeSpec, StoreType, Topology
 from edm_runner.runtime.assignment.assignor import default_instance_id
+from edm_runner.runtime.stats import ServiceStats
 from edm_runner.state.query import StoreQuery
 
 if TYPE_CHECKING:
@@ -27,6 +30,15 @@ if TYPE_CHECKING:
 
 TaskId = tuple[int, int]
 Role = Literal["active", "standby", "restoring", "global"]
+
+
+@dataclass(frozen=True)
+class Lag:
+    """``records`` behind the end of a partition; ``seconds``: the age of the oldest record
+    not committed yet (now minus its timestamp), 0 when ``records`` is 0, None when unknown."""
+
+    records: int
+    seconds: float | None
 
 
 @dataclass(frozen=True)
@@ -162,3 +174,87 @@ class ServiceView:
             return (await reader.end_offsets([tp])).get(tp)
         except Exception:  # the lag is a hint for stale reads: never fail the read for it
             return None
+
+    # -- metrics, readiness and ingestion (serve.metrics, serve.ready, serve.ingest) ---------
+
+    @property
+    def stats(self) -> ServiceStats:
+        """The service's counters (read-only for serve)."""
+        return self._runner.stats
+
+    @property
+    def phase(self) -> str:
+        """starting (no first assignment restored yet), running, stopping, stopped."""
+        return self._runner.phase
+
+    @property
+    def state_dir(self) -> Path:
+        """The root of the instance's local state (``--state-dir``)."""
+        return self._runner.state_dir
+
+    def producer(self) -> Producer:
+        """A new producer on the service's broker (not started): acks=all, idempotent on Kafka."""
+        return self._runner.broker.producer()
+
+    def task_counts(self) -> dict[str, int]:
+        """Tasks held here by role: active, restoring, standby."""
+        runner = self._runner
+        tasks, standbys = runner.tasks, runner.standbys
+        return {"active": len(tasks.tasks) if tasks is not None else 0,
+                "restoring": len(tasks.restoring) if tasks is not None else 0,
+                "standby": len(standbys.tasks) if standbys is not None else 0}
+
+    async def lag(self) -> dict[TopicPartition, Lag]:
+        """The consumer lag of every partition assigned here (empty before the group is joined):
+        end offset (the last stable one under exactly-once) minus the group's committed offset,
+        and the age of the first record not committed (read with a group-less reader of just
+        the lagging partitions)."""
+        runner = self._runner
+        consumer = runner.consumer
+        if consumer is None or runner.phase not in ("running", "starting"):
+            return {}
+        tps = sorted(consumer.assignment())
+        if not tps:
+            return {}
+        ends = await consumer.end_offsets(tps)
+        committed = await runner.broker.group_offsets(runner.name, sorted({tp.topic for tp in tps}))
+        behind = {tp: max(0, ends[tp] - committed.get(tp, 0)) for tp in tps}
+        lagging = {tp: committed.get(tp, 0) for tp, n in behind.items() if n > 0}
+        ages = await self._oldest_ages(lagging) if lagging else {}
+        return {tp: Lag(n, ages.get(tp) if n else 0.0) for tp, n in behind.items()}
+
+    async def _oldest_ages(self, positions: dict[TopicPartition, int]) -> dict[TopicPartition, float]:
+        """Per partition, now minus the timestamp of the record at ``positions[tp]``."""
+        broker = self._runner.broker
+        reader = broker.consumer(None, sorted({tp.topic for tp in positions}), partitions=sorted(positions))
+        await reader.start()
+        try:
+            for tp, offset in positions.items():
+                reader.seek(tp, offset)
+            ages: dict[TopicPartition, float] = {}
+            while len(ages) < len(positions):
+                fetched = await reader.getmany(timeout_ms=500, max_records=len(positions) * 10)
+                if not fetched:
+                    break
+                now_ms = time.time() * 1000
+                for tp, records in fetched.items():
+                    if tp not in ages and records:
+                        ages[tp] = max(0.0, now_ms - records[0].timestamp_ms) / 1000
+            return ages
+        finally:
+            await reader.close()
+
+    def store_sizes(self) -> dict[tuple[str, str, str], tuple[int, int]]:
+        """(store, task, role) -> (entries, bytes) of the stores open here, as committed (read
+        synchronously: no task closes meanwhile, see the module invariants)."""
+        runner = self._runner
+        out: dict[tuple[str, str, str], tuple[int, int]] = {}
+        for role, tasks in (("active", runner.tasks.tasks if runner.tasks else {}),
+                            ("standby", runner.standbys.tasks if runner.standbys else {})):
+            for task in tasks.values():
+                for store, size in task.state.sizes().items():
+                    out[(store, task.id, role)] = size
+        if runner.globals is not None and runner.globals.state is not None:
+            for store, size in runner.globals.state.sizes().items():
+                out[(store, "global", "global")] = size
+        return out

@@ -15,7 +15,8 @@ Invariants:
 - The consumer lag of a partition is its end offset minus the group's committed offset (the
   last stable offset under exactly-once), for the partitions assigned to this instance; each
   instance reports its own partitions, so the sum over instances is the group's lag.
-- Store sizes are read under the runner's batch lock (a task never closes while it is read).
+- Store sizes are read synchronously on the loop (``ServiceView.store_sizes``): a task leaves
+  the runtime's maps before it closes, so no closing environment is read.
 """
 from __future__ import annotations
 
@@ -23,133 +24,60 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from typing import Awaitable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from edm_runner.brokers.base import TopicPartition
-from edm_runner.runtime.service import ServiceRunner
 from edm_runner.runtime.stats import LATENCY_BUCKETS, Latency
+from edm_runner.runtime.view import Lag, ServiceView
+from edm_runner.serve.context import ServeContext
+from edm_runner.serve.errors import HttpError
 
 log = logging.getLogger("edm.serve")
 
 # How long a scrape may spend reading lag and store sizes (Prometheus' default scrape timeout
 # is 10 s); past it the figures not read are left out of this scrape.
 REFRESH_TIMEOUT_S = 5.0
-# How long a scrape waits for a runner's batch to finish before reading store sizes.
-SIZES_LOCK_TIMEOUT_S = 1.0
 
 HTTP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
-@dataclass(frozen=True)
-class Lag:
-    """``records`` behind the end of a partition; ``seconds``: the age of the oldest record
-    not committed yet (now minus its timestamp), 0 when ``records`` is 0, None when unknown."""
-
-    records: int
-    seconds: float | None
-
-
-async def consumer_lag(runner: ServiceRunner) -> dict[TopicPartition, Lag]:
-    """The lag of every partition assigned to ``runner`` (empty before it joined)."""
-    consumer = runner.consumer
-    if consumer is None or runner.phase not in ("running", "starting"):
-        return {}
-    tps = sorted(consumer.assignment())
-    if not tps:
-        return {}
-    ends = await consumer.end_offsets(tps)
-    committed = await runner.broker.group_offsets(runner.name, sorted({tp.topic for tp in tps}))
-    behind = {tp: max(0, ends[tp] - committed.get(tp, 0)) for tp in tps}
-    lagging = {tp: committed.get(tp, 0) for tp, n in behind.items() if n > 0}
-    ages = await _oldest_ages(runner, lagging) if lagging else {}
-    return {tp: Lag(n, ages.get(tp) if n else 0.0) for tp, n in behind.items()}
-
-
-async def _oldest_ages(runner: ServiceRunner, positions: dict[TopicPartition, int]) -> dict[TopicPartition, float]:
-    """Per partition, now minus the timestamp of the record at ``positions[tp]`` (the first
-    one not committed), read with a group-less reader of just those partitions."""
-    reader = runner.broker.consumer(None, sorted({tp.topic for tp in positions}), partitions=sorted(positions))
-    await reader.start()
-    try:
-        for tp, offset in positions.items():
-            reader.seek(tp, offset)
-        ages: dict[TopicPartition, float] = {}
-        while len(ages) < len(positions):
-            fetched = await reader.getmany(timeout_ms=500, max_records=len(positions) * 10)
-            if not fetched:
-                break
-            now_ms = time.time() * 1000
-            for tp, records in fetched.items():
-                if tp not in ages and records:
-                    ages[tp] = max(0.0, now_ms - records[0].timestamp_ms) / 1000
-        return ages
-    finally:
-        await reader.close()
-
-
-async def store_sizes(runner: ServiceRunner) -> dict[tuple[str, str, str], tuple[int, int]]:
-    """(store, task, role) -> (entries, bytes) of the stores open in ``runner``: its active
-    tasks, its standbys and its global tables. Empty when its batch lock stays busy (a restore)."""
-    if runner.phase != "running":
-        return {}
-    lock = runner.batch_lock
-    try:
-        await asyncio.wait_for(lock.acquire(), SIZES_LOCK_TIMEOUT_S)
-    except TimeoutError:
-        return {}
-    try:
-        out: dict[tuple[str, str, str], tuple[int, int]] = {}
-        tasks = list(runner.tasks.tasks.values()) if runner.tasks is not None else []
-        standbys = list(runner.standbys.tasks.values()) if runner.standbys is not None else []
-        for role, group in (("active", tasks), ("standby", standbys)):
-            for task in group:
-                for store, size in task.state.sizes().items():
-                    out[(store, task.id, role)] = size
-        if runner.globals is not None and runner.globals.state is not None:
-            for store, size in runner.globals.state.sizes().items():
-                out[(store, "global", "global")] = size
-        return out
-    finally:
-        lock.release()
-
-
 class RuntimeCollector(Collector):
-    """The runtime's figures as metric families, for the runners ``runners()`` returns."""
+    """The runtime's figures as metric families, for the services ``views()`` returns."""
 
-    def __init__(self, runners: Callable[[], Iterable[ServiceRunner]]) -> None:
-        self.runners = runners
+    def __init__(self, views: Callable[[], Iterable[ServiceView]]) -> None:
+        self.views = views
         self.lag: dict[str, dict[TopicPartition, Lag]] = {}
         self.sizes: dict[str, dict[tuple[str, str, str], tuple[int, int]]] = {}
 
     async def refresh(self, timeout_s: float = REFRESH_TIMEOUT_S) -> None:
-        """Reads lag and store sizes of every runner (each within ``timeout_s``)."""
-        runners = list(self.runners())
+        """Reads lag and store sizes of every service (each within ``timeout_s``)."""
+        views = list(self.views())
         self.lag, self.sizes = {}, {}
 
-        async def one(runner: ServiceRunner) -> None:
+        async def one(view: ServiceView) -> None:
             try:
-                self.lag[runner.name] = await asyncio.wait_for(consumer_lag(runner), timeout_s)
+                self.lag[view.name] = await asyncio.wait_for(view.lag(), timeout_s)
             except Exception as exc:  # the scrape goes on without it
-                log.warning("metrics: the consumer lag of %s could not be read: %s", runner.name, exc)
-            self.sizes[runner.name] = await store_sizes(runner)
+                log.warning("metrics: the consumer lag of %s could not be read: %s", view.name, exc)
+            self.sizes[view.name] = view.store_sizes()
 
-        await asyncio.gather(*(one(r) for r in runners))
+        await asyncio.gather(*(one(v) for v in views))
 
     def describe(self) -> list[Metric]:
         return []  # unchecked: the families depend on the topology
 
     def collect(self) -> Iterator[Metric]:
-        runners = list(self.runners())
         f = _Families()
-        for runner in runners:
-            service, stats = runner.name, runner.stats
+        for view in self.views():
+            service, stats = view.name, view.stats
             f.gauge("ready", "1 once the service's first assignment is restored and it processes, until it stops",
-                    ("service",)).add_metric([service], 1.0 if runner.phase == "running" else 0.0)
+                    ("service",)).add_metric([service], 1.0 if view.phase == "running" else 0.0)
             f.counter("events_in", "records read from the topology's declared streams",
                       ("service",)).add_metric([service], stats.events_in)
             f.counter("events_out", "records written to the topology's declared streams (dead letters apart)",
@@ -200,11 +128,10 @@ class RuntimeCollector(Collector):
                 remaining.add_metric(labels, 0 if done else restore.total - restore.done)
                 progress.add_metric(labels, 1.0 if done or not restore.total else restore.done / restore.total)
                 rate.add_metric(labels, restore.rate)
-            tasks = f.gauge("tasks", "tasks this instance holds, active or standby", ("service", "role"))
-            active = len(runner.tasks.tasks) if runner.tasks is not None else 0
-            standby = len(runner.standbys.tasks) if runner.standbys is not None else 0
-            tasks.add_metric([service, "active"], active)
-            tasks.add_metric([service, "standby"], standby)
+            tasks = f.gauge("tasks", "tasks this instance holds, by role (active, restoring, standby)",
+                            ("service", "role"))
+            for role, n in view.task_counts().items():
+                tasks.add_metric([service, role], n)
             entries = f.gauge("store_entries", "entries of a store in a task, as committed",
                               ("service", "store", "task", "role"))
             size = f.gauge("store_bytes", "bytes of the pages of a store in a task",
@@ -268,6 +195,12 @@ class HttpMetrics:
                                ["service", "endpoint", "status"], registry=registry)
         self.refused = Counter("edm_http_refused_requests", "requests refused by authentication",
                                ["service", "scope", "status"], registry=registry)
+        self.ingested = Counter("edm_ingest_events", "events received by an ingest endpoint, by outcome "
+                                "(written, malformed, schema_violation, bad_key)",
+                                ["service", "endpoint", "outcome"], registry=registry)
+        self.pending = Gauge("edm_ingest_pending_bytes", "bytes of ingested events waiting for the "
+                             "broker's acknowledgement (back-pressure refuses beyond a bound)",
+                             ["service"], registry=registry)
 
     def observe(self, service: str, endpoint: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(service, endpoint, method, str(status)).inc()
@@ -276,22 +209,78 @@ class HttpMetrics:
 
 class Metrics:
     """The registry of one process: the runtime's figures, HTTP figures and the process'
-    own (CPU, memory, open files). ``watch`` adds runners as services start."""
+    own (CPU, memory, open files). ``watch`` adds services as they start."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self._runners: list[ServiceRunner] = []
-        self.runtime = RuntimeCollector(lambda: self._runners)
+        self._views: list[ServiceView] = []
+        self.runtime = RuntimeCollector(lambda: self._views)
         self.registry.register(self.runtime)
         ProcessCollector(registry=self.registry)
         self.http = HttpMetrics(self.registry)
 
-    def watch(self, runners: Iterable[ServiceRunner]) -> None:
-        for runner in runners:
-            if runner not in self._runners:
-                self._runners.append(runner)
+    def watch(self, view: ServiceView) -> None:
+        if all(v.name != view.name for v in self._views):
+            self._views.append(view)
+
+    def forget(self, view: ServiceView) -> None:
+        self._views = [v for v in self._views if v is not view]
 
     async def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""
         await self.runtime.refresh()
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+_PROCESS: Metrics | None = None
+
+
+def process_metrics() -> Metrics:
+    """The registry of this process (every service's ``/metrics`` shows all of them)."""
+    global _PROCESS
+    if _PROCESS is None:
+        _PROCESS = Metrics()
+    return _PROCESS
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _status(error: BaseException) -> int:
+    if isinstance(error, (HttpError, web.HTTPException)):
+        return error.status
+    if isinstance(error, (TimeoutError, asyncio.CancelledError)):
+        return 503  # the request timeout (serve.server answers 503 timeout)
+    return 500
+
+
+def add_routes(ctx: ServeContext) -> None:
+    """``GET /metrics``, and the middleware that counts every request of the service."""
+    metrics = process_metrics()
+    view = ctx.view
+    metrics.watch(view)
+    service, http = view.name, metrics.http
+
+    @web.middleware
+    async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        resource = request.match_info.route.resource
+        endpoint = resource.canonical if resource is not None else "unmatched"
+        try:
+            response = await handler(request)
+        except BaseException as error:
+            http.observe(service, endpoint, request.method, _status(error), time.perf_counter() - started)
+            raise
+        http.observe(service, endpoint, request.method, response.status, time.perf_counter() - started)
+        return response
+
+    async def scrape(request: web.Request) -> web.Response:
+        body, content_type = await metrics.render()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def forget(app: web.Application) -> None:
+        metrics.forget(view)
+
+    ctx.app.middlewares.append(observe)
+    ctx.app.router.add_get("/metrics", scrape)
+    ctx.app.on_cleanup.append(forget)

@@ -1,0 +1,135 @@
+"""Who may ask (issue 10): bearer tokens per scope (queries, ingest, metrics) from a file or an
+environment variable, never inline; optional TLS. Real `edm run` processes, real HTTP(S)."""
+from __future__ import annotations
+
+import datetime
+import http.client
+import ipaddress
+import ssl
+import uuid
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from prometheus_client.parser import text_string_to_metric_families
+
+from cli_helpers import edm
+from helpers.http_calls import call, post_json
+from helpers.kafka_flow import Runner
+from helpers.serve_flow import serving_urls
+from test_serve_ingest import click, write_ingest_topology
+
+QUERY, INGEST, METRICS = "q-" + uuid.uuid4().hex, "i-" + uuid.uuid4().hex, "m-" + uuid.uuid4().hex
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and localhost, and its key (PEM files)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edm test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = directory / "tls.crt", directory / "tls.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+def refused(url: str, token: str, **kwargs: object) -> dict[tuple[str, str], float]:
+    """(scope, status) -> refused requests, from /metrics."""
+    status, _, text = call(f"{url}/metrics", headers=bearer(token), **kwargs)
+    assert status == 200, text
+    return {(s.labels["scope"], s.labels["status"]): s.value for f in text_string_to_metric_families(text)
+            for s in f.samples if s.name == "edm_http_refused_requests_total"}
+
+
+def test_tokens_per_scope_from_a_file_and_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    name = f"auth-{uuid.uuid4().hex[:8]}"
+    (tmp_path / "query-tokens").write_text(f"# tokens of the dashboards\n{QUERY}\n\n")
+    (tmp_path / "metrics-tokens").write_text(f"{METRICS}\n")
+    monkeypatch.setenv("EDM_TEST_INGEST_TOKENS", f"old-token, {INGEST}")
+    topology = write_ingest_topology(tmp_path, name, None, http_extra="""\
+  auth:
+    queries: {tokens_file: query-tokens}
+    ingest: {tokens_env: EDM_TEST_INGEST_TOKENS}
+    metrics: {tokens_file: metrics-tokens}
+""")
+    runner = Runner(topology, "--state-dir", str(tmp_path / "state"))
+    try:
+        url = serving_urls(runner)[name]
+        # Probes are open.
+        assert call(f"{url}/healthz")[0] == 200
+        # Ingestion: no token, a malformed header, an unknown token, another scope's token, its own.
+        status, headers, body = post_json(f"{url}/clicks", click("u-1"))
+        assert (status, body["error"]) == (401, "unauthorized") and headers["WWW-Authenticate"].startswith("Bearer")
+        status, _, body = post_json(f"{url}/clicks", click("u-1"), headers={"Authorization": f"Basic {INGEST}"})
+        assert (status, body["error"]) == (401, "unauthorized")
+        status, _, body = post_json(f"{url}/clicks", click("u-1"), headers=bearer("guess"))
+        assert (status, body["error"]) == (401, "invalid_token")
+        status, _, body = post_json(f"{url}/clicks", click("u-1"), headers=bearer(METRICS))
+        assert (status, body["error"]) == (403, "forbidden") and "ingest" in body["message"]
+        assert post_json(f"{url}/clicks", click("u-1"), headers=bearer(INGEST))[0] == 200
+        assert post_json(f"{url}/clicks", click("u-1"), headers=bearer("old-token"))[0] == 200
+        # Queries: refused before the path is even looked at.
+        status, _, body = call(f"{url}/stores/anything/keys/k")
+        assert (status, body["error"]) == (401, "unauthorized")
+        status, _, body = call(f"{url}/stores/anything/keys/k", headers=bearer(INGEST))
+        assert status == 403
+        assert call(f"{url}/stores/anything/keys/k", headers=bearer(QUERY))[0] == 404  # past auth
+        # Metrics: protected too, and they count every refusal.
+        status, _, body = call(f"{url}/metrics", headers=bearer(QUERY))
+        assert (status, body["error"]) == (403, "forbidden")
+        counts = refused(url, METRICS)
+        assert counts == {("ingest", "401"): 3, ("ingest", "403"): 1, ("queries", "401"): 1,
+                          ("queries", "403"): 1, ("metrics", "403"): 1}
+    finally:
+        assert runner.stop() == 0, runner.stderr()
+    assert QUERY not in runner.stderr() and INGEST not in runner.stderr()  # tokens are never logged
+
+
+def test_an_empty_token_source_refuses_to_start(tmp_path: Path) -> None:
+    (tmp_path / "tokens").write_text("\n# nobody\n")
+    topology = write_ingest_topology(tmp_path, f"auth-{uuid.uuid4().hex[:8]}", None, http_extra="""\
+  auth: {ingest: {tokens_file: tokens}}
+""")
+    result = edm("run", topology, "--until-idle", "--state-dir", tmp_path / "state")
+    assert result.code == 1, result.stderr
+    assert "ingest tokens" in result.stderr and "are empty" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_tls(tmp_path: Path) -> None:
+    name = f"tls-{uuid.uuid4().hex[:8]}"
+    cert, key = self_signed(tmp_path)
+    (tmp_path / "metrics-tokens").write_text(f"{METRICS}\n")
+    topology = write_ingest_topology(tmp_path, name, None, http_extra="""\
+  tls: {cert_file: tls.crt, key_file: tls.key}
+  auth: {metrics: {tokens_file: metrics-tokens}}
+""")
+    runner = Runner(topology, "--state-dir", str(tmp_path / "state"))
+    try:
+        url = serving_urls(runner)[name]
+        assert url.startswith("https://127.0.0.1:")
+        trusted = ssl.create_default_context(cafile=str(cert))
+        status, _, body = post_json(f"{url}/clicks", click("u-1"), context=trusted)
+        assert status == 200, body
+        assert refused(url, METRICS, context=trusted) == {}
+        with pytest.raises(OSError, match="CERTIFICATE_VERIFY_FAILED"):  # not trusted: refused by the client
+            call(f"{url}/healthz", context=ssl.create_default_context())
+        with pytest.raises((OSError, http.client.HTTPException)):  # plain HTTP on the TLS port: no answer
+            call(url.replace("https://", "http://") + "/healthz", timeout_s=5)
+    finally:
+        assert runner.stop() == 0, runner.stderr()

@@ -1,0 +1,263 @@
+"""Ingestion over HTTP (issue 10): real `edm run` processes, real HTTP, on the embedded broker
+and on Kafka. Valid, malformed, schema-violating and batch requests get their statuses; the
+stream holds exactly the acknowledged events, at the partitions and offsets the answers gave;
+an Idempotency-Key makes a retried request write once; an event acknowledged with a 2xx is in
+the stream even when the instance is SIGKILLed right after the answer; back-pressure is a 429
+with Retry-After while the broker does not acknowledge."""
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from cli_helpers import ROOT
+from edm_runner.brokers.base import Broker, Record
+from edm_runner.brokers.kafka import KafkaBroker
+from edm_runner.brokers.local import LocalBroker
+from edm_runner.records.partitioner import default_partition
+from helpers.brokers import started
+from helpers.http_calls import call, post_json, post_ndjson
+from helpers.kafka_flow import Runner
+from helpers.serve_flow import serving_urls
+from helpers.topologies import write_service
+
+PARTITIONS = 3
+
+
+def click(user: str, page: str = "/home", **extra: object) -> dict:
+    return {"user_id": user, "page": page, "at": "2026-11-30T10:00:00Z", **extra}
+
+
+def write_ingest_topology(directory: Path, name: str, kafka_bootstrap: str | None, *,
+                          http_extra: str = "") -> Path:
+    """``name`` ingests clicks (schemas/click.json) at /clicks keyed by user_id, and by a header
+    at /clicks-by-header; nothing consumes them (the test reads the stream)."""
+    (directory / "click.json").write_text((ROOT / "schemas" / "click.json").read_text())
+    return write_service(directory, name, kafka_bootstrap, f"""\
+streams:
+  clicks: {{topic: {name}-clicks, partitions: {PARTITIONS}, key: string, value: {{format: json, schema: click.json}}}}
+  out: {{topic: {name}-out, partitions: 1, key: string, value: json}}
+pipelines:
+  copy: {{from: clicks, to: out}}
+http:
+  listen: "127.0.0.1:0"
+  ingest:
+    - {{path: /clicks, stream: clicks, key: {{field: user_id}}}}
+    - {{path: /clicks-by-header, stream: clicks, key: {{header: X-User}}}}
+  limits: {{max_body: 4KiB}}
+{http_extra}""")
+
+
+async def stream_records(broker: Broker, topic: str) -> dict[tuple[int, int], Record]:
+    """(partition, offset) -> record, for every record of ``topic``."""
+    async with started(broker):
+        async with started(broker.consumer(None, [topic])) as reader:
+            tps = sorted(reader.assignment())
+            ends = await reader.end_offsets(tps)
+            found: dict[tuple[int, int], Record] = {}
+            while sum(1 for tp in tps for p, _ in found if p == tp.partition) < sum(ends.values()):
+                for records in (await reader.getmany(timeout_ms=1000, max_records=1000)).values():
+                    for r in records:
+                        found[(r.partition, r.offset)] = r
+            return found
+
+
+def broker_of(tmp_path: Path, kafka_bootstrap: str | None) -> Broker:
+    if kafka_bootstrap is None:
+        return LocalBroker(tmp_path / "broker")
+    return KafkaBroker({"bootstrap_servers": kafka_bootstrap})
+
+
+def ingestion_scenario(tmp_path: Path, kafka_bootstrap: str | None) -> None:
+    name = f"ingest-{uuid.uuid4().hex[:8]}"
+    topology = write_ingest_topology(tmp_path, name, kafka_bootstrap)
+    runner = Runner(topology, "--state-dir", str(tmp_path / "state"))
+    acknowledged: dict[tuple[int, int], dict] = {}  # (partition, offset) -> the click
+    try:
+        url = serving_urls(runner)[name]
+
+        # One valid event: 200 once written, on the partition of its key.
+        status, _, body = post_json(f"{url}/clicks", click("u-1"))
+        assert status == 200, body
+        assert body["stream"] == "clicks" and body["topic"] == f"{name}-clicks"
+        assert body["partition"] == default_partition(b"u-1", PARTITIONS)
+        acknowledged[(body["partition"], body["offset"])] = click("u-1")
+
+        # The key from a header.
+        status, _, body = post_json(f"{url}/clicks-by-header", click("u-9"), headers={"X-User": "h-1"})
+        assert status == 200 and body["partition"] == default_partition(b"h-1", PARTITIONS), body
+        acknowledged[(body["partition"], body["offset"])] = click("u-9")
+        status, _, body = post_json(f"{url}/clicks-by-header", click("u-9"))
+        assert (status, body["error"]) == (400, "bad_key") and "X-User" in body["message"]
+
+        # Malformed: not JSON, not UTF-8, empty.
+        for raw in (b'{"user_id": "u-1", ', b"\xff\xfe", b"  "):
+            status, _, body = call(f"{url}/clicks", method="POST", body=raw,
+                                   headers={"Content-Type": "application/json"})
+            assert (status, body["error"]) == (400, "malformed"), (raw, body)
+
+        # A schema violation: every failing path, as JSON pointers.
+        status, _, body = post_json(f"{url}/clicks", {"user_id": 7, "at": "2026-11-30T10:00:00Z",
+                                                      "page": "no-slash"})
+        assert (status, body["error"]) == (422, "schema_violation"), body
+        assert {v["pointer"] for v in body["violations"]} == {"/user_id", "/page"}
+        status, _, body = post_json(f"{url}/clicks", {"page": "/x", "at": "2026-11-30T10:00:00Z"})
+        assert status == 422 and [v["pointer"] for v in body["violations"]] == [""]
+        assert "user_id" in body["violations"][0]["message"]
+
+        # A batch: valid events written, the others reported one by one (207).
+        lines = [json.dumps(click("u-2")), "{not json", json.dumps(click("u-3", page="home")),
+                 json.dumps(click("u-4", "/docs", client="ios", app_version="2.1"))]
+        status, _, body = post_ndjson(f"{url}/clicks", lines)
+        assert status == 207, body
+        assert (body["accepted"], body["rejected"]) == (2, 2)
+        results = body["results"]
+        assert [r["status"] for r in results] == [200, 400, 422, 200]
+        assert results[1]["error"] == "malformed"
+        assert [v["pointer"] for v in results[2]["violations"]] == ["/page"]
+        for line, result in zip(lines, results):
+            if result["status"] == 200:
+                value = json.loads(line)
+                assert result["partition"] == default_partition(value["user_id"].encode(), PARTITIONS)
+                acknowledged[(result["partition"], result["offset"])] = value
+        status, _, body = post_ndjson(f"{url}/clicks", [json.dumps(click(f"u-{i}")) for i in range(5, 8)])
+        assert status == 200 and body["accepted"] == 3, body
+        for i, result in zip(range(5, 8), body["results"]):
+            acknowledged[(result["partition"], result["offset"])] = click(f"u-{i}")
+        status, _, body = post_ndjson(f"{url}/clicks", ["{", json.dumps({"page": "/x"})])
+        assert (status, body["accepted"]) == (400, 0), body
+
+        # Idempotency: a retried request writes once and gets the first answer again.
+        key = {"Idempotency-Key": uuid.uuid4().hex}
+        first = post_json(f"{url}/clicks", click("u-42"), headers=key)
+        again = post_json(f"{url}/clicks", click("u-42"), headers=key)
+        assert first[0] == again[0] == 200 and first[2] == again[2]
+        assert again[1].get("Idempotent-Replayed") == "true" and "Idempotent-Replayed" not in first[1]
+        acknowledged[(first[2]["partition"], first[2]["offset"])] = click("u-42")
+        batch_key = {"Idempotency-Key": uuid.uuid4().hex}
+        lines = [json.dumps(click("u-50")), json.dumps(click("u-51"))]
+        first = post_ndjson(f"{url}/clicks", lines, headers=batch_key)
+        again = post_ndjson(f"{url}/clicks", lines, headers=batch_key)
+        assert first[0] == again[0] == 200 and first[2] == again[2]
+        for line, result in zip(lines, first[2]["results"]):
+            acknowledged[(result["partition"], result["offset"])] = json.loads(line)
+        status, _, body = post_json(f"{url}/clicks", click("u-43"), headers=key)  # same key, other body
+        assert (status, body["error"]) == (422, "idempotency_key_reused"), body
+
+        # Limits and media types: clear JSON errors.
+        status, _, body = post_json(f"{url}/clicks", click("u-1", page="/" + "x" * 5000))
+        assert (status, body["error"]) == (413, "body_too_large"), body
+        status, _, body = call(f"{url}/clicks", method="POST", body="user_id=u-1",
+                               headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert (status, body["error"]) == (415, "unsupported_media_type") and "x-ndjson" in body["message"]
+    finally:
+        code = runner.stop()
+    assert code == 0, runner.stderr()
+    assert "Traceback" not in runner.stderr()
+
+    # The stream holds exactly the acknowledged events.
+    found = asyncio.run(stream_records(broker_of(tmp_path, kafka_bootstrap), f"{name}-clicks"))
+    assert {at: json.loads(r.value) for at, r in found.items()} == acknowledged
+
+
+def test_ingestion_on_the_embedded_broker(tmp_path: Path) -> None:
+    ingestion_scenario(tmp_path, None)
+
+
+@pytest.mark.kafka
+def test_ingestion_on_kafka(tmp_path: Path, kafka_bootstrap: str) -> None:
+    ingestion_scenario(tmp_path, kafka_bootstrap)
+
+
+def sigkill_scenario(tmp_path: Path, kafka_bootstrap: str | None) -> None:
+    name = f"ingest-{uuid.uuid4().hex[:8]}"
+    topology = write_ingest_topology(tmp_path, name, kafka_bootstrap)
+    runner = Runner(topology, "--state-dir", str(tmp_path / "state"))
+    try:
+        url = serving_urls(runner)[name]
+        status, _, body = post_json(f"{url}/clicks", click("u-kill"))
+        runner.proc.kill()  # SIGKILL right after the answer
+        assert status == 200, body
+    finally:
+        runner.kill()
+    found = asyncio.run(stream_records(broker_of(tmp_path, kafka_bootstrap), f"{name}-clicks"))
+    assert json.loads(found[(body["partition"], body["offset"])].value) == click("u-kill")
+
+
+def test_an_acknowledged_event_survives_a_sigkill_on_the_embedded_broker(tmp_path: Path) -> None:
+    sigkill_scenario(tmp_path, None)
+
+
+@pytest.mark.kafka
+def test_an_acknowledged_event_survives_a_sigkill_on_kafka(tmp_path: Path, kafka_bootstrap: str) -> None:
+    sigkill_scenario(tmp_path, kafka_bootstrap)
+
+
+# Holds the embedded broker's LMDB write lock until a line arrives on stdin: appends wait.
+_HOLD_WRITES = """
+import sys, lmdb
+env = lmdb.open(sys.argv[1], max_dbs=8, map_size=64 << 30)
+txn = env.begin(write=True)
+print("holding", flush=True)
+sys.stdin.readline()
+txn.abort()
+"""
+
+
+def pending_bytes(url: str, service: str) -> float:
+    status, _, text = call(f"{url}/metrics")
+    assert status == 200
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "edm_ingest_pending_bytes" and sample.labels.get("service") == service:
+                return sample.value
+    return 0.0
+
+
+def test_back_pressure_is_a_429_with_retry_after_while_the_broker_does_not_acknowledge(tmp_path: Path) -> None:
+    name = f"ingest-{uuid.uuid4().hex[:8]}"
+    topology = write_ingest_topology(tmp_path, name, None)
+    runner = Runner(topology, "--state-dir", str(tmp_path / "state"))
+    holder = None
+    try:
+        url = serving_urls(runner)[name]
+        assert post_json(f"{url}/clicks", click("u-0"))[0] == 200  # the topic and the producer are ready
+        holder = subprocess.Popen([sys.executable, "-c", _HOLD_WRITES, str(tmp_path / "broker")],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline().strip() == "holding"
+        lines = [json.dumps(click(f"u-{i}", page="/" + "p" * 250)) for i in range(13)]  # ~3.7 KiB
+        blocked = []
+        with ThreadPoolExecutor(20) as pool:
+            while True:  # one request at a time: accepted ones wait for the broker, until one is refused
+                before = pending_bytes(url, name)
+                request = pool.submit(post_ndjson, f"{url}/clicks", lines, timeout_s=120)
+                while not request.done() and pending_bytes(url, name) == before:
+                    time.sleep(0.01)  # polling the gauge: the accepted request waits on the broker
+                if request.done():
+                    break
+                blocked.append(request)
+                assert len(blocked) < 20, "never refused"
+            status, headers, body = request.result()
+            assert (status, body["error"]) == (429, "overloaded"), body
+            assert headers["Retry-After"] == "1"
+            assert blocked, "the first request is always accepted"
+            holder.stdin.write("go\n")
+            holder.stdin.flush()
+            assert [b.result()[0] for b in blocked] == [200] * len(blocked)
+        assert pending_bytes(url, name) == 0
+        assert post_ndjson(f"{url}/clicks", lines)[0] == 200
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+        assert runner.stop() == 0, runner.stderr()
+    found = asyncio.run(stream_records(LocalBroker(tmp_path / "broker"), f"{name}-clicks"))
+    assert len(found) == 1 + (len(blocked) + 1) * len(lines)
