@@ -377,6 +377,8 @@ def test_adapter_round_trip(tmp_path: Path, caplog) -> None:
     assert (1, 3) in b.active  # pod-b reported state for 1_3
     assert a.owners == b.owners and a.hosts == {"pod-a": "http://a:8080", "pod-b": None}
     assert not (a.active & a.standby) and a.standby == b.active and b.standby == a.active
+    # every member learns where every task's standbys are (request routing: stale reads)
+    assert a.standbys == b.standbys == {**{t: ("pod-a",) for t in a.standby}, **{t: ("pod-b",) for t in b.standby}}
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("assignment "))
     doc = json.loads(line.removeprefix("assignment "))
     assert doc["service"] == "counter" and doc["instance"] in assignors
@@ -414,6 +416,8 @@ def test_member_messages_round_trip_and_read_foreign_data_as_defaults() -> None:
                           {"pod-b": 12})
     assert MemberMetadata.from_bytes(meta.to_bytes()) == meta
     data = AssignmentData(frozenset({(1, 2)}), {(0, 1): "pod-a"}, {"pod-a": None}, {"pod-b": 12})
+    assert AssignmentData.from_bytes(data.to_bytes()) == data
+    data = AssignmentData(frozenset({(1, 2)}), {(0, 1): "pod-a"}, {"pod-a": None}, {}, {(0, 1): ("pod-b", "pod-c")})
     assert AssignmentData.from_bytes(data.to_bytes()) == data
     for foreign in (None, b"", b"not json", b"[1, 2]"):
         assert MemberMetadata.from_bytes(foreign) == MemberMetadata(None)

@@ -2,17 +2,20 @@
 real HTTP."""
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import urllib.error
 import urllib.request
+from collections import Counter
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
 from cli_helpers import ROOT, TOPOLOGIES, edm, ok
 from helpers.kafka_flow import Runner
-from helpers.serve_flow import get, serving_urls
+from helpers.serve_flow import READY, get, serving_urls, wait_for_line
 
 
 def _with_http(path: Path, http: str) -> Path:
@@ -82,3 +85,89 @@ def test_the_listen_address_is_templated(join_topology: Path) -> None:
     result = edm("validate", join_topology, env={"EDM_TEST_HOST": "127.0.0.1", "PATH": ""})
     assert result.code == 0, result.stderr
     ok("validate", join_topology, env={"EDM_TEST_HOST": "127.0.0.1", "EDM_TEST_PORT": "8081", "PATH": ""})
+
+
+def _reference_counts(events: Path) -> Counter[str]:
+    return Counter(json.loads(line)["key"] for line in events.read_text().splitlines() if line.strip())
+
+
+@pytest.fixture
+def counted(tmp_path: Path) -> Path:
+    """user-counts, its events counted by a first `edm run --until-idle`, its counts served."""
+    shutil.copytree(TOPOLOGIES / "user-counts", tmp_path / "t")
+    topology = _with_http(tmp_path / "t" / "topology.yaml", '  listen: "127.0.0.1:0"\n  serve: [counts]\n')
+    ok("produce", "user-events", "-t", topology, "-f", tmp_path / "t" / "user-events.jsonl")
+    ok("run", topology, "--until-idle")
+    return topology
+
+
+def test_every_key_and_every_page_on_the_embedded_broker(counted: Path) -> None:
+    expected = _reference_counts(counted.parent / "user-events.jsonl")
+    runner = Runner(counted)
+    try:
+        url = serving_urls(runner)["user-counts"]
+        wait_for_line(runner, READY)
+        for key, count in expected.items():
+            for prefix in ("", "/local"):
+                status, headers, body = get(f"{url}{prefix}/stores/counts/keys/{key}")
+                assert (status, body) == (200, {"store": "counts", "key": key, "value": count})
+                assert headers["X-Edm-Source"] == "active"
+        status, _, body = get(f"{url}/stores/counts/keys/nobody")
+        assert (status, body["error"], body["key"]) == (404, "not_found", "nobody")
+        status, _, body = get(f"{url}/stores/users/keys/u-1")
+        assert (status, body["error"], body["served"]) == (404, "unknown_store", ["counts"])
+        status, _, body = get(f"{url}/stores")
+        assert body["stores"] == [{"name": "counts", "type": "key_value", "global": False, "partitions": 4,
+                                   "key_format": "string"}]
+        # pages of 3 cover every key once, in stored order
+        seen, cursor = [], None
+        while True:
+            status, _, page = get(f"{url}/stores/counts/keys?limit=3" + (f"&after={cursor}" if cursor else ""))
+            assert status == 200 and len(page["entries"]) <= 3
+            seen += [(e["key"], e["value"]) for e in page["entries"]]
+            cursor = page["next"]
+            if cursor is None:
+                break
+        assert [k for k, _ in seen] == sorted(k for k, _ in seen) and dict(seen) == dict(expected)
+        assert len(seen) == len(expected)
+        status, _, page = get(f"{url}/stores/counts/keys?prefix=u-1")
+        assert {e["key"] for e in page["entries"]} == {k for k in expected if k.startswith("u-1")}
+        status, _, page = get(f"{url}/stores/counts/keys?from=u-2&to=u-4")
+        assert {e["key"] for e in page["entries"]} == {k for k in expected if "u-2" <= k < "u-4"}
+        status, _, body = get(f"{url}/stores/counts/keys?limit=0")
+        assert (status, body["error"]) == (400, "bad_request")
+    finally:
+        assert runner.stop() == 0, runner.stderr()
+
+
+def test_window_fetches_and_json_keys(tmp_path: Path) -> None:
+    """hourly-revenue groups by customer through a repartition topic whose keys are JSON: a key
+    is given as JSON, and a window store answers a key's windows in a time range."""
+    shutil.copytree(TOPOLOGIES / "hourly-revenue", tmp_path / "t")
+    topology = _with_http(tmp_path / "t" / "topology.yaml", '  listen: "127.0.0.1:0"\n  serve: [hourly]\n')
+    orders = tmp_path / "t" / "customer-orders.jsonl"
+    ok("produce", "customer-orders", "-t", topology, "-f", orders)
+    ok("run", topology, "--until-idle")
+    hourly: dict[str, dict[int, int]] = {}  # the oracle: `edm state` reads the same LMDB offline
+    for row in ok("state", topology, "scan", "hourly").lines():
+        hourly.setdefault(row["key"], {})[row["start"]] = row["value"]
+    assert set(hourly) == {json.loads(line)["value"]["customer"] for line in orders.read_text().splitlines()}
+    runner = Runner(topology)
+    try:
+        url = serving_urls(runner)["hourly-revenue"]
+        wait_for_line(runner, READY)
+        for customer, sums in hourly.items():
+            status, _, body = get(f"{url}/stores/hourly/keys/{quote(json.dumps(customer))}")
+            assert status == 200, body
+            assert body["windows"] == [{"start": s, "end": s + 3_600_000, "value": v} for s, v in sorted(sums.items())]
+            first = min(sums)
+            status, _, body = get(f"{url}/stores/hourly/keys/{quote(json.dumps(customer))}?from={first}&to={first}")
+            assert [w["start"] for w in body["windows"]] == [first]
+        status, _, body = get(f"{url}/stores/hourly/keys/alice")
+        assert (status, body["error"]) == (400, "bad_key") and '"alice"' in body["message"]
+        status, _, body = get(f"{url}/stores/hourly/keys")
+        assert (status, body["error"]) == (400, "bad_request")
+        status, _, body = get(f"{url}/stores/hourly/keys/%22alice%22?from=yesterday")
+        assert (status, body["error"]) == (400, "bad_request")
+    finally:
+        assert runner.stop() == 0, runner.stderr()

@@ -66,6 +66,7 @@ class ServedStore:
     subtopology: int | None
     partitions: int
     key: SerdeSpec
+    window_size_ms: int | None = None  # window stores: a window's length (its end = start + size)
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,8 @@ class ServiceView:
             else:
                 key = next(node.serdes[0] for node in (compiled.dag.nodes[n] for n in sub.nodes)
                            if node.kind == "source" and node.serdes is not None)
-            self._stores[use.name] = ServedStore(use.name, use.type, sub.id, sub.tasks, key)
+            self._stores[use.name] = ServedStore(use.name, use.type, sub.id, sub.tasks, key,
+                                                 use.params.get("size") if use.type == "window" else None)
         self._changelogs = {use.name: use.changelog for use in compiled.catalog.uses.values()}
 
     @property
@@ -132,8 +134,7 @@ class ServiceView:
         current = assignor.current
         if current is None:
             return None
-        standbys = {task: (current.instance_id,) for task in current.standby}
-        return Routing(current.instance_id, current.generation, current.owners, standbys, current.hosts)
+        return Routing(current.instance_id, current.generation, current.owners, current.standbys, current.hosts)
 
     @property
     def rebalancing(self) -> bool:

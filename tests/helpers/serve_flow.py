@@ -31,6 +31,20 @@ def serving_urls(runner: Runner, count: int = 1, timeout_s: float = 60) -> dict[
         time.sleep(0.05)  # polling the log file: the event is a line another process writes
 
 
+def wait_for_line(runner: Runner, pattern: str, count: int = 1, timeout_s: float = 60) -> None:
+    """Until ``runner``'s log has ``count`` lines matching ``pattern`` (e.g. its assignment restored)."""
+    deadline = time.monotonic() + timeout_s
+    while len(re.findall(pattern, runner.stderr())) < count:
+        if not runner.alive():
+            raise AssertionError(f"edm run exited {runner.proc.returncode}:\n{runner.stderr()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no line {pattern!r} within {timeout_s} s:\n{runner.stderr()}")
+        time.sleep(0.05)
+
+
+READY = r"assigned \d+ partition\(s\); processing after"
+
+
 def get(url: str, *, headers: dict[str, str] | None = None, method: str = "GET",
         timeout_s: float = 30) -> tuple[int, dict[str, str], Any]:
     request = urllib.request.Request(url, headers=headers or {}, method=method)

@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 from edm_runner.brokers.base import MemberAssignment
@@ -43,6 +43,7 @@ class StandbyAssignment:
     standby: frozenset[TaskId]
     owners: Mapping[TaskId, str]
     hosts: Mapping[str, str | None]
+    standbys: Mapping[TaskId, tuple[str, ...]] = field(default_factory=dict)  # every task's standby instances
 
 
 class EdmAssignor:
@@ -101,6 +102,10 @@ class EdmAssignor:
         plan = self.plan(tasks, list(infos.values()), absent)
         owners = plan.owners()
         hosts = {i: info.http for i, info in infos.items()}
+        standbys: dict[TaskId, list[str]] = {}
+        for instance, tasks_kept in sorted(plan.standby.items()):
+            for task in tasks_kept:
+                standbys.setdefault(task, []).append(instance)
         result = {}
         for instance, member_id in member_of.items():
             by_topic: dict[str, list[int]] = {}
@@ -108,7 +113,8 @@ class EdmAssignor:
                 for topic in self.dag.subtopologies[sub_id].source_topics:
                     if p < counts[topic]:
                         by_topic.setdefault(topic, []).append(p)
-            data = AssignmentData(frozenset(plan.standby.get(instance, [])), owners, hosts, self._absent)
+            data = AssignmentData(frozenset(plan.standby.get(instance, [])), owners, hosts, self._absent,
+                                  {t: tuple(i) for t, i in standbys.items()})
             result[member_id] = MemberAssignment(by_topic, data.to_bytes())
         return result
 
@@ -119,7 +125,7 @@ class EdmAssignor:
         self._absent = dict(data.absent)
         self._generation += 1
         self.current = StandbyAssignment(self.instance_id, self._generation, active, data.standby,
-                                         data.owners, data.hosts)
+                                         data.owners, data.hosts, data.standbys)
         log.info("assignment %s", json.dumps({
             "service": self.topology.name, "instance": self.instance_id, "generation": self._generation,
             "active": task_names(self.current.active), "standby": task_names(self.current.standby),

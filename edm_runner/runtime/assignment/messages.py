@@ -71,20 +71,24 @@ class AssignmentData:
     """What the leader sends each member beside its partitions. ``standby``: the member's
     standby tasks. ``owners``: every assigned task -> the instance holding its active.
     ``hosts``: instance id -> HTTP address, for every member. ``absent``: the ``static``
-    strategy's absence clocks, so that a later leader continues them."""
+    strategy's absence clocks, so that a later leader continues them. ``standbys``: every task
+    with standbys -> the instances keeping them (request routing: a stale read may go there)."""
 
     standby: frozenset[TaskId] = frozenset()
     owners: Mapping[TaskId, str] = field(default_factory=dict)
     hosts: Mapping[str, str | None] = field(default_factory=dict)
     absent: Mapping[str, int] = field(default_factory=dict)
+    standbys: Mapping[TaskId, tuple[str, ...]] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
         return json.dumps({"v": VERSION, "standby": task_names(self.standby),
                            "tasks": {task_name(t): i for t, i in self.owners.items()},
-                           "hosts": dict(self.hosts), "absent": dict(self.absent)}).encode()
+                           "hosts": dict(self.hosts), "absent": dict(self.absent),
+                           "standbys": {task_name(t): list(i) for t, i in self.standbys.items()}}).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes | None) -> AssignmentData:
         doc = _decode(data)
         return cls(_tasks(doc.get("standby")), {parse_task(k): str(v) for k, v in (doc.get("tasks") or {}).items()},
-                   dict(doc.get("hosts") or {}), _clocks(doc.get("absent")))
+                   dict(doc.get("hosts") or {}), _clocks(doc.get("absent")),
+                   {parse_task(k): tuple(map(str, v)) for k, v in (doc.get("standbys") or {}).items()})
