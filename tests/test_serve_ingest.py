@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cli_helpers import ROOT
+from cli_helpers import ROOT, ok
 from edm_runner.brokers.base import Broker, Record
 from edm_runner.brokers.kafka import KafkaBroker
 from edm_runner.brokers.local import LocalBroker
@@ -261,3 +262,28 @@ def test_back_pressure_is_a_429_with_retry_after_while_the_broker_does_not_ackno
         assert runner.stop() == 0, runner.stderr()
     found = asyncio.run(stream_records(LocalBroker(tmp_path / "broker"), f"{name}-clicks"))
     assert len(found) == 1 + (len(blocked) + 1) * len(lines)
+
+
+def test_the_click_ingest_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """topologies/click-ingest as the README runs it: a batch of clicks over HTTP, counted per page."""
+    example = tmp_path / "topologies" / "click-ingest"
+    shutil.copytree(ROOT / "topologies" / "click-ingest", example)
+    shutil.copytree(ROOT / "schemas", tmp_path / "schemas")
+    monkeypatch.setenv("EDM_HTTP_LISTEN", "127.0.0.1:0")
+    topology = example / "topology.yaml"
+    runner = Runner(topology, "--state-dir", str(tmp_path / "state"))
+    try:
+        url = serving_urls(runner)["click-ingest"]
+        status, _, body = call(f"{url}/clicks", method="POST", body=(example / "clicks.ndjson").read_bytes(),
+                               headers={"Content-Type": "application/x-ndjson"})
+        assert (status, body["accepted"], body["rejected"]) == (207, 5, 1), body
+        assert {v["pointer"] for v in body["results"][5]["violations"]} == {"/page", ""}
+        status, _, body = post_json(f"{url}/clicks", {"user_id": "u-5", "page": "/home", "at": "2026-11-30T10:01:00Z",
+                                                      "client": "web"})
+        assert status == 200, body
+    finally:
+        assert runner.stop() == 0, runner.stderr()
+    ok("run", topology, "--until-idle", "--state-dir", tmp_path / "state")
+    counts = {e["key"]: e["value"] for e in ok("consume", "clicks-per-page", "-t", topology, "--from-beginning",
+                                               "--state-dir", tmp_path / "state").lines()}
+    assert counts == {"/home": 4, "/pricing": 1, "/docs": 1}
