@@ -36,3 +36,18 @@ def test_serde_is_a_leaf_it_loads_no_other_edm_package() -> None:
                                         check=True).stdout)
     edm = {m.split(".")[1] for m in modules if m.startswith("edm_runner.")}
     assert edm <= {"serde", "errors", "records"}
+
+
+def test_running_on_the_embedded_broker_imports_no_kafka_client(tmp_path: Path) -> None:
+    """`edm run` on the embedded broker loads aiokafka at no point (its import, about 0.05 s, was
+    most of what the run loaded and did not need before its first event: bench `startup`)."""
+    code = ("import json, sys\nfrom edm_runner.cli import main\n"
+            "topology, state, found = sys.argv[1:]\n"
+            "sys.argv = ['edm', 'run', topology, '--until-idle', '--state-dir', state]\n"
+            "try:\n    main()\nexcept SystemExit as stop:\n    assert not stop.code, stop.code\n"
+            "open(found, 'w').write(json.dumps(sorted(sys.modules)))\n")
+    subprocess.run([sys.executable, "-c", code, str(ROOT / "topologies/quickstart/topology.yaml"),
+                    str(tmp_path / "state"), str(tmp_path / "modules.json")], check=True, capture_output=True)
+    modules = json.loads((tmp_path / "modules.json").read_text())
+    assert "edm_runner.brokers.local" in modules and "edm_runner.runtime.service" in modules  # it ran
+    assert [m for m in modules if m.split(".")[0] == "aiokafka" or m.startswith("edm_runner.brokers.kafka")] == []
