@@ -2,10 +2,12 @@
 environment variable, never inline; optional TLS. Real `edm run` processes, real HTTP(S)."""
 from __future__ import annotations
 
+import asyncio
 import datetime
 import http.client
 import ipaddress
 import ssl
+import time
 import uuid
 from pathlib import Path
 
@@ -17,8 +19,10 @@ from cryptography.x509.oid import NameOID
 from prometheus_client.parser import text_string_to_metric_families
 
 from cli_helpers import edm
+from edm_runner.brokers.kafka import KafkaBroker
 from helpers.http_calls import call, post_json
 from helpers.kafka_flow import Runner
+from helpers.reliability_flow import events, produce, reference_counts, write_topology
 from helpers.serve_flow import serving_urls
 from test_serve_ingest import click, write_ingest_topology
 
@@ -133,3 +137,66 @@ def test_tls(tmp_path: Path) -> None:
             call(url.replace("https://", "http://") + "/healthz", timeout_s=5)
     finally:
         assert runner.stop() == 0, runner.stderr()
+
+
+@pytest.mark.kafka
+def test_the_proxy_hop_authenticates_over_tls(tmp_path: Path, kafka_bootstrap: str) -> None:
+    """Two instances on Kafka serving HTTPS with query tokens: a query for a key the other
+    instance owns is forwarded with the client's token (counted as proxied), a hop header alone
+    grants nothing, and a refused request is never forwarded."""
+    name = f"hop-{uuid.uuid4().hex[:8]}"
+    self_signed(tmp_path)
+    (tmp_path / "query-tokens").write_text(f"{QUERY}\n")
+    (tmp_path / "metrics-tokens").write_text(f"{METRICS}\n")
+    topology = write_topology(tmp_path, name, kafka_bootstrap)
+    topology.write_text(topology.read_text() + """\
+http:
+  listen: "127.0.0.1:0"
+  serve: [counts]
+  tls: {cert_file: tls.crt, key_file: tls.key}
+  auth: {queries: {tokens_file: query-tokens}, metrics: {tokens_file: metrics-tokens}}
+""")
+    inputs = events()
+    expected = reference_counts(inputs)
+    asyncio.run(_produce(kafka_bootstrap, name, inputs))
+    trusted = ssl.create_default_context(cafile=str(tmp_path / "tls.crt"))
+    first = Runner(topology, "--state-dir", str(tmp_path / "a"), "--instance-id", "a")
+    second = Runner(topology, "--state-dir", str(tmp_path / "b"), "--instance-id", "b")
+    try:
+        urls = [serving_urls(first)[name], serving_urls(second)[name]]
+        deadline = time.monotonic() + 90
+        while True:  # until both hold one task and every count is complete, asked of the first
+            tasks = [call(f"{u}/readyz", context=trusted)[2].get("tasks", {}).get("active") for u in urls]
+            answers = {key: call(f"{urls[0]}/stores/counts/keys/{key}", headers=bearer(QUERY), context=trusted)
+                       for key in expected}
+            if tasks == [1, 1] and all(a[0] == 200 and a[2]["value"] == expected[k] for k, a in answers.items()):
+                break
+            assert first.alive() and second.alive(), first.stderr() + second.stderr()
+            assert time.monotonic() < deadline, (tasks, {k: a[:1] + a[2:] for k, a in answers.items()})
+            time.sleep(0.2)  # processing in other processes: polled
+        proxied = {s.labels["status"]: s.value for f in text_string_to_metric_families(
+            call(f"{urls[0]}/metrics", headers=bearer(METRICS), context=trusted)[2])
+            for s in f.samples if s.name == "edm_http_proxied_requests_total"}
+        assert proxied.get("200", 0) > 0, proxied  # some keys live on the second instance
+        key = next(iter(expected))
+        status, _, body = call(f"{urls[1]}/stores/counts/keys/{key}", headers={"X-Edm-Hop": "1"}, context=trusted)
+        assert (status, body["error"]) == (401, "unauthorized")  # the hop header grants nothing
+        for token in (None, METRICS):
+            for url in urls:
+                status, _, _ = call(f"{url}/stores/counts/keys/{key}", context=trusted,
+                                    headers=bearer(token) if token else {})
+                assert status == (403 if token else 401)
+        refused_second = refused(urls[1], METRICS, context=trusted)
+        assert refused_second == {("queries", "401"): 2, ("queries", "403"): 1}  # nothing forwarded refused
+    finally:
+        assert second.stop() == 0, second.stderr()
+        assert first.stop() == 0, first.stderr()
+
+
+async def _produce(kafka_bootstrap: str, name: str, inputs: list) -> None:
+    broker = KafkaBroker({"bootstrap_servers": kafka_bootstrap})
+    await broker.start()
+    try:
+        await produce(broker, name, inputs)
+    finally:
+        await broker.close()

@@ -26,6 +26,7 @@ from aiohttp import web
 from edm_runner.runtime.view import LocalStore, ServedStore
 from edm_runner.serve.context import ServeContext
 from edm_runner.serve.errors import HttpError, unavailable
+from edm_runner.serve.metrics import process_metrics
 
 HOP_HEADER = "X-Edm-Hop"
 INSTANCE_HEADER = "X-Edm-Instance"
@@ -97,6 +98,9 @@ async def forward(ctx: ServeContext, remote: Remote, request: web.Request,
     Raises 503 ``owner_unreachable`` when the owner does not answer in time."""
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _NOT_FORWARDED}
     headers[HOP_HEADER] = "1"
+    resource = request.match_info.route.resource
+    proxied = process_metrics().http.proxied
+    endpoint = resource.canonical if resource is not None else request.path
     body = await request.read() if request.can_read_body else None
     timeout = max(0.1, ctx.spec.request_timeout_ms / 1000 - _PROXY_MARGIN_S)
     assert ctx.client is not None, "the client session opens when the server starts"
@@ -106,8 +110,10 @@ async def forward(ctx: ServeContext, remote: Remote, request: web.Request,
                                       timeout=aiohttp.ClientTimeout(total=timeout)) as response:
             content = await response.read()
             kept = {k: v for k, v in response.headers.items() if k.lower() not in _NOT_FORWARDED}
+            proxied.labels(ctx.view.name, endpoint, str(response.status)).inc()
             return response.status, kept, content
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+        proxied.labels(ctx.view.name, endpoint, "unreachable").inc()
         raise unavailable("owner_unreachable", f"instance {remote.instance!r} at {remote.url} did not answer "
                                                f"({type(e).__name__}: {e or 'timed out'})",
                           owner=remote.instance) from None

@@ -102,7 +102,9 @@ class HttpSide:
         scheme = "https" if tls is not None else "http"
         self.ctx.url = spec.advertised_url or f"{scheme}://{_url_host(spec.host)}:{port}"
         self.view.advertise(self.ctx.url)
-        self.ctx.client = aiohttp.ClientSession(auto_decompress=False)
+        peers = _peer_tls_context(spec)
+        self.ctx.client = aiohttp.ClientSession(auto_decompress=False,
+                                                connector=aiohttp.TCPConnector(ssl=peers) if peers else None)
         log.info("%s: serving HTTP on %s (listening on %s:%d)", self.view.name, self.ctx.url, spec.host, port)
 
     async def stop(self) -> None:
@@ -144,4 +146,16 @@ def _tls_context(spec: HttpSpec) -> ssl.SSLContext | None:
     except (OSError, ssl.SSLError) as e:
         raise EdmError(f"{spec.pos}: cannot load the TLS certificate {spec.tls_cert} and key {spec.tls_key}: "
                        f"{e}; http.tls names PEM files relative to the topology file") from None
+    return context
+
+
+def _peer_tls_context(spec: HttpSpec) -> ssl.SSLContext | None:
+    """How this instance verifies the other instances it forwards requests to, when it serves
+    HTTPS itself: the system's CAs, and its own certificate as one more trust anchor (the
+    instances of a service share their certificate, often self-signed or from a private CA).
+    Host names are verified as usual, against the advertised URLs."""
+    if spec.tls_cert is None:
+        return None
+    context = ssl.create_default_context()
+    context.load_verify_locations(cafile=str(spec.tls_cert))  # loaded already by _tls_context
     return context
