@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import time
 import urllib.error
 import urllib.request
 from collections import Counter
+import uuid
 from pathlib import Path
 from urllib.parse import quote
 
@@ -15,7 +17,9 @@ import pytest
 
 from cli_helpers import ROOT, TOPOLOGIES, edm, ok
 from helpers.kafka_flow import Runner
-from helpers.serve_flow import READY, get, serving_urls, wait_for_line
+from helpers.http_calls import call as get
+from helpers.serve_flow import READY, serving_urls, settled, wait_for_line
+from helpers.topologies import write_service
 
 
 def _with_http(path: Path, http: str) -> Path:
@@ -171,3 +175,86 @@ def test_window_fetches_and_json_keys(tmp_path: Path) -> None:
         assert (status, body["error"]) == (400, "bad_request")
     finally:
         assert runner.stop() == 0, runner.stderr()
+
+
+# -- three instances on Kafka ----------------------------------------------------------------
+
+PARTITIONS = 6
+KEYS = 60
+ANSWERED = {200, 404, 503}
+TYPED_503 = {"not_active", "restoring", "unknown_owner", "owner_unreachable"}
+
+
+def _users_service(tmp_path: Path, name: str, kafka_bootstrap: str) -> Path:
+    return write_service(tmp_path, name, kafka_bootstrap, f"""\
+streams:
+  users: {{topic: {name}-users, partitions: {PARTITIONS}, type: entity, key: string, value: json}}
+tables:
+  users-table: {{from: users}}
+http:
+  listen: "127.0.0.1:0"
+  serve: [users-table]
+""")
+
+
+def _check(url: str, key: str, answers: Counter[str]) -> None:
+    """One query; a 200 must be the right value, a 503 typed and retryable; nothing else."""
+    status, headers, body = get(f"{url}/stores/users-table/keys/{key}", timeout_s=15)
+    assert status in ANSWERED, (status, body)
+    if status == 200:
+        assert body == {"store": "users-table", "key": key, "value": {"n": int(key[2:])}}, body
+    elif status == 503:
+        assert body["error"] in TYPED_503 and headers["Retry-After"] == "1", body
+    answers[f"{status} {body['error']}" if status != 200 else "200"] += 1
+
+
+@pytest.mark.kafka
+def test_three_instances_answer_every_key_and_survive_a_kill(tmp_path: Path, kafka_bootstrap: str) -> None:
+    """Every key of a table answered right from each of three instances (proxied to the owner
+    where needed); an instance SIGKILLed mid-queries gives only 200 (right), 404 or 503 with
+    Retry-After; once the group settled again, every answer is right from every survivor."""
+    name = f"serve-{uuid.uuid4().hex[:8]}"
+    topology = _users_service(tmp_path, name, kafka_bootstrap)
+    users = tmp_path / "users.jsonl"
+    users.write_text("".join(json.dumps({"key": f"u-{i}", "value": {"n": i}}) + "\n" for i in range(KEYS)))
+    ok("produce", "users", "-t", topology, "-f", users)
+    tasks = {f"0_{p}" for p in range(PARTITIONS)}
+    runners = [Runner(topology, "--state-dir", str(tmp_path / f"pod-{i}"), "--instance-id", f"pod-{i}")
+               for i in range(3)]
+    try:
+        urls = [serving_urls(r)[name] for r in runners]
+        _until(lambda: settled(runners, tasks), runners, "three instances share the tasks")
+        proxied = 0
+        for url in urls:
+            for i in range(KEYS):
+                status, headers, body = get(f"{url}/stores/users-table/keys/u-{i}")
+                assert (status, body["value"]) == (200, {"n": i}), body
+                proxied += headers["X-Edm-Instance"] != get(f"{url}/healthz")[2]["instance"]
+        assert proxied > KEYS  # two thirds of the keys live elsewhere, from every instance
+        runners[2].kill()
+        survivors, answers = runners[:2], Counter[str]()
+        deadline = time.monotonic() + 120
+        while not settled(survivors, tasks):
+            assert time.monotonic() < deadline, f"the survivors did not settle: {answers}"
+            for i in range(KEYS):
+                for url in urls[:2]:
+                    _check(url, f"u-{i}", answers)
+        for url in urls[:2]:
+            for i in range(KEYS):
+                status, _, body = get(f"{url}/stores/users-table/keys/u-{i}")
+                assert (status, body.get("value")) == (200, {"n": i}), body
+        print(f"answers while the group rebalanced: {dict(answers)}")
+        assert answers["200"] > 0 and any(a.startswith("503") for a in answers), answers
+    finally:
+        for runner in runners:
+            if runner.alive():
+                runner.stop()
+
+
+def _until(done, runners: list[Runner], what: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        for runner in runners:
+            assert runner.alive(), runner.stderr()
+        assert time.monotonic() < deadline, f"not within {timeout_s} s: {what}\n" + runners[0].stderr()
+        time.sleep(0.1)  # the event happens in other processes: polled with a deadline

@@ -1,16 +1,13 @@
 """Real `edm run` processes answering real HTTP, for the request-response tests.
 
-``serving_urls`` waits for the log line each server writes once bound (an event, with a
-deadline: no sleep stands for it); ``get`` is a plain HTTP GET that returns the status, the
-headers and the decoded JSON body whatever the status."""
+``serving_urls`` waits for the log line each server writes once bound, ``wait_for_line`` for
+any other line (events, with a deadline: no sleep stands for them); ``helpers.http_calls``
+makes the requests."""
 from __future__ import annotations
 
 import json
 import re
 import time
-import urllib.error
-import urllib.request
-from typing import Any
 
 from helpers.kafka_flow import Runner
 
@@ -45,12 +42,17 @@ def wait_for_line(runner: Runner, pattern: str, count: int = 1, timeout_s: float
 READY = r"assigned \d+ partition\(s\); processing after"
 
 
-def get(url: str, *, headers: dict[str, str] | None = None, method: str = "GET",
-        timeout_s: float = 30) -> tuple[int, dict[str, str], Any]:
-    request = urllib.request.Request(url, headers=headers or {}, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            status, head, raw = response.status, dict(response.headers), response.read()
-    except urllib.error.HTTPError as error:
-        status, head, raw = error.code, dict(error.headers), error.read()
-    return status, head, json.loads(raw) if raw else None
+ASSIGNMENT = re.compile(r"edm\.assignment: assignment (?P<doc>\{.*\})")
+
+
+def settled(runners: list[Runner], tasks: set[str]) -> bool:
+    """True when the last assignment each runner logged gives every task of ``tasks`` to exactly
+    one of them, and each restored its share since (one group generation, processing)."""
+    given: list[str] = []
+    for runner in runners:
+        text = runner.stderr()
+        found = list(ASSIGNMENT.finditer(text))
+        if not found or not re.search(READY, text[found[-1].end():]):
+            return False
+        given += json.loads(found[-1]["doc"])["active"]
+    return sorted(given) == sorted(tasks)
