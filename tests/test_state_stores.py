@@ -104,7 +104,7 @@ def test_a_value_json_cannot_hold_is_refused_at_put(tmp_path: Path) -> None:
         assert kv.get("k") is None and st.dirty_changelog_records() == []
 
 
-def test_rollback_undoes_the_writes_since_the_savepoint_in_every_store(tmp_path: Path) -> None:
+def test_rollback_undoes_the_writes_since_the_mark_in_every_store(tmp_path: Path) -> None:
     with open_task(tmp_path) as st:
         kv = st.register("kv", "key_value")
         w = st.register("w", "window", {"size": 10})
@@ -113,19 +113,19 @@ def test_rollback_undoes_the_writes_since_the_savepoint_in_every_store(tmp_path:
         w.put("a", 0, 1)
         st.commit(Checkpoint())
         kv.put("kept", 2)
-        st.journal.savepoint()
+        mark = st.journal.mark()
         kv.put("kept", 3)
         kv.put("new", 1)
         kv.put("stored", None)
         w.put("a", 0, 2)
         w.put("a", 10, 1)
-        st.journal.rollback()
+        st.journal.rollback(mark)
         assert kv.get("kept") == 2 and kv.get("new") is None and kv.get("stored") == {"v": 1}
         assert list(w.fetch("a", 0, 20)) == [(0, 1)]
         assert st.dirty_changelog_records() == [("kv", b'"kept"', b"2")]
-        kv.put("after", 1)  # no savepoint: nothing is recorded, nothing to roll back
-        st.journal.rollback()
-        assert kv.get("after") == 1
+        st.journal.forget()  # what is forgotten can no longer be rolled back
+        st.journal.rollback(0)
+        assert kv.get("kept") == 2
 
 
 def test_changelog_records_are_the_latest_value_per_dirty_key(tmp_path: Path) -> None:

@@ -382,6 +382,45 @@ def test_a_failing_event_leaves_the_batch_as_if_it_had_not_been_there(tmp_path: 
     assert with_bad == without
 
 
+FIRST_TIME = {"rules.py": """
+def first_time(key, payment_id, *, stores):
+    seen = stores["seen"]
+    ids = seen.get(key) or []
+    if payment_id in ids:
+        return False
+    seen.put(key, ids + [payment_id])
+    return True
+"""}
+CHECK = "first_time(key, value.id) and 10 / value.n > 0"
+
+
+@pytest.mark.parametrize("flow", [
+    f"steps: [{{filter: '{CHECK}'}}]\n    to: out",
+    f"branch: [{{when: '{CHECK}', to: out}}]",
+])
+def test_a_function_with_stores_writes_once_per_event_when_another_event_fails(tmp_path: Path, flow: str) -> None:
+    """The replay of a batch after a failure called the function again for the events before
+    the failing one: their ids were seen already, and the first payment was dropped."""
+    body = f"""
+stores: {{seen: {{type: key_value}}}}
+functions: {{first_time: {{python: "rules:first_time", stores: [seen]}}}}
+pipelines:
+  p:
+    from: in
+    on_error: skip
+    {flow}
+"""
+    good = [("a", {"id": 1, "n": 1}, 1), ("a", {"id": 1, "n": 1}, 2), ("a", {"id": 3, "n": 1}, 4)]
+    results = []
+    for run, events in (("with", [*good[:2], ("a", {"id": 2, "n": 0}, 3), good[2]]), ("without", good)):
+        (tmp_path / run).mkdir()
+        svc = Service(tmp_path / run, CONTRACT_HEADER + body, FIRST_TIME)
+        results.append((svc.run({"in": events}), svc.stats.skipped))
+    (with_bad, skipped), (without, skipped_without) = results
+    assert (skipped, skipped_without) == (1, 0)
+    assert with_bad == without == [("a", {"id": 1, "n": 1}), ("a", {"id": 3, "n": 1})]
+
+
 # -- records of a global table that fail follow the stream's on_error -------------------------------
 
 GLOBAL = """

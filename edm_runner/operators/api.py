@@ -167,24 +167,19 @@ class PerEventProcessor(Processor):
 
 
 class EventwiseProcessor(Processor):
-    """A step that applies events one at a time to state. It remembers each event's outputs,
-    so when ``process`` raises at event i the runtime's per-event replay (``process_one``)
-    returns the remembered outputs of events 0..i-1 instead of applying them to the store a
-    second time.
+    """A step that applies events one at a time to state. When ``process`` raises at event i,
+    the runtime rolls back the store writes of the whole call (``state.stores.Journal``) and
+    replays the batch event by event (``process_one``), each under its own mark: the events
+    before i are applied once, and a failing event leaves no write behind even when it fails
+    after a first write (a record too large for the second of two windows).
 
-    Each event is applied under a savepoint of the write buffers of the stores whose
-    ``TaskStoreRef``s the processor holds (its attributes): when ``apply`` raises, the
-    event's store writes are rolled back, so a failing event leaves no write behind even
-    when it fails after a first write (a record too large for the second of two windows).
-
-    Subclasses implement ``begin()`` (fetch the current task's stores; called once per call),
-    ``apply(event)`` and optionally ``apply_other(event)`` (a join's other side) and
+    Subclasses implement ``begin()`` (fetch the current task's stores and what the step keeps
+    in them, e.g. stream time; called once per call, so a replay starts from the rolled back
+    store), ``apply(event)`` and optionally ``apply_other(event)`` (a join's other side) and
     ``end(last_event)`` (work done once per batch after its events, e.g. emitting closed
     windows; its progress marks must be durable in the store so a skipped ``end`` is caught
     up by the next one).
     """
-
-    _done: dict[int, tuple[Event, list[Event]]] = {}
 
     def begin(self) -> None:
         raise NotImplementedError
@@ -199,44 +194,12 @@ class EventwiseProcessor(Processor):
         return []
 
     def _run(self, batch: list[Event], apply: Callable[[Event], list[Event]]) -> list[Event]:
-        if len(batch) == 1:  # the runtime replays a failed batch one event at a time
-            e = batch[0]
-            hit = self._done.pop(id(e), None)
-            if hit is not None and hit[0] is e:
-                return hit[1]
-        self._done = done = {}
         self.begin()
-        journals = self._journals()
         out: list[Event] = []
         for e in batch:
-            for j in journals:
-                j.savepoint()
-            try:
-                r = apply(e)
-            except BaseException:
-                for j in journals:  # the event's store writes vanish with it
-                    j.rollback()
-                raise
-            done[id(e)] = (e, r)
-            out.extend(r)
-        for j in journals:
-            j.release()
+            out.extend(apply(e))
         out.extend(self.end(batch[-1]))
-        self._done = {}
         return out
-
-    def _journals(self) -> list[Any]:
-        """The undo logs (``state.stores.Journal``) of the stores bound to the refs this
-        processor holds: one per task, shared by its stores."""
-        refs = self.__dict__.get("_refs")
-        if refs is None:
-            refs = self._refs = [v for v in vars(self).values() if isinstance(v, TaskStoreRef)]
-        found: list[Any] = []
-        for ref in refs:
-            j = getattr(ref.current, "journal", None)
-            if j is not None and all(j is not k for k in found):
-                found.append(j)
-        return found
 
     def process(self, batch: list[Event]) -> list[Event]:
         return self._run(batch, self.apply)

@@ -45,7 +45,8 @@ class TableMaterializer(EventwiseProcessor):
     emits one change event per actual change, with ``old`` the previous value. A null key is an
     error of the record (``null_table_key``, as on restore: ``runtime.tasks.table_converter``). Event by event
     (``EventwiseProcessor``): when a record of a batch fails (a key too long for the store),
-    the replay of the records before it does not see their own writes as their old values."""
+    the runtime rolls the batch's writes back before it replays the records one by one, so
+    none sees its own write as its old value."""
 
     def __init__(self, name: str, ref: TaskStoreRef, pos: Pos) -> None:
         self.name = name

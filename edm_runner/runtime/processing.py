@@ -7,7 +7,10 @@ Invariants:
   then sends nothing of the batch and commits nothing past it.
 - A step's fast path runs on the whole batch; only when it raises is the batch replayed
   event by event, so the error policy applies to exactly the failing events and the others
-  go on unchanged and in order.
+  go on unchanged and in order. The store writes of the failed pass are rolled back first
+  (``state.stores.Journal``), and each replayed event runs under its own mark: a failing
+  event leaves no store write behind, and every other event's writes are applied once
+  (operators' and Python functions' with ``stores`` alike).
 - Every event that does not reach a sink is accounted for: filtered, skipped (counted,
   first few logged) or dead-lettered (original bytes + error headers). Nothing is lost silently.
 - Only ``EventError``s (the user's logic or data: decoding, schemas, expressions, declared
@@ -132,6 +135,7 @@ class CompiledService:
         self._contexts: dict[tuple[str, int], BuildContext] = {}
         self._handlers: dict[tuple[str, str | None], ErrorHandler] = {}
         self._steps: dict[str, Step] = {}
+        self._bound: list[Any] = []  # the journals of the stores bound for the batch being processed
         self.sources: dict[str, list[Source]] = {}
         for node in self.dag.sources():
             source = self._source(node)
@@ -249,6 +253,9 @@ class CompiledService:
         Counts the records per pipeline in and out (``ServiceStats.in_by_pipeline``, ...)."""
         stats, outputs = self.stats, self.outputs
         topic = records[0].topic
+        self._bound = self._journals()
+        for journal in self._bound:
+            journal.forget()  # the previous batch's writes are for good
         for source in self.sources.get(topic, ()):
             pipeline = source.pipeline
             written, dead = len(outputs), stats.dead_lettered
@@ -301,10 +308,30 @@ class CompiledService:
             batch = self._run(step, batch)
             step = step.next
 
+    def _journals(self) -> list[Any]:
+        """The undo logs (``state.stores.Journal``, one per task) of the stores bound now."""
+        found: list[Any] = []
+        for use in self.catalog.uses.values():
+            journal = getattr(use.ref.current, "journal", None)
+            if journal is not None and all(journal is not j for j in found):
+                found.append(journal)
+        return found
+
+    def _mark(self) -> list[tuple[Any, int]]:
+        return [(journal, journal.mark()) for journal in self._bound]
+
+    @staticmethod
+    def _rollback(marks: list[tuple[Any, int]]) -> None:
+        """Undo the store writes made since ``marks`` (a failed step or event)."""
+        for journal, mark in marks:
+            journal.rollback(mark)
+
     def _run(self, step: Step, batch: list[Event]) -> list[Event]:
+        marks = self._mark()
         try:
             return step.proc.process(batch)
         except EventError:
+            self._rollback(marks)  # the replay applies the events before the failing one again
             return self._one_by_one(step, batch)
         except Exception as exc:
             raise _internal(self.topology.name, f"{step.id} ({step.label})", step.pos,
@@ -314,9 +341,11 @@ class CompiledService:
         out: list[Event] = []
         proc = step.proc
         for e in batch:
+            marks = self._mark()
             try:
                 out.extend(proc.process_one(e))
             except EventError as exc:
+                self._rollback(marks)
                 step.handler.handle(e.origin, f"{step.id} ({step.label})", step.pos, exc)
             except Exception as exc:
                 raise _internal(self.topology.name, f"{step.id} ({step.label})", step.pos, [e.origin],
@@ -330,15 +359,16 @@ class CompiledService:
                 return i
         return None
 
-    @staticmethod
-    def _arm_checked(step: Step, e: Event) -> int | None:
+    def _arm_checked(self, step: Step, e: Event) -> int | None:
         """``_arm`` with the error policy applied to the ``when`` that raised (the event then
-        goes to no arm)."""
+        goes to no arm, and the store writes of its ``when``s are rolled back)."""
+        marks = self._mark()
         for i, f in enumerate(step.whens):
             try:
                 if f is None or f(e.key, e.value, e):
                     return i
             except EventError as exc:
+                self._rollback(marks)
                 step.handler.handle(e.origin, f"{step.id}[{i}] (when)", step.when_pos[i], exc)
                 return None
         return None
@@ -347,9 +377,11 @@ class CompiledService:
         """First match wins; an event no arm matches is dropped (like a filter)."""
         parts: list[list[Event]] = [[] for _ in step.arms]
         whens, arm_of = step.whens, self._arm
+        marks = self._mark()
         try:
             arms = [arm_of(whens, e) for e in batch]
         except EventError:
+            self._rollback(marks)
             arms = [self._arm_checked(step, e) for e in batch]
         for i, e in zip(arms, batch):
             if i is not None:

@@ -20,9 +20,9 @@ Invariants:
 - A value read back equals the value put. Mutating a returned value, or a value after putting
   it, never changes the store: scalars are immutable, and containers are kept as the bytes
   encoded at ``put`` and decoded afresh by every read.
-- ``Journal``: while an event is applied under a savepoint, every put records the entry it
-  replaces, so ``rollback`` restores the buffer to what it was before the event (its puts
-  vanish, as if it had not been there), across all stores of the task.
+- ``Journal``: every put records the entry it replaces, so a rollback to a mark restores the
+  buffers of all stores of the task to what they were then: the puts of a failed step or
+  event vanish, as if it had not been there.
 - Iteration order is stored-bytes order (see ``state.keys`` for the window/session layout).
 """
 from __future__ import annotations
@@ -94,28 +94,29 @@ def _merge(stored: Iterable[tuple[bytes, bytes]], buffered: list[tuple[bytes, An
 
 
 class Journal:
-    """The undo log of one task's write buffers for the event being applied.
-
-    ``savepoint()`` starts recording (forgetting the previous event's records); each put then
-    records ``(store, key, the entry it replaced)``; ``rollback()`` undoes them newest first
-    and stops recording. Without a savepoint nothing is recorded (restores, tests, commits).
+    """The undo log of one task's write buffers: every put records ``(store, key, the entry it
+    replaced)``, so ``rollback(mark)`` undoes the puts made since ``mark()``, newest first, in
+    every store of the task. The runtime marks before each step and each replayed event
+    (``runtime.processing``) and ``forget``s the records of a batch once it is processed; a
+    store's ``clear`` (commit, abort) forgets them too.
     """
 
     __slots__ = ("entries",)
 
     def __init__(self) -> None:
-        self.entries: list[tuple[_Store, bytes, Any]] | None = None
+        self.entries: list[tuple[_Store, bytes, Any]] = []
 
-    def savepoint(self) -> None:
-        self.entries = []
+    def mark(self) -> int:
+        return len(self.entries)
 
-    def release(self) -> None:
-        self.entries = None
-
-    def rollback(self) -> None:
-        entries, self.entries = self.entries, None
-        for store, k, old in reversed(entries or ()):
+    def rollback(self, mark: int) -> None:
+        entries = self.entries
+        while len(entries) > mark:
+            store, k, old = entries.pop()
             store._restore(k, old)
+
+    def forget(self) -> None:
+        self.entries.clear()
 
 
 class TaskView(Protocol):
@@ -171,9 +172,7 @@ class _Store:
             if len(k) + len(entry) > self._max_record:
                 self._too_large(k, entry)
         writes = self.writes
-        undo = self.journal.entries
-        if undo is not None:
-            undo.append((self, k, writes.get(k, _UNSET)))
+        self.journal.entries.append((self, k, writes.get(k, _UNSET)))
         writes[k] = entry
 
     def _restore(self, k: bytes, old: Any) -> None:
@@ -230,6 +229,7 @@ class _Store:
         """Drops the buffered writes (committed or aborted); the buffer takes writes again."""
         self.writes = {}
         self._last_key = _UNSET
+        self.journal.forget()
 
 
 class LmdbKeyValueStore(_Store):
@@ -255,9 +255,7 @@ class LmdbKeyValueStore(_Store):
         k = self._last_bytes if key is self._last_key else self._key(key)
         if type(value) is int and -_BIG < value < _BIG and len(k) <= self._max_key:
             writes = self.writes  # _put_raw's path for a count, inlined
-            undo = self.journal.entries
-            if undo is not None:
-                undo.append((self, k, writes.get(k, _UNSET)))
+            self.journal.entries.append((self, k, writes.get(k, _UNSET)))
             writes[k] = value
         else:
             self._put_raw(k, value)
