@@ -2,6 +2,7 @@
 real HTTP."""
 from __future__ import annotations
 
+import http.client
 import json
 import shutil
 import socket
@@ -11,7 +12,7 @@ import urllib.request
 from collections import Counter
 import uuid
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import pytest
 
@@ -251,6 +252,18 @@ def test_three_instances_answer_every_key_and_survive_a_kill(tmp_path: Path, kaf
                 runner.stop()
 
 
+def _unfollowed(url: str) -> tuple[int, str | None]:
+    """The status and Location of a GET, not following a redirect (urllib would)."""
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.netloc, timeout=30)
+    try:
+        connection.request("GET", f"{parts.path}?{parts.query}")
+        response = connection.getresponse()
+        return response.status, response.getheader("Location")
+    finally:
+        connection.close()
+
+
 def _until(done, runners: list[Runner], what: str, timeout_s: float = 120) -> None:
     deadline = time.monotonic() + timeout_s
     while not done():
@@ -258,3 +271,59 @@ def _until(done, runners: list[Runner], what: str, timeout_s: float = 120) -> No
             assert runner.alive(), runner.stderr()
         assert time.monotonic() < deadline, f"not within {timeout_s} s: {what}\n" + runners[0].stderr()
         time.sleep(0.1)  # the event happens in other processes: polled with a deadline
+
+
+@pytest.mark.kafka
+def test_redirects_local_queries_hops_and_stale_reads_from_a_standby(tmp_path: Path, kafka_bootstrap: str) -> None:
+    """Two instances, a count store with one standby: a key owned by the other instance is a 307
+    to it with ?redirect=true, a 421 naming it on /local, a 503 not_active when it already hopped
+    once (no loop), and with ?stale=true the standby here answers it, saying so and its lag."""
+    name = f"stale-{uuid.uuid4().hex[:8]}"
+    topology = write_service(tmp_path, name, kafka_bootstrap, f"""\
+streams:
+  events: {{topic: {name}-events, partitions: 4, key: string, value: json}}
+stores:
+  counts: {{type: key_value, standby_replicas: 1}}
+pipelines:
+  count:
+    from: events
+    steps: [{{group_by_key: {{}}}}, {{count: {{store: counts}}}}]
+http:
+  listen: "127.0.0.1:0"
+  serve: [counts]
+""")
+    events = tmp_path / "events.jsonl"
+    expected = Counter[str]()
+    with events.open("w") as out:
+        for i in range(200):
+            key = f"u-{i % 20}"
+            expected[key] += 1
+            out.write(json.dumps({"key": key, "value": {"i": i}}) + "\n")
+    ok("produce", "events", "-t", topology, "-f", events)
+    runners = [Runner(topology, "--state-dir", str(tmp_path / f"pod-{i}"), "--instance-id", f"pod-{i}")
+               for i in range(2)]
+    try:
+        urls = [serving_urls(r)[name] for r in runners]
+        _until(lambda: settled(runners, {f"0_{p}" for p in range(4)}), runners, "two instances share the tasks")
+        _until(lambda: all(get(f"{urls[0]}/stores/counts/keys/{k}")[2].get("value") == n for k, n in expected.items()),
+               runners, "every count is processed")
+        owner_of = {k: get(f"{urls[0]}/stores/counts/keys/{k}")[1]["X-Edm-Instance"] for k in expected}
+        key = next(k for k, owner in owner_of.items() if owner == "pod-1")
+        status, location = _unfollowed(f"{urls[0]}/stores/counts/keys/{key}?redirect=true")
+        assert (status, location) == (307, f"{urls[1]}/stores/counts/keys/{key}?redirect=true")
+        status, _, body = get(f"{urls[0]}/local/stores/counts/keys/{key}")
+        assert (status, body["error"], body["owner"], body["owner_url"]) == (421, "not_local", "pod-1", urls[1])
+        status, headers, body = get(f"{urls[0]}/stores/counts/keys/{key}", headers={"X-Edm-Hop": "1"})
+        assert (status, body["error"], headers["Retry-After"]) == (503, "not_active", "1"), body
+
+        def stale_read_is_current() -> bool:
+            status, headers, body = get(f"{urls[0]}/local/stores/counts/keys/{key}?stale=true")
+            assert status in (200, 404) and headers["X-Edm-Source"] == "standby", body
+            return status == 200 and body["value"] == expected[key] and headers.get("X-Edm-Lag") == "0"
+        _until(stale_read_is_current, runners, "the standby caught up")
+        status, headers, body = get(f"{urls[0]}/stores/counts/keys/{key}?stale=true")
+        assert (status, body["value"], headers["X-Edm-Instance"]) == (200, expected[key], "pod-0")
+    finally:
+        for runner in runners:
+            if runner.alive():
+                runner.stop()
