@@ -1,0 +1,1 @@
+"""Deploying topologies: the values of the Helm charts in charts/ (``deploy.chart``)."""
