@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from edm_runner.language.compat import DEFAULT_MODE
 from edm_runner.language.durations import parse_duration
 from edm_runner.language.http import parse_size, split_listen
 from edm_runner.language.limits import Limits
@@ -63,7 +64,8 @@ class _Builder:
             value=self.serde(cfg.get("value"), "json"),
             on_error=self.error_policy(cfg.get("on_error"), path + ("on_error",)),
             replication_factor=cfg.get("replication_factor"), retention_ms=cfg.get("retention_ms"),
-            config=dict(cfg.get("config", {})), pos=self.pos(path))
+            config=dict(cfg.get("config", {})), pos=self.pos(path),
+            compatibility=cfg.get("compatibility", DEFAULT_MODE))
 
     def store(self, name: str, cfg: dict, standby_replicas: int) -> StoreSpec:
         retention = parse_duration(cfg["retention"]) if "retention" in cfg else None

@@ -57,6 +57,7 @@ class StreamSpec:
     retention_ms: int | None = None
     config: dict[str, str] = field(default_factory=dict)
     pos: Pos = NOWHERE
+    compatibility: str = "BACKWARD"  # how its schemas may evolve (language.compat.MODES)
 
     def __post_init__(self) -> None:
         # One rule: null values are tombstones on entity streams, and only there; and there

@@ -15,6 +15,7 @@ from typing import Any
 from edm_runner.operators.registry import operators
 from edm_runner.language.durations import DURATION_SCHEMA
 from edm_runner.language.http import PATTERN_WORDS as HTTP_PATTERN_WORDS, http_schema
+from edm_runner.language.compat import DEFAULT_MODE, MODE_MEANINGS, MODES
 from edm_runner.language.limits import LIMITS_SCHEMA
 
 SCHEMA_ID = "https://edm.dev/schemas/topology.schema.json"
@@ -106,6 +107,10 @@ def _defs(step_items: dict) -> dict:
         "retention_ms": _int("Retention of the topic in milliseconds (-1: infinite).", minimum=-1),
         "config": {"type": "object", "additionalProperties": {"type": "string"},
                    "description": "Extra topic configuration (string values)."},
+        "compatibility": {"enum": list(MODES),
+                          "description": f"How the key and value schemas may evolve (`edm schema check`), as in "
+                                         f"Confluent Schema Registry (default {DEFAULT_MODE}): "
+                                         + "; ".join(f"{m}: {w}" for m, w in MODE_MEANINGS.items()) + "."},
     }, "A stream: a topic with its encoding.")
     branch = _obj({
         "when": {"$ref": "#/$defs/expression"},
