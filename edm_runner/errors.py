@@ -11,7 +11,8 @@ from typing import Sequence
 
 @dataclass(frozen=True, order=True)
 class Diagnostic:
-    """One problem in a topology file, located at ``file:line:col`` (1-based)."""
+    """One problem in a topology file, located at ``file:line:col`` (1-based). ``severity``
+    "warning": a lint finding, reported without making the file invalid."""
 
     file: str
     line: int
@@ -19,16 +20,18 @@ class Diagnostic:
     message: str
     hint: str = ""
     code: str = field(default="invalid", compare=False)
+    severity: str = field(default="error", compare=False)
 
     def format(self) -> str:
-        text = f"{self.file}:{self.line}:{self.col}: {self.message}"
+        label = "warning: " if self.severity == "warning" else ""
+        text = f"{self.file}:{self.line}:{self.col}: {label}{self.message}"
         if self.hint:
             text += f"\n    hint: {self.hint}"
         return text
 
     def as_json(self) -> dict:
         return {"file": self.file, "line": self.line, "col": self.col, "message": self.message,
-                "hint": self.hint, "code": self.code}
+                "hint": self.hint, "code": self.code, "severity": self.severity}
 
 
 class EdmError(Exception):

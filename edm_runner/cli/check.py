@@ -9,7 +9,6 @@ import typer
 
 from edm_runner.cli.common import (FileArgument, GraphFormat, NoCodeOption, OutputFormat, OutputFormatOption, app,
                                    guarded, load, services_of)
-from edm_runner.errors import ConfigError
 
 
 @app.command()
@@ -18,25 +17,27 @@ def validate(
     output: OutputFormatOption = OutputFormat.text,
     no_code: NoCodeOption = False,
 ) -> None:
-    """Check topology files: every error of every file, as file:line:col: message."""
+    """Check topology files: every error of every file, as file:line:col: message (and warnings,
+    which do not make a file invalid)."""
     def body() -> int:
-        from edm_runner.language import load_file
-        diagnostics = []
+        from edm_runner.language import validate_file
+        diagnostics, warnings = [], []
         for path in files:
-            try:
-                load_file(path, no_code=no_code)
-            except ConfigError as error:
-                diagnostics.extend(error.diagnostics)
+            validation = validate_file(path, no_code=no_code)
+            diagnostics.extend(validation.errors)
+            warnings.extend(validation.warnings)
         if output is OutputFormat.json:
             typer.echo(json.dumps({"valid": not diagnostics, "files": [str(f) for f in files],
-                                   "errors": [d.as_json() for d in diagnostics]}, indent=2))
+                                   "errors": [d.as_json() for d in diagnostics],
+                                   "warnings": [w.as_json() for w in warnings]}, indent=2))
         else:
-            for diagnostic in diagnostics:
+            for diagnostic in sorted(diagnostics + warnings):
                 typer.echo(diagnostic.format(), err=True)
+            counted = f", {len(warnings)} warning(s)" if warnings else ""
             if not diagnostics:
-                typer.echo(f"{len(files)} file(s) valid")
+                typer.echo(f"{len(files)} file(s) valid{counted}")
             else:
-                typer.echo(f"{len(diagnostics)} error(s)", err=True)
+                typer.echo(f"{len(diagnostics)} error(s){counted}", err=True)
         return 1 if diagnostics else 0
     guarded(body)
 

@@ -12,7 +12,9 @@ other file and position when two places disagree):
 - internal topics (changelogs, repartition topics) belong to their service: no other service
   declares them;
 - services with an ``http:`` section listen on addresses one process can bind together
-  (``edm run`` of a business topology runs them all in one process).
+  (``edm run`` of a business topology runs them all in one process);
+- a service reading a topic another service writes can read every event the writer's schema
+  allows (``language.compat``; not when either side's ``compatibility`` is NONE).
 Cross-service checks use what validation could extract from every service file (the
 streams, reads and writes that are themselves valid), so one mistake is reported once.
 """
@@ -24,6 +26,7 @@ from typing import Any, Mapping
 from edm_runner.errors import Diagnostic
 from edm_runner.language import structure
 from edm_runner.language.build import build_broker
+from edm_runner.language.compat import readable
 from edm_runner.language.cycles import find_cycles
 from edm_runner.language.flows import Ref
 from edm_runner.language.http import listen_clash
@@ -53,9 +56,10 @@ class _Use:
         self.service.report.error(self.ref.path, message, hint)
 
 
-def check_business(source: Source, report: Report, no_code: bool,
-                   env: Mapping[str, str]) -> tuple[BusinessTopology | None, list[Diagnostic]]:
-    """Validate a business document and its services; the model when there is no diagnostic."""
+def check_business(source: Source, report: Report, no_code: bool, env: Mapping[str, str]
+                   ) -> tuple[BusinessTopology | None, list[Diagnostic], list[Diagnostic]]:
+    """Validate a business document and its services: the model when there is no error, the
+    errors, and the warnings of every file."""
     data = source.data
     schema = validation_schema()
     structure.check({"$defs": schema["$defs"], "$ref": "#/$defs/business"}, data, report)
@@ -85,15 +89,17 @@ def check_business(source: Source, report: Report, no_code: bool,
     _check_listen([s for _, s in services])
     _check_topics(data, [s for _, s in services], report)
     _check_cycles([s for _, s in services], {id(s): i for i, s in services}, report)
+    _check_schemas([s for _, s in services])
     diagnostics = report.diagnostics + [d for r in reports for d in r.diagnostics]
+    warnings = report.warnings + [w for r in reports for w in r.warnings]
     if diagnostics:
-        return None, diagnostics
+        return None, diagnostics, warnings
     external = data.get("external_streams", [])
     return BusinessTopology(
         name=data["name"], source_file=source.path.resolve(),
         services=[s.topology for _, s in services], external_streams=list(external),
         description=data.get("description", ""),
-        broker=build_broker(data, report.smap, source.path.resolve())), []
+        broker=build_broker(data, report.smap, source.path.resolve())), [], warnings
 
 
 def _check_names(services: list[tuple[int, Service]], report: Report) -> None:
@@ -250,3 +256,49 @@ def _check_cycles(services: list[Service], index: dict[int, int], report: Report
         report.error(("services", index[id(nodes[cycle[0]][0])]),
                      "services form a cycle, so events would loop: " + "; ".join(steps),
                      "a pipeline must not read, through other services, a topic it writes")
+
+
+def _check_schemas(services: list[Service]) -> None:
+    """Each consumer's declared schema of a topic against its producer's, at the consumer's
+    ``schema:`` (the producer is the topic's one writer in the topology)."""
+    writers: dict[str, _Use] = {}
+    for service in services:
+        for ref in _writes(service):
+            writers.setdefault(ref.topic, _Use(service, ref))
+    for service in services:
+        reads = service.checked.table_reads + [ref for flow in service.checked.flows for ref in flow.reads]
+        for topic, stream in dict((ref.topic, ref.stream) for ref in reads).items():
+            writer = writers.get(topic)
+            if writer is None or writer.service is service:
+                continue
+            _check_consumer(service, stream, writer.service, writer.ref.stream, topic)
+
+
+def _check_consumer(consumer: Service, stream: str, producer: Service, pstream: str, topic: str) -> None:
+    ccfg, pcfg = consumer.checked.streams.get(stream, {}), producer.checked.streams.get(pstream, {})
+    if "NONE" in (ccfg.get("compatibility"), pcfg.get("compatibility")):
+        return
+    for part in ("key", "value"):
+        if (stream, part) not in consumer.checked.event_schemas:
+            continue
+        reader = consumer.checked.event_schemas[(stream, part)]
+        path = ("streams", stream, part, "schema")
+        pname, cname = producer.checked.name, consumer.checked.name
+        ppath = ("streams", pstream, part, "schema")
+        if (pstream, part) not in producer.checked.event_schemas:
+            pos = producer.report.smap.key(("streams", pstream))
+            if not isinstance(pcfg.get(part), dict) or "schema" not in pcfg.get(part, {}):
+                consumer.report.error(
+                    path, f"service '{cname}' reads topic '{topic}' with the {part} schema "
+                          f"{ccfg[part]['schema']}, but its producer '{pname}' ({producer.path}:{pos.line}:"
+                          f"{pos.col}) declares none, so it may write {part}s this schema refuses",
+                    f"declare the {part} schema in '{pname}' too (`{part}: {{format: json, schema: ...}}`)")
+            continue  # the producer's schema is unreadable: reported in its file
+        pos = producer.report.smap.value(ppath)
+        where = f"{producer.path}:{pos.line}:{pos.col}"
+        for problem in readable(producer.checked.event_schemas[(pstream, part)], reader):
+            what, why, fix = problem.render(writer=f"the producer's schema ({pcfg[part]['schema']})",
+                                            reader="this schema")
+            consumer.report.error(
+                path, f"service '{cname}' cannot read every {part} that service '{pname}' ({where}) writes to "
+                      f"topic '{topic}': {problem.path}: {what}; {why}", fix)

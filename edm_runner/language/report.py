@@ -16,6 +16,7 @@ class Report:
 
     smap: SourceMap
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    warnings: list[Diagnostic] = field(default_factory=list)  # lint findings: the file stays valid
 
     @property
     def file(self) -> str:
@@ -27,6 +28,12 @@ class Report:
             return
         pos = self.smap.key(path) if key else self.smap.value(path)
         self.add(pos, message, hint, code)
+
+    def warn(self, path: tuple, message: str, hint: str = "", *, code: str = "lint") -> None:
+        pos = self.smap.value(path)
+        d = Diagnostic(self.file, pos.line, pos.col, message, hint, code, "warning")
+        if d not in self.warnings:
+            self.warnings.append(d)
 
     def add(self, pos: NodePos, message: str, hint: str = "", code: str = "invalid") -> None:
         d = Diagnostic(self.file, pos.line, pos.col, message, hint, code)

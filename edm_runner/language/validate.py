@@ -19,6 +19,7 @@ from jsonschema import Draft202012Validator, SchemaError
 from jsonschema.validators import validator_for
 
 from edm_runner.language import structure
+from edm_runner.language.compat import DEFAULT_MODE, open_objects
 from edm_runner.language.context import CheckContext, undefined_hint
 from edm_runner.language.cycles import find_cycles
 from edm_runner.language.expressions import function_name_problem
@@ -42,6 +43,7 @@ class Checked:
     table_reads: list[Ref] = field(default_factory=list)
     internal_topics: dict[str, str] = field(default_factory=dict)
     listen: tuple[str, int] | None = None  # ``http.listen`` (host, port), when it is valid
+    event_schemas: dict[tuple[str, str], Any] = field(default_factory=dict)  # (stream, key|value) -> schema
 
 
 def _placeholder(*args: Any, **kwargs: Any) -> None:
@@ -54,7 +56,8 @@ def check_microservice(data: dict, report: Report, base_dir: Path, no_code: bool
     schema = validation_schema()
     structure.check({"$defs": schema["$defs"], "$ref": "#/$defs/microservice"}, data, report)
     ctx = CheckContext(data, report, base_dir, no_code)
-    stream_dead_letters = _check_streams(ctx)
+    event_schemas: dict[tuple[str, str], Any] = {}
+    stream_dead_letters = _check_streams(ctx, event_schemas)
     _check_functions(ctx)
     _check_assignment(ctx)
     state = StateChecks(ctx)
@@ -65,15 +68,17 @@ def check_microservice(data: dict, report: Report, base_dir: Path, no_code: bool
     ingest = check_http(ctx)
     if ingest is not None:
         flows.append(ingest)  # after the cycle check: ingestion reads nothing
+    _lint_open_models(ctx, flows, event_schemas)
     name = data.get("name")
     http = data.get("http")
     listen = http.get("listen", "0.0.0.0:8080") if isinstance(http, dict) else None
     return Checked(name if isinstance(name, str) else None, ctx.streams, flows, stream_dead_letters,
                    ctx.table_reads, state.internal_topics,
-                   split_listen(listen) if isinstance(listen, str) and re.fullmatch(LISTEN_PATTERN, listen) else None)
+                   split_listen(listen) if isinstance(listen, str) and re.fullmatch(LISTEN_PATTERN, listen) else None,
+                   event_schemas)
 
 
-def _check_streams(ctx: CheckContext) -> dict[str, Ref]:
+def _check_streams(ctx: CheckContext, event_schemas: dict[tuple[str, str], Any]) -> dict[str, Ref]:
     by_topic: dict[str, tuple[str, int]] = {}
     dead_letters: dict[str, Ref] = {}
     for name, cfg in ctx.streams.items():
@@ -92,7 +97,9 @@ def _check_streams(ctx: CheckContext) -> dict[str, Ref]:
         for part in ("key", "value"):
             serde = cfg.get(part)
             if isinstance(serde, dict) and isinstance(serde.get("schema"), str):
-                _check_event_schema(ctx, serde["schema"], path + (part, "schema"))
+                document = _check_event_schema(ctx, serde["schema"], path + (part, "schema"))
+                if document is not None:
+                    event_schemas[(name, part)] = document
         on_error = cfg.get("on_error")
         if isinstance(on_error, dict) and "dead_letter" in on_error:
             ref = ctx.stream_ref(on_error["dead_letter"], path + ("on_error", "dead_letter"))
@@ -101,18 +108,19 @@ def _check_streams(ctx: CheckContext) -> dict[str, Ref]:
     return dead_letters
 
 
-def _check_event_schema(ctx: CheckContext, relative: str, path: tuple) -> None:
+def _check_event_schema(ctx: CheckContext, relative: str, path: tuple) -> Any:
+    """The event schema document at ``relative``, or None (reported) when it is not one."""
     file = ctx.base_dir / relative
     if not file.is_file():
         ctx.report.error(path, f"event schema file not found: {relative}",
                          f"the path is relative to the topology file's directory ({ctx.base_dir.resolve()})")
-        return
+        return None
     try:
         document = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
         ctx.report.error(path, f"cannot read event schema {relative}: {e}",
                          "an event schema is a JSON file holding a JSON Schema")
-        return
+        return None
     try:
         if not isinstance(document, (dict, bool)):
             raise SchemaError(f"a JSON Schema is an object or a boolean, not {type(document).__name__}")
@@ -121,6 +129,28 @@ def _check_event_schema(ctx: CheckContext, relative: str, path: tuple) -> None:
         ctx.report.error(path, f"event schema {relative} is not a valid JSON Schema: {e.message} "
                                f"(at {e.json_path})",
                          "see https://json-schema.org/understanding-json-schema/")
+        return None
+    return document
+
+
+def _lint_open_models(ctx: CheckContext, flows: list[Flow], event_schemas: dict[tuple[str, str], Any]) -> None:
+    """A warning per schema of a stream the service writes whose objects are open: under a
+    BACKWARD or FULL mode, adding a property to an open model later breaks (language.compat)."""
+    written = dict.fromkeys(ref.stream for flow in flows for ref in flow.writes)
+    for stream in written:
+        mode = ctx.streams.get(stream, {}).get("compatibility", DEFAULT_MODE)
+        if not isinstance(mode, str) or not mode.startswith(("BACKWARD", "FULL")):
+            continue
+        for part in ("key", "value"):
+            paths = open_objects(event_schemas[(stream, part)]) if (stream, part) in event_schemas else []
+            if paths:
+                relative = ctx.streams[stream][part]["schema"]
+                ctx.report.warn(
+                    ("streams", stream, part, "schema"),
+                    f"stream '{stream}' is written with an open content model in {relative} at {', '.join(paths)}: "
+                    f"under {mode}, adding a property to it later breaks the stream's consumers",
+                    "add \"additionalProperties\": false to those objects (properties can then be added as "
+                    "optional), or set `compatibility: FORWARD` (or NONE) on the stream")
 
 
 def _check_functions(ctx: CheckContext) -> None:
