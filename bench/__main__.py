@@ -20,6 +20,7 @@ SCENARIOS: dict[str, str] = {
     "kafka-restore": "bench.kafka_restore",
     "rebalance": "bench.rebalance",
     "kafka-eos": "bench.kafka_eos",
+    "serve-get": "bench.serve_get",
 }
 
 
