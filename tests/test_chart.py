@@ -8,6 +8,7 @@ cluster: what a cluster adds (the pods running) is tests/test_chart_pods.py.
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from helpers.helm import CHART, Helm, by_kind, helm_binary, validate
 
 REPO = Path(__file__).resolve().parents[1]
 CI_VALUES = sorted((CHART / "ci").glob("*.yaml"))
-EDM = [str(REPO / ".venv" / "bin" / "edm")] if (REPO / ".venv" / "bin" / "edm").exists() else ["edm"]
+EDM = [sys.executable, "-m", "edm_runner"]
 
 
 @pytest.fixture(scope="module")
