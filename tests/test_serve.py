@@ -346,3 +346,39 @@ http:
         for runner in runners:
             if runner.alive():
                 runner.stop()
+
+
+def test_a_global_table_answers_where_it_is_asked(tmp_path: Path) -> None:
+    topology = write_service(tmp_path, "geo", None, """\
+streams:
+  countries: {topic: countries, partitions: 3, type: entity, key: string, value: json}
+  orders: {topic: orders, partitions: 3, key: string, value: json}
+  out: {topic: out, partitions: 3, key: string, value: json}
+global_tables:
+  countries-table: {from: countries}
+pipelines:
+  enrich:
+    from: orders
+    steps:
+      - join: {global_table: countries-table, key: value.country, value: "{'country': other.name}"}
+    to: out
+http:
+  listen: "127.0.0.1:0"
+  serve: [countries-table]
+""")
+    countries = tmp_path / "countries.jsonl"
+    countries.write_text("".join(json.dumps({"key": code, "value": {"name": name}}) + "\n"
+                                 for code, name in (("be", "Belgium"), ("fr", "France"), ("nl", "Netherlands"))))
+    ok("produce", "countries", "-t", topology, "-f", countries)
+    runner = Runner(topology)
+    try:
+        url = serving_urls(runner)["geo"]
+        wait_for_line(runner, READY)
+        for prefix in ("", "/local"):
+            status, headers, body = get(f"{url}{prefix}/stores/countries-table/keys/fr")
+            assert (status, body["value"], headers["X-Edm-Source"]) == (200, {"name": "France"}, "global")
+        _, _, page = get(f"{url}/stores/countries-table/keys")
+        assert [e["key"] for e in page["entries"]] == ["be", "fr", "nl"]
+        assert get(f"{url}/stores")[2]["stores"][0]["global"] is True
+    finally:
+        assert runner.stop() == 0, runner.stderr()
