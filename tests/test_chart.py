@@ -199,3 +199,17 @@ def test_notes_say_how_to_reach_the_service(helm: Helm) -> None:
     notes = result.stdout.split("NOTES:", 1)[1]
     assert "kubectl -n apps port-forward svc/orders-edm 8080:80" in notes
     assert "helm test orders" in notes and "4 task(s)" in notes
+
+
+def test_edm_chart_values_reports_a_bad_file_or_chart_in_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kind: microservice\nname: bad\nstreams:\n  s: {partitions: zero}\n")
+    result = subprocess.run([*EDM, "chart", "values", str(bad), "-o", str(tmp_path / "out")],
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and f"{bad}:4:" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+    business = REPO / "topologies" / "payroll" / "payroll.yaml"
+    result = subprocess.run([*EDM, "chart", "values", str(business), "-o", str(tmp_path / "out"),
+                             "--chart", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"edm: {tmp_path} is not the edm chart" in result.stderr and "give --chart" in result.stderr
