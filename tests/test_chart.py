@@ -127,6 +127,8 @@ def test_values_that_break_the_schema_fail_with_a_clear_message(helm: Helm, args
     (["--set", "tasks=3", "--set", "replicas=4"],
      "replicas 4 is above the service's task count 3: a pod without a task only idles"),
     (["--set", "keda.enabled=true"], "keda.enabled needs the service's task count"),
+    (["--set", "brokerKind=local", "--set", "replicas=2"],
+     "replicas 2 on the embedded broker: each pod would process its own copy of the streams"),
     (["--set", "topology.file=other.yaml"], 'topology.file "other.yaml" is not among topology.files (topology.yaml)'),
 ])
 def test_the_chart_refuses_what_cannot_work_and_says_what_to_do(helm: Helm, args, message) -> None:
@@ -157,7 +159,9 @@ def test_edm_chart_values_of_a_microservice_deploys_the_checked_files(helm: Helm
     assert values["topology"]["file"] == "topologies/quickstart/topology.yaml"
     assert files["topologies/quickstart/topology.yaml"] == topology.read_text()
     assert files["schemas/order.json"] == (REPO / "schemas" / "order.json").read_text()
-    manifests = helm.template(CHART, "-f", str(out / "values.yaml"), "--set", "replicas=3")
+    assert values["brokerKind"] == "local"
+    manifests = helm.template(CHART, "-f", str(out / "values.yaml"), "--set", "replicas=3",
+                              "--set", "kafka.bootstrapServers=kafka:9092")
     validate(manifests)
     helm.run("lint", "--strict", str(CHART), "-f", str(out / "values.yaml"))
 
@@ -213,3 +217,23 @@ def test_edm_chart_values_reports_a_bad_file_or_chart_in_one_line(tmp_path: Path
                              "--chart", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"edm: {tmp_path} is not the edm chart" in result.stderr and "give --chart" in result.stderr
+
+
+def test_a_business_broker_that_its_services_do_not_share_is_a_warning(tmp_path: Path) -> None:
+    """Each pod runs one service file alone, so the business file's broker: does not reach it."""
+    (tmp_path / "a.yaml").write_text(
+        "kind: microservice\nname: a\nstreams:\n  s: {partitions: 2, key: string, value: json}\n"
+        "  t: {partitions: 2, key: string, value: json}\npipelines:\n  p: {from: s, to: t}\n")
+    (tmp_path / "b.yaml").write_text(
+        "kind: microservice\nname: b\nbroker: {kind: kafka, bootstrap_servers: 'k:9092', client_id: b}\n"
+        "streams:\n  t: {partitions: 2, key: string, value: json}\n  u: {partitions: 2, key: string, value: json}\n"
+        "pipelines:\n  p: {from: t, to: u}\n")
+    (tmp_path / "biz.yaml").write_text(
+        "kind: business\nname: biz\nbroker: {kind: kafka, bootstrap_servers: 'k:9092'}\nservices: [a.yaml, b.yaml]\n"
+        "external_streams: [s]\n")
+    result = subprocess.run([*EDM, "chart", "values", str(tmp_path / "biz.yaml"), "-o", str(tmp_path / "out"),
+                             "--chart", str(CHART)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "a: its pods run a.yaml alone, with that file's broker (local), not the broker of biz.yaml" \
+        in result.stderr
+    assert "b: its pods run b.yaml alone" in result.stderr

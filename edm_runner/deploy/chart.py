@@ -123,6 +123,7 @@ def service_values(topology: Topology, *, part_of: str = "") -> ChartValues:
         "replicas": 1,
         "shutdownGraceSeconds": max(1, math.ceil(topology.processing.shutdown_grace_ms / 1000)),
         "standbyReplicas": standbys,
+        "brokerKind": topology.broker.kind,
         "topology": {"file": next(iter(files)), "files": contents},
     }
     warnings = []
@@ -149,6 +150,13 @@ def business_chart(business: BusinessTopology, chart_dir: Path, out: Path) -> Ch
     service (``file://`` relative to ``out``), and the values of each service under its name."""
     chart_meta = _chart_meta(chart_dir)
     services = [service_values(s, part_of=business.name) for s in business.services]
+    if business.broker.kind == "kafka":
+        for service, result in zip(business.services, services):
+            if service.broker.options != business.broker.options:
+                result.warnings.append(
+                    f"{service.name}: its pods run {service.source_file.name} alone, with that file's broker "
+                    f"({service.broker.kind}), not the broker of {business.source_file.name}; give the service "
+                    "file the same broker: section (security and client settings; the chart sets the servers)")
     chart = {
         "apiVersion": "v2",
         "name": business.name,

@@ -72,6 +72,9 @@ app.kubernetes.io/part-of: {{ . }}
 {{- if and (gt (int .Values.tasks) 0) (gt (int .Values.replicas) (int .Values.tasks)) -}}
 {{- fail (printf "replicas %d is above the service's task count %d: a pod without a task only idles; set replicas to at most %d (or add partitions to the input streams)" (int .Values.replicas) (int .Values.tasks) (int .Values.tasks)) -}}
 {{- end -}}
+{{- if and (gt (int .Values.replicas) 1) (eq .Values.brokerKind "local") (not (include "edm.bootstrapServers" .)) -}}
+{{- fail (printf "replicas %d on the embedded broker: each pod would process its own copy of the streams; set kafka.bootstrapServers (the pods then run on Kafka, EDM_BROKER) or replicas: 1" (int .Values.replicas)) -}}
+{{- end -}}
 {{- if and .Values.keda.enabled (eq (int .Values.tasks) 0) -}}
 {{- fail "keda.enabled needs the service's task count in `tasks` (the cap of maxReplicas): `edm chart values FILE -o DIR` writes it, or `edm describe FILE` counts it" -}}
 {{- end -}}
