@@ -78,6 +78,7 @@ def test_statefulset_wiring_static_membership_probes_grace_and_state(helm: Helm)
     assert env["EDM_INSTANCE_ID"]["value"] == "$(POD_NAME)"
     assert int(env["EDM_SESSION_TIMEOUT_MS"]["value"]) >= 30_000
     assert env["EDM_BROKER"]["value"] == "kafka://kafka-0.kafka:9092,kafka-1.kafka:9092"
+    assert env["EDM_HTTP_LISTEN"]["value"] == "0.0.0.0:8080"
     assert env["EDM_ADVERTISED_URL"]["value"] == "http://$(POD_NAME).r-edm-pods.$(POD_NAMESPACE).svc:8080"
     assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"  # never Kafka
@@ -217,6 +218,15 @@ def test_edm_chart_values_reports_a_bad_file_or_chart_in_one_line(tmp_path: Path
                              "--chart", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"edm: {tmp_path} is not the edm chart" in result.stderr and "give --chart" in result.stderr
+
+
+def test_an_example_that_listens_on_edm_http_listen_gets_the_charts_port(tmp_path: Path) -> None:
+    topology = REPO / "topologies" / "users-activity-join" / "topology.yaml"
+    result = subprocess.run([*EDM, "chart", "values", str(topology), "-o", str(tmp_path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and "port 0" not in result.stderr, result.stderr
+    assert yaml.safe_load((tmp_path / "values.yaml").read_text())["http"] == {"enabled": True, "port": 8080,
+                                                                            "tls": False}
 
 
 def test_a_business_broker_that_its_services_do_not_share_is_a_warning(tmp_path: Path) -> None:

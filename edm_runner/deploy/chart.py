@@ -36,7 +36,7 @@ MOUNT = "/etc/edm"
 # as it will there (values a pod fills in at run time get a stand-in).
 CHART_ENV = {
     "POD_NAME": "edm-0", "POD_NAMESPACE": "default", "POD_IP": "127.0.0.1", "EDM_INSTANCE_ID": "edm-0",
-    "EDM_SESSION_TIMEOUT_MS": "60000", "EDM_HTTP_PORT": "8080",
+    "EDM_SESSION_TIMEOUT_MS": "60000", "EDM_HTTP_PORT": "8080", "EDM_HTTP_LISTEN": "0.0.0.0:8080",
     "EDM_ADVERTISED_URL": "http://edm-0.edm-pods.default.svc:8080", "KAFKA_BOOTSTRAP": "kafka:9092",
 }
 CONFIGMAP_LIMIT = 1_000_000  # bytes: a ConfigMap holds at most 1 MiB, metadata included
