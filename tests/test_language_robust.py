@@ -34,7 +34,7 @@ def _mutate(lines: list[str], rng: random.Random) -> list[str]:
 
 def test_mutated_topologies_fail_only_with_diagnostics(tmp_path: Path) -> None:
     rng = random.Random(20240601)
-    examples = sorted((ROOT / "topologies").rglob("*.yaml"))
+    examples = sorted(p for p in (ROOT / "topologies").rglob("*.yaml") if not p.name.endswith(".test.yaml"))
     corpus = sorted((ROOT / "tests" / "invalid").glob("*.yaml"))
     outcomes = {"valid": 0, "invalid": 0}
     for n in range(400):

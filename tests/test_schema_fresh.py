@@ -37,7 +37,7 @@ def test_schema_is_draft_2020_12_with_one_alternative_per_operator() -> None:
 
 def test_schema_accepts_the_examples_and_rejects_unknown_keys_and_operators() -> None:
     validator = Draft202012Validator(topology_schema())
-    examples = sorted((ROOT / "topologies").rglob("*.yaml"))
+    examples = sorted(p for p in (ROOT / "topologies").rglob("*.yaml") if not p.name.endswith(".test.yaml"))
     assert examples
     for path in examples:
         errors = [e.message for e in validator.iter_errors(yaml.safe_load(path.read_text()))]

@@ -13,13 +13,12 @@ could refuse the batch.
 from __future__ import annotations
 
 import sys
-import time
 from typing import Any, Callable, Mapping
 
 from edm_runner.errors import EventError
 from edm_runner.operators.api import Event, ExprFn, Processor
 from edm_runner.records import (DEFAULT_TIMESTAMP_BOUND, MAX_RECORD_BYTES, OutRecord, TimestampBound,
-                                check_record_size, check_record_timestamp)
+                                check_record_size, check_record_timestamp, wall_clock_ms)
 from edm_runner.records.partitioner import DefaultPartitioner
 from edm_runner.serde import Serde
 from edm_runner.language.model import Pos, ToSpec
@@ -39,7 +38,7 @@ class TimestampGate:
     def __init__(self, topic: str, bounds: TimestampBounds) -> None:
         self.what = f"a record for '{topic}'"
         self.bound = bound = bounds.get(topic, DEFAULT_TIMESTAMP_BOUND)
-        self.now = now = time.time_ns() // 1_000_000
+        self.now = now = wall_clock_ms()
         self.lo = -sys.maxsize if bound.before_ms is None else now - bound.before_ms
         self.hi = sys.maxsize if bound.after_ms is None else now + bound.after_ms
 

@@ -4,7 +4,11 @@
 """
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Callable, Iterator
 
 from edm_runner.errors import EventError
 
@@ -82,6 +86,27 @@ def check_record_timestamp(what: str, timestamp_ms: int, bound: TimestampBound, 
             f"{what} has timestamp {timestamp_ms} ms, {now_ms - timestamp_ms} ms behind the clock "
             f"({now_ms}), past the topic's message.timestamp.before.max.ms of {before} ms: Kafka "
             "refuses it. Fix the event time, or raise message.timestamp.before.max.ms on the topic")
+
+
+_WALL_CLOCK: ContextVar[Callable[[], int] | None] = ContextVar("edm_wall_clock", default=None)
+
+
+def wall_clock_ms() -> int:
+    """This machine's clock in ms since the epoch, standing in for the broker's (the record
+    timestamp bounds); inside ``wall_clock`` the clock it installs (the test driver's)."""
+    clock = _WALL_CLOCK.get()
+    return time.time_ns() // 1_000_000 if clock is None else clock()
+
+
+@contextmanager
+def wall_clock(clock: Callable[[], int]) -> Iterator[None]:
+    """Makes ``wall_clock_ms`` read ``clock`` in this context (``edm test`` advances it
+    explicitly), and the real clock again after."""
+    token = _WALL_CLOCK.set(clock)
+    try:
+        yield
+    finally:
+        _WALL_CLOCK.reset(token)
 
 
 @dataclass(slots=True)

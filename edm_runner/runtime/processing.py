@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from edm_runner.brokers.base import OutRecord, Record, TimestampBound
 from edm_runner.errors import EventError, InternalError, ProcessingError, UserCodeError
@@ -121,12 +121,16 @@ class Source:
 class CompiledService:
     """The processors of one microservice and the batch loop body."""
 
-    def __init__(self, topology: Topology, stats: ServiceStats) -> None:
+    def __init__(self, topology: Topology, stats: ServiceStats,
+                 functions: Mapping[str, Callable[..., Any]] | None = None) -> None:
+        """``functions``: replace declared functions by name (``edm test``'s mocks); they are
+        the user's code like the functions they replace (what they raise follows ``on_error``)."""
         self.topology = topology
         self.stats = stats
         self.dag: Dag = build_dag(topology)
         self.outputs: list[OutRecord] = []
-        self.functions = _resolve_functions(topology)
+        self.functions = _resolve_functions(topology, set(functions or ()))
+        self.functions.update({name: _user_function(name, fn) for name, fn in (functions or {}).items()})
         self.catalog = StoreCatalog()
         self.subtopology_of = {n: sub.id for sub in self.dag.subtopologies for n in sub.nodes}
         self.table_serdes: dict[str, tuple[Serde, Serde]] = {}  # table -> its stream's serdes
@@ -432,10 +436,11 @@ def _user_function(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
-def _resolve_functions(topology: Topology) -> dict[str, Callable[..., Any]]:
+def _resolve_functions(topology: Topology, replaced: set[str]) -> dict[str, Callable[..., Any]]:
+    """The declared functions, imported; those in ``replaced`` are not imported."""
     if not topology.functions:
         return {}
     from edm_runner.language.functions import resolve_function
 
     return {name: _user_function(name, resolve_function(f.python, topology.base_dir))
-            for name, f in topology.functions.items()}
+            for name, f in topology.functions.items() if name not in replaced}
