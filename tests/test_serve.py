@@ -382,3 +382,26 @@ http:
         assert get(f"{url}/stores")[2]["stores"][0]["global"] is True
     finally:
         assert runner.stop() == 0, runner.stderr()
+
+
+def test_an_openapi_document_describes_the_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDM_HTTP_LISTEN", "127.0.0.1:0")
+    monkeypatch.setenv("EDM_TEST_TOKENS", "secret")
+    shutil.copytree(TOPOLOGIES / "click-ingest", tmp_path / "t" / "click-ingest")
+    shutil.copytree(ROOT / "schemas", tmp_path / "schemas")
+    topology = tmp_path / "t" / "click-ingest" / "topology.yaml"
+    topology.write_text(topology.read_text().replace("  serve: [page-counts]\n",
+                                                     "  serve: [page-counts]\n  auth: {queries: {tokens_env: EDM_TEST_TOKENS}}\n"))
+    runner = Runner(topology)
+    try:
+        url = serving_urls(runner)["click-ingest"]
+        status, _, doc = get(f"{url}/openapi.json")  # open, although queries need a token
+        assert status == 200 and doc["openapi"] == "3.1.0"
+        click = json.loads((ROOT / "schemas" / "click.json").read_text())
+        assert doc["paths"]["/clicks"]["post"]["requestBody"]["content"]["application/json"]["schema"] == click
+        get_key = doc["paths"]["/stores/{store}/keys/{key}"]["get"]
+        assert get_key["parameters"][0]["schema"] == {"enum": ["page-counts"]}
+        assert get_key["security"] == [{"bearer": []}] and "security" not in doc["paths"]["/clicks"]["post"]
+        assert {"/healthz", "/readyz", "/metrics", "/stores", "/local/stores/{store}/keys"} <= set(doc["paths"])
+    finally:
+        assert runner.stop() == 0, runner.stderr()

@@ -26,7 +26,7 @@ from edm_runner.errors import EdmError
 from edm_runner.language.http import WILDCARD_HOSTS
 from edm_runner.language.model import HttpSpec
 from edm_runner.runtime.view import ServiceView
-from edm_runner.serve import auth, health, ingest, metrics, queries, ready
+from edm_runner.serve import auth, health, ingest, metrics, openapi, queries, ready
 from edm_runner.serve.context import ServeContext
 from edm_runner.serve.errors import HttpError, unavailable
 
@@ -35,7 +35,7 @@ log = logging.getLogger("edm.serve")
 SHUTDOWN_S = 2.0
 # The features that add routes, in order (each module's ``add_routes(side)``).
 # metrics first: its middleware counts the requests auth refuses.
-FEATURES = (health, ready, metrics, auth, ingest, queries)
+FEATURES = (health, ready, metrics, auth, ingest, queries, openapi)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
