@@ -390,8 +390,8 @@ def test_an_openapi_document_describes_the_service(tmp_path: Path, monkeypatch: 
     shutil.copytree(TOPOLOGIES / "click-ingest", tmp_path / "t" / "click-ingest")
     shutil.copytree(ROOT / "schemas", tmp_path / "schemas")
     topology = tmp_path / "t" / "click-ingest" / "topology.yaml"
-    topology.write_text(topology.read_text().replace("  serve: [page-counts]\n",
-                                                     "  serve: [page-counts]\n  auth: {queries: {tokens_env: EDM_TEST_TOKENS}}\n"))
+    auth = "  auth: {queries: {tokens_env: EDM_TEST_TOKENS}}\n"
+    topology.write_text(topology.read_text().replace("  serve: [page-counts]\n", "  serve: [page-counts]\n" + auth))
     runner = Runner(topology)
     try:
         url = serving_urls(runner)["click-ingest"]
