@@ -7,7 +7,8 @@ request limits. Without the section the service answers no HTTP at all.
 
 Invariants the checks establish for a file without diagnostics:
 - ``listen`` is ``host:port`` with a port in 0..65535 (0: any free port);
-- every ``serve`` name is a declared store, table or global table, listed once;
+- every ``serve`` name is a declared store (that a step or a function uses), table or global
+  table, listed once;
 - every ingest ``stream`` is a declared stream, and writing it makes this service its writer
   (``ingest_flow``: the business checks enforce one writer per stream);
 - ingest paths are distinct and collide neither with each other nor with the paths edm
@@ -138,9 +139,10 @@ def http_schema() -> dict:
     }
 
 
-def check_http(ctx: CheckContext) -> Flow | None:
+def check_http(ctx: CheckContext, used_stores: set[str]) -> Flow | None:
     """The semantic checks of ``http:`` (see the module invariants); returns the ingest
-    endpoints as a flow that writes their streams (None without the section)."""
+    endpoints as a flow that writes their streams (None without the section). ``used_stores``:
+    the declared stores a step or a function uses (the others hold nothing to serve)."""
     cfg = ctx.data.get("http")
     if not isinstance(cfg, dict):
         return None
@@ -159,6 +161,11 @@ def check_http(ctx: CheckContext) -> Flow | None:
             hint = undefined_hint(name, servable, "stores`, `tables` or `global_tables")
             report.error(("http", "serve", i), f"'{name}' is not a store, a table or a global table of "
                                                "this service, so it cannot be served", hint)
+        elif isinstance(name, str) and name in ctx.stores and name not in used_stores:
+            report.error(("http", "serve", i), f"store '{name}' is used by no step and no function, so it "
+                                               "holds nothing to serve",
+                         f"serve a store a step writes (e.g. `count: {{store: {name}}}`), or remove '{name}' "
+                         "from serve")
     for scope, source in (cfg.get("auth") or {}).items() if isinstance(cfg.get("auth"), dict) else []:
         if isinstance(source, dict) and len(source) != 1:
             given = ", ".join(source) or "none"

@@ -65,7 +65,11 @@ def check_microservice(data: dict, report: Report, base_dir: Path, no_code: bool
     flows = _check_pipelines(ctx, state)
     state.finish()
     _check_cycles(flows, report)
-    ingest = check_http(ctx)
+    functions = ctx.data.get("functions")
+    function_stores = {store for cfg in (functions.values() if isinstance(functions, dict) else [])
+                       if isinstance(cfg, dict) and isinstance(cfg.get("stores"), list)
+                       for store in cfg["stores"] if isinstance(store, str)}
+    ingest = check_http(ctx, set(state.store_users) | function_stores)
     if ingest is not None:
         flows.append(ingest)  # after the cycle check: ingestion reads nothing
     _lint_open_models(ctx, flows, event_schemas)
