@@ -149,8 +149,8 @@ def test_a_break_names_the_path_what_why_and_fix() -> None:
     assert brk.problem.path == "$.customer.tier"
     what, why, fix = brk.render("version 1")
     assert what == "the new schema no longer allows \"silver\" (in version 1's enum)"
-    assert why.startswith("BACKWARD requires consumers using the new schema to read events already written "
-                          "with version 1: events written with version 1 may hold \"silver\"")
+    assert why.startswith("BACKWARD requires consumers using the new schema to read the events already written "
+                          "with version 1, which may hold \"silver\"")
     assert "keep the value" in fix
     assert brk.new_at == ("properties", "customer", "properties", "tier", "enum")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 
 # Importing a command module registers its commands on `app`, in the order `edm --help` lists them.
-from edm_runner.cli import check, run, streams, reset, dev, state, chart, testing  # noqa: F401
+from edm_runner.cli import check, schemas, run, streams, reset, dev, state, chart, testing  # noqa: F401
 from edm_runner.cli.common import app
 
 __all__ = ["app", "main"]

@@ -1,4 +1,4 @@
-"""`edm validate`, `schema`, `graph`, `describe`: the commands that read a topology file only."""
+"""`edm validate`, `graph`, `describe`: the commands that read a topology file only (`edm schema`: cli.schemas)."""
 from __future__ import annotations
 
 import json
@@ -39,20 +39,6 @@ def validate(
             else:
                 typer.echo(f"{len(diagnostics)} error(s){counted}", err=True)
         return 1 if diagnostics else 0
-    guarded(body)
-
-
-@app.command()
-def schema(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the JSON Schema.")]
-    = Path("schemas/topology.schema.json"),
-) -> None:
-    """Write the topology JSON Schema assembled from the operators' own schemas."""
-    def body() -> int:
-        from edm_runner.language import write_schema
-        write_schema(output)
-        typer.echo(f"wrote {output}")
-        return 0
     guarded(body)
 
 

@@ -301,4 +301,4 @@ def _check_consumer(consumer: Service, stream: str, producer: Service, pstream: 
                                             reader="this schema")
             consumer.report.error(
                 path, f"service '{cname}' cannot read every {part} that service '{pname}' ({where}) writes to "
-                      f"topic '{topic}': {problem.path}: {what}; {why}", fix)
+                      f"topic '{topic}': {problem.path}: {what}; its events {why}", fix)

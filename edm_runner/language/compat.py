@@ -78,8 +78,9 @@ _MAX_DEPTH = 64
 class Problem:
     """One way a consumer validating with the reader schema may refuse an event the writer
     schema allows. ``path``: where in the event (``$.customer.id``, ``$.lines[*]``).
-    ``what``, ``why`` and ``fix`` are templates naming the two schemas ``{writer}`` and
-    ``{reader}`` (``render`` fills them in). ``writer_at``/``reader_at``: the nearest node of
+    ``why`` says what the writer's events may hold ("may hold 1.5"). ``what``, ``why`` and
+    ``fix`` are templates naming the two schemas ``{writer}`` and ``{reader}`` (``render`` fills
+    them in). ``writer_at``/``reader_at``: the nearest node of
     each document the problem is about."""
 
     path: str
@@ -116,11 +117,11 @@ class Break:
         mode requires."""
         if self.direction == "backward":
             what, why, fix = self.problem.render(writer=previous, reader=new)
-            rule = f"{self.mode} requires consumers using {new} to read events already written with {previous}"
+            rule = f"{self.mode} requires consumers using {new} to read the events already written with {previous}"
         else:
             what, why, fix = self.problem.render(writer=new, reader=previous)
-            rule = f"{self.mode} requires consumers still using {previous} to read events written with {new}"
-        return what, f"{rule}: {why}", fix
+            rule = f"{self.mode} requires consumers still using {previous} to read the events written with {new}"
+        return what, f"{rule}, which {why}", fix
 
 
 def breaking_changes(history: Sequence[Any], new: Any, mode: str) -> list[Break]:
@@ -395,7 +396,7 @@ class _Compare:
             return []
         if _is_none(r):
             return [self._problem("SCHEMA_REFUSES_ALL", path, "{reader} refuses every value here",
-                                  "{writer} allows values here", "allow the values {writer} allows", wat, rat)]
+                                  "may hold values here", "allow the values {writer} allows", wat, rat)]
         if w is True:
             w = {}
         if not isinstance(w, dict) or not isinstance(r, dict):
@@ -419,7 +420,7 @@ class _Compare:
                     "PATTERN_CHANGED" if "pattern" in w else "PATTERN_ADDED", path + (),
                     "{reader} requires the pattern " + _v(r["pattern"]) +
                     (", {writer} " + _v(w["pattern"]) if "pattern" in w else ", {writer} none"),
-                    "strings {writer} allows may not match it", "keep the pattern {writer} has, or drop it",
+                    "may hold strings that do not match it", "keep the pattern {writer} has, or drop it",
                     wat + ("pattern",), rat + ("pattern",)))
         if "number" in kinds:
             out += self._bounds(w, r, path, wat, rat, ("minimum", "min", "value"), ("maximum", "max", "value"),
@@ -435,7 +436,7 @@ class _Compare:
                 out.append(self._problem(
                     "KEYWORD_CHANGED", path,
                     f"{{reader}} {'changes' if key in w else 'adds'} the keyword {_q(key)}",
-                    "edm cannot prove that every value {writer} allows satisfies it",
+                    "may not satisfy it (edm cannot prove they do)",
                     f"keep {_q(key)} as {{writer}} has it, or give the change a new stream",
                     wat + ((key,) if key in w else ()), rat + (key,)))
         return out
@@ -448,7 +449,7 @@ class _Compare:
             "REFERENCE_CHANGED", path,
             "{reader} refers to " + _v(r.get("$ref", "an inline schema")) + ", {writer} to " +
             _v(w.get("$ref", "an inline schema")),
-            "edm follows only references within the document (#/...) and cannot compare these",
+            "may not fit it: edm follows only references within the document (#/...)",
             "move the referenced definitions into the schema file ($defs) so edm can compare them",
             wat + ("$ref",), rat + ("$ref",))]
 
@@ -468,7 +469,7 @@ class _Compare:
             if not out and rkey == "oneOf" and wkey == "anyOf" and len(w[wkey]) > 1 and len(r[rkey]) > 1:
                 out.append(self._problem(
                     "COMBINED_TYPE_CHANGED", path, "{reader} has oneOf where {writer} has anyOf",
-                    "a value {writer} allows may match several branches, which oneOf refuses",
+                    "may hold values matching several branches, which oneOf refuses",
                     "keep anyOf", wat + (wkey,), rat + (rkey,)))
             return out
         if rkey is not None:
@@ -495,7 +496,7 @@ class _Compare:
         if wt is None:
             return [self._problem(
                 "TYPE_NARROWED", path, f"{{reader}} requires type {allowed} where {{writer}} allows any type",
-                "events written with {writer} may hold any JSON value here",
+                "may hold any JSON value here",
                 "allow every type here, as {writer} does", wat, rat + ("type",))]
         out = []
         lost = sorted(t for t in wt if t not in rt and not (t == "integer" and "number" in rt))
@@ -503,13 +504,13 @@ class _Compare:
             lost.remove("number")
             out.append(self._problem(
                 "TYPE_NARROWED", path, "{reader} narrows number to integer",
-                "events written with {writer} may hold a fractional number here (e.g. 1.5)",
+                "may hold a fractional number here (e.g. 1.5)",
                 "keep type number", wat + ("type",), rat + ("type",)))
         if lost:
             out.append(self._problem(
                 "TYPE_CHANGED", path,
                 f"{{reader}} allows type {allowed}, not {' or '.join(lost)} as {{writer}} does",
-                f"events written with {{writer}} may hold a {' or '.join(lost)} here",
+                f"may hold a {' or '.join(lost)} here",
                 f"keep type {' and '.join(lost)} allowed (\"type\": [...]); a new type for old data needs a new "
                 "stream", wat + ("type",), rat + ("type",)))
         return out
@@ -522,14 +523,14 @@ class _Compare:
         if wv is None:
             return [self._problem(
                 "ENUM_ADDED", path, f"{{reader}} adds {key} {_v(list(rv.values()))}",
-                "events written with {writer} may hold other values here",
+                "may hold other values here",
                 f"drop the {key}, or list every value {{writer}} allows", wat, rat + (key,))]
         removed = [v for c, v in wv.items() if c not in rv]
         if not removed:
             return []
         return [self._problem(
             "ENUM_NARROWED", path, f"{{reader}} no longer allows {_v(removed)[1:-1]} (in {{writer}}'s {key})",
-            f"events written with {{writer}} may hold {_v(removed)[1:-1]}",
+            f"may hold {_v(removed)[1:-1]}",
             "keep the value in the enum (consumers can treat it as unknown)", wat + (key,), rat + (key,))]
 
     def _bounds(self, w: dict, r: dict, path: tuple, wat: Pointer, rat: Pointer,
@@ -546,7 +547,7 @@ class _Compare:
             out.append(self._problem(
                 f"{key.upper()}_{'ADDED' if not numeric else 'INCREASED' if side == 'min' else 'DECREASED'}", path,
                 f"{{reader}} sets {key} {rv}" + (f" ({{writer}}: {wv})" if numeric else ", {writer} none"),
-                f"events written with {{writer}} may hold a {noun} beyond it",
+                f"may hold a {noun} beyond it",
                 f"keep {key} at {wv}" if numeric else f"drop {key}", wat + ((key,) if key in w else ()),
                 rat + (key,)))
         return out
@@ -560,7 +561,7 @@ class _Compare:
         return [self._problem(
             "MULTIPLE_OF_CHANGED" if wv else "MULTIPLE_OF_ADDED", path,
             f"{{reader}} requires multiples of {rv}" + (f" ({{writer}}: {wv})" if wv else ""),
-            "numbers {writer} allows may not be multiples of it",
+            "may hold numbers that are not multiples of it",
             f"use a divisor of {wv}" if wv else "drop multipleOf", wat, rat + ("multipleOf",))]
 
     def _object(self, w: dict, r: dict, path: tuple, wat: Pointer, rat: Pointer, depth: int) -> list[Problem]:
@@ -580,7 +581,7 @@ class _Compare:
                         "PROPERTY_REMOVED_FROM_CLOSED_CONTENT_MODEL", at,
                         f"{{writer}} declares the property {_q(name)}, {{reader}} does not and its content model "
                         "is closed (additionalProperties false)",
-                        f"events written with {{writer}} may carry {_q(name)}, which {{reader}} refuses",
+                        f"may carry {_q(name)}, which {{reader}} refuses",
                         f"keep {_q(name)} declared in {{reader}} (optional is fine)",
                         wat + ("properties", name), rat + ("additionalProperties",)))
                 else:
@@ -594,7 +595,7 @@ class _Compare:
                         "PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL", at,
                         f"{{reader}} declares the property {_q(name)}, which {{writer}} does not declare in its "
                         "open content model",
-                        f"events written with {{writer}} may already carry {_q(name)} with any value",
+                        f"may already carry {_q(name)}, with any value",
                         f"give {_q(name)} an empty schema ({{{{}}}}), or use a new stream; declare models closed "
                         "(\"additionalProperties\": false) so properties can be added later",
                         wat, rat + ("properties", name)))
@@ -609,7 +610,7 @@ class _Compare:
                 "REQUIRED_PROPERTY_ADDED" if new else "REQUIRED_ATTRIBUTE_ADDED", path + (name,),
                 f"{{reader}} requires {_q(name)}" + (", which {writer} does not declare" if new
                                                      else ", which is optional in {writer}"),
-                f"events written with {{writer}} may lack {_q(name)} (edm fills no defaults)",
+                f"may lack {_q(name)} (edm fills no defaults)",
                 f"make {_q(name)} optional", wat + (("properties", name) if not new else ()),
                 rat + ("required",)))
         wa, ra = _additional(w), _additional(r)
@@ -619,7 +620,7 @@ class _Compare:
                 "ADDITIONAL_PROPERTIES_REMOVED", path,
                 "{reader} closes the content model (additionalProperties false), {writer} is "
                 + ("open" if wa is True else "partially open"),
-                "events written with {writer} may carry properties {reader} does not declare",
+                "may carry properties {reader} does not declare",
                 "keep the model as open as {writer}'s, or give the closed model a new stream",
                 wat, rat + ("additionalProperties",)))
         elif ra is not True and ra is not False:
@@ -627,7 +628,7 @@ class _Compare:
                 out.append(self._problem(
                     "ADDITIONAL_PROPERTIES_NARROWED", extra,
                     "{reader} constrains undeclared properties (additionalProperties schema), {writer} allows any",
-                    "events written with {writer} may carry undeclared properties of any value",
+                    "may carry undeclared properties of any value",
                     "keep additionalProperties as {writer} has it", wat, rat + ("additionalProperties",)))
             elif wa is not False and wa is not True:
                 out += self.compare(wa, ra, extra, wat + ("additionalProperties",), rat + ("additionalProperties",),
@@ -645,7 +646,7 @@ class _Compare:
                     out.append(self._problem(
                         "PATTERN_PROPERTIES_ADDED", at,
                         f"{{reader}} constrains properties matching {_v(pattern)}, {{writer}} does not",
-                        "events written with {writer} may carry such properties with other values",
+                        "may carry such properties with other values",
                         "drop the patternProperties entry", wat, rat + ("patternProperties", pattern)))
         out += self._bounds(w, r, path, wat, rat, ("minProperties", "min", "property count"),
                             ("maxProperties", "max", "property count"))
@@ -666,7 +667,7 @@ class _Compare:
                     out.append(self._problem(
                         "ITEM_REMOVED_FROM_CLOSED_CONTENT_MODEL", at,
                         f"{{writer}} allows an item at position {i}, {{reader}} allows {len(rpre)} item(s)",
-                        "arrays written with {writer} may be longer than {reader} accepts",
+                        "may hold arrays longer than {reader} accepts",
                         "keep the item in {reader}'s tuple", wi_at, rat))
                 elif rrest is not True:
                     out += self.compare(wpre[i], rrest, at, wi_at, rat + (rrest_key,), depth + 1)
@@ -680,7 +681,7 @@ class _Compare:
             out.append(self._problem(
                 "ADDITIONAL_ITEMS_REMOVED", rest,
                 f"{{reader}} allows no items past position {len(rpre)}, {{writer}} does",
-                "arrays written with {writer} may be longer", "keep further items allowed", wat, rat + (rrest_key,)))
+                "may hold longer arrays", "keep further items allowed", wat, rat + (rrest_key,)))
         elif rrest is not True and rrest is not False and wrest is not False:
             out += self.compare({} if wrest is True else wrest, rrest, rest, wat + (wrest_key,),
                                 rat + (rrest_key,), depth + 1)
@@ -689,7 +690,7 @@ class _Compare:
         if r.get("uniqueItems") is True and w.get("uniqueItems") is not True:
             out.append(self._problem(
                 "UNIQUE_ITEMS_ADDED", path, "{reader} requires unique items, {writer} does not",
-                "arrays written with {writer} may repeat an item", "drop uniqueItems", wat, rat + ("uniqueItems",)))
+                "may hold arrays that repeat an item", "drop uniqueItems", wat, rat + ("uniqueItems",)))
         return out
 
 
