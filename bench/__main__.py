@@ -21,6 +21,7 @@ SCENARIOS: dict[str, str] = {
     "rebalance": "bench.rebalance",
     "kafka-eos": "bench.kafka_eos",
     "serve-get": "bench.serve_get",
+    "ingest": "bench.ingest",
 }
 
 

@@ -32,17 +32,23 @@ async def scenario(broker: Broker) -> None:
                 await producer.write([OutRecord(topic, 7, b"k", b"v", 0)])
             assert await producer.write([OutRecord(topic, 2, b"k", b"after", 0)]) == [3]  # still usable
             assert await producer.write([]) == []
+            # Concurrent writers (their records may share batches): each gets its own offsets.
+            concurrent = [[OutRecord(topic, (w + i) % 3, b"c", f"c{w}-{i}".encode(), 3000) for i in range(5)]
+                          for w in range(20)]
+            answers = await asyncio.gather(*(producer.write(records) for records in concurrent))
         finally:
             await producer.close()
         async with started(broker.consumer(None, [topic])) as reader:
             found = {}
-            while len(found) < 14:
+            while len(found) < 114:
                 for records in (await reader.getmany(timeout_ms=1000, max_records=100)).values():
                     for r in records:
                         found[(r.partition, r.offset)] = r.value
         for record, offset in zip(first + second, offsets + [3, 4, 5]):
             assert found[(record.partition, offset)] == record.value
         assert found[(2, 3)] == b"after"
+        for records, offsets in zip(concurrent, answers):
+            assert [found[(r.partition, o)] for r, o in zip(records, offsets)] == [r.value for r in records]
 
 
 def test_write_returns_offsets_on_the_embedded_broker(tmp_path: Path) -> None:

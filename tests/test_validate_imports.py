@@ -51,3 +51,18 @@ def test_running_on_the_embedded_broker_imports_no_kafka_client(tmp_path: Path) 
     modules = json.loads((tmp_path / "modules.json").read_text())
     assert "edm_runner.brokers.local" in modules and "edm_runner.runtime.service" in modules  # it ran
     assert [m for m in modules if m.split(".")[0] == "aiokafka" or m.startswith("edm_runner.brokers.kafka")] == []
+
+
+def test_validating_a_file_with_http_imports_neither_aiohttp_nor_prometheus() -> None:
+    """`edm validate` of a service that answers HTTP (queries, ingestion, metrics) checks its
+    `http:` section without loading the server side: no aiohttp, no prometheus-client, no serve."""
+    code = ("import json, sys\nsys.argv = ['edm', 'validate', sys.argv[1]]\nfrom edm_runner.cli import main\n"
+            "try:\n    main()\n    code = 0\nexcept SystemExit as exit:\n    code = exit.code\n"
+            "print(json.dumps({'exit': code, 'modules': sorted(sys.modules)}))\n")
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT / "topologies/click-ingest/topology.yaml")],
+                         capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["exit"] == 0
+    loaded = [m for m in result["modules"] if m.split(".")[0] in ("aiohttp", "prometheus_client", "multidict")
+              or m.startswith("edm_runner.serve")]
+    assert loaded == []

@@ -619,6 +619,11 @@ class KafkaProducer:
         self._pump: asyncio.Task[None] | None = None
         self._deliveries: list[tuple[tuple[str, int], asyncio.Future[Any]]] = []
         self._failed: BrokerError | None = None
+        # ``write``: the writes waiting for the next round, the task shipping rounds, and the
+        # tasks waiting for the acknowledgements of rounds shipped.
+        self._writes: list[tuple[Sequence[OutRecord], asyncio.Future[list[int]]]] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._acknowledging: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Connects. On failure nothing stays open (``close`` is not needed)."""
@@ -668,22 +673,52 @@ class KafkaProducer:
             raise
 
     async def write(self, records: Sequence[OutRecord]) -> list[int]:
-        """Sends ``records`` as record batches (one or more per partition run) and waits for
-        each batch's acknowledgement; a record's offset is its batch's base offset plus its
-        index in the batch. Does not touch the ``send`` queue, and a failure leaves the
-        producer usable (``flush`` refuses after one; this is for callers that answer per write)."""
+        """Sends ``records`` and waits for their acknowledgement; a record's offset is its
+        batch's base offset plus its index in the batch. Writes that arrive while a round of
+        them is being handed to aiokafka wait for the next round, whose records share record
+        batches (one per partition run): under concurrent writers the batches grow, instead of
+        each writer's few records queueing behind the others' batch by batch. Does not touch the
+        ``send`` queue; a failed write leaves the producer usable (``flush`` refuses after one;
+        this is for callers that answer per write)."""
         if not records:
             return []
+        for topic, partition in {(r.topic, r.partition) for r in records}:
+            partitions = await self._producer.partitions_for(topic)
+            if partition not in partitions:
+                raise BrokerError(f"cannot write to partition {partition} of '{topic}' on "
+                                  f"{self._broker.describe()}: it has {len(partitions)} partition(s)")
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[list[int]] = loop.create_future()
+        done.add_done_callback(lambda f: f.cancelled() or f.exception())  # a caller gone is no warning
+        self._writes.append((records, done))
+        if self._writer is None or self._writer.done():
+            self._writer = loop.create_task(self._write_rounds())
+        return await asyncio.shield(done)
+
+    async def _write_rounds(self) -> None:
+        while self._writes:
+            writes, self._writes = self._writes, []
+            records = [r for batch, _ in writes for r in batch]
+            try:
+                shipped = await self._ship_records(records)
+            except (KafkaError, BrokerError) as exc:
+                _answer_writes(writes, self._write_error(exc))
+                continue
+            except asyncio.CancelledError:
+                _answer_writes(writes, _CLOSED)
+                raise
+            acknowledging = asyncio.get_running_loop().create_task(self._acknowledge(writes, shipped, len(records)))
+            self._acknowledging.add(acknowledging)
+            acknowledging.add_done_callback(self._acknowledging.discard)
+
+    async def _ship_records(self, records: list[OutRecord]) -> list[tuple[list[int], asyncio.Future[Any]]]:
+        """Hands ``records`` to aiokafka as closed record batches; (record indexes, delivery) per batch."""
         runs: dict[tuple[str, int], list[int]] = {}
         for i, r in enumerate(records):
             runs.setdefault((r.topic, r.partition), []).append(i)
         shipped: list[tuple[list[int], asyncio.Future[Any]]] = []
         try:
             for (topic, partition), indexes in runs.items():
-                partitions = await self._producer.partitions_for(topic)
-                if partition not in partitions:
-                    raise BrokerError(f"cannot write to partition {partition} of '{topic}' on "
-                                      f"{self._broker.describe()}: it has {len(partitions)} partition(s)")
                 batch, members = self._producer.create_batch(), []
                 for i in indexes:
                     r = records[i]
@@ -699,26 +734,48 @@ class KafkaProducer:
                 if members:
                     batch.close()
                     shipped.append((members, await self._producer.send_batch(batch, topic, partition=partition)))
-            results = await asyncio.gather(*(delivery for _, delivery in shipped), return_exceptions=True)
-        except KafkaError as exc:
+        except BaseException:
             for _, delivery in shipped:  # their outcome no longer matters: never left unretrieved
                 delivery.add_done_callback(lambda f: f.cancelled() or f.exception())
-            raise BrokerError(f"writing records to {self._broker.describe()} failed: {_describe_error(exc)}; "
-                              "they are not known to be stored") from exc
-        offsets = [0] * len(records)
+            raise
+        return shipped
+
+    async def _acknowledge(self, writes: list[tuple[Sequence[OutRecord], asyncio.Future[list[int]]]],
+                           shipped: list[tuple[list[int], asyncio.Future[Any]]], count: int) -> None:
+        try:
+            results = await asyncio.gather(*(delivery for _, delivery in shipped), return_exceptions=True)
+        except asyncio.CancelledError:
+            _answer_writes(writes, _CLOSED)
+            raise
+        offsets = [0] * count
         for (members, _), result in zip(shipped, results):
-            if isinstance(result, KafkaError):
-                raise BrokerError(f"writing records to {self._broker.describe()} failed: "
-                                  f"{_describe_error(result)}; they are not known to be stored") from result
             if isinstance(result, BaseException):
-                raise result
+                _answer_writes(writes, self._write_error(result))
+                return
             for n, i in enumerate(members):
                 offsets[i] = result.offset + n
-        return offsets
+        start = 0
+        for batch, done in writes:
+            if not done.done():
+                done.set_result(offsets[start:start + len(batch)])
+            start += len(batch)
+
+    def _write_error(self, exc: BaseException) -> BaseException:
+        if isinstance(exc, KafkaError):
+            error = BrokerError(f"writing records to {self._broker.describe()} failed: {_describe_error(exc)}; "
+                                "they are not known to be stored")
+            error.__cause__ = exc
+            return error
+        return exc
 
     async def close(self) -> None:
         if self._pump is not None:
             self._pump.cancel()
+        if self._writer is not None:
+            self._writer.cancel()
+        for acknowledging in list(self._acknowledging):
+            acknowledging.cancel()
+        _answer_writes(self._writes, _CLOSED)
         if self._producer is not None:
             await self._producer.stop()
 
@@ -753,6 +810,17 @@ class KafkaProducer:
         batch.close()
         delivery = await self._producer.send_batch(batch, topic, partition=partition)
         self._deliveries.append(((topic, partition), delivery))
+
+
+_CLOSED = BrokerError("the producer was closed before the records were acknowledged; they are not known "
+                      "to be stored")
+
+
+def _answer_writes(writes: list[tuple[Sequence[OutRecord], asyncio.Future[list[int]]]],
+                   error: BaseException) -> None:
+    for _, done in writes:
+        if not done.done():
+            done.set_exception(error)
 
 
 class _WriteFailed(Exception):

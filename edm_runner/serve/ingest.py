@@ -46,7 +46,7 @@ from edm_runner.language.expressions import compile_expression
 from edm_runner.language.http import INGEST_KEY_PARAMS
 from edm_runner.language.model import IngestSpec, StreamSpec
 from edm_runner.records.partitioner import DefaultPartitioner
-from edm_runner.serde import SerdeError, Violation, make_serde, schema_violations
+from edm_runner.serde import SerdeError, SerdeSpec, Violation, make_serde, schema_violations
 from edm_runner.serve.context import ServeContext
 from edm_runner.serve.errors import HttpError, json_response, unavailable
 from edm_runner.serve.idempotency import Answer, IdempotencyKeys
@@ -54,6 +54,8 @@ from edm_runner.serve.metrics import process_metrics
 
 log = logging.getLogger("edm.serve")
 
+# Strict JSON (no NaN, nothing after the value, UTF-8) through the C scanner: edm's JSON decoding.
+_decode_json = make_serde(SerdeSpec("json")).decode
 JSON_TYPES = frozenset({"application/json"})
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl",
                           "application/x-jsonlines"})
@@ -163,11 +165,11 @@ class Endpoint:
         self.encode_value = make_serde(replace(stream.value, schema=None)).encode
         self.partitioner = DefaultPartitioner(stream.partitions)
 
-    def parse(self, text: str, request: _Request) -> _Parsed:
+    def parse(self, data: bytes, request: _Request) -> _Parsed:
         try:
-            value = json.loads(text)
-        except ValueError as exc:
-            return _Parsed(refused=_Refused(400, "malformed", f"not JSON: {exc}"))
+            value = _decode_json(data)
+        except SerdeError as exc:
+            return _Parsed(refused=_Refused(400, "malformed", str(exc)))
         problems = self.violations(value)
         if problems:
             return _Parsed(refused=_Refused(422, "schema_violation",
@@ -298,15 +300,11 @@ def _batch(content_type: str) -> bool:
 
 
 def _events(endpoint: Endpoint, body: bytes, batch: bool, meta: _Request) -> list[_Parsed]:
-    try:
-        text = body.decode()
-    except UnicodeDecodeError as exc:
-        raise HttpError(400, "malformed", f"the body is not UTF-8: {exc}") from None
     if not batch:
-        if not text.strip():
+        if not body.strip():
             raise HttpError(400, "malformed", "the body is empty; send one JSON event")
-        return [endpoint.parse(text, meta)]
-    lines = [line for line in text.split("\n") if line.strip()]
+        return [endpoint.parse(body, meta)]
+    lines = [line for line in body.split(b"\n") if line.strip()]
     if not lines:
         raise HttpError(400, "malformed", "the body holds no event; send one JSON event per line")
     return [endpoint.parse(line, meta) for line in lines]
