@@ -287,3 +287,33 @@ def test_the_click_ingest_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     counts = {e["key"]: e["value"] for e in ok("consume", "clicks-per-page", "-t", topology, "--from-beginning",
                                                "--state-dir", tmp_path / "state").lines()}
     assert counts == {"/home": 4, "/pricing": 1, "/docs": 1}
+
+
+def test_a_write_outlives_its_request_timeout_and_a_retry_with_the_key_writes_once(tmp_path: Path) -> None:
+    name = f"ingest-{uuid.uuid4().hex[:8]}"
+    topology = write_ingest_topology(tmp_path, name, None)
+    topology.write_text(topology.read_text().replace("limits: {max_body: 4KiB}",
+                                                     "limits: {max_body: 4KiB, request_timeout: 300ms}"))
+    runner = Runner(topology, "--state-dir", str(tmp_path / "state"))
+    holder = None
+    try:
+        url = serving_urls(runner)[name]
+        assert post_json(f"{url}/clicks", click("u-0"))[0] == 200  # the topic and the producer are ready
+        holder = subprocess.Popen([sys.executable, "-c", _HOLD_WRITES, str(tmp_path / "broker")],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline().strip() == "holding"
+        key = {"Idempotency-Key": "retry-me"}
+        status, headers, body = post_json(f"{url}/clicks", click("u-1"), headers=key)  # the broker waits
+        assert (status, body["error"]) == (503, "timeout") and headers["Retry-After"] == "1", body
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        status, headers, body = post_json(f"{url}/clicks", click("u-1"), headers=key)
+        assert status == 200 and headers.get("Idempotent-Replayed") == "true", body
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+        assert runner.stop() == 0, runner.stderr()
+    found = asyncio.run(stream_records(LocalBroker(tmp_path / "broker"), f"{name}-clicks"))
+    assert sorted(json.loads(r.value)["user_id"] for r in found.values()) == ["u-0", "u-1"]
+    assert found[(body["partition"], body["offset"])].value == json.dumps(click("u-1"), separators=(",", ":")).encode()
