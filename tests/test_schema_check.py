@@ -4,10 +4,11 @@ a directory and a git revision (a real git repository in a temporary directory).
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
-from cli_helpers import edm, ok
+from cli_helpers import ROOT, edm, ok
 
 TOPOLOGY = """kind: microservice
 name: shop
@@ -153,3 +154,17 @@ def test_a_broken_input_exits_2_and_edm_schema_still_writes_the_topology_schema(
     out = tmp_path / "topology.schema.json"
     assert f"wrote {out}" in ok("schema", "-o", out).stdout
     assert json.loads(out.read_text())["title"] == "edm topology"
+
+
+def test_a_business_topology_is_checked_service_by_service(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "topologies" / "payroll", tmp_path / "topologies" / "payroll")
+    shutil.copytree(ROOT / "schemas", tmp_path / "schemas")
+    business = Path("topologies/payroll/payroll.yaml")
+    assert "payroll-calculation/timesheets-value v1" in ok("schema", "lock", business, cwd=tmp_path).stdout
+    assert (tmp_path / "topologies" / "payroll" / "payroll.schemas.lock.json").is_file()
+    timesheet = tmp_path / "schemas" / "timesheet.json"
+    timesheet.write_text(timesheet.read_text().replace('"hours": {"type": "number"', '"hours": {"type": "integer"'))
+    result = edm("schema", "check", business, cwd=tmp_path)
+    assert result.code == 1
+    assert result.stderr.startswith("schemas/timesheet.json:17: payroll-calculation/timesheets: $.lines[*].hours: "
+                                    "the new schema narrows number to integer")

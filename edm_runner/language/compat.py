@@ -327,10 +327,10 @@ def _covering(schema: dict, name: str, at: Pointer) -> tuple[Any, Pointer]:
 def _merge(base: dict, other: Any) -> Any:
     """``base`` and ``other`` as one schema (for ``allOf``, and a union's shared keywords):
     properties merged, required joined, types intersected; other keywords from ``other``."""
-    if other is True or other == {}:
+    if other is False:
+        return False
+    if not isinstance(other, dict) or not other:
         return base
-    if other is False or not isinstance(other, dict):
-        return other if not base else False if other is False else base
     merged = {**base, **other}
     if "properties" in base and "properties" in other:
         props = dict(base["properties"])
@@ -375,10 +375,9 @@ class _Compare:
     def compare(self, w: Any, r: Any, path: tuple, wat: Pointer, rat: Pointer, depth: int) -> list[Problem]:
         if depth > _MAX_DEPTH:
             return []
-        w0, r0 = w, r
+        pair = (id(w), id(r))  # the nodes as written: a recursive schema meets the same $ref nodes again
         w, wat = self._resolve_all(self.w_root, w, wat)
         r, rat = self._resolve_all(self.r_root, r, rat)
-        pair = (id(w0) if w0 is not w else id(w), id(r0) if r0 is not r else id(r))
         if pair in self.assumed:
             return []  # a recursive schema: assume compatible while proving the pair
         self.assumed.add(pair)
@@ -463,7 +462,7 @@ class _Compare:
             out: list[Problem] = []
             for i, branch in enumerate(w[wkey]):
                 branch, bat = _resolve(self.w_root, branch, wat + (wkey, i))
-                merged = _merge(base, branch) if isinstance(branch, dict) or isinstance(branch, bool) else branch
+                merged = _merge(base, branch)
                 problems = self.compare(merged, r, path, bat, rat, depth + 1)
                 out += [replace(p, what=f"{wkey}[{i}] of {{writer}}: " + p.what) for p in problems]
             if not out and rkey == "oneOf" and wkey == "anyOf" and len(w[wkey]) > 1 and len(r[rkey]) > 1:
@@ -478,7 +477,7 @@ class _Compare:
             best_index = 0
             for i, branch in enumerate(r[rkey]):
                 branch, bat = _resolve(self.r_root, branch, rat + (rkey, i))
-                merged = _merge(base, branch) if isinstance(branch, (dict, bool)) else branch
+                merged = _merge(base, branch)
                 problems = self.compare(w, merged, path, wat, bat, depth + 1)
                 if not problems:
                     return []
