@@ -159,6 +159,22 @@ def ingestion_scenario(tmp_path: Path, kafka_bootstrap: str | None) -> None:
         status, _, body = call(f"{url}/clicks", method="POST", body="user_id=u-1",
                                headers={"Content-Type": "application/x-www-form-urlencoded"})
         assert (status, body["error"]) == (415, "unsupported_media_type") and "x-ndjson" in body["message"]
+
+        # Every request is counted by endpoint (the route) and status, with its latency.
+        status, _, text = call(f"{url}/metrics")
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for f in text_string_to_metric_families(text) for s in f.samples}
+
+        def requests(endpoint: str, code: int) -> float:
+            return samples.get(("edm_http_requests_total", (("endpoint", endpoint), ("method", "POST"),
+                                                            ("service", name), ("status", str(code)))), 0)
+        assert requests("/clicks", 200) == 6 and requests("/clicks", 207) == 1 and requests("/clicks", 413) == 1
+        assert requests("/clicks", 422) == 3 and requests("/clicks", 400) == 4
+        assert requests("/clicks-by-header", 400) == 1
+        assert samples[("edm_http_request_duration_seconds_count",
+                        (("endpoint", "/clicks"), ("method", "POST"), ("service", name)))] >= 15
+        assert samples[("edm_ingest_events_total", (("endpoint", "/clicks"), ("outcome", "written"),
+                                                    ("service", name)))] == len(acknowledged) - 1
     finally:
         code = runner.stop()
     assert code == 0, runner.stderr()
