@@ -219,3 +219,17 @@ def test_no_template_shows_or_changes_the_environment(tmp_path: Path, template: 
     shown = "\n".join(d.format() for d in info.value.diagnostics)
     assert "hunter2" not in shown and "DB_PASSWORD" not in shown, shown
     assert env == {"DB_PASSWORD": "hunter2-secret", "X": "1"}
+
+
+def test_a_templated_listen_is_checked_once_rendered(tmp_path: Path) -> None:
+    """The published schema accepts "{{ ... }}" in http.listen (files as written); what the
+    template renders to is still checked as host:port."""
+    path = tmp_path / "t.yaml"
+    path.write_text('kind: microservice\nname: svc\nstreams: {a: {}}\n'
+                    'http:\n  listen: "{{ env.LISTEN }}"\n')
+    assert load_file(path, env={"LISTEN": "127.0.0.1:0"}).http is not None
+    for rendered in ("nowhere", "{{ not:rendered"):
+        with pytest.raises(ConfigError) as info:
+            load_file(path, env={"LISTEN": rendered})
+        assert f"t.yaml:5:11: invalid http.listen '{rendered}'" in str(info.value)
+        assert "host:port" in str(info.value)

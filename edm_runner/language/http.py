@@ -27,6 +27,10 @@ from edm_runner.language.durations import DURATION_SCHEMA
 from edm_runner.language.flows import Flow
 
 LISTEN_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):([0-9]{1,5})$"
+# The published schema also checks files as written, before templating (editors, CI linters):
+# there a templated listen ("{{ env.POD_IP }}:8080") is accepted; `edm validate` checks the
+# rendered value, and check_http refuses a rendered value that is still not host:port.
+LISTEN_SCHEMA_PATTERN = LISTEN_PATTERN + r"|\{\{"
 URL_PATTERN = r"^https?://[^\s/?#]+(/[^\s?#]*)?$"
 PATH_PATTERN = r"^(/[A-Za-z0-9._~-]+)+$"
 FIELD_PATTERN = r"^[^.\s]+(\.[^.\s]+)*$"
@@ -51,6 +55,7 @@ SIZE_SCHEMA: dict = {
 
 PATTERN_WORDS = {
     LISTEN_PATTERN: "host:port, e.g. 0.0.0.0:8080, 127.0.0.1:0 (any free port) or [::]:8080",
+    LISTEN_SCHEMA_PATTERN: "host:port, e.g. 0.0.0.0:8080, 127.0.0.1:0 (any free port) or [::]:8080",
     URL_PATTERN: "an http:// or https:// URL without query, e.g. http://pod-0.svc:8080",
     PATH_PATTERN: "a path of segments of letters, digits, '.', '_', '~' and '-', e.g. /clicks",
     FIELD_PATTERN: "a field name, or a dotted path into the value (user.id)",
@@ -106,7 +111,7 @@ def http_schema() -> dict:
         "description": "The service answers HTTP: state queries routed to the instance owning the key, "
                        "event ingestion, /healthz, /readyz and /metrics. Absent: no HTTP.",
         "properties": {
-            "listen": {"type": "string", "pattern": LISTEN_PATTERN,
+            "listen": {"type": "string", "pattern": LISTEN_SCHEMA_PATTERN,
                        "description": "host:port to listen on (default 0.0.0.0:8080; port 0: any free port); "
                                       "templatable, e.g. \"{{ env.POD_IP }}:8080\"."},
             "advertised_url": {"type": "string", "pattern": URL_PATTERN,
@@ -148,7 +153,11 @@ def check_http(ctx: CheckContext, used_stores: set[str]) -> Flow | None:
         return None
     report = ctx.report
     listen = cfg.get("listen")
-    if isinstance(listen, str) and re.fullmatch(LISTEN_PATTERN, listen):
+    if isinstance(listen, str) and not re.fullmatch(LISTEN_PATTERN, listen):
+        if re.search(LISTEN_SCHEMA_PATTERN, listen):  # else the schema check reported it
+            report.error(("http", "listen"), f"invalid http.listen '{listen}' once rendered",
+                         f"use {PATTERN_WORDS[LISTEN_PATTERN]}")
+    elif isinstance(listen, str):
         port = split_listen(listen)[1]
         if port > 65535:
             report.error(("http", "listen"), f"port {port} of listen '{listen}' is not a TCP port",
