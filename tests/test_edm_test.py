@@ -115,6 +115,15 @@ def test_a_broken_test_file_exits_2_at_file_line_col(tmp_path: Path) -> None:
         assert "Traceback" not in result.stderr
 
 
+def test_edm_validate_checks_test_files_too(tmp_path: Path) -> None:
+    every = [p for p in sorted(TOPOLOGIES.glob("*/*.yaml"))]
+    result = edm("validate", *every)
+    assert result.code == 0, result.stderr
+    test = _quickstart(tmp_path, BROKEN["unknown key"][0])
+    result = edm("validate", test)
+    assert result.code == 1 and f"{test}:4:14: unknown key 'stream' in cases.c.expect" in result.stderr
+
+
 def test_a_broken_file_is_an_error_in_the_junit_xml(tmp_path: Path) -> None:
     test = _quickstart(tmp_path, BROKEN["unknown key"][0])
     report = tmp_path / "junit.xml"

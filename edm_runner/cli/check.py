@@ -13,7 +13,7 @@ from edm_runner.cli.common import (FileArgument, GraphFormat, NoCodeOption, Outp
 
 @app.command()
 def validate(
-    files: Annotated[list[Path], typer.Argument(help="Topology files to check.")],
+    files: Annotated[list[Path], typer.Argument(help="Topology files (and test files, *.test.yaml) to check.")],
     output: OutputFormatOption = OutputFormat.text,
     no_code: NoCodeOption = False,
 ) -> None:
@@ -23,6 +23,10 @@ def validate(
         from edm_runner.language import validate_file
         diagnostics, warnings = [], []
         for path in files:
+            if path.name.endswith(".test.yaml"):  # a test file of `edm test`: its own schema
+                from edm_runner.testing.spec import load_test_file
+                diagnostics.extend(load_test_file(path).diagnostics)
+                continue
             validation = validate_file(path, no_code=no_code)
             diagnostics.extend(validation.errors)
             warnings.extend(validation.warnings)
