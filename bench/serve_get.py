@@ -1,7 +1,7 @@
 """Scenario ``serve-get``: key lookups over HTTP (issue 10), requests/s and latency.
 
 A count-per-key service holds ``KEYS`` keys (4 partitions) and serves its store. A client
-process (``python -m bench.serve_get client URL KEYS_FILE CONCURRENCY``: aiohttp, that many
+process (``python -m bench.serve_get client URL KEYS_FILE CONCURRENCY WARMUP_S SECONDS``: aiohttp, that many
 requests in flight, ``SECONDS`` of measurement after a warm-up) asks for random keys and reports
 requests/s and the p50/p99 latency; a process of its own, so that its CPU is not the server's
 (on 2 cores it still competes with the servers for them). Each figure is measured twice: with
@@ -113,8 +113,8 @@ def _load(url: str, keys: list[str], concurrency: int = CONCURRENCY) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".json") as file:
         json.dump(keys, file)
         file.flush()
-        proc = subprocess.run([sys.executable, "-m", "bench.serve_get", "client", url, file.name, str(concurrency)],
-                              cwd=ROOT, capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-m", "bench.serve_get", "client", url, file.name, str(concurrency),
+                               str(WARMUP_S), str(SECONDS)], cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"the client failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout)
@@ -210,7 +210,7 @@ def run() -> dict:
 
 # -- the client process ---------------------------------------------------------------------
 
-async def _client(url: str, keys: list[str], concurrency: int) -> dict:
+async def _client(url: str, keys: list[str], concurrency: int, warmup_s: float, seconds: float) -> dict:
     import aiohttp
 
     latencies: list[float] = []
@@ -218,7 +218,7 @@ async def _client(url: str, keys: list[str], concurrency: int) -> dict:
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
         start = time.perf_counter()
-        warm_until, stop_at = start + WARMUP_S, start + WARMUP_S + SECONDS
+        warm_until, stop_at = start + warmup_s, start + warmup_s + seconds
 
         async def worker(seed: int) -> None:
             rng = random.Random(seed)
@@ -232,11 +232,13 @@ async def _client(url: str, keys: list[str], concurrency: int) -> dict:
 
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
     latencies.sort()
-    return {"requests": len(latencies), "requests_per_s": round(len(latencies) / SECONDS),
+    return {"requests": len(latencies), "requests_per_s": round(len(latencies) / seconds),
             "p50_ms": round(statistics.median(latencies) * 1000, 2),
             "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 2),
             "statuses": {str(k): v for k, v in sorted(statuses.items())}}
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["client"]:
-    print(json.dumps(asyncio.run(_client(sys.argv[2], json.loads(Path(sys.argv[3]).read_text()), int(sys.argv[4])))))
+    url, keys_file, concurrency, warmup_s, seconds = sys.argv[2:7]
+    print(json.dumps(asyncio.run(_client(url, json.loads(Path(keys_file).read_text()), int(concurrency),
+                                         float(warmup_s), float(seconds)))))

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import loop_lag, startup  # noqa: E402
+from bench import loop_lag, serve_get, startup  # noqa: E402
 
 
 def test_startup_sees_the_quickstart_first_output_and_its_imports(tmp_path: Path) -> None:
@@ -46,3 +46,15 @@ def test_loop_lag_monitor_records_a_held_loop() -> None:
     lags, _ = asyncio.run(loop_lag._monitored(hold()))
     assert max(lags) >= 0.05 - loop_lag.TICK
     assert loop_lag._percentile([0.001, 0.002, 0.010], 50) == 2.0
+
+
+def test_serve_get_measures_answered_lookups(tmp_path: Path, monkeypatch) -> None:
+    """``serve-get``'s local side, shortened: every lookup of its client is a 200 from the store."""
+    monkeypatch.setattr(serve_get, "KEYS", 50)
+    monkeypatch.setattr(serve_get, "WARMUP_S", 0.1)
+    monkeypatch.setattr(serve_get, "SECONDS", 0.3)
+    result = serve_get._local(tmp_path)
+    assert result["requests"] > 0 and result["statuses"] == {"200": result["requests"]}
+    assert result["sequential"]["statuses"] == {"200": result["sequential"]["requests"]}
+    assert 0 < result["p50_ms"] <= result["p99_ms"]
+
