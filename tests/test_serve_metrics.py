@@ -24,6 +24,7 @@ from edm_runner.runtime.service import ServiceRunner
 from edm_runner.runtime.stats import ServiceStats
 from edm_runner.runtime.view import ServiceView
 from edm_runner.serve.metrics import Metrics
+from cli_helpers import ROOT, ok
 from helpers.reliability_flow import PARTITIONS, events, produce, write_topology
 
 
@@ -134,3 +135,43 @@ def test_metrics_of_a_run_on_the_embedded_broker(tmp_path: Path) -> None:
 @pytest.mark.kafka
 def test_metrics_of_a_run_on_kafka(tmp_path: Path, kafka_bootstrap: str) -> None:
     asyncio.run(scenario(KafkaBroker({"bootstrap_servers": kafka_bootstrap}), tmp_path, kafka_bootstrap))
+
+
+@pytest.mark.parametrize("example, inputs, counter, total", [
+    ("quickstart", {"orders": "orders.jsonl"}, "edm_records_dead_lettered_total", "dead_lettered"),
+    ("user-activity", {"clicks": "clicks.jsonl"}, "edm_records_skipped_total", "skipped"),
+    ("hourly-revenue", {"customer-orders": "customer-orders.jsonl"}, "edm_records_late_total", "late"),
+])
+def test_per_pipeline_error_counters_of_the_examples(tmp_path: Path, example: str, inputs: dict[str, str],
+                                                    counter: str, total: str) -> None:
+    """Dead-lettered, skipped and late events per pipeline, on the examples that have them: the
+    pipelines' figures add up to the run's totals (which the run summary prints), and the steps
+    that failed are named."""
+    shutil.copytree(ROOT / "topologies" / example, tmp_path / "topologies" / example)
+    shutil.copytree(ROOT / "schemas", tmp_path / "schemas")
+    topology = tmp_path / "topologies" / example / "topology.yaml"
+    for stream, file in inputs.items():
+        ok("produce", stream, "-t", topology, "-f", topology.parent / file, "--state-dir", tmp_path)
+
+    async def scenario() -> tuple[Samples, ServiceStats]:
+        broker = LocalBroker(tmp_path / "broker")
+        await broker.start()
+        stats = ServiceStats()
+        runner = ServiceRunner(load_file(topology), broker, stats, tmp_path)
+        metrics = Metrics()
+        metrics.watch(ServiceView(runner))
+        try:
+            await runner.provision()
+            await runner.start()
+            await drained(runner)
+            return await scrape(metrics), stats
+        finally:
+            await runner.close()
+            await broker.close()
+
+    samples, stats = asyncio.run(scenario())
+    expected = getattr(stats, total)
+    assert expected > 0
+    assert sum(values(samples, counter, service=example)) == expected
+    if total != "late":  # late events are no step error: the window counts them
+        assert sum(values(samples, "edm_step_errors_total", service=example)) == expected
