@@ -1,0 +1,86 @@
+"""A circuit breaker per endpoint (scheme://host:port).
+
+States: closed (calls go through; ``threshold`` consecutive failures open it), open (no call
+goes out; callers wait, without polling, until ``open_for`` has passed), half-open (exactly one
+caller, the probe, goes out; its success closes the breaker and wakes every waiter, its failure
+opens it again for ``open_for``).
+
+Invariant: while the breaker is not closed at most one request is out (the probe); a caller
+waiting on it uses no retry attempt: an outage pauses the events (and, once the step's
+in-flight window is full, the partitions that feed them) instead of dead-lettering them.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Callable, Literal
+
+State = Literal["closed", "open", "half_open"]
+
+
+class CircuitBreaker:
+    def __init__(self, threshold: int = 5, open_for: float = 30.0, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        self.threshold = threshold
+        self.open_for = open_for
+        self.clock = clock
+        self.failures = 0
+        self.opened_at: float | None = None
+        self._probing = False
+        self._changed = asyncio.Event()  # set (and replaced) whenever the state changes
+        self.opened = 0  # how many times it opened (stats, tests)
+
+    @property
+    def state(self) -> State:
+        if self.opened_at is None:
+            return "closed"
+        return "half_open" if self.clock() - self.opened_at >= self.open_for else "open"
+
+    async def permit(self) -> bool:
+        """Waits until a request may go out; True when that request is the probe (its outcome
+        must be reported with ``success``/``failure``)."""
+        while True:
+            state = self.state
+            if state == "closed":
+                return False
+            if state == "half_open" and not self._probing:
+                self._probing = True
+                return True
+            changed = self._changed
+            timeout = None if state == "half_open" else self.opened_at + self.open_for - self.clock()
+            try:
+                await asyncio.wait_for(changed.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+
+    def success(self, probe: bool) -> None:
+        self.failures = 0
+        if probe or self.opened_at is not None:
+            self._probing = False
+            self.opened_at = None
+            self._notify()
+
+    def failure(self, probe: bool) -> None:
+        if probe:
+            self._probing = False
+            self.opened_at = self.clock()
+            self.opened += 1
+            self._notify()
+            return
+        if self.opened_at is not None:
+            return  # a request sent before it opened: the breaker is already open
+        self.failures += 1
+        if self.failures >= self.threshold:
+            self.opened_at = self.clock()
+            self.opened += 1
+            self._notify()
+
+    def release(self, probe: bool) -> None:
+        """The probe ended with neither outcome (cancelled): let another caller probe."""
+        if probe:
+            self._probing = False
+            self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
