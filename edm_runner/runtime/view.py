@@ -103,6 +103,7 @@ class ServiceView:
             self._stores[use.name] = ServedStore(use.name, use.type, sub.id, sub.tasks, key,
                                                  use.params.get("size") if use.type == "window" else None)
         self._changelogs = {use.name: use.changelog for use in compiled.catalog.uses.values()}
+        self._alone: Routing | None = None  # the embedded broker's placement (one member)
 
     @property
     def name(self) -> str:
@@ -128,9 +129,11 @@ class ServiceView:
         runner = self._runner
         assignor = runner.assignor
         if assignor is None:  # the embedded broker: one member, every task
-            tasks = {(sub.id, p): self.instance_id for sub in runner.compiled.dag.subtopologies
-                     for p in range(sub.tasks)}
-            return Routing(self.instance_id, 1, tasks, {}, {self.instance_id: runner.http_address})
+            if self._alone is None:  # fixed once the runner started (the URL is advertised before)
+                tasks = {(sub.id, p): self.instance_id for sub in runner.compiled.dag.subtopologies
+                         for p in range(sub.tasks)}
+                self._alone = Routing(self.instance_id, 1, tasks, {}, {self.instance_id: runner.http_address})
+            return self._alone
         current = assignor.current
         if current is None:
             return None
