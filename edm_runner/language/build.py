@@ -14,8 +14,9 @@ from edm_runner.language.durations import parse_duration
 from edm_runner.language.http import parse_size, split_listen
 from edm_runner.language.limits import Limits
 from edm_runner.language.model import (NOWHERE, AssignmentSpec, BranchSpec, BrokerSpec, ErrorPolicy, FunctionSpec,
-                                       HttpSpec, IngestKey, IngestSpec, PipelineSpec, Pos, ProcessingSpec, StepSpec,
-                                       StoreSpec, StreamSpec, TableSpec, ToSpec, TokenSource, Topology)
+                                       HttpSpec, IngestKey, IngestSpec, PipelineProcessing, PipelineSpec, Pos,
+                                       ProcessingSpec, StepSpec, StoreSpec, StreamSpec, TableSpec, ToSpec,
+                                       TokenSource, Topology)
 from edm_runner.language.yaml_loader import SourceMap
 from edm_runner.serde.spec import SerdeSpec
 
@@ -135,7 +136,15 @@ class _Builder:
             name=name, sources=[sources] if isinstance(sources, str) else list(sources),
             steps=self.steps(cfg.get("steps"), path + ("steps",)),
             to=self.sink(cfg.get("to"), path + ("to",)), branch=branches,
-            on_error=self.error_policy(cfg.get("on_error"), path + ("on_error",)), pos=self.pos(path))
+            on_error=self.error_policy(cfg.get("on_error"), path + ("on_error",)), pos=self.pos(path),
+            processing=self.pipeline_processing(cfg.get("processing"), path + ("processing",)))
+
+    def pipeline_processing(self, cfg: dict | None, path: tuple) -> PipelineProcessing:
+        if cfg is None:
+            return PipelineProcessing()
+        return PipelineProcessing(ordering=cfg.get("ordering", "partition"),
+                                  max_in_flight=cfg.get("max_in_flight", 100), attempts=cfg.get("attempts", 1),
+                                  retry_backoff_ms=cfg.get("retry_backoff_ms", 100), pos=self.pos(path))
 
 
 def build_topology(data: dict, smap: SourceMap, source_file: Path) -> Topology:

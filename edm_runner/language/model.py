@@ -119,6 +119,35 @@ class BranchSpec:
     pos: Pos = NOWHERE
 
 
+Ordering = Literal["partition", "key", "none"]
+
+# Bounds of ``pipelines.<p>.processing`` (the schema states them): events in flight per task, and
+# delivery attempts per event.
+MAX_IN_FLIGHT = 10_000
+MAX_ATTEMPTS = 100
+
+
+@dataclass
+class PipelineProcessing:
+    """``pipelines.<p>.processing``: how many events of one task the pipeline works on at once
+    (docs/design/concurrency.md). ``ordering``: ``partition`` (one at a time, in offset order:
+    the default), ``key`` (one event in flight per input record key, many keys at once),
+    ``none``. ``max_in_flight``: events in flight per task. ``attempts``: deliveries of an event
+    before its failure follows ``on_error`` (retried after ``retry_backoff_ms``, doubled per
+    attempt, with jitter). ``per_event``: the runtime drives the pipeline event by event
+    (``runtime.inflight``) rather than batch by batch: any setting but the defaults."""
+
+    ordering: Ordering = "partition"
+    max_in_flight: int = 100
+    attempts: int = 1
+    retry_backoff_ms: int = 100
+    pos: Pos = NOWHERE
+
+    @property
+    def per_event(self) -> bool:
+        return self.ordering != "partition" or self.attempts > 1
+
+
 @dataclass
 class PipelineSpec:
     name: str
@@ -128,6 +157,7 @@ class PipelineSpec:
     branch: list[BranchSpec] = field(default_factory=list)
     on_error: ErrorPolicy | None = None
     pos: Pos = NOWHERE
+    processing: PipelineProcessing = field(default_factory=PipelineProcessing)
 
 
 @dataclass

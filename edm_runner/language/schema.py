@@ -17,6 +17,7 @@ from edm_runner.language.durations import DURATION_SCHEMA
 from edm_runner.language.http import PATTERN_WORDS as HTTP_PATTERN_WORDS, http_schema
 from edm_runner.language.compat import DEFAULT_MODE, MODE_MEANINGS, MODES
 from edm_runner.language.limits import LIMITS_SCHEMA
+from edm_runner.language.model import MAX_ATTEMPTS, MAX_IN_FLIGHT
 
 SCHEMA_ID = "https://edm.dev/schemas/topology.schema.json"
 NAME_PATTERN = "^[a-z0-9][a-z0-9._-]*$"
@@ -149,6 +150,22 @@ def _defs(step_items: dict) -> dict:
         "branch": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/branch"},
                    "description": "Routes each event to the first branch whose `when` holds."},
         "on_error": {"$ref": "#/$defs/on_error"},
+        "processing": _obj({
+            "ordering": {"enum": ["partition", "key", "none"],
+                         "description": "partition (default): one event of a task at a time, in offset order; "
+                                        "key: one event in flight per record key, many keys at once (the "
+                                        "outputs of a key keep its order); none: any order. The committed "
+                                        "offset never passes an unfinished event."},
+            "max_in_flight": {**_int("Events of one task in flight at once (default 100).", minimum=1),
+                              "maximum": MAX_IN_FLIGHT},
+            "attempts": {**_int("Deliveries of an event before its failure follows on_error (default 1: no "
+                                "retry); each attempt carries the header edm.delivery.attempt.", minimum=1),
+                         "maximum": MAX_ATTEMPTS},
+            "retry_backoff_ms": _int("Wait before the second attempt, doubled per attempt, with jitter "
+                                     "(default 100).", minimum=0),
+        }, "How many events of a task the pipeline works on at once, and retries (consuming as a queue: "
+           "ordering key or none with attempts). A pipeline with anything but partition ordering and one "
+           "attempt writes no store before its first group_by or repartition."),
     }, "A pipeline: reads streams, applies steps, writes to a sink or branches.", ["from"])
     security = _obj({
         "protocol": {"enum": ["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"],

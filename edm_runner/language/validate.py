@@ -20,6 +20,8 @@ from jsonschema.validators import validator_for
 
 from edm_runner.language import structure
 from edm_runner.language.compat import DEFAULT_MODE, open_objects
+from edm_runner.language.concurrency import check_functions as check_async_functions
+from edm_runner.language.concurrency import check_pipeline as check_concurrency
 from edm_runner.language.context import CheckContext, undefined_hint
 from edm_runner.language.cycles import find_cycles
 from edm_runner.language.expressions import function_name_problem
@@ -59,6 +61,7 @@ def check_microservice(data: dict, report: Report, base_dir: Path, no_code: bool
     event_schemas: dict[tuple[str, str], Any] = {}
     stream_dead_letters = _check_streams(ctx, event_schemas)
     _check_functions(ctx)
+    check_async_functions(ctx)
     _check_assignment(ctx)
     state = StateChecks(ctx)
     state.check_declarations()
@@ -246,6 +249,7 @@ def _check_pipelines(ctx: CheckContext, state: StateChecks) -> list[Flow]:
                                  "move the `to` into the branches, or remove `branch`", key=True)
             branches = _check_branches(ctx, cfg["branch"], path + ("branch",), flow)
         state.pipeline(cfg, path, flow, steps, branches)
+        check_concurrency(ctx, cfg, path)
         on_error = cfg.get("on_error")
         if isinstance(on_error, dict) and "dead_letter" in on_error:
             ref = ctx.stream_ref(on_error["dead_letter"], path + ("on_error", "dead_letter"))

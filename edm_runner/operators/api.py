@@ -18,6 +18,12 @@ the replay returns the remembered outputs of the events it already applied. Eith
 with a failing event gives what the batch without it gives (tests/test_trust.py runs that
 contract over every processor).
 
+Asynchronous steps. An ``AsyncPerEventProcessor`` awaits per event (``process_one_async``):
+an I/O call (the awaited expression of a step that calls a Python function declared
+``async def``: ``AwaitedExpressions``; a future ``call`` step). The runtime drives a pipeline
+with such a step event by event, with as many events of a task in flight as the pipeline's
+``processing`` allows (docs/design/concurrency.md); pipelines without one keep the batch path.
+
 Stateful operators get their stores at build time as ``StoreRef``s (``BuildContext.store`` /
 ``BuildContext.table``) and call ``ref.get()`` once per ``process(batch)``: the runtime binds
 every ref of a sub-topology to the stores of the task whose partition the batch came from.
@@ -25,6 +31,7 @@ every ref of a sub-topology to the stores of the task whose partition the batch 
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +45,8 @@ from edm_runner.language.model import NOWHERE, Pos, StoreSpec, StoreType, Stream
 if TYPE_CHECKING:
     from edm_runner.graph.dag import InternalTopic
 
-__all__ = ["BuildContext", "Counters", "DeadLetters", "Event", "EventwiseProcessor", "ExprFn", "Headers", "LateEvents",
+__all__ = ["AsyncPerEventProcessor", "AwaitedExpressions",
+           "BuildContext", "Counters", "DeadLetters", "Event", "EventwiseProcessor", "ExprFn", "Headers", "LateEvents",
            "OutRecord", "PassThrough", "PerEventProcessor", "Processor", "Record", "StoreCatalog", "StoreUse",
            "TaskStoreRef", "changelog_topic", "event_time", "repartition_topic"]
 
@@ -116,6 +124,7 @@ class Processor:
 
     label: str = "step"
     pos: Pos = NOWHERE
+    asynchronous = False  # True: the runtime awaits ``process_one_async`` (``AsyncPerEventProcessor``)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -163,6 +172,48 @@ class PerEventProcessor(Processor):
 
     def process_one(self, event: Event) -> list[Event]:
         e = self.emit(event, self.compute(event))
+        return [] if e is None else [e]
+
+
+class AsyncPerEventProcessor(Processor):
+    """A step that awaits something per event: ``async process_one_async(event)`` returns the
+    event's outputs, or raises an ``EventError`` (the pipeline's ``processing.attempts``, then its
+    ``on_error``, apply). The runtime awaits it for one event at a time per key (``ordering:
+    key``), per task (``partition``) or not at all (``none``), up to ``max_in_flight`` per task,
+    and commits an offset only once every event before it is finished.
+
+    Invariants an implementation keeps: it writes no store (events of different keys interleave
+    at its awaits; the language refuses store-writing steps in a concurrent pipeline), it changes
+    the event it was given only after its awaits (a retry starts from a fresh copy), and a
+    cancellation (the batch failed, the service stops) leaves nothing behind: the event is
+    processed again after the restart."""
+
+    asynchronous = True
+
+    async def process_one_async(self, event: Event) -> list[Event]:
+        raise NotImplementedError
+
+    def process(self, batch: list[Event]) -> list[Event]:
+        raise TypeError(f"{self.label} is asynchronous: the runtime awaits process_one_async")
+
+
+class AwaitedExpressions(AsyncPerEventProcessor):
+    """A ``PerEventProcessor`` whose expression calls a Python function declared ``async def``
+    (``filter``, ``map_values``, ...): its ``compute`` returns the call's awaitable (or, for
+    ``map``, a pair that may hold one), awaited here before ``emit``."""
+
+    def __init__(self, step: PerEventProcessor) -> None:
+        self.step = step
+        self.label = step.label
+        self.pos = step.pos
+
+    async def process_one_async(self, event: Event) -> list[Event]:
+        result = self.step.compute(event)
+        if isinstance(result, tuple):
+            result = tuple([await r if inspect.isawaitable(r) else r for r in result])
+        elif inspect.isawaitable(result):
+            result = await result
+        e = self.step.emit(event, result)
         return [] if e is None else [e]
 
 
@@ -303,14 +354,15 @@ class DeadLetters:
         self.outputs = outputs
         self.partitioner = DefaultPartitioner(partitions)
 
-    def write(self, origin: Record, error: str, step: str) -> None:
+    def write(self, origin: Record, error: str, step: str, extra: Headers = ()) -> None:
+        """``extra``: more headers after the error headers (``edm.delivery.attempts``)."""
         headers = origin.headers + (
             ("edm.error", error.encode()),
             ("edm.error.step", step.encode()),
             ("edm.source.topic", origin.topic.encode()),
             ("edm.source.partition", str(origin.partition).encode()),
             ("edm.source.offset", str(origin.offset).encode()),
-        )
+        ) + tuple(extra)
         self.outputs.append(OutRecord(self.topic, self.partitioner(None, origin.key, None), origin.key,
                                       origin.value, origin.timestamp_ms, headers))
 
@@ -364,13 +416,33 @@ class BuildContext:
     stats: Counters = field(default_factory=_Counters)
     internal_topics: Mapping[str, "InternalTopic"] = field(default_factory=dict)
     timestamp_bounds: Mapping[str, TimestampBound] = field(default_factory=dict)  # operators.sink.TimestampBounds
+    awaited: bool = False  # an expression compiled since the last ``awaiting`` calls an async function
 
     def compile(self, source: str, pos: Pos = NOWHERE, params: tuple[str, ...] = ("key", "value", "event")
                 ) -> ExprFn:
+        from edm_runner.language.concurrency import async_call_problem, async_functions, calls
         from edm_runner.language.expressions import compile_expression
 
+        asynchronous = async_functions(self.functions)
+        if asynchronous and calls(source, asynchronous):
+            problem = async_call_problem(source, asynchronous)
+            if problem:
+                raise EdmError(f"{pos}: {problem}")
+            self.awaited = True
         return compile_expression(source, params=params, functions=self.functions_for(source, pos),
                                   user_errors=True, limits=self.topology.processing.expression_limits)
+
+    def awaiting(self, proc: Processor) -> Processor:
+        """``proc``, awaited per event when an expression compiled for it since ``awaited`` was
+        last reset calls an async function."""
+        if not self.awaited:
+            return proc
+        self.awaited = False
+        if not isinstance(proc, PerEventProcessor):
+            raise EdmError(f"{proc.pos}: step {proc.label!r} calls a function declared `async def`, and only "
+                           "map, map_values, select_key, filter and filter_not await their expression; call it "
+                           "in a map_values before this step")
+        return AwaitedExpressions(proc)
 
     def functions_for(self, source: str, pos: Pos = NOWHERE) -> dict[str, Callable[..., Any]]:
         """The functions an expression may call. A function that declares ``stores`` and that

@@ -1,6 +1,8 @@
 """filter and filter_not: keep the events for which an expression is (not) truthy."""
 from __future__ import annotations
 
+from typing import Any
+
 from edm_runner.operators.api import BuildContext, Event, ExprFn, PerEventProcessor
 from edm_runner.operators.common import EXPRESSION, whole_expression
 from edm_runner.operators.registry import Operator, register
@@ -16,11 +18,11 @@ class Filter(PerEventProcessor):
         self.label = label
         self.pos = step.pos
 
-    def compute(self, e: Event) -> bool:
-        return bool(self.predicate(e.key, e.value, e))
+    def compute(self, e: Event) -> Any:
+        return self.predicate(e.key, e.value, e)  # the truth is taken in emit: the result may be awaited first
 
-    def emit(self, e: Event, passed: bool) -> Event | None:
-        return e if passed == self.keep else None
+    def emit(self, e: Event, passed: Any) -> Event | None:
+        return e if bool(passed) == self.keep else None
 
 
 def _build(keep: bool, label: str):

@@ -21,8 +21,11 @@ Invariants:
 """
 from __future__ import annotations
 
+import asyncio
 import functools
+import inspect
 import logging
+import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -34,14 +37,16 @@ from edm_runner.operators.join import SideInput
 from edm_runner.operators.registry import get as get_operator
 from edm_runner.operators.sink import GroupBySink, TopicWriter, ToSink
 from edm_runner.operators.table import TableMaterializer
+from edm_runner.runtime.inflight import drive
 from edm_runner.runtime.stats import ServiceStats
 from edm_runner.serde import Serde, SerdeError, make_serde
-from edm_runner.language.model import ErrorPolicy, Pos, StreamSpec, Topology
+from edm_runner.language.model import ErrorPolicy, PipelineProcessing, Pos, StreamSpec, Topology
 
 log = logging.getLogger("edm.runtime")
 
 SKIP_SAMPLE = 5  # skipped events logged per pipeline; the rest are only counted
 FAIL = ErrorPolicy("fail")
+MAX_BACKOFF_MS = 30_000  # the longest wait between two deliveries of an event
 
 
 class ErrorHandler:
@@ -56,7 +61,9 @@ class ErrorHandler:
         self.stats = stats
         self.owner = f"pipeline {pipeline!r}"  # where the policy is set, for the hint
 
-    def handle(self, origin: Record, step: str, pos: Pos, exc: EventError) -> None:
+    def handle(self, origin: Record, step: str, pos: Pos, exc: EventError, attempts: int = 1) -> None:
+        """Applies the policy to ``origin``'s failure at ``step``, after ``attempts`` deliveries
+        (more than one: a dead letter carries ``edm.delivery.attempts``)."""
         error = str(exc) if isinstance(exc, UserCodeError) else f"{type(exc).__name__}: {exc}"
         where = f"{origin.topic}/{origin.partition}/{origin.offset}"
         kind = self.policy.kind
@@ -74,14 +81,16 @@ class ErrorHandler:
                             " (further skips of this pipeline are only counted)" if n == SKIP_SAMPLE else "")
             return
         if kind == "dead_letter" and self.dead_letters is not None:
-            self.dead_letters.write(origin, error, f"{step} at {pos}")
+            extra = (("edm.delivery.attempts", str(attempts).encode()),) if attempts > 1 else ()
+            self.dead_letters.write(origin, error, f"{step} at {pos}", extra)
             self.stats.dead_lettered += 1
             by_pipeline = self.stats.dead_lettered_by_pipeline
             by_pipeline[self.pipeline] = by_pipeline.get(self.pipeline, 0) + 1
             return
         raise ProcessingError(
             f"service {self.service!r}, pipeline {self.pipeline!r}: step {step} at {pos} failed on the "
-            f"event at {where} (topic/partition/offset): {error}\n"
+            f"event at {where} (topic/partition/offset){f' after {attempts} attempts' if attempts > 1 else ''}: "
+            f"{error}\n"
             f"    hint: nothing from this event on was committed; fix the step or the data, or set "
             f"`on_error: skip` or `on_error: {{dead_letter: <stream>}}` on {self.owner} to keep going") from exc
 
@@ -116,6 +125,8 @@ class Source:
     next: Step | None
     pos: Pos
     changes: bool = False
+    processing: PipelineProcessing = field(default_factory=PipelineProcessing)
+    driven: bool = False  # driven event by event (``process_async``): per_event processing or an async step
 
 
 class CompiledService:
@@ -144,6 +155,9 @@ class CompiledService:
         for node in self.dag.sources():
             source = self._source(node)
             self.sources.setdefault(source.topic, []).append(source)
+        # The topics some pipeline reads event by event (``process_async``); the others keep the batch path.
+        self.driven_topics = frozenset(topic for topic, sources in self.sources.items()
+                                       if any(source.driven for source in sources))
         for name, table in topology.global_tables.items():
             BuildContext(topology, f"global_tables.{name}", self.functions, self.outputs,
                          catalog=self.catalog, stats=stats).table(name)
@@ -194,9 +208,14 @@ class CompiledService:
 
     def _source(self, node: Node) -> Source:
         key_spec, value_spec = node.serdes
-        return Source(node.id, node.pipeline, node.topics[0], make_serde(key_spec).decode,
-                      make_serde(value_spec).decode, self._handler(node.pipeline, node.stream),
-                      self._step(node.children), node.pos, node.changes)
+        source = Source(node.id, node.pipeline, node.topics[0], make_serde(key_spec).decode,
+                        make_serde(value_spec).decode, self._handler(node.pipeline, node.stream),
+                        self._step(node.children), node.pos, node.changes)
+        pipeline = self.topology.pipelines.get(node.pipeline)
+        if pipeline is not None and node.stream is not None:  # a repartition topic's tasks: partition order
+            source.processing = pipeline.processing
+        source.driven = source.processing.per_event or _awaits(source.next)
+        return source
 
     def _step(self, children: list[str]) -> Step | None:
         if not children:
@@ -243,7 +262,7 @@ class CompiledService:
             op = get_operator(node.step.op)
             if op is None:
                 raise ProcessingError(f"{node.pos}: unknown operator {node.step.op!r}")
-            step.proc = op.build(node.step, ctx)
+            step.proc = ctx.awaiting(op.build(node.step, ctx))
             step.label = step.proc.label
         step.next = self._step(node.children)
         return step
@@ -261,7 +280,6 @@ class CompiledService:
         for journal in self._bound:
             journal.forget()  # the previous batch's writes are for good
         for source in self.sources.get(topic, ()):
-            pipeline = source.pipeline
             written, dead = len(outputs), stats.dead_lettered
             try:
                 events = self._decode(source, records)
@@ -271,11 +289,100 @@ class CompiledService:
                 raise
             except Exception as exc:
                 raise _internal(self.topology.name, source.id, source.pos, records, exc) from exc
-            counted = (pipeline, topic)
-            stats.in_by_pipeline[counted] = stats.in_by_pipeline.get(counted, 0) + len(records)
-            written = len(outputs) - written - (stats.dead_lettered - dead)
-            if written:
-                stats.out_by_pipeline[pipeline] = stats.out_by_pipeline.get(pipeline, 0) + written
+            self._count(source, records, written, dead)
+
+    async def process_async(self, records: list[Record]) -> None:
+        """``process`` for a topic in ``driven_topics``: the pipelines whose source is ``driven``
+        take their events one by one (``_event``), as many at once as their ``processing``
+        allows (``runtime.inflight.drive``); it returns once every event is finished. The other
+        pipelines of the topic take the batch path."""
+        stats, outputs = self.stats, self.outputs
+        self._bound = self._journals()
+        for journal in self._bound:
+            journal.forget()
+        for source in self.sources.get(records[0].topic, ()):
+            written, dead = len(outputs), stats.dead_lettered
+            try:
+                events = self._decode(source, records)
+                if events and source.next is not None:
+                    if source.driven:
+                        p = source.processing
+                        await drive(events, functools.partial(self._event, source), p.ordering, p.max_in_flight,
+                                    _record_key)
+                    else:
+                        self._push(source.next, events)
+            except (ProcessingError, InternalError):
+                raise
+            except Exception as exc:
+                raise _internal(self.topology.name, source.id, source.pos, records, exc) from exc
+            self._count(source, records, written, dead)
+
+    def _count(self, source: Source, records: list[Record], written: int, dead: int) -> None:
+        """Counts ``records`` in and the outputs since ``written`` (dead letters since ``dead`` apart) out."""
+        stats, pipeline = self.stats, source.pipeline
+        counted = (pipeline, source.topic)
+        stats.in_by_pipeline[counted] = stats.in_by_pipeline.get(counted, 0) + len(records)
+        written = len(self.outputs) - written - (stats.dead_lettered - dead)
+        if written:
+            stats.out_by_pipeline[pipeline] = stats.out_by_pipeline.get(pipeline, 0) + written
+
+    async def _event(self, source: Source, event: Event) -> None:
+        """One event through ``source``'s pipeline, delivered up to ``processing.attempts`` times
+        (each from a fresh copy of the decoded event with ``edm.delivery.attempt``), then its
+        failure follows ``on_error`` at the step that failed."""
+        attempts, backoff_ms = source.processing.attempts, source.processing.retry_backoff_ms
+        key, value, old = event.key, event.value, event.old
+        for attempt in range(1, attempts + 1):
+            e = event
+            if attempts > 1:
+                headers = event.headers + (("edm.delivery.attempt", str(attempt).encode()),)
+                e = Event(key, value, event.timestamp, headers, event.origin, old)
+            failed = await self._through(source.next, e)
+            if failed is None:
+                return
+            if attempt < attempts:
+                delay = min(backoff_ms * 2 ** (attempt - 1), MAX_BACKOFF_MS)
+                await asyncio.sleep(random.uniform(delay / 2, delay) / 1000)
+        step, label, pos, exc = failed
+        step.handler.handle(event.origin, label, pos, exc, attempts)
+
+    async def _through(self, step: Step | None, e: Event) -> tuple[Step, str, Pos, EventError] | None:
+        """``e`` through ``step`` and the steps after it, awaiting the asynchronous ones; the
+        failure (the step, its label and position, the error) or None. A synchronous step's
+        store writes for ``e`` are rolled back when it fails (it runs without an await)."""
+        while step is not None:
+            if step.arms:
+                try:
+                    arm = self._arm(step.whens, e)
+                except EventError as exc:
+                    return step, f"{step.id} (when)", step.pos, exc
+                if arm is None or step.arms[arm] is None:
+                    return None
+                step = step.arms[arm]
+                continue
+            proc = step.proc
+            marks = None if proc.asynchronous else self._mark()
+            try:
+                out = await proc.process_one_async(e) if proc.asynchronous else proc.process_one(e)
+            except EventError as exc:
+                if marks is not None:
+                    self._rollback(marks)
+                return step, f"{step.id} ({step.label})", step.pos, exc
+            except Exception as exc:
+                raise _internal(self.topology.name, f"{step.id} ({step.label})", step.pos, [e.origin], exc) from exc
+            children = step.fanout or [step.next]
+            if len(out) == 1 and len(children) == 1:
+                step, e = children[0], out[0]
+                continue
+            for i, child in enumerate(children):
+                for o in out:
+                    if i < len(children) - 1:
+                        o = Event(o.key, o.value, o.timestamp, o.headers, o.origin, o.old)
+                    failed = await self._through(child, o)
+                    if failed is not None:
+                        return failed
+            return None
+        return None
 
     def _decode(self, source: Source, records: list[Record]) -> list[Event]:
         kd, vd = source.decode_key, source.decode_value
@@ -393,6 +500,20 @@ class CompiledService:
         return parts
 
 
+def _awaits(step: Step | None) -> bool:
+    """True when an asynchronous step follows ``step`` (inclusive) in its sub-topology."""
+    if step is None:
+        return False
+    if step.proc is not None and step.proc.asynchronous:
+        return True
+    return any(_awaits(s) for s in (step.next, *step.arms, *step.fanout))
+
+
+def _record_key(event: Event) -> bytes | None:
+    """What ``ordering: key`` orders by: the key of the input record, as read."""
+    return event.origin.key
+
+
 def _change_decoder(decode: Callable[[bytes | None], Any]) -> Callable[[bytes | None], Any]:
     """Decodes a group_by change record into (new, old), unpacked into value/old by ``_decode``."""
 
@@ -423,6 +544,18 @@ def _internal(service: str, step: str, pos: Pos, records: list[Record | None], e
 def _user_function(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` with whatever it raises turned into ``UserCodeError`` (the user's code: the
     ``on_error`` policy applies), wherever edm calls it (expressions, partitioners)."""
+
+    if inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def call_async(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await fn(*args, **kwargs)
+            except EventError:
+                raise
+            except Exception as exc:
+                raise UserCodeError(exc) from exc
+
+        return call_async
 
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:

@@ -231,7 +231,10 @@ class ServiceRunner:
             for tp, records in runs:
                 if tasks is not None:
                     tasks.bind(tp, records[-1].offset + 1)
-                compiled.process(records)
+                if tp.topic in compiled.driven_topics:  # a pipeline awaits per event (runtime.inflight)
+                    await compiled.process_async(records)
+                else:
+                    compiled.process(records)
                 offsets[tp] = records[-1].offset + 1
                 count += len(records)
                 checkpoint.processed(tp, offsets[tp], len(outputs))
