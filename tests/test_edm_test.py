@@ -232,3 +232,31 @@ def test_the_driver_gives_what_edm_run_gives(path: Path, tmp_path: Path) -> None
     for topic, partitions in local.items():
         assert {p: canonical(r) for p, r in driven[topic].items() if r} == \
             {p: canonical(r) for p, r in partitions.items() if r}, topic
+
+
+def test_a_python_mock_replaces_a_declared_function_and_a_bad_one_is_a_broken_file(tmp_path: Path) -> None:
+    folder = tmp_path / "topologies" / "payroll"
+    shutil.copytree(TOPOLOGIES / "payroll", folder)
+    shutil.copytree(ROOT / "schemas", tmp_path / "schemas")
+    (folder / "fake_rules.py").write_text("def lines(lines, batch):\n"
+                                          "    return [{'employee': 'x', 'net_cents': len(lines) * 100}]\n")
+    (folder / "payroll.test.yaml").write_text("""\
+mocks: {pay_lines: {python: "fake_rules:lines"}}
+cases:
+  faked:
+    produce:
+      timesheets:
+        - key: a
+          value: {department: a, period: 2026-01, approved: true,
+                  lines: [{employee: a, hours: 1, rate: 1}, {employee: b, hours: 1, rate: 1}]}
+    expect:
+      streams: {payments: [{key: x, value: {employee: x, batch: null, amount: 2.0, status: paid}}]}
+      calls: {pay_lines: 1}
+""")
+    result = edm("test", folder)
+    assert result.code == 0, result.stdout + result.stderr
+    (folder / "payroll.test.yaml").write_text('mocks: {pay_lines: {python: "nothere:f"}}\n'
+                                              "cases: {c: {expect: {late: 0}}}\n")
+    result = edm("test", folder)
+    assert result.code == 2
+    assert f"{folder / 'payroll.test.yaml'}:1:9: mocks: 'pay_lines': cannot import module 'nothere'" in result.stderr

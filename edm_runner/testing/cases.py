@@ -131,7 +131,13 @@ class _Case:
                 f"a mock replaces a declared function by name; declared: {', '.join(sorted(declared)) or 'none'}")
                 for m in unknown])
         self.calls: dict[str, int] = {}
-        functions = {m.name: _mock(m, test.path.parent, self.calls) for m in case.mocks.values()}
+        functions = {}
+        for m in case.mocks.values():
+            try:
+                functions[m.name] = _mock(m, test.path.parent, self.calls)
+            except EdmError as error:  # a `python:` mock that does not resolve
+                raise BrokenTest([Diagnostic(self.file, m.line, m.col, f"mocks: '{m.name}': {error}",
+                                             "give module:function of a Python file beside the test file")]) from None
         clock = case.wall_clock if case.wall_clock is not None else time.time_ns() // 1_000_000
         self.driver = TestDriver(services, state_dir, clock_ms=clock, functions=functions)
         self.failures: list[Failure] = []
