@@ -124,6 +124,13 @@ def test_a_broken_test_file_exits_2_at_file_line_col(tmp_path: Path) -> None:
         assert "Traceback" not in result.stderr
 
 
+def test_a_test_file_whose_topology_is_missing_is_broken(tmp_path: Path) -> None:
+    test = tmp_path / "orders.test.yaml"
+    test.write_text("topology: ordres.yaml\ncases: {c: {expect: {late: 0}}}\n")
+    result = edm("test", tmp_path)
+    assert result.code == 2 and f"{test}:1:1: no topology file {tmp_path / 'ordres.yaml'}" in result.stderr
+
+
 def test_edm_validate_checks_test_files_too(tmp_path: Path) -> None:
     every = [p for p in sorted(TOPOLOGIES.glob("*/*.yaml"))]
     result = edm("validate", *every)

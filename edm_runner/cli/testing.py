@@ -21,8 +21,9 @@ def _discover(paths: list[Path]) -> list[Path]:
     from edm_runner.testing.spec import SUFFIX, topology_of
     found: list[Path] = []
     for path in paths:
-        if path.is_dir():
-            found.extend(sorted(path.rglob(f"*{SUFFIX}")))
+        if path.is_dir():  # hidden directories (.git, .venv, .edm) hold no tests of the user's
+            found.extend(sorted(p for p in path.rglob(f"*{SUFFIX}")
+                                if not any(part.startswith(".") for part in p.relative_to(path).parts[:-1])))
         elif path.name.endswith(SUFFIX):
             found.append(path)
         elif path.is_file():

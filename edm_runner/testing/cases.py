@@ -82,6 +82,10 @@ def services_of(path: Path) -> list[Topology]:
 
 def run_file(test: TestFile) -> Iterator[CaseResult]:
     """Runs every case of ``test`` (a file without diagnostics), in order."""
+    if not test.topology.is_file():
+        raise BrokenTest([Diagnostic(str(test.path), test.topology_line, 1, f"no topology file {test.topology}",
+                                     "name it with `topology: FILE` (relative to the test file), or call the "
+                                     "test file NAME.test.yaml beside NAME.yaml")])
     services = services_of(test.topology)
     for case in test.cases:
         yield run_case(test, case, services)
