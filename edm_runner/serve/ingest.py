@@ -47,8 +47,9 @@ from edm_runner.language.http import INGEST_KEY_PARAMS
 from edm_runner.language.model import IngestSpec, StreamSpec
 from edm_runner.records.partitioner import DefaultPartitioner
 from edm_runner.serde import SerdeError, SerdeSpec, Violation, make_serde, schema_violations
+from edm_runner.serde.core import encode_json
 from edm_runner.serve.context import ServeContext
-from edm_runner.serve.errors import HttpError, json_response, unavailable
+from edm_runner.serve.errors import HttpError, unavailable
 from edm_runner.serve.idempotency import Answer, IdempotencyKeys
 from edm_runner.serve.metrics import process_metrics
 
@@ -235,8 +236,7 @@ class Ingestion:
                     raise HttpError(422, "idempotency_key_reused",
                                     f"Idempotency-Key {key!r} was used for another request body on "
                                     f"{endpoint.spec.path}; use a new key for new events")
-                return json_response(remembered.body, status=remembered.status,
-                                     headers={"Idempotent-Replayed": "true"})
+                return _respond(remembered, {"Idempotent-Replayed": "true"})
         batch = _batch(request.content_type)
         meta = _Request(request.headers, int(time.time() * 1000))
         parsed = _events(endpoint, body, batch, meta)
@@ -251,7 +251,7 @@ class Ingestion:
         self.writes.add(write)
         write.add_done_callback(self.writes.discard)
         answer = await asyncio.shield(write)
-        return json_response(answer.body, status=answer.status)
+        return _respond(answer)
 
     async def _write(self, endpoint: Endpoint, parsed: list[_Parsed], records: list[OutRecord], batch: bool,
                      size: int, digest: str, key: str | None) -> Answer:
@@ -287,6 +287,12 @@ class Ingestion:
             log.warning("%s: ingestion could not write %d event(s): %s", self.ctx.view.name, len(records), exc)
             raise unavailable("broker_unavailable", f"the events were not written: {exc}; retry later",
                               ) from exc
+
+
+def _respond(answer: Answer, headers: dict[str, str] | None = None) -> web.Response:
+    """The answer as JSON, encoded by edm's C-encoder path (a batch's answer has a result per event)."""
+    return web.Response(body=encode_json(answer.body), status=answer.status, headers=headers,
+                        content_type="application/json")
 
 
 def _batch(content_type: str) -> bool:
