@@ -333,3 +333,27 @@ def test_a_write_outlives_its_request_timeout_and_a_retry_with_the_key_writes_on
     found = asyncio.run(stream_records(LocalBroker(tmp_path / "broker"), f"{name}-clicks"))
     assert sorted(json.loads(r.value)["user_id"] for r in found.values()) == ["u-0", "u-1"]
     assert found[(body["partition"], body["offset"])].value == json.dumps(click("u-1"), separators=(",", ":")).encode()
+
+
+def test_a_write_the_broker_refuses_is_a_503_with_retry_after(tmp_path: Path) -> None:
+    name = f"ingest-{uuid.uuid4().hex[:8]}"
+    topology = write_ingest_topology(tmp_path, name, None)
+    # Nothing of the service reads the ingested stream: deleting its topic stops only the writes.
+    topology.write_text(topology.read_text().replace("copy: {from: clicks, to: out}",
+                                                     "copy: {from: out, to: out-copy}").replace(
+        "  out: {", f"  out-copy: {{topic: {name}-out-copy, partitions: 1, key: string, value: json}}\n  out: {{"))
+    runner = Runner(topology, "--state-dir", str(tmp_path / "state"))
+    try:
+        url = serving_urls(runner)[name]
+        assert post_json(f"{url}/clicks", click("u-0"))[0] == 200
+
+        async def delete() -> None:
+            async with started(LocalBroker(tmp_path / "broker")) as broker:
+                assert await broker.delete_topic(f"{name}-clicks")
+        asyncio.run(delete())
+        status, headers, body = post_json(f"{url}/clicks", click("u-1"))
+        assert (status, body["error"]) == (503, "broker_unavailable"), body
+        assert headers["Retry-After"] == "1" and f"{name}-clicks" in body["message"]
+        assert call(f"{url}/healthz")[0] == 200 and runner.alive()
+    finally:
+        assert runner.stop() == 0, runner.stderr()
