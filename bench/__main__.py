@@ -22,6 +22,7 @@ SCENARIOS: dict[str, str] = {
     "kafka-eos": "bench.kafka_eos",
     "serve-get": "bench.serve_get",
     "ingest": "bench.ingest",
+    "call-concurrency": "bench.call_concurrency",
 }
 
 
