@@ -203,6 +203,27 @@ pipelines:
     ok("validate", topology)
 
 
+def test_a_concurrent_pipeline_reading_a_table_is_refused(tmp_path: Path) -> None:
+    topology = tmp_path / "svc.yaml"
+    topology.write_text("""kind: microservice
+name: svc
+streams:
+  users: {type: entity, partitions: 1, key: string, value: json}
+  out: {partitions: 1, key: string, value: json}
+tables:
+  user_table: {from: users}
+pipelines:
+  changes:
+    from: user_table
+    processing: {ordering: none}
+    to: out
+""")
+    result = edm("validate", topology)
+    assert result.code == 1
+    assert f"{topology}:11:5: pipeline 'changes' reads table 'user_table'" in result.stderr, result.stderr
+    assert "(processing: {ordering: none})" in result.stderr
+
+
 def test_an_async_call_inside_a_larger_expression_is_refused(tmp_path: Path) -> None:
     (tmp_path / "api.py").write_text(ENRICH)
     topology = tmp_path / "svc.yaml"

@@ -4,7 +4,8 @@
 
 Invariants the checks establish for a file without diagnostics:
 - a pipeline driven event by event (``PipelineProcessing.per_event``: ordering key or none,
-  or attempts > 1) writes no store before its first ``group_by`` or ``repartition`` (where a
+  or attempts > 1) reads no table (its changes are applied to the table's store) and writes no store
+  before its first ``group_by`` or ``repartition`` (where a
   new sub-topology starts, processed in partition order again): no store-writing operator
   (``STORE_WRITERS``, a stream-stream join) and no call of a function that declares ``stores``.
   Interleaved events would reach a store in another order than the offsets' (windows, stream
@@ -85,6 +86,14 @@ def check_pipeline(ctx: CheckContext, cfg: dict, path: tuple) -> None:
     per_event = ordering != "partition" or (isinstance(attempts, int) and attempts > 1)
     given = ", ".join(f"{k}: {v}" for k, v in processing.items())
     stateful_checked = not per_event
+    sources = cfg.get("from")
+    table = next((t for t in ([sources] if isinstance(sources, str) else sources or []) if t in ctx.tables), None)
+    if per_event and isinstance(table, str):
+        ctx.report.error(path + ("processing",), f"pipeline '{path[-1]}' reads table '{table}' and handles its "
+                         f"changes concurrently or retries them (processing: {{{given}}}); a table's changes "
+                         "are applied to its store in offset order",
+                         "read the table's stream instead, or remove `processing`", key=True)
+        stateful_checked = True
     for step, step_path in _steps(cfg, path):
         if not isinstance(step, dict) or len(step) != 1:
             continue
