@@ -202,6 +202,7 @@ class Ingestion:
         self.max_pending = PENDING_BODIES * ctx.spec.max_body_bytes
         self.pending = 0
         self.producer: Producer | None = None
+        self.producer_started = asyncio.Lock()  # the first writes start one producer, not one each
         self.keys: IdempotencyKeys | None = None
         self.in_flight: dict[tuple[str, str], asyncio.Future[Answer]] = {}
         self.writes: set[asyncio.Task[Answer]] = set()
@@ -249,9 +250,14 @@ class Ingestion:
             self.in_flight[(endpoint.spec.path, key)] = write
             write.add_done_callback(lambda _: self.in_flight.pop((endpoint.spec.path, key), None))
         self.writes.add(write)
-        write.add_done_callback(self.writes.discard)
+        write.add_done_callback(self._written)
         answer = await asyncio.shield(write)
         return _respond(answer)
+
+    def _written(self, write: asyncio.Task[Answer]) -> None:
+        self.writes.discard(write)
+        if not write.cancelled():
+            write.exception()  # retrieved: the request that waited for it may have timed out
 
     async def _write(self, endpoint: Endpoint, parsed: list[_Parsed], records: list[OutRecord], batch: bool,
                      size: int, digest: str, key: str | None) -> Answer:
@@ -277,16 +283,16 @@ class Ingestion:
         return answer
 
     async def _producer_write(self, records: list[OutRecord]) -> list[int]:
-        if self.producer is None:
-            producer = self.ctx.view.producer()
-            await producer.start()
-            self.producer = producer
         try:
+            async with self.producer_started:
+                if self.producer is None:
+                    producer = self.ctx.view.producer()
+                    await producer.start()
+                    self.producer = producer
             return await self.producer.write(records)
         except BrokerError as exc:
             log.warning("%s: ingestion could not write %d event(s): %s", self.ctx.view.name, len(records), exc)
-            raise unavailable("broker_unavailable", f"the events were not written: {exc}; retry later",
-                              ) from exc
+            raise unavailable("broker_unavailable", f"the events were not written: {exc}; retry later") from exc
 
 
 def _respond(answer: Answer, headers: dict[str, str] | None = None) -> web.Response:
