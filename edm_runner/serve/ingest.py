@@ -2,7 +2,7 @@
 Generated Events"): one event as JSON, or a batch as NDJSON (one event per line), each value
 checked against the stream's JSON Schema before anything is written.
 
-Answers (every body JSON; docs/serve.md has examples):
+Answers (every body JSON; README.md, "Serving over HTTP", has examples):
 - 200 ``{"stream", "topic", "partition", "offset"}`` for one event, ``{"stream", "topic",
   "accepted", "rejected", "results": [...]}`` for a batch whose events were all written;
   207 with the same body when some were and some were not (each result has its ``status``:

@@ -8,7 +8,8 @@ sizes) is read by ``Metrics.render`` just before the families are generated, bou
 a figure that cannot be read then is left out of that scrape rather than reported stale.
 
 Every name starts with ``edm_``; labels: ``service`` always, and ``pipeline``, ``step``,
-``task``, ``store``, ``topic``, ``partition`` where they apply (docs/serve.md lists them all).
+``task``, ``store``, ``topic``, ``partition`` where they apply (docs/design/http.md,
+"Metrics", lists them all).
 
 Invariants:
 - Nothing here runs in the processing hot path: scraping reads what the runtime counted.
