@@ -25,10 +25,12 @@ from edm_runner.language.model import BusinessTopology, SerdeSpec, StreamSpec, T
 from helpers.brokers import started
 
 TOPOLOGIES = Path(__file__).resolve().parent.parent / "topologies"
-# A topology file per example directory: the business topology where there is one.
+# A topology file per example directory with sample input (*.jsonl, as `edm produce` reads
+# it): the business topology where there is one. An example fed over HTTP only (click-ingest)
+# runs in tests/test_serve_ingest.py, which tests ingestion on both brokers.
 EXAMPLES = sorted(
     next((p for p in d.glob("*.yaml") if "kind: business" in p.read_text()), d / "topology.yaml")
-    for d in TOPOLOGIES.iterdir() if d.is_dir())
+    for d in TOPOLOGIES.iterdir() if d.is_dir() and any(d.glob("*.jsonl")))
 
 # Topic -> partition -> [(key, value, headers, timestamp)] in offset order.
 Outputs = dict[str, dict[int, list[tuple]]]
