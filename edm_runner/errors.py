@@ -65,6 +65,9 @@ class EventError(EdmError):
     other exception while processing is a bug in edm and stops the service (``InternalError``).
     """
 
+    # Headers a dead letter of the event carries besides the error headers (``edm.call.status``).
+    dead_letter_headers: tuple[tuple[str, bytes], ...] = ()
+
 
 class UserCodeError(EventError):
     """An expression or a declared Python function raised ``original``; the message and the

@@ -12,7 +12,8 @@ import pytest
 from edm_runner.operators.calls.breaker import CircuitBreaker
 from edm_runner.operators.calls.cache import ResponseCache
 from edm_runner.operators.calls.client import Breakers, CallFailed, Request, call, endpoint
-from edm_runner.operators.calls.limits import Quota, Resource, ResourceSpec, TokenBucket
+from edm_runner.language.model import ResourceSpec
+from edm_runner.operators.calls.limits import Quota, Resource, TokenBucket
 from edm_runner.operators.calls.retry import RetryPolicy, parse_retry_after
 from tests.helpers.fake_api import FakeApi
 

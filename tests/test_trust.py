@@ -19,6 +19,7 @@ from edm_runner.language import load_file
 from edm_runner.language.model import BrokerSpec, Topology
 from cli_helpers import edm
 from helpers.brokers import read_to_end, run_on
+from helpers.fake_api import FakeApi
 
 
 def j(obj: Any) -> bytes | None:
@@ -353,6 +354,10 @@ pipelines:
 """, {"in": _events()}, ("in", "a", BAD_N, 1_005))
 case("to select", {"to"}, _pipeline("[]", to=f'to: {{select: "\'out\' if {EXPR} else \'in2\'", streams: [out, in2]}}'),
      {"in": _events()}, ("in", "a", BAD_N, 1_005))
+case("call", {"call"},
+     _pipeline(f'[{{call: {{url: "\'{{api}}/items/\' ~ key ~ ({EXPR})", into: r}}}}, '
+               '{map_values: "{\'n\': value.n, \'status\': value.r.status}"}]'),
+     {"in": _events()}, ("in", "a", BAD_N, 1_005))  # {api}: a real test API (tests/helpers/fake_api.py)
 
 
 def test_the_contract_cases_cover_every_processor() -> None:
@@ -372,11 +377,16 @@ def _with_bad(batch: dict, bad: tuple) -> dict:
 def test_a_failing_event_leaves_the_batch_as_if_it_had_not_been_there(tmp_path: Path, name: str) -> None:
     covers, body, before, batch, bad = CASES[name]
     results = []
-    for run, inputs in (("with", _with_bad(batch, bad)), ("without", batch)):
-        svc = Service(tmp_path / run, CONTRACT_HEADER + body)
-        if before:
-            svc.run(before)
-        results.append((svc.run(inputs), svc.stats.skipped))
+    api = FakeApi().start_in_thread() if "{api}" in body else None
+    try:
+        for run, inputs in (("with", _with_bad(batch, bad)), ("without", batch)):
+            svc = Service(tmp_path / run, CONTRACT_HEADER + body.replace("{api}", api.url if api else ""))
+            if before:
+                svc.run(before)
+            results.append((svc.run(inputs), svc.stats.skipped))
+    finally:
+        if api is not None:
+            api.stop_thread()
     (with_bad, skipped), (without, skipped_without) = results
     assert skipped >= 1 and skipped_without == 0
     assert with_bad == without

@@ -15,7 +15,7 @@ from edm_runner.language.http import parse_size, split_listen
 from edm_runner.language.limits import Limits
 from edm_runner.language.model import (NOWHERE, AssignmentSpec, BranchSpec, BrokerSpec, ErrorPolicy, FunctionSpec,
                                        HttpSpec, IngestKey, IngestSpec, PipelineProcessing, PipelineSpec, Pos,
-                                       ProcessingSpec, StepSpec, StoreSpec, StreamSpec, TableSpec, ToSpec,
+                                       ProcessingSpec, ResourceSpec, StepSpec, StoreSpec, StreamSpec, TableSpec, ToSpec,
                                        TokenSource, Topology)
 from edm_runner.language.yaml_loader import SourceMap
 from edm_runner.serde.spec import SerdeSpec
@@ -83,6 +83,13 @@ class _Builder:
                               reassign_after_ms=parse_duration(after) if after is not None else None,
                               custom=cfg.get("custom", {}).get("python"),
                               pos=self.pos(path) if cfg else NOWHERE)
+
+    def resource(self, name: str, cfg: dict) -> ResourceSpec:
+        rate, quota = cfg.get("rate", {}), cfg.get("quota", {})
+        return ResourceSpec(name, rate=rate.get("requests"), per_ms=parse_duration(rate.get("per", "1s")),
+                            burst=rate.get("burst"), max_in_flight=cfg.get("max_in_flight"),
+                            quota=quota.get("requests"), quota_period_ms=parse_duration(quota.get("per", "1d")),
+                            divide_by_instances=cfg.get("divide_by_instances", 1), pos=self.pos(("resources", name)))
 
     def tables(self, data: dict, section: str) -> dict[str, TableSpec]:
         return {name: TableSpec(name, cfg["from"], section == "global_tables", self.pos((section, name)))
@@ -174,6 +181,7 @@ def build_topology(data: dict, smap: SourceMap, source_file: Path) -> Topology:
         tables=b.tables(data, "tables"),
         global_tables=b.tables(data, "global_tables"),
         http=b.http(data.get("http")),
+        resources={name: b.resource(name, cfg) for name, cfg in data.get("resources", {}).items()},
     )
 
 

@@ -42,6 +42,7 @@ class CheckContext:
         self.tables = _section(data, "tables")
         self.global_tables = _section(data, "global_tables")
         self.stores = _section(data, "stores")
+        self.resources = _section(data, "resources")
         self.table_reads: list[Ref] = []
         self.functions: dict[str, Callable] = {}
         processing = data.get("processing")

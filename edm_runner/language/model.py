@@ -208,6 +208,37 @@ class ProcessingSpec:
     expression_limits: Limits = DEFAULT_LIMITS
 
 
+@dataclass(frozen=True)
+class ResourceSpec:
+    """``resources.NAME``: limits shared by the ``call`` steps that name it, as written.
+    ``rate``: requests per ``per_ms`` with ``burst`` (default 1: evenly spaced); ``quota``:
+    requests per ``quota_period_ms``, periods aligned on the wall clock (UTC).
+
+    Invariant: every limit is PER INSTANCE (per ``edm run`` process); ``per_instance()`` divides
+    a cluster-wide budget by ``divide_by_instances`` (each at least 1), which is what runs."""
+
+    name: str
+    rate: int | None = None
+    per_ms: int = 1000
+    burst: int | None = None
+    max_in_flight: int | None = None
+    quota: int | None = None
+    quota_period_ms: int = 86_400_000
+    divide_by_instances: int = 1
+    pos: Pos = NOWHERE
+
+    def per_instance(self) -> "ResourceSpec":
+        n = self.divide_by_instances
+        if n == 1:
+            return self
+
+        def part(v: int | None) -> int | None:
+            return None if v is None else max(1, v // n)
+
+        return replace(self, rate=part(self.rate), burst=part(self.burst), max_in_flight=part(self.max_in_flight),
+                       quota=part(self.quota), divide_by_instances=1)
+
+
 StoreType = Literal["key_value", "window", "session"]
 
 
@@ -303,6 +334,7 @@ class Topology:
     tables: dict[str, TableSpec] = field(default_factory=dict)
     global_tables: dict[str, TableSpec] = field(default_factory=dict)
     http: HttpSpec | None = None
+    resources: dict[str, ResourceSpec] = field(default_factory=dict)
     kind: Literal["microservice"] = "microservice"
 
     @property

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edm_runner.operators.registry import operators
-from edm_runner.language.durations import DURATION_SCHEMA
+from edm_runner.language.durations import DURATION_SCHEMA, POSITIVE_DURATION_SCHEMA
 from edm_runner.language.http import PATTERN_WORDS as HTTP_PATTERN_WORDS, http_schema
 from edm_runner.language.compat import DEFAULT_MODE, MODE_MEANINGS, MODES
 from edm_runner.language.limits import LIMITS_SCHEMA
@@ -247,6 +247,24 @@ def _defs(step_items: dict) -> dict:
                            "A custom assignor class.", ["python"]),
         }, "How tasks are spread over the instances of the service (Kafka)."),
     }, "How events are processed.")
+    per_instance = "Per instance: every `edm run` process has its own budget"
+    resource = _obj({
+        "description": _str("What the resource stands for (an API, a plan)."),
+        "rate": _obj({"requests": _int("Requests per `per`."),
+                      "per": {**POSITIVE_DURATION_SCHEMA, "description": "The interval (default 1s)."},
+                      "burst": _int("Requests that may go at once after a quiet time (default 1: evenly "
+                                    "spaced).")},
+                     f"Requests per interval (a token bucket). {per_instance}.", ["requests"]),
+        "max_in_flight": _int(f"Most requests open at once. {per_instance}."),
+        "quota": _obj({"requests": _int("Requests per period."),
+                       "per": {**POSITIVE_DURATION_SCHEMA,
+                               "description": "The period, aligned on the UTC clock (default 1d)."}},
+                      f"Requests per period; when used up, calls wait for the next period. {per_instance}; "
+                      "counted in memory (a restart starts the period's count over).", ["requests"]),
+        "divide_by_instances": _int("Divide every budget above by this many instances, to keep a "
+                                    "cluster-wide budget with that many instances running (default 1)."),
+    }, "Limits shared by the `call` steps that name the resource. Every limit is per instance "
+       "(per `edm run` process); set divide_by_instances to split a cluster-wide budget.")
     function = _obj({"python": _str("A Python function 'module:function', resolved next to the file.",
                                     pattern=PYTHON_REF_PATTERN),
                      "stores": {"type": "array", "items": {"type": "string", "pattern": NAME_PATTERN},
@@ -284,6 +302,11 @@ def _defs(step_items: dict) -> dict:
                       "propertyNames": {"pattern": NAME_PATTERN},
                       "additionalProperties": {"$ref": "#/$defs/pipeline"}},
         "http": {"$ref": "#/$defs/http"},
+        "resources": {"type": "object",
+                      "description": "Rate limits, in-flight caps and quotas by name, shared by the `call` "
+                                     "steps that name them (per instance).",
+                      "propertyNames": {"pattern": NAME_PATTERN},
+                      "additionalProperties": {"$ref": "#/$defs/resource"}},
     }, "One microservice.", ["kind", "name"])
     business = _obj({
         "kind": {"const": "business", "description": "`business`: this file lists services."},
@@ -300,7 +323,8 @@ def _defs(step_items: dict) -> dict:
     return {"stream_ref": stream_ref, "expression": expression, "duration": DURATION_SCHEMA,
             "serde": serde, "on_error": on_error, "sink": sink, "steps": steps, "stream": stream,
             "store": store, "table": table, "branch": branch, "pipeline": pipeline,
-            "broker": broker, "processing": processing, "function": function, "http": http_schema(),
+            "broker": broker, "processing": processing, "function": function, "resource": resource,
+            "http": http_schema(),
             "microservice": microservice, "business": business}
 
 

@@ -63,6 +63,7 @@ def check_microservice(data: dict, report: Report, base_dir: Path, no_code: bool
     _check_functions(ctx)
     check_async_functions(ctx)
     _check_assignment(ctx)
+    _check_resources(ctx)
     state = StateChecks(ctx)
     state.check_declarations()
     flows = _check_pipelines(ctx, state)
@@ -231,6 +232,31 @@ def _check_assignment(ctx: CheckContext) -> None:
                          "define a class with assign(self, tasks, members, previous) -> {instance_id: [task, ...]}")
 
 
+def _check_resources(ctx: CheckContext) -> None:
+    """Each resource limits something, and each budget it divides leaves every instance at least one."""
+    for name, cfg in ctx.resources.items():
+        path = ("resources", name)
+        limits = [k for k in ("rate", "max_in_flight", "quota") if k in cfg]
+        if not limits:
+            ctx.report.error(path, f"resource '{name}' limits nothing",
+                             "give it `rate: {requests: N, per: 1s}`, `max_in_flight: N` and/or "
+                             "`quota: {requests: N, per: 1d}`", key=True)
+        n = cfg.get("divide_by_instances", 1)
+        if not isinstance(n, int) or isinstance(n, bool) or n <= 1:
+            continue
+        for where_, value in (("rate", cfg.get("rate", {}).get("requests") if isinstance(cfg.get("rate"), dict)
+                               else None),
+                              ("max_in_flight", cfg.get("max_in_flight")),
+                              ("quota", cfg.get("quota", {}).get("requests") if isinstance(cfg.get("quota"), dict)
+                               else None)):
+            if isinstance(value, int) and not isinstance(value, bool) and value < n:
+                ctx.report.error(path + ("divide_by_instances",),
+                                 f"resource '{name}': {where_} {value} divided by {n} instances leaves less than "
+                                 f"one per instance (limits are per instance; each instance would still use 1, "
+                                 f"{n} in all)",
+                                 f"raise {where_} to at least {n}, or lower divide_by_instances")
+
+
 def _check_pipelines(ctx: CheckContext, state: StateChecks) -> list[Flow]:
     pipelines = ctx.data.get("pipelines")
     flows: list[Flow] = []
@@ -344,6 +370,10 @@ def _check_steps(ctx: CheckContext, steps: Any, path: tuple, flow: Flow) -> list
         for subpath, source in op.expressions(config):
             ctx.expression(source, opath + tuple(subpath), expression_params(op_name, tuple(subpath)))
         _step_streams(ctx, op_name, config, opath, flow)
+        for subpath, kind, name in op.references(config):
+            if kind == "resource" and name not in ctx.resources:
+                ctx.report.error(opath + tuple(subpath), f"undefined resource '{name}'",
+                                 undefined_hint(name, ctx.resources, "resources"))
     return known
 
 

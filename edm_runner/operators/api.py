@@ -417,6 +417,10 @@ class BuildContext:
     internal_topics: Mapping[str, "InternalTopic"] = field(default_factory=dict)
     timestamp_bounds: Mapping[str, TimestampBound] = field(default_factory=dict)  # operators.sink.TimestampBounds
     awaited: bool = False  # an expression compiled since the last ``awaiting`` calls an async function
+    # Objects every step of one service shares (the call steps' HTTP session and resources): the
+    # runtime gives every context of a service the same dict and, when the service stops, awaits
+    # ``aclose()`` of each value that has one.
+    shared: dict[str, Any] = field(default_factory=dict)
 
     def compile(self, source: str, pos: Pos = NOWHERE, params: tuple[str, ...] = ("key", "value", "event")
                 ) -> ExprFn:

@@ -81,7 +81,8 @@ class ErrorHandler:
                             " (further skips of this pipeline are only counted)" if n == SKIP_SAMPLE else "")
             return
         if kind == "dead_letter" and self.dead_letters is not None:
-            extra = (("edm.delivery.attempts", str(attempts).encode()),) if attempts > 1 else ()
+            extra = exc.dead_letter_headers + ((("edm.delivery.attempts", str(attempts).encode()),)
+                                               if attempts > 1 else ())
             self.dead_letters.write(origin, error, f"{step} at {pos}", extra)
             self.stats.dead_lettered += 1
             by_pipeline = self.stats.dead_lettered_by_pipeline
@@ -143,6 +144,7 @@ class CompiledService:
         self.functions = _resolve_functions(topology, set(functions or ()))
         self.functions.update({name: _user_function(name, fn) for name, fn in (functions or {}).items()})
         self.catalog = StoreCatalog()
+        self.shared: dict[str, Any] = {}  # BuildContext.shared: one dict for the whole service
         self.subtopology_of = {n: sub.id for sub in self.dag.subtopologies for n in sub.nodes}
         self.table_serdes: dict[str, tuple[Serde, Serde]] = {}  # table -> its stream's serdes
         # Filled by the runner when the service starts (``Broker.timestamp_bounds``); every writer reads it.
@@ -173,7 +175,8 @@ class CompiledService:
             ctx = self._contexts[key] = BuildContext(self.topology, node.pipeline, self.functions, self.outputs,
                                                      subtopology=key[1], catalog=self.catalog, stats=self.stats,
                                                      internal_topics=self.dag.internal_topics,
-                                                     timestamp_bounds=self.timestamp_bounds)
+                                                     timestamp_bounds=self.timestamp_bounds,
+                                                     shared=self.shared)
         return ctx
 
     def _handler(self, pipeline: str, stream: str | None) -> ErrorHandler:
@@ -290,6 +293,12 @@ class CompiledService:
             except Exception as exc:
                 raise _internal(self.topology.name, source.id, source.pos, records, exc) from exc
             self._count(source, records, written, dead)
+
+    async def aclose(self) -> None:
+        """Closes what the steps share (``BuildContext.shared``: the call steps' HTTP session)."""
+        for value in self.shared.values():
+            if hasattr(value, "aclose"):
+                await value.aclose()
 
     async def process_async(self, records: list[Record]) -> None:
         """``process`` for a topic in ``driven_topics``: the pipelines whose source is ``driven``

@@ -313,6 +313,7 @@ class ServiceRunner:
                         await self.standbys.close()
                     if self.globals is not None:
                         await self.globals.close()
+                    await self.compiled.aclose()
                 finally:
                     self.phase = "stopped"
 

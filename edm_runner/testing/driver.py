@@ -21,6 +21,8 @@ Invariants:
 """
 from __future__ import annotations
 
+import asyncio
+
 import logging
 from collections import deque
 from dataclasses import dataclass, field
@@ -102,6 +104,7 @@ class TestDriver:
         self.written: list[Written] = []
         self.failed: EdmError | InternalError | None = None
         self._queue: deque[tuple[_Service, Record]] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None  # for pipelines that await (created on first use)
         self.services: list[_Service] = []
         for topology in services:
             for spec in topology.streams.values():
@@ -193,7 +196,12 @@ class TestDriver:
         tp = TopicPartition(record.topic, record.partition)
         service.bind(tp)
         try:
-            compiled.process([record])
+            if record.topic in compiled.driven_topics:  # a pipeline awaits per event (a call step, async def)
+                if self._loop is None:
+                    self._loop = asyncio.new_event_loop()
+                self._loop.run_until_complete(compiled.process_async([record]))
+            else:
+                compiled.process([record])
         except (ProcessingError, InternalError) as error:
             compiled.outputs.clear()
             for state in service.tasks.values():
@@ -240,6 +248,11 @@ class TestDriver:
             if service.globals is not None:
                 service.globals.close()
                 service.globals = None
+        if self._loop is not None:
+            for service in self.services:
+                self._loop.run_until_complete(service.compiled.aclose())
+            self._loop.close()
+            self._loop = None
 
     def reopen(self) -> None:
         """After ``close``: the global tables open again (tasks open as records reach them)."""

@@ -31,6 +31,7 @@ class Call:
     key: str
     headers: dict[str, str]
     body: Any
+    status: int | None = None  # set when answered
 
 
 @dataclass
@@ -60,7 +61,8 @@ class FakeApi:
         key = request.match_info["key"]
         raw = await request.read()
         body = json.loads(raw) if raw else None
-        self.calls.append(Call(time.monotonic(), request.method, key, dict(request.headers), body))
+        call = Call(time.monotonic(), request.method, key, dict(request.headers), body)
+        self.calls.append(call)
         self.per_key[key] += 1
         for target, event in self._targets:
             if len(self.calls) >= target:
@@ -83,6 +85,7 @@ class FakeApi:
         elif key in self.fail_keys:
             status = self.fail_keys[key]
         self.answered[status] += 1
+        call.status = status
         payload = {"key": key, "n": self.per_key[key], "echo": body} if status < 400 else {"error": f"status {status}"}
         return web.json_response(payload, status=status, headers=headers)
 

@@ -2,7 +2,8 @@
 resources, retry policy and the endpoint's circuit breaker.
 
 Per attempt, in this order: the breaker's permit (waiting while it is open, using no attempt),
-an in-flight slot, quota and a rate token of every resource, then the request. So the limits
+an in-flight slot, quota and a rate token of every resource (then the breaker once more: it may
+have opened meanwhile), then the request. So the limits
 govern every request that goes out, retries and replays included.
 """
 from __future__ import annotations
@@ -94,15 +95,22 @@ async def call(session: aiohttp.ClientSession, request: Request, policy: RetryPo
     attempt = 0
     while True:
         attempt += 1
-        probe = await breaker.permit() if breaker is not None else False
         retry_after: float | None = None
+        probe = False
         try:
-            async with request_slot(resources):
-                async with session.request(request.method, request.url, data=data, headers=headers,
-                                           timeout=aiohttp.ClientTimeout(total=timeout)) as answer:
-                    status = answer.status
-                    raw = await answer.read()
-                    answer_headers = answer.headers
+            sent = False
+            while not sent:
+                probe = await breaker.permit() if breaker is not None else False
+                async with request_slot(resources):
+                    # The breaker may have opened while this waited for its slot: wait again.
+                    if breaker is not None and not probe and breaker.state != "closed":
+                        continue
+                    sent = True
+                    async with session.request(request.method, request.url, data=data, headers=headers,
+                                               timeout=aiohttp.ClientTimeout(total=timeout)) as answer:
+                        status = answer.status
+                        raw = await answer.read()
+                        answer_headers = answer.headers
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
             status, text = None, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
             outcome = "retry"

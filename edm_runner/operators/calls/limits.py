@@ -14,38 +14,11 @@ import asyncio
 import math
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import AsyncIterator, Callable
 
+from edm_runner.language.model import ResourceSpec
+
 Clock = Callable[[], float]  # seconds, monotonic
-
-
-@dataclass(frozen=True)
-class ResourceSpec:
-    """``resources.NAME`` of a topology, as written (before dividing by instances).
-    ``rate``: requests per ``per_ms`` with ``burst`` (default: 1, i.e. evenly spaced);
-    ``quota``: requests per ``quota_period_ms``, periods aligned on the wall clock (UTC)."""
-
-    name: str
-    rate: int | None = None
-    per_ms: int = 1000
-    burst: int | None = None
-    max_in_flight: int | None = None
-    quota: int | None = None
-    quota_period_ms: int = 86_400_000
-    divide_by_instances: int = 1
-
-    def per_instance(self) -> "ResourceSpec":
-        """The same resource with every budget divided by ``divide_by_instances``."""
-        n = self.divide_by_instances
-        if n == 1:
-            return self
-
-        def part(v: int | None) -> int | None:
-            return None if v is None else max(1, v // n)
-
-        return ResourceSpec(self.name, part(self.rate), self.per_ms, part(self.burst), part(self.max_in_flight),
-                            part(self.quota), self.quota_period_ms, 1)
 
 
 class TokenBucket:

@@ -1,0 +1,118 @@
+"""The ``call`` step: one HTTP request per event (``client.call``), awaited by the runtime with
+many events in flight (an ``AsyncPerEventProcessor``, docs/design/concurrency.md).
+
+One ``CallScope`` per service (``BuildContext.shared``): the aiohttp session every call step
+of the service uses (created in the running loop on first use, closed when the service stops)
+and the named resources, so two steps naming one resource share its budget.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+
+from edm_runner.errors import EventError
+from edm_runner.language.durations import parse_duration
+from edm_runner.language.model import StepSpec, Topology
+from edm_runner.operators.api import AsyncPerEventProcessor, BuildContext, Event, ExprFn
+from edm_runner.operators.calls.cache import ResponseCache
+from edm_runner.operators.calls.client import Breakers, Request, Response, call
+from edm_runner.operators.calls.limits import Resource
+from edm_runner.operators.calls.retry import DEFAULT_RETRY, DEFAULT_SUCCESS, RetryPolicy
+
+SCOPE = "call"  # its key in BuildContext.shared
+
+
+class CallScope:
+    """What the call steps of one service share. Invariant: one per running service."""
+
+    def __init__(self, topology: Topology) -> None:
+        self.service = topology.name
+        self.resources = {name: Resource(spec) for name, spec in topology.resources.items()}
+        self._session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def scope(ctx: BuildContext) -> CallScope:
+    found = ctx.shared.get(SCOPE)
+    if found is None:
+        found = ctx.shared[SCOPE] = CallScope(ctx.topology)
+    return found
+
+
+class CallStep(AsyncPerEventProcessor):
+    label = "call"
+
+    def __init__(self, step: StepSpec, ctx: BuildContext) -> None:
+        cfg: dict[str, Any] = step.config
+        self.pos = step.pos
+        self.scope = scope(ctx)
+        compile_ = ctx.compile
+        self.url: ExprFn = compile_(cfg["url"], step.pos)
+        self.body: ExprFn | None = compile_(cfg["body"], step.pos) if "body" in cfg else None
+        self.method = cfg.get("method", "POST" if "body" in cfg else "GET")
+        self.headers = {name: compile_(source, step.pos) for name, source in cfg.get("headers", {}).items()}
+        self.timeout = parse_duration(cfg.get("timeout", "10s")) / 1000
+        names = cfg.get("resources", [])
+        self.resources = [self.scope.resources[n] for n in ([names] if isinstance(names, str) else names)]
+        self.into = cfg.get("into", "response")
+        self.keep_headers = tuple(cfg.get("response_headers", ()))
+        retry = cfg.get("retry", {})
+        self.policy = RetryPolicy(attempts=retry.get("attempts", 5),
+                                  initial=parse_duration(retry.get("backoff", "100ms")) / 1000,
+                                  max_delay=parse_duration(retry.get("max_backoff", "30s")) / 1000,
+                                  success=tuple(cfg.get("success", DEFAULT_SUCCESS)),
+                                  retry=tuple(retry.get("statuses", DEFAULT_RETRY)))
+        breaker = cfg.get("breaker", {})
+        self.breakers = None if breaker is False else Breakers(
+            breaker.get("failures", 5), parse_duration(breaker.get("open_for", "30s")) / 1000)
+        cache = cfg.get("cache")
+        self.cache = ResponseCache(cache.get("size", 10_000), parse_duration(cache["ttl"]) / 1000) if cache else None
+        self.cache_key = compile_(cache["key"], step.pos) if cache and "key" in cache else None
+        idem = cfg.get("idempotency_key", {})
+        self.idem_header = None if idem is False else idem.get("header", "Idempotency-Key")
+        self.idem_value = compile_(idem["value"], step.pos) if idem and "value" in idem else None
+
+    def request(self, e: Event) -> Request:
+        k, v = e.key, e.value
+        url = self.url(k, v, e)
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise EventError(f"the url expression gave {url!r}; it must give an http:// or https:// URL")
+        headers = {name: str(fn(k, v, e)) for name, fn in self.headers.items()}
+        if self.idem_header is not None:
+            headers[self.idem_header] = (str(self.idem_value(k, v, e)) if self.idem_value is not None
+                                         else f"{self.scope.service}/{e.topic}/{e.partition}/{e.offset}")
+        return Request(self.method, url, self.body(k, v, e) if self.body is not None else None, headers)
+
+    async def process_one_async(self, event: Event) -> list[Event]:
+        if not isinstance(event.value, dict):
+            raise EventError(f"call puts the response into the value's field {self.into!r}, so the value must be a "
+                             f"mapping, got {type(event.value).__name__}; map_values it into one first "
+                             f"(\"{{'payload': value}}\")")
+        request = self.request(event)
+        response: Response | None = None
+        cache_key: Any = None
+        if self.cache is not None:
+            cache_key = (self.cache_key(event.key, event.value, event) if self.cache_key is not None
+                         else [request.method, request.url])
+            response = self.cache.get(cache_key)
+        if response is None:
+            response = await call(self.scope.session(), request, self.policy, self.timeout, self.resources,
+                                  self.breakers, self.keep_headers)
+            if self.cache is not None:
+                self.cache.put(cache_key, response)
+        event.value = {**event.value, self.into: response.as_value()}
+        return [event]
+
+
+def build_call_step(step: StepSpec, ctx: BuildContext) -> CallStep:
+    return CallStep(step, ctx)

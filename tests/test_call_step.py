@@ -1,0 +1,139 @@
+"""The `call` step (issue 12) end to end: `edm run` (a subprocess, the real CLI) calls a real
+HTTP server (tests/helpers/fake_api.py, in a thread of the test) on the embedded broker and on
+Kafka. Limits are checked where they matter, at the server: the most calls it saw in any one
+second, and the spacing of the breaker's probes. Nothing here asserts on speed."""
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from cli_helpers import ok
+from helpers.fake_api import FakeApi
+from helpers.topologies import write_service
+
+
+@pytest.fixture
+def api():
+    server = FakeApi().start_in_thread()
+    yield server
+    server.stop_thread()
+
+
+def service(tmp_path: Path, api: FakeApi, call: str, *, kafka: str | None = None, resources: str = "",
+            processing: str = "{ordering: key, max_in_flight: 50}") -> Path:
+    name = f"call-{uuid.uuid4().hex[:8]}"
+    body = f"""{resources}
+streams:
+  signups: {{topic: {name}-signups, partitions: 2, key: string, value: json}}
+  enriched: {{topic: {name}-enriched, partitions: 2, key: string, value: json}}
+  dlq: {{topic: {name}-dlq, partitions: 1, key: bytes, value: bytes}}
+pipelines:
+  enrich:
+    from: signups
+    processing: {processing}
+    on_error: {{dead_letter: dlq}}
+    steps:
+      - call: {{url: "'{api.url}/items/' ~ key", {call}}}
+    to: enriched
+"""
+    return write_service(tmp_path, name, kafka, body)
+
+
+def produce(topology: Path, state: Path, keys: list[str]) -> None:
+    ok("produce", "signups", "-t", topology, "--state-dir", state,
+       stdin="".join(json.dumps({"key": k, "value": {"user": k}}) + "\n" for k in keys))
+
+
+def consume(topology: Path, state: Path, stream: str) -> list[dict]:
+    return ok("consume", stream, "-t", topology, "--state-dir", state, "--from-beginning").lines()
+
+
+RATE = "resources: {api: {rate: {requests: 20, per: 1s, burst: 5}, max_in_flight: 8}}"
+
+
+def rate_limit_scenario(tmp_path: Path, api: FakeApi, kafka: str | None) -> None:
+    api.latency = 0.01
+    topology = service(tmp_path, api, "resources: api, response_headers: [content-type]", kafka=kafka,
+                       resources=RATE)
+    state = tmp_path / "state"
+    keys = [f"u{i % 40}" for i in range(60)]
+    produce(topology, state, keys)
+    ok("run", topology, "--until-idle", "--state-dir", state, timeout=300)
+    out = consume(topology, state, "enriched")
+    assert sorted(e["key"] for e in out) == sorted(keys)
+    for e in out:
+        response = e["value"]["response"]
+        assert response["status"] == 200 and response["body"]["key"] == e["key"]
+        assert response["headers"] == {"content-type": "application/json; charset=utf-8"}
+    assert len(api.calls) == 60
+    assert api.max_in_window(1.0) <= 25  # burst + rate: the limit holds at the server
+    assert api.open_peak <= 8
+    keys_sent = [c.headers["Idempotency-Key"] for c in api.calls]
+    assert len(set(keys_sent)) == 60 and all(k.startswith(f"{topology.stem}/") for k in keys_sent)
+
+    # A replay after `edm reset` calls again, under the same limit, with the same idempotency keys.
+    first = len(api.calls)
+    ok("reset", topology, "--state-dir", state)
+    ok("run", topology, "--until-idle", "--state-dir", state, timeout=300)
+    replay = api.calls[first:]
+    assert len(replay) == 60
+    assert FakeApi(calls=replay).max_in_window(1.0) <= 25
+    assert sorted(c.headers["Idempotency-Key"] for c in replay) == sorted(keys_sent)
+
+
+def test_the_rate_limit_holds_at_the_server_including_a_replay_after_reset(tmp_path: Path, api: FakeApi) -> None:
+    rate_limit_scenario(tmp_path, api, None)
+
+
+@pytest.mark.kafka
+def test_the_rate_limit_holds_at_the_server_on_kafka(tmp_path: Path, api: FakeApi, kafka_bootstrap: str) -> None:
+    rate_limit_scenario(tmp_path, api, kafka_bootstrap)
+
+
+def test_retries_exhaust_into_dead_letters_with_the_last_status_and_body(tmp_path: Path, api: FakeApi) -> None:
+    api.fail_keys = {"down": 503, "bad": 400}
+    topology = service(tmp_path, api, "retry: {attempts: 3, backoff: 1ms}, breaker: false")
+    state = tmp_path / "state"
+    produce(topology, state, ["ok1", "down", "bad", "ok2"])
+    ok("run", topology, "--until-idle", "--state-dir", state, timeout=300)
+    assert sorted(e["key"] for e in consume(topology, state, "enriched")) == ["ok1", "ok2"]
+    assert (api.per_key["down"], api.per_key["bad"]) == (3, 1)  # 503 retried, 400 failed at once
+    dead = {d["key"] if isinstance(d["key"], str) else json.loads(d["key"]): d["headers"]
+            for d in consume(topology, state, "dlq")}
+    assert set(dead) == {"down", "bad"}, dead
+    assert dead["down"]["edm.call.status"] == "503" and dead["down"]["edm.call.attempts"] == "3"
+    assert "status 503" in dead["down"]["edm.call.body"]
+    assert "failed after 3 attempt(s)" in dead["down"]["edm.error"]
+    assert dead["bad"]["edm.call.status"] == "400" and dead["bad"]["edm.call.attempts"] == "1"
+    assert "answered HTTP 400, which fails the event" in dead["bad"]["edm.error"]
+
+
+def test_the_breaker_pauses_during_an_outage_and_resumes_after_a_probe(tmp_path: Path, api: FakeApi) -> None:
+    """An outage: the breaker opens after 3 failures; then only probes reach the server, one
+    per open_for, and no event is dead-lettered; once the API is back a probe succeeds and
+    every event goes through."""
+    api.outage = True
+    topology = service(tmp_path, api, "resources: api, retry: {attempts: 20, backoff: 1ms}, "
+                                      "breaker: {failures: 3, open_for: 300ms}",
+                       resources="resources: {api: {max_in_flight: 2}}",
+                       processing="{ordering: none, max_in_flight: 50}")
+    state = tmp_path / "state"
+    keys = [f"u{i}" for i in range(30)]
+    produce(topology, state, keys)
+    back = threading.Thread(target=lambda: (api.reached(8).wait(120), setattr(api, "outage", False)))
+    back.start()
+    ok("run", topology, "--until-idle", "--state-dir", state, timeout=300)
+    back.join()
+    assert sorted(e["key"] for e in consume(topology, state, "enriched")) == sorted(keys)
+    assert consume(topology, state, "dlq") == []
+    failed = sorted(c.at for c in api.calls if c.status == 503)
+    # after the first failures (3 to open it, plus the 2 that were in flight), the probes are
+    # at least open_for apart: nothing spins while the breaker is open
+    probes = failed[5:]
+    assert len(probes) >= 1
+    assert all(b - a >= 0.3 * 0.9 for a, b in zip(probes, probes[1:]))
+    assert api.answered[200] == 30
