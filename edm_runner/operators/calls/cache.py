@@ -18,11 +18,12 @@ class ResponseCache:
         self.misses = 0
 
     @staticmethod
-    def _key(key: Any) -> str:
+    def name(key: Any) -> str:
+        """The entry's name for a key (equal keys, equal names)."""
         return json.dumps(key, sort_keys=True, default=str)
 
     def get(self, key: Any) -> Any | None:
-        k = self._key(key)
+        k = self.name(key)
         entry = self._entries.get(k)
         if entry is None or entry[0] <= self.clock():
             if entry is not None:
@@ -34,7 +35,7 @@ class ResponseCache:
         return entry[1]
 
     def put(self, key: Any, value: Any) -> None:
-        k = self._key(key)
+        k = self.name(key)
         self._entries[k] = (self.clock() + self.ttl, value)
         self._entries.move_to_end(k)
         while len(self._entries) > self.size:

@@ -7,6 +7,7 @@ and the named resources, so two steps naming one resource share its budget.
 """
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -78,6 +79,7 @@ class CallStep(AsyncPerEventProcessor):
         cache = cfg.get("cache")
         self.cache = ResponseCache(cache.get("size", 10_000), parse_duration(cache["ttl"]) / 1000) if cache else None
         self.cache_key = compile_(cache["key"], step.pos) if cache and "key" in cache else None
+        self._pending: dict[str, asyncio.Future[Response | None]] = {}  # cache key -> the call under way
         idem = cfg.get("idempotency_key", {})
         self.idem_header = None if idem is False else idem.get("header", "Idempotency-Key")
         self.idem_value = compile_(idem["value"], step.pos) if idem and "value" in idem else None
@@ -99,19 +101,41 @@ class CallStep(AsyncPerEventProcessor):
                              f"mapping, got {type(event.value).__name__}; map_values it into one first "
                              f"(\"{{'payload': value}}\")")
         request = self.request(event)
-        response: Response | None = None
-        cache_key: Any = None
-        if self.cache is not None:
-            cache_key = (self.cache_key(event.key, event.value, event) if self.cache_key is not None
-                         else [request.method, request.url])
-            response = self.cache.get(cache_key)
-        if response is None:
-            response = await call(self.scope.session(), request, self.policy, self.timeout, self.resources,
-                                  self.breakers, self.keep_headers)
-            if self.cache is not None:
-                self.cache.put(cache_key, response)
+        if self.cache is None:
+            response = await self._call(request)
+        else:
+            response = await self._cached(request, self.cache_key(event.key, event.value, event)
+                                          if self.cache_key is not None else [request.method, request.url])
         event.value = {**event.value, self.into: response.as_value()}
         return [event]
+
+    async def _call(self, request: Request) -> Response:
+        return await call(self.scope.session(), request, self.policy, self.timeout, self.resources,
+                          self.breakers, self.keep_headers)
+
+    async def _cached(self, request: Request, key: Any) -> Response:
+        """The cached answer for ``key``; on a miss, one call per key at a time: the events that
+        miss the same key meanwhile wait for its answer (and call themselves if it failed)."""
+        assert self.cache is not None
+        response = self.cache.get(key)
+        if response is not None:
+            return response
+        name = self.cache.name(key)
+        pending = self._pending.get(name)
+        if pending is not None:
+            response = await asyncio.shield(pending)
+            if response is not None:
+                return response
+        leader = self._pending[name] = asyncio.get_running_loop().create_future()
+        answer: Response | None = None
+        try:
+            answer = await self._call(request)
+            self.cache.put(key, answer)
+            return answer
+        finally:
+            leader.set_result(answer)
+            if self._pending.get(name) is leader:
+                del self._pending[name]
 
 
 def build_call_step(step: StepSpec, ctx: BuildContext) -> CallStep:
