@@ -157,8 +157,10 @@ class GroupBySink(Processor):
 
     def _record(self, key: Any, value: Any, e: Event) -> OutRecord:
         kb = self.encode_key(key)
-        return OutRecord(self.topic, self.partitioner(key, kb, value), kb, self.encode_value(value),
-                         e.timestamp, e.headers)
+        vb = self.encode_value(value)
+        if e.headers or (len(vb) if vb else 0) + (len(kb) if kb else 0) > MAX_RECORD_BYTES:
+            check_record_size(f"a record for '{self.topic}'", kb, vb, e.headers)
+        return OutRecord(self.topic, self.partitioner(key, kb, value), kb, vb, e.timestamp, e.headers)
 
     def process(self, batch: list[Event]) -> list[Event]:
         gate = self.writer.gate()

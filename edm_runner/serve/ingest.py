@@ -10,7 +10,9 @@ Answers (every body JSON; README.md, "Serving over HTTP", has examples):
   ``bad_key`` with ``violations``: ``[{"pointer", "message"}]``, JSON pointers into the event);
 - 400 ``malformed`` (not JSON, not UTF-8, empty), 415 ``unsupported_media_type``, 422
   ``schema_violation``/``bad_key`` when nothing could be written;
-- 413 ``body_too_large``, 503 ``timeout`` (the server's limits, ``serve.server``);
+- 413 ``body_too_large``, 503 ``timeout`` (the server's limits, ``serve.server``); 413
+  ``record_too_large`` for an event whose record would exceed ``MAX_RECORD_BYTES`` (no writer
+  of edm could pass it on: written, it would stop the service reading it at every restart);
 - 429 ``overloaded`` with ``Retry-After`` when the events accepted and not yet acknowledged
   already weigh ``PENDING_BODIES`` bodies of the largest size (back-pressure: the producer's
   buffer is full); 503 ``broker_unavailable`` with ``Retry-After`` when the write failed.
@@ -40,7 +42,7 @@ from typing import Any, Callable
 
 from aiohttp import web
 
-from edm_runner.brokers.base import OutRecord, Producer
+from edm_runner.brokers.base import OutRecord, Producer, RecordTooLargeError, check_record_size
 from edm_runner.errors import BrokerError, EventError
 from edm_runner.language.expressions import compile_expression
 from edm_runner.language.http import INGEST_KEY_PARAMS
@@ -187,6 +189,10 @@ class Endpoint:
             value_bytes = self.encode_value(value)
         except SerdeError as exc:
             return _Parsed(refused=_Refused(422, "schema_violation", str(exc), [Violation("", str(exc))]))
+        try:  # what no stream writer of edm would write (and Kafka would refuse): not into the stream
+            check_record_size(f"the event for stream '{self.stream.name}'", key_bytes, value_bytes)
+        except RecordTooLargeError as exc:
+            return _Parsed(refused=_Refused(413, "record_too_large", str(exc)))
         partition = self.partitioner(key, key_bytes, value)
         return _Parsed(OutRecord(self.stream.topic, partition, key_bytes, value_bytes, request.timestamp, ()))
 

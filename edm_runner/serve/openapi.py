@@ -69,7 +69,8 @@ def document(ctx: ServeContext) -> dict:
                             "description": "A retried request with the same key writes once."}],
             "responses": {"200": _ok("Written and acknowledged by the broker: partition and offset."),
                           "207": _ok("A batch of which some events were written: a result per event."),
-                          "400": _error("Malformed body."), "413": _error("Body too large."),
+                          "400": _error("Malformed body."),
+                          "413": _error("Body too large, or an event above the record size limit."),
                           "415": _error("Unsupported media type."), "422": _error("Schema violation."),
                           "429": _error("Back-pressure.", True), "503": _error("Broker unavailable.", True)}}
         if "ingest" in secured:
