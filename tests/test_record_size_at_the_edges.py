@@ -41,6 +41,7 @@ http:
         status, _, body = post_json(f"{url}/in", too_large)
         assert (status, body["error"]) == (413, "record_too_large"), body
         assert f"{MAX_RECORD_BYTES}" in body["message"] and "'inbox'" in body["message"]
+        assert body["message"].endswith("send smaller events")
         status, _, body = post_ndjson(f"{url}/in", [json.dumps(too_large), json.dumps({"id": "ok"})])
         assert status == 207 and [r["status"] for r in body["results"]] == [413, 200], body
         assert body["results"][0]["error"] == "record_too_large"

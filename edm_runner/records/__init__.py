@@ -27,10 +27,12 @@ class RecordTooLargeError(EventError):
     ``on_error``), found before anything of the event is written."""
 
 
-def check_record_size(what: str, key: bytes | None, value: bytes | None, headers: Headers = ()) -> None:
+def check_record_size(what: str, key: bytes | None, value: bytes | None, headers: Headers = (),
+                      hint: str = "keep less per event, e.g. bound what an aggregate accumulates") -> None:
     """Raises ``RecordTooLargeError`` when the record is larger than ``MAX_RECORD_BYTES``. The one
-    place that limit is applied: the stream writers, the store changelogs and ``edm produce``.
-    ``what`` names the record's destination in the message ("a record for 'topic'")."""
+    place that limit is applied: the stream writers (``group_by`` too), the store changelogs,
+    ``edm produce`` and HTTP ingestion. ``what`` names the record's destination in the message
+    ("a record for 'topic'"), ``hint`` says what to do."""
     size = (len(key) if key else 0) + (len(value) if value else 0)
     if headers:
         size += sum(len(k) + len(v) for k, v in headers)
@@ -40,8 +42,7 @@ def check_record_size(what: str, key: bytes | None, value: bytes | None, headers
             parts += f", headers {sum(len(k) + len(v) for k, v in headers)}"
         raise RecordTooLargeError(
             f"{what} is {size} bytes ({parts}), above the record size limit of {MAX_RECORD_BYTES} "
-            "bytes (Kafka's default max.message.bytes is 1 MiB); keep less per event, e.g. bound "
-            "what an aggregate accumulates")
+            f"bytes (Kafka's default max.message.bytes is 1 MiB); {hint}")
 
 
 KAFKA_TIMESTAMP_AFTER_MAX_MS = 3_600_000

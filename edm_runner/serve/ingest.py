@@ -190,7 +190,8 @@ class Endpoint:
         except SerdeError as exc:
             return _Parsed(refused=_Refused(422, "schema_violation", str(exc), [Violation("", str(exc))]))
         try:  # what no stream writer of edm would write (and Kafka would refuse): not into the stream
-            check_record_size(f"the event for stream '{self.stream.name}'", key_bytes, value_bytes)
+            check_record_size(f"the event for stream '{self.stream.name}'", key_bytes, value_bytes,
+                              hint="send smaller events")
         except RecordTooLargeError as exc:
             return _Parsed(refused=_Refused(413, "record_too_large", str(exc)))
         partition = self.partitioner(key, key_bytes, value)
