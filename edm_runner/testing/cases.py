@@ -28,7 +28,7 @@ from edm_runner.serde.lines import plain_serdes
 from edm_runner.serde.printable import from_json, header_from_json, header_to_json, to_json
 from edm_runner.state.offline import key_text, open_readonly
 from edm_runner.testing.driver import TestDriver
-from edm_runner.testing.spec import Advance, Case, Expect, Mock, Produce, StreamCheck, TestFile
+from edm_runner.testing.spec import Advance, Case, Expect, Mock, Produce, StreamCheck, TestFile, parse_time
 
 _META = ("line", "col", "origin")
 _FIELDS = ("key", "value", "headers", "timestamp", "partition", "error")
@@ -301,6 +301,22 @@ class _Case:
             if bad:
                 self.fail(check.line, f"{what}: {_n(len(bad))} of {len(actual)} fail `{source}`", "\n".join(bad))
 
+    def window_times(self, window: Any, line: int, col: int) -> Any:
+        """An expected window with its ``start`` and ``end`` in milliseconds, as the store holds
+        them: a test may write them as ISO 8601 date-times, like record timestamps."""
+        if not isinstance(window, dict):
+            return window
+        times = {}
+        for bound in ("start", "end"):
+            if isinstance(window.get(bound), str):
+                try:
+                    times[bound] = parse_time(window[bound])
+                except (ValueError, OverflowError):
+                    raise self.broken(line, col, f"stores: {bound} {window[bound]!r} is not a time",
+                                      "write milliseconds since the epoch or an ISO 8601 date-time, "
+                                      "e.g. 2026-11-30T10:00:00Z") from None
+        return {**window, **times}
+
     def check_store(self, store: str, expected: dict, line: int, col: int) -> None:
         owners = [t for t in self.services if store in t.stores or store in t.tables or store in t.global_tables]
         if not owners:
@@ -324,6 +340,8 @@ class _Case:
         wrong = []
         for key, value in expected.items():
             text = key_text(key)
+            if isinstance(value, list) and isinstance(entries.get(text), list):  # a key's windows
+                value = [self.window_times(w, line, col) for w in value]
             if entries.get(text) != value:
                 wrong.append(f"{text}: expected {_json(value)}, got "
                              f"{_json(entries[text]) if text in entries else 'no such key'}")
