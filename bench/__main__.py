@@ -23,6 +23,7 @@ SCENARIOS: dict[str, str] = {
     "serve-get": "bench.serve_get",
     "ingest": "bench.ingest",
     "call-concurrency": "bench.call_concurrency",
+    "call-step": "bench.call_step",
 }
 
 

@@ -6,7 +6,8 @@ Invariant: every limit is PER INSTANCE (per ``edm run`` process): instances do n
 each at least 1 per instance), so N instances together stay within it.
 
 Every wait is an ``asyncio.sleep`` until the moment a permit exists (computed, never polled),
-and waiters are served in arrival order, so nothing spins and nobody starves.
+and waiters are served in arrival order, so nothing spins and nobody starves. A request
+cancelled while it waits for its rate slot leaves the slot unused (the limiter errs low).
 """
 from __future__ import annotations
 
@@ -22,33 +23,31 @@ Clock = Callable[[], float]  # seconds, monotonic
 
 
 class TokenBucket:
-    """``rate`` tokens per ``per`` seconds, at most ``burst`` stored. ``acquire()`` takes one,
-    waiting (in arrival order) until it exists. Over any window of length T, at most
-    ``burst + rate * T / per`` acquisitions succeed."""
+    """``rate`` requests per ``per`` seconds with a burst of ``burst``, as the generic cell rate
+    algorithm (GCRA, a token bucket kept as one "theoretical arrival time"): ``acquire()``
+    reserves the next free slot at once and sleeps until it. Over any window of length T, at
+    most ``burst + rate * T / per`` slots fall. Slots follow each other by exactly one interval
+    while callers queue, whenever each one actually wakes up, so a saturated limiter runs at
+    its rate (a lock-and-sleep bucket loses each sleep's overshoot: 22% below 500/s in the bench)."""
 
     def __init__(self, rate: int, per: float, burst: int = 1, clock: Clock = time.monotonic) -> None:
-        self.interval = per / rate  # seconds per token
-        self.burst = burst
+        self.interval = per / rate  # seconds per request
+        self.tolerance = (burst - 1) * self.interval  # how far ahead of the schedule a request may go
         self.clock = clock
-        self._tokens = float(burst)
-        self._at = clock()
-        self._lock = asyncio.Lock()
-
-    def _refill(self) -> None:
-        now = self.clock()
-        self._tokens = min(self.burst, self._tokens + (now - self._at) / self.interval)
-        self._at = now
+        self._tat = clock()  # the theoretical arrival time of the next request
 
     def delay(self) -> float:
-        """Seconds until a token exists (0: one is there now)."""
-        self._refill()
-        return 0.0 if self._tokens >= 1 else (1 - self._tokens) * self.interval
+        """Seconds a request made now would wait (0: it goes at once)."""
+        now = self.clock()
+        return max(0.0, max(self._tat, now) - self.tolerance - now)
 
     async def acquire(self) -> None:
-        async with self._lock:  # FIFO: asyncio.Lock wakes waiters in order
-            while (wait := self.delay()) > 0:
-                await asyncio.sleep(wait)
-            self._tokens -= 1
+        now = self.clock()
+        tat = max(self._tat, now)
+        self._tat = tat + self.interval
+        wait = tat - self.tolerance - now
+        if wait > 0:
+            await asyncio.sleep(wait)
 
 
 class Quota:
