@@ -10,6 +10,8 @@ restarted under the same name gets its tasks back without a rebalance (static me
 from __future__ import annotations
 
 import json
+import os
+import re
 import socket
 import subprocess
 import sys
@@ -19,9 +21,11 @@ from pathlib import Path
 
 import pytest
 
+from edm_runner.deploy.chart import CHART_ENV
 from helpers.helm import CHART, Helm, helm_binary
+from helpers.http_calls import call
 from helpers.pods import Pod, expand, pods_of
-from helpers.serve_flow import ASSIGNMENT, READY, wait_for_line
+from helpers.serve_flow import ASSIGNMENT, READY, settled, wait_for_line
 
 KAFKA_BROKER = """\
 broker:
@@ -82,9 +86,38 @@ def _until(pod: Pod, kind: str) -> None:
         time.sleep(0.1)  # the probe is polled, as the kubelet polls it
 
 
+def _revocations(pod: Pod) -> int:
+    """How often the pod gave its tasks up for a rebalance. edm logs it in the rebalance
+    listener, which the consumer awaits before it rejoins; a rebalance that a rejoining member
+    triggers hands that member its assignment only after every other member has rejoined, so
+    has logged this line."""
+    return len(re.findall(r"revoked \d+ partition\(s\)", pod.stderr()))
+
+
 def _last_assignment(pod: Pod) -> dict:
     found = list(ASSIGNMENT.finditer(pod.stderr()))
     return json.loads(found[-1]["doc"]) if found else {}
+
+
+def _counted(pods: list[Pod]) -> int:
+    """The sum of the counts the pods hold, each asked for its own tasks' partitions (/local)."""
+    total = 0
+    for pod in pods:
+        port = pod.container["ports"][0]["containerPort"]
+        for task in _last_assignment(pod)["active"]:
+            partition = task.split("_")[1]
+            status, _, body = call(f"http://{pod.ip}:{port}/local/stores/counts/keys?partition={partition}&limit=1000")
+            assert status == 200, body
+            total += sum(entry["value"] for entry in body["entries"])
+    return total
+
+
+def _until_counted(pods: list[Pod], expected: int) -> None:
+    deadline = time.monotonic() + 120
+    while (counted := _counted(pods)) != expected:
+        assert counted < expected and time.monotonic() < deadline, \
+            f"{counted} counted, {expected} expected\n" + "\n".join(p.stderr() for p in pods)
+        time.sleep(0.1)  # processing is another process' work
 
 
 def test_env_expansion_is_kubernetes_own() -> None:
@@ -116,6 +149,11 @@ def test_three_pods_form_one_group_and_a_restarted_pod_keeps_its_tasks(
     pods = _render(helm, tmp_path, TOPOLOGY % {"name": name, "broker": KAFKA_BROKER},
                    "--set", "replicas=3", "--set", f"kafka.bootstrapServers={kafka_bootstrap}")
     assert [p.name for p in pods] == ["r-edm-0", "r-edm-1", "r-edm-2"]
+    events = "".join(json.dumps({"key": f"u-{i % 10}", "value": {"n": i}}) + "\n" for i in range(30))
+    produced = subprocess.run([sys.executable, "-m", "edm_runner", "produce", "events", "-t",
+                               str(tmp_path / "src" / "topology.yaml")], input=events, text=True,
+                              capture_output=True, env={**os.environ, **CHART_ENV, "KAFKA_BOOTSTRAP": kafka_bootstrap})
+    assert produced.returncode == 0, produced.stderr
     try:
         for pod in pods:
             pod.start()
@@ -123,30 +161,32 @@ def test_three_pods_form_one_group_and_a_restarted_pod_keeps_its_tasks(
             _until(pod, "startup")
             _until(pod, "readiness")
             assert pod.probe("liveness")
-        # One group: the last assignments of the three pods share a generation and cover the
-        # three tasks, one each, with the pod names as instance ids.
+        # One group: the last assignments of the three pods cover the three tasks, one each, with
+        # the pod names as instance ids.
         deadline = time.monotonic() + 120
-        while True:
-            last = [_last_assignment(p) for p in pods]
-            if (all(last) and len({a["generation"] for a in last}) == 1
-                    and sorted(t for a in last for t in a["active"]) == ["0_0", "0_1", "0_2"]):
-                break
+        while not settled(pods, {"0_0", "0_1", "0_2"}):
             assert time.monotonic() < deadline, "\n".join(p.stderr() for p in pods)
             time.sleep(0.1)  # the next assignment is a line another process writes
+        last = [_last_assignment(p) for p in pods]
         assert [a["instance"] for a in last] == [p.name for p in pods]
-        generation, tasks = last[1]["generation"], last[1]["active"]
+        assert all(len(a["active"]) == 1 for a in last)
+        tasks = last[1]["active"]
+        _until_counted(pods, 30)  # the group processes every event once
 
         # SIGTERM as the kubelet sends it: a clean drain within terminationGracePeriodSeconds.
+        before = [_revocations(p) for p in pods]
         assert pods[1].stop() == 0
         # Back under the same name with the same volume: its tasks, the same generation.
         pods[1].start()
         _until(pods[1], "startup")
         _until(pods[1], "readiness")
         wait_for_line(pods[1], READY)
-        again = _last_assignment(pods[1])
-        assert (again["generation"], again["active"]) == (generation, tasks), pods[1].stderr()
-        for other in (pods[0], pods[2]):
-            assert _last_assignment(other)["generation"] == generation, other.stderr()
+        # Static membership: the coordinator hands the rejoining member its assignment, the
+        # others never rejoin (no rebalance).
+        assert _last_assignment(pods[1])["active"] == tasks, pods[1].stderr()
+        for i in (0, 2):
+            assert _revocations(pods[i]) == before[i], pods[i].stderr()
+        assert _counted(pods) == 30  # its counts came back from its volume, nothing counted twice
         for pod in pods:
             assert pod.stop() == 0
     finally:
