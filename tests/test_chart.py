@@ -138,6 +138,15 @@ def test_the_chart_refuses_what_cannot_work_and_says_what_to_do(helm: Helm, args
     assert result.returncode != 0 and message in result.stderr, result.stderr
 
 
+def test_the_network_policy_opens_the_http_port_only_to_the_release_and_the_listed_peers(helm: Helm) -> None:
+    off = helm.template(CHART, "-f", str(CHART / "ci" / "default-values.yaml"), "--set", "networkPolicy.enabled=true")
+    assert by_kind(off, "NetworkPolicy")[0]["spec"]["ingress"] == []  # nothing listens
+    (policy,) = by_kind(helm.template(CHART, "-f", str(CHART / "ci" / "all-values.yaml")), "NetworkPolicy")
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert rule["from"][1] == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "frontend"}}}
+
+
 def test_keda_never_scales_above_the_task_count(helm: Helm) -> None:
     manifests = helm.template(CHART, "-f", str(CHART / "ci" / "all-values.yaml"))
     (scaled,) = by_kind(manifests, "ScaledObject")
