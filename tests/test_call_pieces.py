@@ -12,6 +12,7 @@ import pytest
 from edm_runner.operators.calls.breaker import CircuitBreaker
 from edm_runner.operators.calls.cache import ResponseCache
 from edm_runner.operators.calls.client import Breakers, CallFailed, Request, call, endpoint
+from edm_runner.errors import EventError
 from edm_runner.language.model import ResourceSpec
 from edm_runner.operators.calls.limits import Quota, Resource, TokenBucket
 from edm_runner.operators.calls.retry import RetryPolicy, parse_retry_after
@@ -256,3 +257,18 @@ def test_the_cache_expires_and_evicts_the_least_recently_used():
 def test_endpoints_group_urls_by_origin():
     assert endpoint("https://api.example.com/v1/x?y=1") == "https://api.example.com:443"
     assert endpoint("http://127.0.0.1:8099/items/a") == "http://127.0.0.1:8099"
+
+
+def test_a_bad_url_or_body_fails_the_event_at_once_without_touching_the_breaker():
+    breakers = Breakers(threshold=1, open_for=60)
+
+    async def body(api, session):
+        for url in ("http://", f"{api.url.replace('127.0.0.1', '127.0.0.1:99999')}/items/a"):
+            with pytest.raises(CallFailed, match="not a valid URL"):
+                await call(session, Request("GET", url), FAST, 5, [], breakers)
+        with pytest.raises(EventError, match="not JSON"):
+            await call(session, Request("POST", f"{api.url}/items/a", {"x": b"bytes"}), FAST, 5, [], breakers)
+        return api
+
+    assert run(_with_api(body)).calls == []
+    assert all(b.state == "closed" for b in breakers.by_endpoint.values())

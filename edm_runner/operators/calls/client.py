@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+from yarl import URL
 
 from edm_runner.errors import EventError
 from edm_runner.operators.calls.breaker import CircuitBreaker
@@ -85,8 +86,15 @@ async def call(session: aiohttp.ClientSession, request: Request, policy: RetryPo
                resources: list[Resource], breakers: Breakers | None,
                keep_headers: tuple[str, ...] = ()) -> Response:
     """The response of the first attempt whose status is a success, or ``CallFailed``."""
+    try:
+        data = None if request.body is None else json.dumps(request.body, allow_nan=False).encode()
+    except (TypeError, ValueError) as e:
+        raise EventError(f"the body expression gave a value that is not JSON: {e}") from None
+    try:
+        URL(request.url).origin()
+    except ValueError as e:  # the event's URL, not the endpoint, is at fault: no retry, no breaker
+        raise CallFailed(f"{request.method} {request.url}: not a valid URL ({e})", None, "", 0) from None
     breaker = breakers(request.url) if breakers is not None else None
-    data = None if request.body is None else json.dumps(request.body).encode()
     headers = dict(request.headers)
     if data is not None:
         headers.setdefault("Content-Type", "application/json")
@@ -111,6 +119,10 @@ async def call(session: aiohttp.ClientSession, request: Request, policy: RetryPo
                         status = answer.status
                         raw = await answer.read()
                         answer_headers = answer.headers
+        except aiohttp.InvalidURL as e:
+            if breaker is not None:
+                breaker.release(probe)
+            raise CallFailed(f"{request.method} {request.url}: not a valid URL ({e})", None, "", attempt) from None
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
             status, text = None, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
             outcome = "retry"
