@@ -3,7 +3,8 @@
 ``pods_of(manifests, root)`` reads the StatefulSet and its ConfigMap and returns one ``Pod`` per
 replica. A pod's process gets what its container would:
 
-- the container's ``command`` + ``args``, with every path under a volume mount replaced by the
+- the container's ``command`` (the image's ``edm``: the project under test, ``python -m edm_runner``)
+  + ``args``, with every path under a volume mount replaced by the
   directory standing for that volume here (the longest mount path first);
 - its ``env`` in order: ``value`` with Kubernetes' ``$(VAR)`` expansion of the variables defined
   before it (``$$`` escapes), ``valueFrom.fieldRef`` filled in (``metadata.name``: the pod name
@@ -22,7 +23,6 @@ sends SIGKILL: here the test fails).
 from __future__ import annotations
 
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -112,11 +112,10 @@ class Pod:
             return arg
 
         argv = [here(a) for a in [*self.container["command"], *self.container.get("args", [])]]
-        # The image's `edm` is the one of this interpreter (the project under test).
-        executable = shutil.which(argv[0], path=str(Path(sys.executable).parent))
-        assert executable, f"{argv[0]} not found beside {sys.executable}"
+        # The image's `edm` is the project under test, run by this interpreter.
+        assert argv[0] == "edm", f"the simulation runs the edm image's command, not {argv[0]}"
         env = {**self._env(), "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
-        return [executable, *argv[1:]], env
+        return [sys.executable, "-m", "edm_runner", *argv[1:]], env
 
     def start(self) -> None:
         argv, env = self.command()
