@@ -398,3 +398,34 @@ def test_sigkill_with_many_events_in_flight_loses_nothing_on_the_embedded_broker
 @pytest.mark.kafka
 def test_sigkill_with_many_events_in_flight_loses_nothing_on_kafka(tmp_path: Path, kafka_bootstrap: str) -> None:
     sigkill_scenario(tmp_path, kafka_bootstrap)
+
+
+def test_drive_bounds_the_events_in_flight_keeps_each_keys_order_and_raises_the_first_failure() -> None:
+    from edm_runner.runtime.inflight import drive
+
+    async def scenario() -> None:
+        in_flight, most, done = 0, 0, []
+
+        async def run(item: tuple[int, int]) -> None:
+            nonlocal in_flight, most
+            in_flight += 1
+            most = max(most, in_flight)
+            await asyncio.sleep(0)  # every started run yields before it finishes
+            in_flight -= 1
+            done.append(item)
+
+        items = [(n % 50, n) for n in range(200)]  # (key, seq): 50 keys, 4 events each
+        await drive(items, run, "key", 20, lambda item: item[0])
+        assert most == 20
+        for key in range(50):
+            assert [seq for k, seq in done if k == key] == [n for n in range(200) if n % 50 == key]
+
+        async def failing(item: tuple[int, int]) -> None:
+            await asyncio.sleep(0)
+            if item[1] == 7:
+                raise ValueError("seven")
+
+        with pytest.raises(ValueError, match="seven"):
+            await drive(items, failing, "none", 100, lambda item: item[0])
+
+    asyncio.run(scenario())
