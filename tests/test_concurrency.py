@@ -383,12 +383,11 @@ pipelines:
     repeated = sorted(seq for seq, n in called.items() if n > 1)
     print(f"{before} calls before the kill, {sum(called.values()) - before} after; {len(repeated)} repeated; "
           f"{sum(n - 1 for n in seen.values())} duplicate outputs")
-    # Repeated: only what was in flight (the held batch), and on Kafka the batch before it too when its
-    # commit interval had not come yet (its outputs are then duplicated as well: at-least-once).
-    first = HOLD if kafka_bootstrap is None else HOLD - MAX_BATCH
-    assert all(first <= seq < HOLD + MAX_BATCH for seq in repeated), repeated
-    if kafka_bootstrap is None:  # outputs and offsets commit in one LMDB transaction
-        assert max(seen.values()) == 1, {s: n for s, n in seen.items() if n > 1}
+    # Repeated: only what was in flight (the held batch). What was processed before it was committed
+    # before it started (on Kafka too, where commits otherwise wait for the commit interval), and
+    # nothing of the held batch was written: no output is duplicated.
+    assert repeated and all(HOLD <= seq < HOLD + MAX_BATCH for seq in repeated), repeated
+    assert max(seen.values()) == 1, {s: n for s, n in seen.items() if n > 1}
 
 
 def test_sigkill_with_many_events_in_flight_loses_nothing_on_the_embedded_broker(tmp_path: Path) -> None:

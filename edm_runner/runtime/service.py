@@ -222,6 +222,10 @@ class ServiceRunner:
         if not runs:
             return 0
         compiled = self.compiled
+        if compiled.driven_topics and checkpoint.dirty and any(tp.topic in compiled.driven_topics for tp, _ in runs):
+            # Events awaited (an API call) may stay in flight for long: what was processed before
+            # is committed first, so a crash repeats at most this fetch (docs/design/concurrency.md).
+            await self.commit()
         outputs = compiled.outputs
         offsets: dict[TopicPartition, int] = {}
         count = 0
