@@ -115,6 +115,16 @@ def _mock(mock: Mock, base_dir: Path, calls: dict[str, int]) -> Callable[..., An
     return counted
 
 
+def _call_names(topology: Topology) -> set[str]:
+    """What a mock of an external API may name: the resources, and the pipelines with a call step."""
+    names = set(topology.resources)
+    for name, pipeline in topology.pipelines.items():
+        steps = [*pipeline.steps, *(s for b in pipeline.branch for s in b.steps)]
+        if any(step.op == "call" for step in steps):
+            names.add(name)
+    return names
+
+
 class _Case:
     """One case being run: its driver, the stream specs by name, and its failures."""
 
@@ -127,23 +137,27 @@ class _Case:
         for topology in services:
             for name, spec in topology.streams.items():
                 self.streams.setdefault(name, spec)
-        declared = {n for t in services for n in t.functions}
+        functions = {n for t in services for n in t.functions}
+        apis = {n for t in services for n in _call_names(t)}
+        declared = functions | apis
         unknown = [m for m in case.mocks.values() if m.name not in declared]
         if unknown:
             raise BrokenTest([Diagnostic(
                 self.file, m.line, m.col, f"mocks: '{m.name}' is not a function of the topology",
-                f"a mock replaces a declared function by name; declared: {', '.join(sorted(declared)) or 'none'}")
+                f"a mock replaces a declared function, or the call steps naming a resource or in a pipeline; "
+                f"here: {', '.join(sorted(declared)) or 'none'}")
                 for m in unknown])
         self.calls: dict[str, int] = {}
-        functions = {}
+        mocked: dict[str, dict[str, Callable[..., Any]]] = {"functions": {}, "apis": {}}
         for m in case.mocks.values():
             try:
-                functions[m.name] = _mock(m, test.path.parent, self.calls)
+                mocked["functions" if m.name in functions else "apis"][m.name] = _mock(m, test.path.parent, self.calls)
             except EdmError as error:  # a `python:` mock that does not resolve
                 raise BrokenTest([Diagnostic(self.file, m.line, m.col, f"mocks: '{m.name}': {error}",
                                              "give module:function of a Python file beside the test file")]) from None
         clock = case.wall_clock if case.wall_clock is not None else time.time_ns() // 1_000_000
-        self.driver = TestDriver(services, state_dir, clock_ms=clock, functions=functions)
+        self.driver = TestDriver(services, state_dir, clock_ms=clock, functions=mocked["functions"],
+                                 apis=mocked["apis"])
         self.failures: list[Failure] = []
 
     def broken(self, line: int, col: int, message: str, hint: str = "") -> BrokenTest:

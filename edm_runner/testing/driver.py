@@ -38,6 +38,7 @@ from edm_runner.runtime.processing import CompiledService
 from edm_runner.runtime.stats import ServiceStats
 from edm_runner.runtime.tasks import table_converter
 from edm_runner.state.task import Checkpoint, TaskState, global_dir, task_dir
+from edm_runner.testing.http import MockSession
 from edm_runner.language.model import Topology
 
 log = logging.getLogger("edm.testing")
@@ -90,12 +91,14 @@ class _Service:
 class TestDriver:
     """Runs ``services`` (one microservice, or those of a business topology, sharing streams
     by topic) with their state under ``state_dir``. ``functions``: declared functions replaced
-    by name (mocks), for the services that declare them."""
+    by name (mocks), for the services that declare them; ``apis``: external APIs (a resource or
+    a pipeline name: the ``call`` steps that name it) answered by a function of the request."""
 
     __test__ = False  # not a pytest class
 
     def __init__(self, services: list[Topology], state_dir: Path, *, clock_ms: int,
-                 functions: Mapping[str, Callable[..., Any]] | None = None) -> None:
+                 functions: Mapping[str, Callable[..., Any]] | None = None,
+                 apis: Mapping[str, Callable[[dict[str, Any]], Any]] | None = None) -> None:
         self.state_dir = state_dir
         self.clock_ms = clock_ms
         self.partitions: dict[str, int] = {}
@@ -112,6 +115,9 @@ class TestDriver:
             stats = ServiceStats()
             mine = {n: f for n, f in (functions or {}).items() if n in topology.functions}
             compiled = CompiledService(topology, stats, mine)
+            calls = compiled.shared.get("call")  # the call steps' scope (operators.calls.step.CallScope)
+            if calls is not None:
+                calls.mocks.update({name: MockSession(answer) for name, answer in (apis or {}).items()})
             for topic, internal in compiled.dag.internal_topics.items():
                 self.partitions.setdefault(topic, internal.partitions)
             uses: dict[int, list[StoreUse]] = {}

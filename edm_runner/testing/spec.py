@@ -74,14 +74,17 @@ def json_schema() -> dict:
             }},
         ]}
     mock = {"type": "object", "additionalProperties": False, "minProperties": 1, "maxProperties": 1,
-            "description": "What a mocked function (or, with the call step, an external API) does.",
+            "description": "What a mocked function, or external API (the call steps naming a resource, or in a "
+                           "pipeline, of that name), does.",
             "properties": {
-                "returns": {"description": "Every call returns this value."},
+                "returns": {"description": "Every call returns this value (an API: the response body, status 200)."},
                 "returns_each": {"type": "array", "minItems": 1,
                                  "description": "Successive calls return these; the last repeats."},
-                "raises": {"type": "string", "description": "Every call fails with this message."},
+                "raises": {"type": "string", "description": "Every call fails with this message (an API: a transport "
+                                                                 "failure, retried by the step)."},
                 "python": {"type": "string", "pattern": r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$",
-                           "description": "module:function next to the test file, called instead."},
+                           "description": "module:function next to the test file, called instead (an API: "
+                                          "with the request {method, url, body, headers}, returns the body)."},
             }}
     produce = {"type": "object", "minProperties": 1,
                "description": "Stream -> records, produced in order (streams in the order written).",
@@ -138,7 +141,7 @@ def json_schema() -> dict:
                                         "(default: NAME.yaml for NAME.test.yaml, else topology.yaml)."},
             "wall_clock": {**_TIME, "description": "Where every case's wall clock starts (default: now)."},
             "mocks": {"type": "object", "additionalProperties": {"$ref": "#/$defs/mock"},
-                      "description": "Name of a declared function (or an external API) -> what it does."},
+                      "description": "A declared function, a resource or a pipeline (its call steps) -> what it does."},
             "cases": {"type": "object", "minProperties": 1, "additionalProperties": {"$ref": "#/$defs/case"},
                       "description": "Case name -> case. Each runs on fresh state."},
         },

@@ -31,6 +31,17 @@ class CallScope:
         self.service = topology.name
         self.resources = {name: Resource(spec) for name, spec in topology.resources.items()}
         self._session: aiohttp.ClientSession | None = None
+        # Name (a resource, or a pipeline) -> a stand-in for the session: `edm test`'s mocks.
+        # A step uses the first of its names found here, else the real session.
+        self.mocks: dict[str, Any] = {}
+
+    def session_for(self, names: list[str]) -> Any:
+        """The session a step with these names (its resources, then its pipeline) calls through."""
+        for name in names:
+            mock = self.mocks.get(name)
+            if mock is not None:
+                return mock
+        return self.session()
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -65,6 +76,7 @@ class CallStep(AsyncPerEventProcessor):
         self.timeout = parse_duration(cfg.get("timeout", "10s")) / 1000
         names = cfg.get("resources", [])
         self.resources = [self.scope.resources[n] for n in ([names] if isinstance(names, str) else names)]
+        self.names = [*([names] if isinstance(names, str) else names), ctx.pipeline]  # what a mock may name
         self.into = cfg.get("into", "response")
         self.keep_headers = tuple(cfg.get("response_headers", ()))
         retry = cfg.get("retry", {})
@@ -110,7 +122,7 @@ class CallStep(AsyncPerEventProcessor):
         return [event]
 
     async def _call(self, request: Request) -> Response:
-        return await call(self.scope.session(), request, self.policy, self.timeout, self.resources,
+        return await call(self.scope.session_for(self.names), request, self.policy, self.timeout, self.resources,
                           self.breakers, self.keep_headers)
 
     async def _cached(self, request: Request, key: Any) -> Response:
