@@ -87,8 +87,9 @@ def check_pipeline(ctx: CheckContext, cfg: dict, path: tuple) -> None:
     given = ", ".join(f"{k}: {v}" for k, v in processing.items())
     stateful_checked = not per_event
     sources = cfg.get("from")
-    table = next((t for t in ([sources] if isinstance(sources, str) else sources or []) if t in ctx.tables), None)
-    if per_event and isinstance(table, str):
+    names = [sources] if isinstance(sources, str) else _list(sources)
+    table = next((t for t in names if isinstance(t, str) and t in ctx.tables), None)
+    if per_event and table is not None:
         ctx.report.error(path + ("processing",), f"pipeline '{path[-1]}' reads table '{table}' and handles its "
                          f"changes concurrently or retries them (processing: {{{given}}}); a table's changes "
                          "are applied to its store in offset order",
@@ -130,11 +131,16 @@ def check_pipeline(ctx: CheckContext, cfg: dict, path: tuple) -> None:
 
 def _steps(cfg: dict, path: tuple) -> list[tuple[Any, tuple]]:
     """The steps of a pipeline then of its branches, in order, with their paths."""
-    found = [(s, path + ("steps", i)) for i, s in enumerate(cfg.get("steps") or [])]
-    for b, branch in enumerate(cfg.get("branch") or []):
+    found = [(s, path + ("steps", i)) for i, s in enumerate(_list(cfg.get("steps")))]
+    for b, branch in enumerate(_list(cfg.get("branch"))):
         if isinstance(branch, dict):
-            found += [(s, path + ("branch", b, "steps", i)) for i, s in enumerate(branch.get("steps") or [])]
+            found += [(s, path + ("branch", b, "steps", i)) for i, s in enumerate(_list(branch.get("steps")))]
     return found
+
+
+def _list(value: Any) -> list:
+    """``value`` if it is a list, else nothing: a malformed pipeline is reported by the schema check."""
+    return value if isinstance(value, list) else []
 
 
 def _expressions(config: Any, path: tuple) -> list[tuple[str, tuple]]:
