@@ -102,6 +102,19 @@ def test_a_failing_expectation_exits_1_with_a_diff_at_its_line(tmp_path: Path) -
     assert "dead letters orders-dlq" in failure.text
 
 
+def test_a_window_store_expected_as_one_value_says_how_to_write_its_windows(tmp_path: Path) -> None:
+    folder = tmp_path / "hourly-revenue"
+    shutil.copytree(TOPOLOGIES / "hourly-revenue", folder)
+    test = folder / "topology.test.yaml"
+    test.write_text("cases:\n  c:\n    produce:\n      customer-orders:\n"
+                    "        - {key: o-1, value: {customer: al, amount: 2}, timestamp: 0}\n"
+                    "    expect:\n      stores: {hourly: {al: 2}}\n")
+    result = edm("test", test)
+    assert result.code == 1, result.stdout + result.stderr
+    assert ('al: expected 2, got [{"start": 0, "value": 2}] (a key of a window or session store holds its '
+            "windows: write al: [{start, value}, ...])") in result.stdout
+
+
 BROKEN = {
     "unknown key": ("cases:\n  c:\n    produce: {orders: [{key: a, value: 1}]}\n    expect: {stream: {}}\n",
                     ":4:14: unknown key 'stream' in cases.c.expect"),

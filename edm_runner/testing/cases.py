@@ -357,8 +357,11 @@ class _Case:
             if isinstance(value, list) and isinstance(entries.get(text), list):  # a key's windows
                 value = [self.window_times(w, line, col) for w in value]
             if entries.get(text) != value:
+                shape = (" (a key of a window or session store holds its windows: write "
+                         f"{text}: [{{start, value}}, ...])"
+                         if isinstance(entries.get(text), list) and not isinstance(value, list) else "")
                 wrong.append(f"{text}: expected {_json(value)}, got "
-                             f"{_json(entries[text]) if text in entries else 'no such key'}")
+                             f"{_json(entries[text]) if text in entries else 'no such key'}{shape}")
         if wrong:
             self.fail(line, f"store {store}: {len(wrong)} key(s) differ", "\n".join(wrong))
 
