@@ -256,3 +256,40 @@ def test_a_business_broker_that_its_services_do_not_share_is_a_warning(tmp_path:
     assert "a: its pods run a.yaml alone, with that file's broker (local), not the broker of biz.yaml" \
         in result.stderr
     assert "b: its pods run b.yaml alone" in result.stderr
+
+
+def test_edm_chart_values_ships_the_local_modules_a_function_module_imports(tmp_path: Path) -> None:
+    """A function's module imports helpers beside it (absolute, relative, from a package): each is
+    shipped, standard and installed modules and files nothing imports are not, and the shipped
+    files alone validate (the functions resolve in the pod as here)."""
+    src = tmp_path / "src"
+    for name, text in {
+        "fn/__init__.py": "",
+        "fn/mod.py": "import json\nimport util\nfrom . import helper\nfrom .sub import twice\n\n"
+                     "def score(value):\n    return twice(helper.one() + util.two()) + len(json.dumps(value))\n",
+        "fn/helper.py": "def one():\n    return 1\n",
+        "fn/sub.py": "def twice(x):\n    return 2 * x\n",
+        "util.py": "from lib.deep import TWO\n\ndef two():\n    return TWO\n",
+        "lib/__init__.py": "",
+        "lib/deep.py": "TWO = 2\n",
+        "unused.py": "raise SystemExit('never shipped')\n",
+        "topology.yaml": "kind: microservice\nname: scored\nstreams:\n  s: {partitions: 2, key: string, value: json}\n"
+                         "  t: {partitions: 2, key: string, value: json}\n"
+                         "functions:\n  score: {python: 'fn.mod:score'}\n"
+                         "pipelines:\n  p: {from: s, steps: [{map_values: score(value)}], to: t}\n",
+    }.items():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_text(text)
+    out = tmp_path / "out"
+    result = subprocess.run([*EDM, "chart", "values", str(src / "topology.yaml"), "-o", str(out)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    files = yaml.safe_load((out / "values.yaml").read_text())["topology"]["files"]
+    assert sorted(files) == ["fn/__init__.py", "fn/helper.py", "fn/mod.py", "fn/sub.py", "lib/__init__.py",
+                             "lib/deep.py", "topology.yaml", "util.py"]
+    pod = tmp_path / "pod"
+    for name, text in files.items():
+        (pod / name).parent.mkdir(parents=True, exist_ok=True)
+        (pod / name).write_text(text)
+    check = subprocess.run([*EDM, "validate", str(pod / "topology.yaml")], capture_output=True, text=True, cwd=tmp_path)
+    assert check.returncode == 0, check.stderr

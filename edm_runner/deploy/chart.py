@@ -5,7 +5,8 @@ What ``edm chart values FILE -o DIR`` writes, computed here from the loaded (val
 - Every file a service needs at run time goes into ``topology.files`` (the chart's ConfigMap,
   mounted at /etc/edm): the topology file itself, byte for byte (the file ``edm validate``
   checked is the file that runs), its value schemas and the Python modules its functions and
-  custom assignor name. Paths are kept relative to the deepest directory holding them all, so
+  custom assignor name, with the modules beside the topology that those modules import (followed
+  through their import statements, transitively). Paths are kept relative to the deepest directory holding them all, so
   ``schema: ../../schemas/order.json`` resolves in the pod as it does here.
 - What the chart must mirror from the topology: ``groupId`` (its name), ``tasks`` (the task
   count: the most pods that get work), ``shutdownGraceSeconds`` (processing.shutdown_grace),
@@ -14,10 +15,12 @@ What ``edm chart values FILE -o DIR`` writes, computed here from the loaded (val
   (aliased by its name) with that service's values, all ``partOf`` the business topology.
 
 Secrets (TLS keys, token files, SASL passwords) are never copied: the chart takes them from
-Secret references. Modules a function module imports from its directory are not followed.
+Secret references. A module imported only at run time by name (importlib, __import__) is not
+found: name it in the topology or import it with an import statement.
 """
 from __future__ import annotations
 
+import ast
 import math
 import os
 from dataclasses import dataclass, field
@@ -69,9 +72,52 @@ def service_files(topology: Topology) -> list[Path]:
     refs = [f.python for f in topology.functions.values()]
     if topology.processing.assignment.custom:
         refs.append(topology.processing.assignment.custom)
-    for ref in refs:
-        files += _module_files(ref.split(":", 1)[0], topology.base_dir.resolve())
+    files += _modules_with_imports([ref.split(":", 1)[0] for ref in refs], topology.base_dir.resolve())
     return list(dict.fromkeys(files))
+
+
+def _modules_with_imports(modules: list[str], base: Path) -> list[Path]:
+    """The files of ``modules`` and of every module beside the topology they import, transitively
+    (each file once; a module installed elsewhere has no file here and is not followed)."""
+    found: list[Path] = []
+    pending, seen = list(modules), set()
+    while pending:
+        module = pending.pop(0)
+        if module in seen:
+            continue
+        seen.add(module)
+        for file in _module_files(module, base):
+            if file not in found:
+                found.append(file)
+                pending += _imported_modules(file, base)
+    return found
+
+
+def _imported_modules(file: Path, base: Path) -> list[str]:
+    """The modules ``file`` (under ``base``, the import root) names in its import statements,
+    relative imports resolved; for ``from M import N`` both M and M.N (N may be a submodule).
+    A file that does not parse imports nothing here (running it reports the error)."""
+    try:
+        tree = ast.parse(file.read_bytes(), filename=str(file))
+    except (SyntaxError, ValueError):
+        return []
+    package = list(file.relative_to(base).parent.parts)
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                if node.level - 1 > len(package):
+                    continue
+                parent = package[:len(package) - (node.level - 1)]
+                origin = ".".join(parent + ([node.module] if node.module else []))
+            else:
+                origin = node.module or ""
+            if origin:
+                names.append(origin)
+            names += [f"{origin}.{alias.name}" if origin else alias.name for alias in node.names]
+    return names
 
 
 def _module_files(module: str, base: Path) -> list[Path]:
