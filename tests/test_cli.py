@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from cli_helpers import ROOT, TOPOLOGIES, edm, ok
@@ -242,3 +244,27 @@ def test_a_full_embedded_broker_among_a_runs_errors_keeps_its_way_out(tmp_path: 
     first, second = info.value.exceptions
     assert "delete topics you no longer need (`edm topics -t shop.yaml` lists them" in str(first)
     assert str(second) == "b refused"
+
+
+def test_aiokafka_info_lines_show_only_at_debug_and_its_errors_always() -> None:
+    """What `edm run --log-level L` shows of aiokafka: its INFO chatter (joins, syncs, a
+    coordinator being elected, logged at ERROR by aiokafka) only at debug; its real errors always."""
+    script = (
+        "import logging, sys\n"
+        "from edm_runner.cli.common import setup_logging\n"
+        "class GroupCoordinatorNotAvailableError(Exception): pass\n"
+        "setup_logging(sys.argv[1])\n"
+        "log = logging.getLogger('aiokafka.consumer.group_coordinator')\n"
+        "log.info('Joined group %s', 'g')\n"
+        "log.error('Group Coordinator Request failed: %s', GroupCoordinatorNotAvailableError())\n"
+        "log.error('Unexpected error in coordinator routine')\n"
+        "logging.getLogger('edm.runtime').info('assigned 3 partition(s)')\n")
+    shown = {}
+    for level in ("info", "debug"):
+        result = subprocess.run([sys.executable, "-c", script, level], capture_output=True, text=True, cwd=ROOT)
+        assert result.returncode == 0, result.stderr
+        shown[level] = result.stderr
+    assert "assigned 3 partition(s)" in shown["info"] and "Unexpected error" in shown["info"]
+    assert "Joined group" not in shown["info"] and "GroupCoordinatorNotAvailable" not in shown["info"]
+    assert "Joined group" in shown["debug"] and "INFO  aiokafka.consumer.group_coordinator: Group Coordinator" \
+        in shown["debug"]

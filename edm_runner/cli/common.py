@@ -150,12 +150,16 @@ class _TransientFilter(logging.Filter):
         if not any(type(arg).__name__ in _TRANSIENT for arg in args):
             return True
         record.levelno, record.levelname = logging.INFO, "INFO"
-        return logging.getLogger().isEnabledFor(logging.INFO)
+        return logging.getLogger("aiokafka").isEnabledFor(logging.INFO)
 
 
 def setup_logging(level: str) -> None:
+    """Logs at ``level`` to stderr. aiokafka's own INFO lines (joins, syncs, coordinator lookups)
+    show only at DEBUG: edm logs what a user needs of them (the assignment of each service)."""
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)-5s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if level.lower() != "debug":
+        logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))
     for handler in logging.getLogger().handlers:
         handler.addFilter(_TransientFilter())
         if level.lower() != "debug":
