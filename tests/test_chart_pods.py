@@ -76,10 +76,13 @@ def _render(helm: Helm, tmp_path: Path, topology: str, *sets: str) -> list[Pod]:
 
 
 def _until(pod: Pod, kind: str) -> None:
-    """Until the pod's ``kind`` probe succeeds, within what the kubelet allows it (startup:
-    periodSeconds x failureThreshold), polling faster than the kubelet would."""
+    """Until the pod's ``kind`` probe succeeds, polling faster than the kubelet would: a startup
+    probe within what the kubelet allows before it kills the pod (periodSeconds x
+    failureThreshold); readiness within 120 s, as the kubelet kills no pod for being unready (it
+    only keeps it out of the Service) and joining a group of three takes longer on a loaded CI."""
     spec = pod.container[f"{kind}Probe"]
-    deadline = time.monotonic() + spec["periodSeconds"] * spec["failureThreshold"]
+    allowed = spec["periodSeconds"] * spec["failureThreshold"] if kind == "startup" else 120
+    deadline = time.monotonic() + allowed
     while not pod.probe(kind):
         assert pod.alive(), f"{pod.name} exited {pod.proc.returncode}:\n{pod.stderr()}"
         assert time.monotonic() < deadline, f"{pod.name}: {kind} probe still failing:\n{pod.stderr()}"
