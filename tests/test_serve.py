@@ -164,6 +164,43 @@ def test_every_key_and_every_page_on_the_embedded_broker(counted: Path) -> None:
         assert runner.stop() == 0, runner.stderr()
 
 
+BAD_PARAMETERS = [  # (query, the parameter named, its value as given, words of what is accepted)
+    ("after=garbage", "after", "garbage", "`next` cursor"),
+    ("after=%21%21", "after", "!!", "`next` cursor"),
+    ("from=u-4&to=u-2", "from", "u-4", "give from at or before to"),
+    ("stale=maybe", "stale", "maybe", "true or false"),
+    ("redirect=2", "redirect", "2", "true or false"),
+    ("limit=0", "limit", "0", "from 1 to 1000"),
+    ("limit=%C2%B2", "limit", "\u00b2", "from 1 to 1000"),  # a superscript 2: a digit to str.isdigit
+    ("limit=10&limit=20", "limit", "20", "once"),
+    ("partition=4", "partition", "4", "from 0 to 3"),
+    ("colour=red", "colour", "red", "prefix, from, to, after, limit, partition"),
+]
+
+
+def test_a_bad_query_parameter_is_a_400_naming_it_and_what_is_accepted(counted: Path) -> None:
+    """Every parameter of every query endpoint goes through one parser: a value it does not take
+    is a 400 bad_request that repeats it and says what is accepted, never a 200 or a 500."""
+    runner = Runner(counted)
+    try:
+        url = serving_urls(runner)["user-counts"]
+        wait_for_line(runner, READY)
+        for query, parameter, given, accepted in BAD_PARAMETERS:
+            for prefix in ("", "/local"):
+                status, _, body = get(f"{url}{prefix}/stores/counts/keys?{query}")
+                assert (status, body["error"], body["parameter"], body["value"]) == (
+                    400, "bad_request", parameter, given), (query, body)
+                assert repr(given) in body["message"] and accepted in body["message"], (query, body)
+        status, _, body = get(f"{url}/stores/counts/keys/u-1?stale=maybe")  # a key's GET: the same parser
+        assert (status, body["parameter"], body["value"]) == (400, "stale", "maybe"), body
+        assert "true or false" in body["message"]
+        status, _, body = get(f"{url}/stores/counts/keys/u-1?limit=3")  # a key_value store's GET has no limit
+        assert (status, body["parameter"]) == (400, "limit"), body
+        assert get(f"{url}/stores/counts/keys/u-1?stale=TRUE&redirect=no")[0] == 200
+    finally:
+        assert runner.stop() == 0, runner.stderr()
+
+
 def test_window_fetches_and_json_keys(tmp_path: Path) -> None:
     """hourly-revenue groups by customer through a repartition topic whose keys are JSON: a key
     is given as JSON, and a window store answers a key's windows in a time range."""
@@ -193,6 +230,12 @@ def test_window_fetches_and_json_keys(tmp_path: Path) -> None:
         assert (status, body["error"]) == (400, "bad_request")
         status, _, body = get(f"{url}/stores/hourly/keys/%22alice%22?from=yesterday")
         assert (status, body["error"]) == (400, "bad_request")
+        first = min(min(sums) for sums in hourly.values())
+        status, _, body = get(f"{url}/stores/hourly/keys/%22alice%22?from={first + 1}&to={first}")
+        assert (status, body["error"], body["parameter"]) == (400, "bad_request", "from"), body
+        assert f"from='{first + 1}' is after to='{first}'" in body["message"]
+        status, _, body = get(f"{url}/stores/hourly/keys/%22alice%22?from=2026-11-30T10:00:00")
+        assert (status, body["value"]) == (400, "2026-11-30T10:00:00") and "add Z" in body["message"], body
     finally:
         assert runner.stop() == 0, runner.stderr()
 

@@ -104,6 +104,12 @@ def ingestion_scenario(tmp_path: Path, kafka_bootstrap: str | None) -> None:
             status, _, body = call(f"{url}/clicks", method="POST", body=raw,
                                    headers={"Content-Type": "application/json"})
             assert (status, body["error"]) == (400, "malformed"), (raw, body)
+            assert "b'" not in body["message"], body  # the text sent, not a Python bytes repr
+        status, _, body = call(f"{url}/clicks", method="POST", body=b'{"user_id": "u-1", ',
+                               headers={"Content-Type": "application/json"})
+        assert body["message"].endswith(""" in '{"user_id": "u-1", '"""), body
+        status, _, body = post_json(f"{url}/clicks?dry_run=1", click("u-1"))  # nothing written
+        assert (status, body["error"], body["parameter"]) == (400, "bad_request", "dry_run"), body
 
         # A schema violation: every failing path, as JSON pointers.
         status, _, body = post_json(f"{url}/clicks", {"user_id": 7, "at": "2026-11-30T10:00:00Z",
@@ -114,17 +120,18 @@ def ingestion_scenario(tmp_path: Path, kafka_bootstrap: str | None) -> None:
         assert status == 422 and [v["pointer"] for v in body["violations"]] == [""]
         assert "user_id" in body["violations"][0]["message"]
 
-        # A batch: valid events written, the others reported one by one (207).
-        lines = [json.dumps(click("u-2")), "{not json", json.dumps(click("u-3", page="home")),
+        # A batch: valid events written, the others reported one by one (207); blank lines are no
+        # events, and each result names its event's line.
+        lines = [json.dumps(click("u-2")), "", "{not json", json.dumps(click("u-3", page="home")), "  \r",
                  json.dumps(click("u-4", "/docs", client="ios", app_version="2.1"))]
         status, _, body = post_ndjson(f"{url}/clicks", lines)
         assert status == 207, body
         assert (body["accepted"], body["rejected"]) == (2, 2)
         results = body["results"]
-        assert [r["status"] for r in results] == [200, 400, 422, 200]
+        assert [(r["line"], r["status"]) for r in results] == [(1, 200), (3, 400), (4, 422), (6, 200)]
         assert results[1]["error"] == "malformed"
         assert [v["pointer"] for v in results[2]["violations"]] == ["/page"]
-        for line, result in zip(lines, results):
+        for line, result in zip([line for line in lines if line.strip()], results):
             if result["status"] == 200:
                 value = json.loads(line)
                 assert result["partition"] == default_partition(value["user_id"].encode(), PARTITIONS)
@@ -169,7 +176,7 @@ def ingestion_scenario(tmp_path: Path, kafka_bootstrap: str | None) -> None:
             return samples.get(("edm_http_requests_total", (("endpoint", endpoint), ("method", "POST"),
                                                             ("service", name), ("status", str(code)))), 0)
         assert requests("/clicks", 200) == 6 and requests("/clicks", 207) == 1 and requests("/clicks", 413) == 1
-        assert requests("/clicks", 422) == 3 and requests("/clicks", 400) == 4
+        assert requests("/clicks", 422) == 3 and requests("/clicks", 400) == 6
         assert requests("/clicks-by-header", 400) == 1
         assert samples[("edm_http_request_duration_seconds_count",
                         (("endpoint", "/clicks"), ("method", "POST"), ("service", name)))] >= 15

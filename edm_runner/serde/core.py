@@ -11,6 +11,7 @@ Invariants:
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -60,6 +61,7 @@ _json_scan = _strict.scan_once
 _json_decode = _strict.decode
 _raw_decode = _strict.raw_decode
 _INT_START = frozenset(b"-0123456789")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def encode_json(obj: Any) -> bytes:
@@ -102,7 +104,7 @@ def _json_decoder(data: bytes | None) -> Any:
     try:
         text = data.decode()
     except UnicodeDecodeError as exc:
-        raise SerdeError(f"invalid UTF-8 in JSON data: {exc}") from None
+        raise SerdeError(f"invalid UTF-8 in JSON data: {_utf8_error(exc)} in {_preview(data)}") from None
     try:
         obj, end = _json_scan(text, 0)
         if end == len(text):
@@ -137,7 +139,7 @@ def _string_decoder(data: bytes | None) -> Any:
     try:
         return data.decode()
     except UnicodeDecodeError as exc:
-        raise SerdeError(f"invalid UTF-8 string: {exc} in {_preview(data)}") from None
+        raise SerdeError(f"invalid UTF-8 string: {_utf8_error(exc)} in {_preview(data)}") from None
 
 
 def _bytes_encoder(obj: Any) -> bytes | None:
@@ -159,7 +161,18 @@ _FORMATS: dict[str, tuple[Encoder, Decoder]] = {
 }
 
 
+def _utf8_error(exc: UnicodeDecodeError) -> str:
+    return f"byte 0x{exc.object[exc.start:exc.end].hex()} at position {exc.start} ({exc.reason})"
+
+
 def _preview(obj: Any, limit: int = 80) -> str:
+    """``obj`` for a message, cut at ``limit`` characters: bytes as their text between quotes
+    (what a user sent, not Python's b'...'; undecodable bytes and control characters escaped),
+    anything else as its repr."""
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        text = bytes(obj).decode(errors="backslashreplace")
+        cut = text if len(text) <= limit else text[:limit] + "..."
+        return "'" + _CONTROL.sub(lambda m: m[0].encode("unicode_escape").decode(), cut) + "'"
     text = repr(obj)
     return text if len(text) <= limit else text[:limit] + "..."
 

@@ -50,6 +50,7 @@ from edm_runner.language.model import IngestSpec, StreamSpec
 from edm_runner.records.partitioner import DefaultPartitioner
 from edm_runner.serde import SerdeError, SerdeSpec, Violation, make_serde, schema_violations
 from edm_runner.serde.core import encode_json
+from edm_runner.serve import params
 from edm_runner.serve.context import ServeContext
 from edm_runner.serve.errors import HttpError, unavailable
 from edm_runner.serve.idempotency import Answer, IdempotencyKeys
@@ -153,6 +154,7 @@ class _Parsed:
 
     record: OutRecord | None = None
     refused: _Refused | None = None
+    line: int = 1  # a batch's event: its line number in the body (1-based; blank lines count)
 
 
 class Endpoint:
@@ -184,7 +186,7 @@ class Endpoint:
         except _Refused as refused:
             return _Parsed(refused=refused)
         except SerdeError as exc:
-            return _Parsed(refused=_Refused(422, "bad_key", f"the key {key!r}: {exc}"))
+            return _Parsed(refused=_Refused(422, "bad_key", f"the key of the event: {exc}"))
         try:
             value_bytes = self.encode_value(value)
         except SerdeError as exc:
@@ -231,6 +233,7 @@ class Ingestion:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         endpoint = self.endpoints[request.match_info.route.resource.canonical]
+        params.parse(request.query, {})  # an ingest endpoint takes no query parameter
         body = await request.read()  # bounded by http.limits.max_body (413 from the server)
         key = request.headers.get("Idempotency-Key")
         digest = hashlib.sha256(body).hexdigest()
@@ -323,10 +326,11 @@ def _events(endpoint: Endpoint, body: bytes, batch: bool, meta: _Request) -> lis
         if not body.strip():
             raise HttpError(400, "malformed", "the body is empty; send one JSON event")
         return [endpoint.parse(body, meta)]
-    lines = [line for line in body.split(b"\n") if line.strip()]
-    if not lines:
+    events = [replace(endpoint.parse(line, meta), line=n)
+              for n, line in enumerate(body.split(b"\n"), 1) if line.strip()]
+    if not events:
         raise HttpError(400, "malformed", "the body holds no event; send one JSON event per line")
-    return [endpoint.parse(line, meta) for line in lines]
+    return events
 
 
 def _answer(endpoint: Endpoint, parsed: list[_Parsed], offsets: list[int], batch: bool, digest: str) -> Answer:
@@ -341,9 +345,10 @@ def _answer(endpoint: Endpoint, parsed: list[_Parsed], offsets: list[int], batch
     results: list[dict[str, Any]] = []
     for p in parsed:
         if p.refused is not None:
-            results.append({"status": p.refused.status, **p.refused.body()})
+            results.append({"line": p.line, "status": p.refused.status, **p.refused.body()})
         else:
-            results.append({"status": 200, "partition": p.record.partition, "offset": next(written)})
+            results.append({"line": p.line, "status": 200, "partition": p.record.partition,
+                            "offset": next(written)})
     accepted = len(offsets)
     rejected = len(parsed) - accepted
     if not rejected:

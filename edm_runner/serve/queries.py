@@ -30,7 +30,6 @@ import base64
 import binascii
 import heapq
 import json
-from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -39,6 +38,7 @@ from edm_runner.errors import EdmError
 from edm_runner.records.partitioner import default_partition
 from edm_runner.runtime.view import LocalStore, ServedStore
 from edm_runner.serde import make_serde
+from edm_runner.serve import params
 from edm_runner.serve.context import ServeContext
 from edm_runner.serve.errors import HttpError, json_response, unavailable
 from edm_runner.serve.routing import HOP_HEADER, INSTANCE_HEADER, Remote, forward, redirect, route
@@ -47,6 +47,9 @@ from edm_runner.state.query import Row
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+_LIMIT = params.integer(1, MAX_LIMIT)
+# Every query takes these: where it may be answered (docs/design/http.md, "Routing").
+_ROUTING_PARAMS = {"stale": params.flag(), "redirect": params.flag()}
 SOURCE_HEADER = "X-Edm-Source"
 LAG_HEADER = "X-Edm-Lag"
 
@@ -87,26 +90,26 @@ class _Queries:
         async def handler(request: web.Request) -> web.StreamResponse:
             store = self._store(request)
             key, partition = self._key(store, request.match_info["key"])
-            params = _Params(request)
-            where = self._route(request, store, partition, local_only)
+            given = self._key_params(store, request)
+            where = self._route(request, store, partition, local_only, given)
             if isinstance(where, Remote):
-                if params.flag("redirect"):
+                if given.get("redirect"):
                     return redirect(where, request)
                 try:
                     status, headers, body = await forward(self.ctx, where, request)
                 except HttpError as error:
-                    if error.code != "owner_unreachable" or not params.flag("stale"):
+                    if error.code != "owner_unreachable" or not given.get("stale"):
                         raise
                     status, headers, body = await self._from_standbys(request, store, partition, error)
                 return web.Response(status=status, headers=headers, body=body)
             lag = None
             if where.role in ("standby", "restoring"):
                 lag = await self._lag(where)
-                where = self._route(request, store, partition, local_only)  # again: the lookup awaited
+                where = self._route(request, store, partition, local_only, given)  # again: the lookup awaited
                 if isinstance(where, Remote):
                     raise unavailable("not_active", f"partition {partition} of {store.name!r} moved while it "
                                                     "was read", partition=partition)
-            body = self._read_key(store, where, key, params)
+            body = self._read_key(store, where, key, given)
             if body is None:
                 return _not_found(store, key, self._headers(where, lag))
             return json_response(body, headers=self._headers(where, lag))
@@ -128,12 +131,22 @@ class _Queries:
                 continue
         raise error
 
-    def _read_key(self, store: ServedStore, local: LocalStore, key: Any, params: _Params) -> dict | None:
-        limit = params.limit()
+    def _key_params(self, store: ServedStore, request: web.Request) -> dict[str, Any]:
+        """The parameters of a key's GET: a window or session store's also take a time range."""
+        accepted = dict(_ROUTING_PARAMS)
+        if store.kind != "key_value":
+            accepted.update({"from": params.time_ms(), "to": params.time_ms(), "limit": _LIMIT})
+        given = params.parse(request.query, accepted)
+        _check_range(request, given, "a time at or before to={to}",
+                     "from={start!r} is after to={to!r}: the range is empty; give from at or before to")
+        return given
+
+    def _read_key(self, store: ServedStore, local: LocalStore, key: Any, given: dict[str, Any]) -> dict | None:
         if store.kind == "key_value":
             value = local.query.get(key)
             return None if value is None else {"store": store.name, "key": key, "value": value}
-        start, end = params.time("from"), params.time("to")
+        limit = given.get("limit", DEFAULT_LIMIT)
+        start, end = given.get("from"), given.get("to")
         if store.kind == "window":
             rows = local.query.windows(key, start, end, limit)
             size = store.window_size_ms
@@ -153,16 +166,16 @@ class _Queries:
                 raise HttpError(400, "bad_request", f"{store.name!r} is a {store.kind} store: scans list key_value "
                                                     f"stores and tables; fetch one key's {store.kind}s with "
                                                     f"/stores/{store.name}/keys/KEY?from=T&to=T")
-            params = _Params(request)
-            bounds = self._bounds(store, params)
-            limit = params.limit()
+            given = self._scan_params(store, request)
+            bounds = self._bounds(store, given)
+            limit = given.get("limit", DEFAULT_LIMIT)
             if store.subtopology is None:
                 partitions = [0]
-            elif "partition" in request.query:
-                partitions = [params.integer("partition", 0, store.partitions - 1)]
+            elif "partition" in given:
+                partitions = [given["partition"]]
             else:
                 partitions = list(range(store.partitions))
-            pages = await asyncio.gather(*(self._scan_partition(request, store, p, bounds, limit, local_only)
+            pages = await asyncio.gather(*(self._scan_partition(request, store, p, bounds, limit, local_only, given)
                                            for p in partitions))
             merged = list(heapq.merge(*pages, key=lambda row: row.key_bytes))
             more = len(merged) > limit or any(len(page) >= limit for page in pages)
@@ -173,8 +186,9 @@ class _Queries:
         return handler
 
     async def _scan_partition(self, request: web.Request, store: ServedStore, partition: int,
-                              bounds: dict[str, bytes | None], limit: int, local_only: bool) -> list[Row]:
-        where = self._route(request, store, partition, local_only)
+                              bounds: dict[str, bytes | None], limit: int, local_only: bool,
+                              given: dict[str, Any]) -> list[Row]:
+        where = self._route(request, store, partition, local_only, given)
         if isinstance(where, LocalStore):
             return where.query.scan(lo=bounds["lo"] or b"", hi=bounds["hi"], prefix=bounds["prefix"] or b"",
                                     after=bounds["after"], limit=limit)
@@ -193,25 +207,30 @@ class _Queries:
             raise HttpError(status, str(error.get("error", "owner_error")), message, partition=partition)
         return [Row(encode_json(entry["key"]), entry["key"], entry["value"]) for entry in document["entries"]]
 
-    def _bounds(self, store: ServedStore, params: _Params) -> dict[str, bytes | None]:
-        bounds: dict[str, bytes | None] = {"lo": None, "hi": None, "prefix": None, "after": None}
-        prefix = params.text("prefix")
-        if prefix is not None:
-            if store.key.format not in ("string", "json"):
-                raise HttpError(400, "bad_request", f"prefix scans apply to string keys; the keys of {store.name!r} "
-                                                    f"are in format {store.key.format}")
-            bounds["prefix"] = encode_json(prefix)[:-1]  # the JSON of every string starting with it
-        for name, bound in (("from", "lo"), ("to", "hi")):
-            text = params.text(name)
-            if text is not None:
-                bounds[bound] = encode_json(self._parse_key(store, text, name))
-        after = params.text("after")
-        if after is not None:
-            try:
-                bounds["after"] = base64.urlsafe_b64decode(after + "=" * (-len(after) % 4))
-            except (binascii.Error, ValueError):
-                raise HttpError(400, "bad_request", "after= takes the `next` cursor of the previous page") from None
-        return bounds
+    def _scan_params(self, store: ServedStore, request: web.Request) -> dict[str, Any]:
+        """The parameters of a scan: key bounds in the store's key format, a cursor, a page size."""
+        def key_bound(name: str) -> params.Param:
+            return params.Param(lambda text: encode_json(self._parse_key(store, text, name)))
+
+        accepted = {**_ROUTING_PARAMS, "prefix": params.text(), "from": key_bound("from"), "to": key_bound("to"),
+                    "after": params.cursor(_check_cursor), "limit": _LIMIT,
+                    "partition": params.integer(0, store.partitions - 1)}
+        given = params.parse(request.query, accepted)
+        if "prefix" in given and store.key.format not in ("string", "json"):
+            raise params.refuse("prefix", request.query["prefix"], "no prefix: the keys are not strings",
+                                f"prefix scans apply to string keys; the keys of {store.name!r} are in format "
+                                f"{store.key.format}")
+        _check_range(request, given, "a key that sorts at or before to={to}",
+                     "from={start!r} sorts after to={to!r} (keys sort by the bytes of their JSON): the range is "
+                     "empty; give from at or before to")
+        return given
+
+    @staticmethod
+    def _bounds(store: ServedStore, given: dict[str, Any]) -> dict[str, bytes | None]:
+        prefix = given.get("prefix")
+        return {"lo": given.get("from"), "hi": given.get("to"), "after": given.get("after"),
+                # the JSON of every string starting with it
+                "prefix": encode_json(prefix)[:-1] if prefix is not None else None}
 
     # -- shared -----------------------------------------------------------------------------
 
@@ -253,8 +272,9 @@ class _Queries:
             return key, 0
         return key, default_partition(encoded, store.partitions)
 
-    def _route(self, request: web.Request, store: ServedStore, partition: int, local_only: bool) -> LocalStore | Remote:
-        return route(self.ctx, store, partition, local_only=local_only, stale=_Params(request).flag("stale"),
+    def _route(self, request: web.Request, store: ServedStore, partition: int, local_only: bool,
+               given: dict[str, Any]) -> LocalStore | Remote:
+        return route(self.ctx, store, partition, local_only=local_only, stale=bool(given.get("stale")),
                      hopped=HOP_HEADER in request.headers)
 
     async def _lag(self, local: LocalStore) -> int | None:
@@ -277,41 +297,16 @@ def _not_found(store: ServedStore, key: Any, headers: dict[str, str]) -> web.Res
     return response
 
 
-class _Params:
-    """The query parameters of a request, parsed with 400 ``bad_request`` for a bad one."""
+def _check_range(request: web.Request, given: dict[str, Any], accepted: str, message: str) -> None:
+    """400 when both ``from`` and ``to`` are given and ``from`` comes after ``to``."""
+    if "from" in given and "to" in given and given["from"] > given["to"]:
+        start, to = request.query["from"], request.query["to"]
+        raise params.refuse("from", start, accepted.format(to=to), message.format(start=start, to=to))
 
-    def __init__(self, request: web.Request) -> None:
-        self.query = request.query
 
-    def text(self, name: str) -> str | None:
-        return self.query.get(name)
-
-    def flag(self, name: str) -> bool:
-        return self.query.get(name, "false").lower() in ("true", "1", "yes", "")
-
-    def integer(self, name: str, low: int, high: int) -> int:
-        text = self.query.get(name, "")
-        if not text.isdigit() or not low <= int(text) <= high:
-            raise HttpError(400, "bad_request", f"{name}={text!r}: use an integer from {low} to {high}")
-        return int(text)
-
-    def limit(self) -> int:
-        return self.integer("limit", 1, MAX_LIMIT) if "limit" in self.query else DEFAULT_LIMIT
-
-    def time(self, name: str) -> int | None:
-        text = self.query.get(name)
-        if text is None:
-            return None
-        if text.lstrip("-").isdigit():
-            return int(text)
-        try:
-            moment = datetime.fromisoformat(text)
-        except ValueError:
-            raise HttpError(400, "bad_request", f"{name}={text!r}: use epoch milliseconds or an ISO 8601 time "
-                                                "(2026-11-30T10:00:00Z)") from None
-        if moment.tzinfo is None:
-            raise HttpError(400, "bad_request", f"{name}={text!r} has no time zone: add Z or +01:00")
-        return int(moment.timestamp() * 1000)
+def _check_cursor(raw: bytes) -> None:
+    """A cursor holds the JSON of a stored key (ValueError otherwise)."""
+    json.loads(raw.decode())
 
 
 def _cursor(key_bytes: bytes) -> str:
