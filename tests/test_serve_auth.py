@@ -139,6 +139,29 @@ def test_tls(tmp_path: Path) -> None:
         assert runner.stop() == 0, runner.stderr()
 
 
+def test_a_missing_tls_file_is_reported_at_its_key(tmp_path: Path) -> None:
+    """A literal path: `edm validate` says which file at its key; a templated one (a secret mounted
+    where edm runs) passes validate and `edm run` reports it at its key, once rendered."""
+    self_signed(tmp_path)
+    topology = write_ingest_topology(tmp_path, f"tls-{uuid.uuid4().hex[:8]}", None, http_extra="""\
+  tls:
+    cert_file: tls.crt
+    key_file: no-such.key
+""")
+    line = topology.read_text().splitlines().index("    key_file: no-such.key") + 1
+    result = edm("validate", topology)
+    assert result.code == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"{topology}:{line}:15: TLS private key file 'no-such.key' does not exist" in result.stderr
+    assert "template its path" in result.stderr
+    topology.write_text(topology.read_text().replace(
+        "key_file: no-such.key", "key_file: \"{{ env.EDM_TLS_DIR | default('secrets') }}/tls.key\""))
+    assert edm("validate", topology).code == 0
+    result = edm("run", topology, "--until-idle", "--state-dir", tmp_path / "state")
+    assert result.code == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"{topology}:{line}:15: TLS private key file http.tls.key_file does not exist" in result.stderr
+    assert str(tmp_path / "secrets" / "tls.key") in result.stderr
+
+
 @pytest.mark.kafka
 def test_the_proxy_hop_authenticates_over_tls(tmp_path: Path, kafka_bootstrap: str) -> None:
     """Two instances on Kafka serving HTTPS with query tokens: a query for a key the other

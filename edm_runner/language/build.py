@@ -110,6 +110,8 @@ class _Builder:
                     for i, e in enumerate(cfg.get("ingest", []))],
             tls_cert=(self.base_dir / tls["cert_file"]).resolve() if tls else None,
             tls_key=(self.base_dir / tls["key_file"]).resolve() if tls else None,
+            tls_cert_pos=self.pos(("http", "tls", "cert_file"), key=False) if tls else NOWHERE,
+            tls_key_pos=self.pos(("http", "tls", "key_file"), key=False) if tls else NOWHERE,
             auth={scope: TokenSource((self.base_dir / source["tokens_file"]).resolve()
                                      if "tokens_file" in source else None, source.get("tokens_env"))
                   for scope, source in cfg.get("auth", {}).items()},

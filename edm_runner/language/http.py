@@ -15,11 +15,14 @@ Invariants the checks establish for a file without diagnostics:
   reserves (``RESERVED_PATHS``, ``RESERVED_PREFIXES``);
 - an ingest ``key`` names exactly one of ``header``, ``field``, ``expression``, and a stream
   whose records need a key (an entity stream) gets one;
-- an ``auth`` entry names exactly one token source.
+- an ``auth`` entry names exactly one token source;
+- ``tls`` files written as literal paths can be read (``tls_file_problem``); a templated path
+  (a secret mounted where edm runs) is checked when ``edm run`` loads it.
 """
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 from edm_runner.language.context import CheckContext, undefined_hint
@@ -46,6 +49,10 @@ AUTH_SCOPES = ("queries", "ingest", "metrics")
 # the event's metadata, ``headers`` (the request's) and ``timestamp``.
 INGEST_KEY_PARAMS = ("value", "event")
 WILDCARD_HOSTS = ("0.0.0.0", "[::]", "::")
+TLS_FILES = {"cert_file": "certificate", "key_file": "private key"}
+TLS_HINT = ("http.tls names PEM files relative to the topology file; for a file that exists only where edm "
+            "runs (a mounted secret), template its path, e.g. \"{{ env.TLS_DIR | default('/etc/tls') }}/tls.crt\": "
+            "`edm validate` leaves a templated path to `edm run`")
 
 SIZE_SCHEMA: dict = {
     "description": "A size in bytes: an integer, or a number with a unit B, KiB, MiB, GiB (e.g. 1MiB).",
@@ -175,12 +182,31 @@ def check_http(ctx: CheckContext, used_stores: set[str]) -> Flow | None:
                                                "holds nothing to serve",
                          f"serve a store a step writes (e.g. `count: {{store: {name}}}`), or remove '{name}' "
                          "from serve")
+    tls = cfg.get("tls")
+    for name, what in TLS_FILES.items() if isinstance(tls, dict) else ():
+        value, at = tls.get(name), ("http", "tls", name)
+        if isinstance(value, str) and value and at not in report.smap.templated:
+            if problem := tls_file_problem(ctx.base_dir / value):
+                report.error(at, f"TLS {what} file '{value}' {problem}", TLS_HINT)
     for scope, source in (cfg.get("auth") or {}).items() if isinstance(cfg.get("auth"), dict) else []:
         if isinstance(source, dict) and len(source) != 1:
             given = ", ".join(source) or "none"
             report.error(("http", "auth", scope), f"auth.{scope} needs exactly one token source (given: {given})",
                          "write `tokens_file: PATH` or `tokens_env: VARIABLE`", key=True)
     return _check_ingest(ctx, cfg.get("ingest"))
+
+
+def tls_file_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be read (``edm validate`` and the server alike), or None."""
+    try:
+        with open(path, "rb"):
+            return None
+    except FileNotFoundError:
+        return f"does not exist ({path.resolve()})"
+    except IsADirectoryError:
+        return f"is a directory ({path.resolve()})"
+    except OSError as e:
+        return f"cannot be read ({path.resolve()}: {e.strerror or e})"
 
 
 def _check_ingest(ctx: CheckContext, endpoints: Any) -> Flow:

@@ -303,7 +303,8 @@ class HttpSpec:
     """``http:``: the service answers HTTP (docs/design/http.md). ``port`` 0: any free port.
     ``advertised_url`` None: derived from the address actually bound. ``serve``: the stores,
     tables and global tables that answer queries. ``auth``: scope (queries, ingest, metrics)
-    -> its tokens; a scope absent is open. ``tls_cert``/``tls_key``: absolute PEM paths."""
+    -> its tokens; a scope absent is open. ``tls_cert``/``tls_key``: absolute PEM paths, written
+    at ``tls_cert_pos``/``tls_key_pos``."""
 
     host: str = "0.0.0.0"
     port: int = 8080
@@ -312,6 +313,8 @@ class HttpSpec:
     ingest: list[IngestSpec] = field(default_factory=list)
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    tls_cert_pos: Pos = NOWHERE
+    tls_key_pos: Pos = NOWHERE
     auth: dict[str, TokenSource] = field(default_factory=dict)
     max_body_bytes: int = 1 << 20
     request_timeout_ms: int = 10_000

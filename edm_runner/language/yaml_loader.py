@@ -70,6 +70,7 @@ class SourceMap:
     values: dict[Path_, NodePos] = field(default_factory=dict)
     keys: dict[Path_, NodePos] = field(default_factory=dict)
     broken: set[Path_] = field(default_factory=set)  # values that failed to load (reported)
+    templated: set[Path_] = field(default_factory=set)  # values rendered from a template
 
     def is_broken(self, path: Path_) -> bool:
         """True when ``path`` is at or under a value already reported as unloadable, so later
@@ -341,6 +342,7 @@ class _Builder:
                 self.error(self.smap.inside(path, e.line), e.message, e.hint)
                 self.smap.broken.add(path)
                 return None
+            self.smap.templated.add(path)
             return templating.retype(node.value, node.style, rendered)
         try:
             return self._constructor.construct_object(node)

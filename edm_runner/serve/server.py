@@ -23,7 +23,7 @@ import aiohttp
 from aiohttp import web
 
 from edm_runner.errors import EdmError
-from edm_runner.language.http import WILDCARD_HOSTS
+from edm_runner.language.http import TLS_FILES, TLS_HINT, WILDCARD_HOSTS, tls_file_problem
 from edm_runner.language.model import HttpSpec
 from edm_runner.runtime.view import ServiceView
 from edm_runner.serve import auth, health, ingest, metrics, openapi, queries, ready
@@ -140,12 +140,17 @@ def _url_host(host: str) -> str:
 def _tls_context(spec: HttpSpec) -> ssl.SSLContext | None:
     if spec.tls_cert is None or spec.tls_key is None:
         return None
+    for (name, what), path, pos in zip(TLS_FILES.items(), (spec.tls_cert, spec.tls_key),
+                                       (spec.tls_cert_pos, spec.tls_key_pos)):
+        if problem := tls_file_problem(path):  # a templated path is first checked here, once rendered
+            raise EdmError(f"{pos}: TLS {what} file http.tls.{name} {problem}; {TLS_HINT}")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         context.load_cert_chain(spec.tls_cert, spec.tls_key)
     except (OSError, ssl.SSLError) as e:
-        raise EdmError(f"{spec.pos}: cannot load the TLS certificate {spec.tls_cert} and key {spec.tls_key}: "
-                       f"{e}; http.tls names PEM files relative to the topology file") from None
+        raise EdmError(f"{spec.tls_cert_pos}: cannot load the TLS certificate {spec.tls_cert} with the key "
+                       f"{spec.tls_key}: {e.strerror or getattr(e, 'reason', None) or e}; give a PEM "
+                       "certificate and the PEM private key that matches it") from None
     return context
 
 
