@@ -27,7 +27,7 @@ from edm_runner.records.partitioner import default_partition
 from helpers.brokers import started
 from helpers.http_calls import call, post_json, post_ndjson
 from helpers.kafka_flow import Runner
-from helpers.serve_flow import serving_urls
+from helpers.serve_flow import READY, serving_urls, settled, wait_for_line
 from helpers.topologies import write_service
 
 PARTITIONS = 3
@@ -84,6 +84,8 @@ def ingestion_scenario(tmp_path: Path, kafka_bootstrap: str | None) -> None:
     acknowledged: dict[tuple[int, int], dict] = {}  # (partition, offset) -> the click
     try:
         url = serving_urls(runner)[name]
+        if kafka_bootstrap is not None:  # an Idempotency-Key goes to its holder among the members: known by then
+            wait_for_line(runner, READY)
 
         # One valid event: 200 once written, on the partition of its key.
         status, _, body = post_json(f"{url}/clicks", click("u-1"))
@@ -199,6 +201,39 @@ def test_ingestion_on_the_embedded_broker(tmp_path: Path) -> None:
 @pytest.mark.kafka
 def test_ingestion_on_kafka(tmp_path: Path, kafka_bootstrap: str) -> None:
     ingestion_scenario(tmp_path, kafka_bootstrap)
+
+
+@pytest.mark.kafka
+def test_a_retry_with_an_idempotency_key_writes_once_whichever_instance_it_reaches(
+        tmp_path: Path, kafka_bootstrap: str) -> None:
+    """Three instances behind a (simulated) load balancer: the same request with one
+    Idempotency-Key sent to each of them writes its events once; each gets the first answer."""
+    name = f"ingest-{uuid.uuid4().hex[:8]}"
+    topology = write_ingest_topology(tmp_path, name, kafka_bootstrap)
+    runners = [Runner(topology, "--state-dir", str(tmp_path / f"pod-{i}"), "--instance-id", f"pod-{i}")
+               for i in range(3)]
+    try:
+        urls = [serving_urls(r)[name] for r in runners]
+        deadline = time.monotonic() + 120
+        while not settled(runners, {f"0_{p}" for p in range(PARTITIONS)}):
+            assert time.monotonic() < deadline and all(r.alive() for r in runners), runners[0].stderr()
+            time.sleep(0.1)  # the assignment happens in other processes: polled with a deadline
+        single = {"Idempotency-Key": f"one-{uuid.uuid4().hex}"}
+        answers = [post_json(f"{url}/clicks", click("u-once"), headers=single) for url in urls]
+        assert [a[0] for a in answers] == [200] * 3 and answers[0][2] == answers[1][2] == answers[2][2], answers
+        assert sum(a[1].get("Idempotent-Replayed") == "true" for a in answers) == 2, [a[1] for a in answers]
+        lines = [json.dumps(click("u-batch-1")), json.dumps(click("u-batch-2"))]
+        batch = {"Idempotency-Key": f"batch-{uuid.uuid4().hex}"}
+        answers = [post_ndjson(f"{url}/clicks", lines, headers=batch) for url in reversed(urls)]
+        assert [a[0] for a in answers] == [200] * 3 and answers[0][2] == answers[1][2] == answers[2][2], answers
+        status, _, body = post_json(f"{urls[1]}/clicks", click("u-other"), headers=single)  # another body
+        assert (status, body["error"]) == (422, "idempotency_key_reused"), body
+    finally:
+        codes = [runner.stop() for runner in runners]
+    assert codes == [0, 0, 0], [r.stderr() for r in runners]
+    found = asyncio.run(stream_records(broker_of(tmp_path, kafka_bootstrap), f"{name}-clicks"))
+    users = sorted(json.loads(r.value)["user_id"] for r in found.values())
+    assert users == ["u-batch-1", "u-batch-2", "u-once"], users
 
 
 def sigkill_scenario(tmp_path: Path, kafka_bootstrap: str | None) -> None:

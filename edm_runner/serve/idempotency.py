@@ -10,8 +10,9 @@ Invariants:
 - An answer is recorded only after the broker acknowledged every event it reports written,
   and a key is looked up before anything is written; so a retry of an acknowledged request
   writes nothing. What is not covered: the moment between the acknowledgement and the
-  recording (a crash there forgets the key, and the retry writes the events again), and a
-  retry that reaches another instance with another state directory.
+  recording (a crash there forgets the key, and the retry writes the events again). A retry
+  reaching another instance is forwarded to the key's holder (``serve.routing.key_holder``),
+  so one instance's keys see every request with that key while the members do not change.
 - Bounded: at most ``capacity`` answers, none older than ``ttl_s``; the oldest go first.
 - Writes run in a worker thread (one LMDB write transaction each, fsynced); reads on the loop.
 """

@@ -26,7 +26,9 @@ Invariants:
 - A request with an ``Idempotency-Key`` header whose answer is remembered (``IdempotencyKeys``)
   writes nothing and gets that answer again (``Idempotent-Replayed: true``); the same key with
   another body is a 422 ``idempotency_key_reused``; a retry while the first is in flight waits
-  for the first's answer. Only answers that wrote something (200, 207) are remembered.
+  for the first's answer. Only answers that wrote something (200, 207) are remembered. Such a
+  request is answered by the key's holder among the instances (``serve.routing.key_holder``):
+  any other instance forwards it there, so a retry finds the first answer wherever it lands.
 - The write of a request is not cancelled by its request's timeout: it finishes (and its
   answer is remembered under its key) in the background, so a retry with the key is safe.
 """
@@ -55,6 +57,7 @@ from edm_runner.serve.context import ServeContext
 from edm_runner.serve.errors import HttpError, unavailable
 from edm_runner.serve.idempotency import Answer, IdempotencyKeys
 from edm_runner.serve.metrics import process_metrics
+from edm_runner.serve.routing import HOP_HEADER, forward, key_holder
 
 log = logging.getLogger("edm.serve")
 
@@ -236,6 +239,11 @@ class Ingestion:
         params.parse(request.query, {})  # an ingest endpoint takes no query parameter
         body = await request.read()  # bounded by http.limits.max_body (413 from the server)
         key = request.headers.get("Idempotency-Key")
+        if key is not None:
+            holder = key_holder(self.ctx, endpoint.spec.path, key, hopped=HOP_HEADER in request.headers)
+            if holder is not None:
+                status, headers, answer = await forward(self.ctx, holder, request)
+                return web.Response(status=status, headers=headers, body=answer)
         digest = hashlib.sha256(body).hexdigest()
         if key is not None:
             scope = (endpoint.spec.path, key)

@@ -11,6 +11,14 @@ The rule (``route``), one place for every query (docs/design/http.md):
   already hopped once (``HOP_HEADER``) is never forwarded again: the two instances disagree on
   the owner, which a rebalance in progress settles, so it is a 503 ``not_active``.
 
+An ingestion request carrying an ``Idempotency-Key`` is answered by the key's holder
+(``key_holder``): of the members of the last assignment that serve HTTP, the one with the
+highest hash of (member, endpoint, key) (rendezvous hashing: every instance computes the same
+holder from the same members, and a member joining or leaving moves only the keys it gains or
+held). So a retry reaches the instance that remembers the first answer, whichever instance the
+load balancer chose. Before the first assignment: 503 ``unknown_owner``; a request already
+forwarded once is answered where it arrived.
+
 A proxied request keeps its method, path, query, body and headers (``Authorization``
 included) but the hop-by-hop ones; the owner's status, body and headers come back as they are.
 The owner not answering within the request timeout is a 503 ``owner_unreachable``.
@@ -18,6 +26,7 @@ The owner not answering within the request timeout is a 503 ``owner_unreachable`
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from dataclasses import dataclass
 
 import aiohttp
@@ -86,6 +95,27 @@ def route(ctx: ServeContext, store: ServedStore, partition: int, *, local_only: 
     return Remote(owner, url)
 
 
+def key_holder(ctx: ServeContext, scope: str, key: str, *, hopped: bool) -> Remote | None:
+    """The instance that remembers the answers of ``key`` on endpoint ``scope`` (None: this
+    one); see the module rule. Raises 503 ``unknown_owner`` before the first assignment."""
+    if hopped:
+        return None
+    routing = ctx.view.routing()
+    if routing is None:
+        raise unavailable("unknown_owner", "this instance has not received its assignment yet, so it does not "
+                                           "know which instance remembers Idempotency-Key "
+                                           f"{key!r}; retry in a moment")
+    members = [(instance, url) for instance, url in routing.hosts.items() if url is not None]
+    if not members:
+        return None
+
+    def weight(member: tuple[str, str]) -> tuple[bytes, str]:
+        return hashlib.sha256(f"{member[0]}\0{scope}\0{key}".encode()).digest(), member[0]
+
+    instance, url = max(members, key=weight)
+    return None if instance == routing.instance_id else Remote(instance, url)
+
+
 def redirect(remote: Remote, request: web.Request) -> web.Response:
     """A 307 to the same request at the owner."""
     return web.Response(status=307, headers={"Location": remote.url + request.path_qs,
@@ -101,7 +131,7 @@ async def forward(ctx: ServeContext, remote: Remote, request: web.Request,
     resource = request.match_info.route.resource
     proxied = process_metrics().http.proxied
     endpoint = resource.canonical if resource is not None else request.path
-    body = await request.read() if request.can_read_body else None
+    body = await request.read() if request.body_exists else None  # read already by ingestion
     timeout = max(0.1, ctx.spec.request_timeout_ms / 1000 - _PROXY_MARGIN_S)
     assert ctx.client is not None, "the client session opens when the server starts"
     try:
