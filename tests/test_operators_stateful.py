@@ -1,4 +1,7 @@
-"""Stateful operators end to end: real LocalBroker, real LMDB state, run_services.
+"""Stateful operators: what they compute, on the in-process test driver of `edm test`
+(``edm_runner.testing.harness``: the compiled operators of `edm run` on real LMDB stores, no
+broker). What needs the real runtime, a restart and a batch replayed without its failing
+event, runs ``run_services`` on a real LocalBroker (``runtime=True``).
 
 Expected outputs are computed by hand from the inputs (timestamps chosen per test)."""
 from __future__ import annotations
@@ -6,12 +9,15 @@ from __future__ import annotations
 import json
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
-from edm_runner.brokers.base import OutRecord, Record, TopicSpec
+import pytest
+
+from edm_runner.brokers.base import OutRecord, TopicSpec
 from edm_runner.brokers.local import LocalBroker
-from edm_runner.runtime import RunStats, run_services
 from edm_runner.language import load_file
+from edm_runner.runtime import RunStats, run_services
+from edm_runner.testing.harness import Harness
 from helpers.brokers import records, run_on
 from helpers.topologies import header
 
@@ -25,18 +31,28 @@ def j(obj: Any) -> bytes | None:
 
 
 class Run:
-    """One service over a broker and a state dir kept across ``run`` calls."""
+    """One service, its state kept across ``run`` calls: on the test driver, or with
+    ``runtime=True`` on ``run_services`` over a LocalBroker (each ``run`` a new run of the
+    service: a restart)."""
 
-    def __init__(self, tmp_path: Path, body: str) -> None:
+    def __init__(self, tmp_path: Path, body: str, runtime: bool = False) -> None:
         path = tmp_path / "topology.yaml"
         path.write_text(HEADER + textwrap.dedent(body))
         self.topology = load_file(path)
         self.broker_dir = tmp_path / "broker"
         self.state_dir = tmp_path / "state"
+        self.harness = None if runtime else Harness(self.topology, state_dir=self.state_dir)
         self.stats: RunStats | None = None
 
     def run(self, inputs: dict[str, list[Event]]) -> list[tuple[Any, Any, int]]:
-        """Appends ``inputs``, runs until idle, returns everything in `out` so far."""
+        """Writes ``inputs`` and processes them; returns everything in `out` so far."""
+        if self.harness is not None:
+            for stream, events in inputs.items():
+                for k, v, ts in events:
+                    self.harness.produce(stream, v, k, timestamp=ts)
+            self.stats = self.harness.stats
+            return [(r["key"], r["value"], r["timestamp"]) for r in self.harness.records("out")]
+
         async def main(broker) -> list[tuple[Any, Any, int]]:
             for topic, events in inputs.items():
                 await broker.ensure_topics([TopicSpec(topic, 1)])
@@ -46,34 +62,44 @@ class Run:
                 await producer.flush()
             self.stats = await run_services([self.topology], broker, until_idle=True,
                                             state_dir=self.state_dir)
+            await broker.ensure_topics([TopicSpec("out", 1)])
             return [(None if r.key is None else r.key.decode(), json.loads(r.value) if r.value else None,
-                     r.timestamp_ms) for r in await read(broker, "out")]
+                     r.timestamp_ms) for r in await records(broker, "out")]
         return run_on(LocalBroker(self.broker_dir), main)
 
 
-async def read(broker: LocalBroker, topic: str) -> list[Record]:
-    await broker.ensure_topics([TopicSpec(topic, 1)])
-    return await records(broker, topic)
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[Callable[..., Run]]:
+    """``service(body, runtime=False)``: a ``Run`` of ``HEADER + body``, closed after the test."""
+    made: list[Run] = []
+
+    def make(body: str, runtime: bool = False) -> Run:
+        made.append(Run(tmp_path, body, runtime))
+        return made[-1]
+    yield make
+    for r in made:
+        if r.harness is not None:
+            r.harness.close()
 
 
 def kv(out: list[tuple[Any, Any, int]]) -> list[tuple[Any, Any]]:
     return [(k, v) for k, v, _ in out]
 
 
-def test_count_survives_restart_and_skips_null_values(tmp_path: Path) -> None:
-    r = Run(tmp_path, """
+def test_count_survives_restart_and_skips_null_values(service: Callable[..., Run]) -> None:
+    r = service("""
     stores: {counts: {type: key_value}}
     pipelines:
       p: {from: in, steps: [{group_by_key: {}}, {count: {store: counts}}], to: out}
-    """)
+    """, runtime=True)
     first = r.run({"in": [("a", 1, 1), ("b", 1, 2), ("a", None, 3), ("a", 1, 4)]})
     assert kv(first) == [("a", 1), ("b", 1), ("a", 2)]
     second = r.run({"in": [("a", 1, 5), ("b", 1, 6)]})
     assert kv(second)[3:] == [("a", 3), ("b", 2)]
 
 
-def test_reduce_and_aggregate(tmp_path: Path) -> None:
-    r = Run(tmp_path, """
+def test_reduce_and_aggregate(service: Callable[..., Run]) -> None:
+    r = service("""
     stores: {maxes: {type: key_value}, sums: {type: key_value}}
     pipelines:
       m: {from: in, steps: [{group_by_key: {}}, {reduce: {store: maxes, reducer: "[aggregate, value] | max"}}],
@@ -88,8 +114,8 @@ def test_reduce_and_aggregate(tmp_path: Path) -> None:
     assert kv(out)[3:] == [("g", {"n": 2}), ("g", {"n": 7}), ("h", {"n": 1})]
 
 
-def test_count_on_a_grouped_table_subtracts_old_values(tmp_path: Path) -> None:
-    r = Run(tmp_path, """
+def test_count_on_a_grouped_table_subtracts_old_values(service: Callable[..., Run]) -> None:
+    r = service("""
     stores: {per-country: {type: key_value}}
     tables: {users-table: {from: users}}
     pipelines:
@@ -101,8 +127,8 @@ def test_count_on_a_grouped_table_subtracts_old_values(tmp_path: Path) -> None:
     assert kv(out) == [("fr", 1), ("fr", 2), ("fr", 1), ("de", 1), ("fr", 0)]
 
 
-def test_tumbling_update_grace_and_late_dead_letter(tmp_path: Path) -> None:
-    r = Run(tmp_path, """
+def test_tumbling_update_grace_and_late_dead_letter(service: Callable[..., Run]) -> None:
+    r = service("""
     stores: {w: {type: window}}
     pipelines:
       p: {from: in, steps: [{group_by_key: {}},
@@ -117,13 +143,13 @@ def test_tumbling_update_grace_and_late_dead_letter(tmp_path: Path) -> None:
     assert r.stats.late == 1 and r.stats.dead_lettered == 1
 
 
-def test_tumbling_emit_final_once_across_restarts(tmp_path: Path) -> None:
-    r = Run(tmp_path, """
+def test_tumbling_emit_final_once_across_restarts(service: Callable[..., Run]) -> None:
+    r = service("""
     stores: {w: {type: window}}
     pipelines:
       p: {from: in, steps: [{group_by_key: {}}, {window: {type: tumbling, size: 10, grace: 5, emit: final}},
                             {aggregate: {store: w, initializer: "0", aggregator: "aggregate + value"}}], to: out}
-    """)
+    """, runtime=True)
     out = r.run({"in": [("a", 1, 1), ("b", 2, 5), ("a", 3, 9), ("a", 4, 12), ("a", 5, 14), ("b", 6, 15),
                         ("a", 7, 3)]})
     assert out == [("a", {"start": 0, "end": 10, "value": 4}, 9), ("b", {"start": 0, "end": 10, "value": 2}, 9)]
@@ -132,8 +158,8 @@ def test_tumbling_emit_final_once_across_restarts(tmp_path: Path) -> None:
     assert out[2:] == [("a", {"start": 10, "end": 20, "value": 9}, 19), ("b", {"start": 10, "end": 20, "value": 6}, 19)]
 
 
-def test_hopping_windows(tmp_path: Path) -> None:
-    r = Run(tmp_path, """
+def test_hopping_windows(service: Callable[..., Run]) -> None:
+    r = service("""
     stores: {w: {type: window}}
     pipelines:
       p: {from: in, steps: [{group_by_key: {}}, {window: {type: hopping, size: 10, advance: 5, grace: 100}},
@@ -144,8 +170,8 @@ def test_hopping_windows(tmp_path: Path) -> None:
                        ("a", {"start": 5, "end": 15, "value": 2}), ("a", {"start": 10, "end": 20, "value": 1})]
 
 
-def test_sliding_windows_follow_kafka_streams(tmp_path: Path) -> None:
-    r = Run(tmp_path, """
+def test_sliding_windows_follow_kafka_streams(service: Callable[..., Run]) -> None:
+    r = service("""
     stores: {w: {type: window}}
     pipelines:
       p: {from: in, steps: [{group_by_key: {}}, {window: {type: sliding, size: 10, grace: 100}},
@@ -156,8 +182,8 @@ def test_sliding_windows_follow_kafka_streams(tmp_path: Path) -> None:
                        ("a", {"start": 5, "end": 15, "value": 2}), ("a", {"start": 20, "end": 30, "value": 1})]
 
 
-def test_session_windows_merge(tmp_path: Path) -> None:
-    r = Run(tmp_path, """
+def test_session_windows_merge(service: Callable[..., Run]) -> None:
+    r = service("""
     stores: {s: {type: session}}
     pipelines:
       p: {from: in, steps: [{group_by_key: {}}, {window: {type: session, gap: 5, grace: 10}},
@@ -171,8 +197,8 @@ def test_session_windows_merge(tmp_path: Path) -> None:
                        ("a", {"start": 20, "end": 20, "value": None}), ("a", {"start": 12, "end": 20, "value": 28})]
 
 
-def test_session_emit_final(tmp_path: Path) -> None:
-    r = Run(tmp_path, """
+def test_session_emit_final(service: Callable[..., Run]) -> None:
+    r = service("""
     stores: {s: {type: session}}
     pipelines:
       p: {from: in, steps: [{group_by_key: {}}, {window: {type: session, gap: 5, emit: final}},
@@ -182,8 +208,8 @@ def test_session_emit_final(tmp_path: Path) -> None:
     assert kv(out) == [("a", {"start": 1, "end": 3, "value": 2}), ("b", {"start": 10, "end": 10, "value": 1})]
 
 
-def test_stream_table_and_global_table_joins(tmp_path: Path) -> None:
-    r = Run(tmp_path, """
+def test_stream_table_and_global_table_joins(service: Callable[..., Run]) -> None:
+    r = service("""
     tables: {users-table: {from: users}}
     global_tables: {profiles-table: {from: profiles}}
     pipelines:
@@ -197,8 +223,8 @@ def test_stream_table_and_global_table_joins(tmp_path: Path) -> None:
     assert sorted(kv(out)) == [("k", [1, "P1"]), ("u1", [1, "U1"]), ("u9", [2, None])]
 
 
-def _stream_stream(tmp_path: Path, kind: str) -> tuple[list, Run]:
-    r = Run(tmp_path, f"""
+def _stream_stream(service: Callable[..., Run], kind: str) -> tuple[list, Run]:
+    r = service(f"""
     pipelines:
       p: {{from: in, steps: [{{join: {{stream: in2, name: j, within: 10, kind: {kind}, value: "[value, other]"}}}}],
           to: out}}
@@ -210,24 +236,24 @@ def _stream_stream(tmp_path: Path, kind: str) -> tuple[list, Run]:
     return out, r
 
 
-def test_stream_stream_inner_join(tmp_path: Path) -> None:
-    out, r = _stream_stream(tmp_path, "inner")
+def test_stream_stream_inner_join(service: Callable[..., Run]) -> None:
+    out, r = _stream_stream(service, "inner")
     assert out == [("a", ["x", "y"], 105)]
     assert r.stats.late == 1
 
 
-def test_stream_stream_left_join(tmp_path: Path) -> None:
-    out, _ = _stream_stream(tmp_path, "left")
+def test_stream_stream_left_join(service: Callable[..., Run]) -> None:
+    out, _ = _stream_stream(service, "left")
     assert out == [("a", ["x", "y"], 105), ("b", ["p", None], 101)]
 
 
-def test_stream_stream_outer_join(tmp_path: Path) -> None:
-    out, _ = _stream_stream(tmp_path, "outer")
+def test_stream_stream_outer_join(service: Callable[..., Run]) -> None:
+    out, _ = _stream_stream(service, "outer")
     assert out == [("a", ["x", "y"], 105), ("b", ["p", None], 101), ("c", [None, "q"], 106)]
 
 
-def _table_table(tmp_path: Path, kind: str) -> list:
-    r = Run(tmp_path, f"""
+def _table_table(service: Callable[..., Run], kind: str) -> list:
+    r = service(f"""
     tables: {{users-table: {{from: users}}, profiles-table: {{from: profiles}}}}
     pipelines:
       p: {{from: users-table, steps: [{{join: {{table: profiles-table, kind: {kind}, value: "[value, other]"}}}}],
@@ -238,16 +264,16 @@ def _table_table(tmp_path: Path, kind: str) -> list:
     return kv(r.run({"users": [("u1", None, 3)]}))
 
 
-def test_table_table_outer_join(tmp_path: Path) -> None:
-    assert _table_table(tmp_path, "outer") == [("u1", ["A", None]), ("u1", ["A", "P"]), ("u1", [None, "P"])]
+def test_table_table_outer_join(service: Callable[..., Run]) -> None:
+    assert _table_table(service, "outer") == [("u1", ["A", None]), ("u1", ["A", "P"]), ("u1", [None, "P"])]
 
 
-def test_table_table_inner_join(tmp_path: Path) -> None:
-    assert _table_table(tmp_path, "inner") == [("u1", ["A", "P"]), ("u1", None)]
+def test_table_table_inner_join(service: Callable[..., Run]) -> None:
+    assert _table_table(service, "inner") == [("u1", ["A", "P"]), ("u1", None)]
 
 
-def test_failing_event_is_skipped_without_applying_its_batch_twice(tmp_path: Path) -> None:
-    r = Run(tmp_path, """
+def test_failing_event_is_skipped_without_applying_its_batch_twice(service: Callable[..., Run]) -> None:
+    r = service("""
     stores: {sums: {type: key_value}, w: {type: window}}
     pipelines:
       kv: {from: in, on_error: skip,
@@ -256,7 +282,7 @@ def test_failing_event_is_skipped_without_applying_its_batch_twice(tmp_path: Pat
       win: {from: in2, on_error: skip,
             steps: [{group_by_key: {}}, {window: {type: hopping, size: 10, advance: 5, grace: 100}},
                     {aggregate: {store: w, initializer: "0", aggregator: "aggregate + value"}}], to: out}
-    """)
+    """, runtime=True)  # the runtime processes a batch again without the event that failed in it
     out = r.run({"in": [("a", 1, 1), ("a", 2, 2), ("a", "bad", 3), ("a", 3, 4)]})
     assert kv(out) == [("a", 1), ("a", 3), ("a", 6)]
     assert r.stats.skipped == 1
@@ -265,16 +291,12 @@ def test_failing_event_is_skipped_without_applying_its_batch_twice(tmp_path: Pat
                            ("b", {"start": 0, "end": 10, "value": 3}), ("b", {"start": 5, "end": 15, "value": 3})]
 
 
-def test_retention_deletes_old_windows(tmp_path: Path) -> None:
-    from edm_runner.state.offline import open_readonly
-
-    r = Run(tmp_path, """
+def test_retention_deletes_old_windows(service: Callable[..., Run]) -> None:
+    r = service("""
     stores: {w: {type: window, retention: 20}}
     pipelines:
       p: {from: in, steps: [{group_by_key: {}}, {window: {type: tumbling, size: 10}}, {count: {store: w}}], to: out}
     """)
     r.run({"in": [("a", 1, 1), ("a", 1, 15), ("a", 1, 31)]})
     # at stream time 31: [0, 10) ends at 10, 10 + 20 < 31 -> deleted; [10, 20) and [30, 40) kept
-    with open_readonly(r.state_dir, "svc") as state:
-        starts = sorted(e.start for _, e in state.scan("w") if e.key is not None)
-    assert starts == [10, 30]
+    assert r.harness.store("w") == {"a": [{"start": 10, "value": 1}, {"start": 30, "value": 1}]}

@@ -1,8 +1,8 @@
 """Running the cases of a test file on the driver and checking their expectations.
 
 Invariants:
-- Each case runs on fresh state: a new temporary directory of LMDB stores, removed after it,
-  a new ``TestDriver`` (new logs, counters, partitioners and mocks).
+- Each case runs on fresh state: a new ``harness.Harness`` (a new ``TestDriver``: new logs,
+  counters, partitioners and mocks; LMDB stores in a temporary directory removed after it).
 - A case fails with one ``Failure`` per unmet expectation, each at the ``file:line`` it is
   written at, with a diff of expected and actual records; it never stops at the first.
 - A problem of the test file found only while running (a stream the topology does not
@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import difflib
 import json
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +23,8 @@ from edm_runner.errors import ConfigError, Diagnostic, EdmError, EventError
 from edm_runner.language import load_file
 from edm_runner.language.model import BusinessTopology, StreamSpec, Topology
 from edm_runner.operators.api import Event
-from edm_runner.serde.lines import plain_serdes
-from edm_runner.serde.printable import from_json, header_from_json, header_to_json, to_json
-from edm_runner.state.offline import key_text, open_readonly
-from edm_runner.testing.driver import TestDriver
+from edm_runner.state.offline import key_text
+from edm_runner.testing.harness import Harness, NotDeclared
 from edm_runner.testing.spec import Advance, Case, Expect, Mock, Produce, StreamCheck, TestFile, parse_time
 
 _META = ("line", "col", "origin")
@@ -126,17 +123,13 @@ def _call_names(topology: Topology) -> set[str]:
 
 
 class _Case:
-    """One case being run: its driver, the stream specs by name, and its failures."""
+    """One case being run: its harness (driver, streams by name) and its failures."""
 
-    def __init__(self, test: TestFile, case: Case, services: list[Topology], state_dir: Path) -> None:
+    def __init__(self, test: TestFile, case: Case, services: list[Topology]) -> None:
         self.test = test
         self.file = str(test.path)
         self.case = case
         self.services = services
-        self.streams: dict[str, StreamSpec] = {}
-        for topology in services:
-            for name, spec in topology.streams.items():
-                self.streams.setdefault(name, spec)
         functions = {n for t in services for n in t.functions}
         apis = {n for t in services for n in _call_names(t)}
         declared = functions | apis
@@ -155,58 +148,48 @@ class _Case:
             except EdmError as error:  # a `python:` mock that does not resolve
                 raise BrokenTest([Diagnostic(self.file, m.line, m.col, f"mocks: '{m.name}': {error}",
                                              "give module:function of a Python file beside the test file")]) from None
-        clock = case.wall_clock if case.wall_clock is not None else time.time_ns() // 1_000_000
-        self.driver = TestDriver(services, state_dir, clock_ms=clock, functions=mocked["functions"],
-                                 apis=mocked["apis"])
+        self.harness = Harness(services, clock_ms=case.wall_clock, functions=mocked["functions"],
+                               apis=mocked["apis"], name=str(test.topology))
         self.failures: list[Failure] = []
 
     def broken(self, line: int, col: int, message: str, hint: str = "") -> BrokenTest:
         return BrokenTest([Diagnostic(self.file, line, col, message, hint)])
 
     def stream(self, name: str, line: int, col: int) -> StreamSpec:
-        spec = self.streams.get(name)
-        if spec is None:
-            raise self.broken(line, col, f"stream '{name}' is not declared by {self.test.topology}",
-                              f"declared streams: {', '.join(sorted(self.streams))}")
-        return spec
+        try:
+            return self.harness.stream(name)
+        except NotDeclared as error:
+            raise self.broken(line, col, str(error), error.hint) from None
 
     # -- steps ------------------------------------------------------------------------------
 
     def produce(self, step: Produce) -> None:
-        spec = self.stream(step.stream, step.line, step.col)
-        key_serde, value_serde = plain_serdes(spec.key, spec.value)
-        driver = self.driver
+        self.stream(step.stream, step.line, step.col)
         for item in step.records:
             where = item.get("origin") or f"{self.file}:{item['line']}"
             try:
-                key = from_json(item.get("key"), key_serde)
-                value = from_json(item["value"], value_serde)
-                headers = tuple((k, header_from_json(v)) for k, v in (item.get("headers") or {}).items())
+                self.harness.produce(step.stream, item["value"], item.get("key"), timestamp=item.get("timestamp"),
+                                     headers=item.get("headers"), partition=item.get("partition"))
             except EventError as error:
                 raise self.broken(item["line"], item["col"],
                                   f"a record for stream '{step.stream}' ({where}): {error}") from None
-            partition = item.get("partition")
-            if partition is not None and partition >= spec.partitions:
-                raise self.broken(item["line"], item["col"], f"partition {partition} of stream "
-                                  f"'{step.stream}' does not exist: it has {spec.partitions}")
-            if driver.failed is not None:
+            except NotDeclared as error:
+                raise self.broken(item["line"], item["col"], str(error)) from None
+            if self.harness.failed is not None:
                 return
-            timestamp = item.get("timestamp")
-            driver.produce(spec.topic, key, value, driver.clock_ms if timestamp is None else timestamp,
-                           headers, partition)
 
     def run(self) -> None:
         failed_at = None
         for step in self.case.steps:
             if isinstance(step, Produce):
                 self.produce(step)
-                if self.driver.failed is not None and failed_at is None:
+                if self.harness.failed is not None and failed_at is None:
                     failed_at = step.line
             elif isinstance(step, Advance):
-                self.driver.advance(step.ms)
+                self.harness.advance(step.ms)
             else:
                 self.expect(step)
-        error = self.driver.failed
+        error = self.harness.failed
         if error is not None and not any(isinstance(s, Expect) and s.error for s in self.case.steps):
             self.failures.append(Failure(self.file, failed_at or self.case.line,
                                          f"processing stopped: {error}"))
@@ -216,33 +199,12 @@ class _Case:
     def fail(self, line: int, message: str, diff: str = "") -> None:
         self.failures.append(Failure(self.file, line, message, diff))
 
-    def actual(self, spec: StreamSpec) -> list[dict]:
-        key_serde, value_serde = plain_serdes(spec.key, spec.value)
-        out = []
-        for w in self.driver.written:
-            r = w.record
-            if r.topic != spec.topic:
-                continue
-            headers = {k: header_to_json(v) for k, v in r.headers}
-            record = {"key": to_json(r.key, key_serde), "value": to_json(r.value, value_serde),
-                      "headers": headers, "timestamp": r.timestamp_ms, "partition": r.partition}
-            if "edm.error" in headers:
-                record["error"] = headers["edm.error"]
-            out.append(record)
-        return out
-
     def expect(self, exp: Expect) -> None:
-        driver = self.driver
         for check in exp.streams:
             self.check_stream(check)
-        if exp.stores:
-            driver.close()
-            try:
-                for store, (expected, line, col) in exp.stores.items():
-                    self.check_store(store, expected, line, col)
-            finally:
-                driver.reopen()
-        stats = [s.stats for s in driver.services]
+        for store, (expected, line, col) in exp.stores.items():
+            self.check_store(store, expected, line, col)
+        stats = list(self.harness.stats.services.values())
         for name in ("late", "skipped"):
             wanted = getattr(exp, name)
             if wanted is None:
@@ -268,17 +230,18 @@ class _Case:
                 self.fail(line, f"calls: expected {_counts(value)}, got {_counts(actual)}")
         if exp.error is not None:
             text, line = exp.error
-            if driver.failed is None:
+            failed = self.harness.failed
+            if failed is None:
                 self.fail(line, f"expected processing to stop with an error containing {text!r}, "
                                 "but every event was processed")
-            elif text not in str(driver.failed):
+            elif text not in str(failed):
                 self.fail(line, f"expected processing to stop with an error containing {text!r}; "
-                                f"it stopped with: {driver.failed}")
+                                f"it stopped with: {failed}")
 
     def check_stream(self, check: StreamCheck) -> None:
         spec = self.stream(check.stream, check.line, check.col)
         what = f"{'dead letters' if check.dead_letters else 'stream'} {check.stream}"
-        actual = self.actual(spec)
+        actual = self.harness.records(check.stream)
         if check.records is not None:
             ok = len(actual) == len(check.records) and all(
                 _matches(e, a) for e, a in zip(check.records, actual))
@@ -332,25 +295,10 @@ class _Case:
         return {**window, **times}
 
     def check_store(self, store: str, expected: dict, line: int, col: int) -> None:
-        owners = [t for t in self.services if store in t.stores or store in t.tables or store in t.global_tables]
-        if not owners:
-            raise self.broken(line, col, f"stores: '{store}' is not a store or table of {self.test.topology}")
-        entries: dict[str, Any] = {}
-        for topology in owners:
-            try:
-                state = open_readonly(self.driver.state_dir, topology.name)
-            except EdmError:
-                continue  # nothing ran yet
-            with state:
-                for _, entry in state.scan(store) if store in state.store_names() else ():
-                    text = key_text(entry.key)
-                    if entry.start is None:
-                        entries[text] = entry.value
-                    else:
-                        window = {"start": entry.start, "value": entry.value}
-                        if entry.end is not None:
-                            window = {"start": entry.start, "end": entry.end, "value": entry.value}
-                        entries.setdefault(text, []).append(window)
+        try:
+            entries = self.harness.store(store)
+        except NotDeclared as error:
+            raise self.broken(line, col, str(error)) from None
         wrong = []
         for key, value in expected.items():
             text = key_text(key)
@@ -368,12 +316,9 @@ class _Case:
 
 def run_case(test: TestFile, case: Case, services: list[Topology]) -> CaseResult:
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="edm-test-") as tmp:
-        running = _Case(test, case, services, Path(tmp))
-        try:
-            running.run()
-        finally:
-            running.driver.close()
+    running = _Case(test, case, services)
+    with running.harness:
+        running.run()
     return CaseResult(str(test.path), case.name, case.line, time.perf_counter() - started, running.failures)
 
 
