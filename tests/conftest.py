@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
 from edm_runner import devkafka
 from edm_runner.brokers.local import LocalBroker
+from edm_runner.testing.harness import Harness
 from helpers.brokers import RunLocal, run_on
 from helpers.tls import BrokerTls, SecureKafka, make_broker_tls
 
@@ -125,3 +127,29 @@ def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return "kafka://" + request.getfixturevalue("kafka_bootstrap")
 
 # --- end Both brokers ---------------------------------------------------------------------------
+
+
+# --- Test driver --------------------------------------------------------------------------------
+# `harness(topology, **options)`: a topology on the in-process driver of `edm test`
+# (edm_runner.testing.harness.Harness: the compiled operators of `edm run` on real LMDB stores,
+# no broker), closed after the test. `topology`: a file, or the text of a microservice (dedented,
+# written to tmp_path/topology.yaml); `options` as Harness takes them (clock_ms, functions, ...).
+# For what a topology computes; what the runtime does (commits, restarts, batches) runs on
+# `run_local` or `broker_url`.
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
+    made: list[Harness] = []
+
+    def make(topology: str | Path, **options: Any) -> Harness:
+        if isinstance(topology, str):
+            path = tmp_path / "topology.yaml"
+            path.write_text(textwrap.dedent(topology))
+            topology = path
+        made.append(Harness.load(topology, **options))
+        return made[-1]
+    yield make
+    for h in made:
+        h.close()
+
+# --- end Test driver ----------------------------------------------------------------------------

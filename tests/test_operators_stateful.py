@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import textwrap
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 
@@ -31,17 +31,17 @@ def j(obj: Any) -> bytes | None:
 
 
 class Run:
-    """One service, its state kept across ``run`` calls: on the test driver, or with
-    ``runtime=True`` on ``run_services`` over a LocalBroker (each ``run`` a new run of the
-    service: a restart)."""
+    """One service, its state kept across ``run`` calls: on the test driver (``harness``, the
+    conftest fixture), or with ``harness=None`` on ``run_services`` over a LocalBroker (each
+    ``run`` a new run of the service: a restart)."""
 
-    def __init__(self, tmp_path: Path, body: str, runtime: bool = False) -> None:
+    def __init__(self, tmp_path: Path, body: str, harness: Callable[..., Harness] | None) -> None:
         path = tmp_path / "topology.yaml"
         path.write_text(HEADER + textwrap.dedent(body))
         self.topology = load_file(path)
         self.broker_dir = tmp_path / "broker"
         self.state_dir = tmp_path / "state"
-        self.harness = None if runtime else Harness(self.topology, state_dir=self.state_dir)
+        self.harness = harness(path) if harness is not None else None
         self.stats: RunStats | None = None
 
     def run(self, inputs: dict[str, list[Event]]) -> list[tuple[Any, Any, int]]:
@@ -69,17 +69,9 @@ class Run:
 
 
 @pytest.fixture
-def service(tmp_path: Path) -> Iterator[Callable[..., Run]]:
-    """``service(body, runtime=False)``: a ``Run`` of ``HEADER + body``, closed after the test."""
-    made: list[Run] = []
-
-    def make(body: str, runtime: bool = False) -> Run:
-        made.append(Run(tmp_path, body, runtime))
-        return made[-1]
-    yield make
-    for r in made:
-        if r.harness is not None:
-            r.harness.close()
+def service(tmp_path: Path, harness: Callable[..., Harness]) -> Callable[..., Run]:
+    """``service(body, runtime=False)``: a ``Run`` of ``HEADER + body``."""
+    return lambda body, runtime=False: Run(tmp_path, body, None if runtime else harness)
 
 
 def kv(out: list[tuple[Any, Any, int]]) -> list[tuple[Any, Any]]:

@@ -1,5 +1,7 @@
 """The processing runtime end to end: topology files loaded with the real loader, events
-produced to and read from a real LocalBroker (LMDB), services run with ``until_idle``."""
+produced to and read from a real LocalBroker (LMDB), services run with ``until_idle``: batches,
+commits, counters, error policies. What stateless operators compute on their own is tested on
+the in-process driver (test_operators_stateless.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -78,43 +80,6 @@ pipelines:
         assert r.headers == (("h", b"v"),)
 
 
-def test_mapping_operators(tmp_path: Path, run_local: RunLocal) -> None:
-    (tmp_path / "fns.py").write_text(
-        "from pathlib import Path\n"
-        "def seen(v):\n"
-        "    with open(Path(__file__).with_name('seen.txt'), 'a') as f:\n"
-        "        f.write(v['name'] + '\\n')\n")
-    t = load(tmp_path, STREAMS + """
-functions:
-  seen: {python: fns:seen}
-pipelines:
-  p:
-    from: in
-    steps:
-      - filter_not: value.drop
-      - peek: seen(value)
-      - map: {key: value.name, value: "{'old_key': key, 'n': value.n}"}
-      - flat_map: "[[key ~ '-a', value.n], [key ~ '-b', value.n + 1]]"
-      - flat_map_values: "[value, value * 10]"
-      - select_key: key | upper
-    to: other
-""")
-
-    async def body(broker):
-        await produce(broker, "in", [(b"x", j({"name": "n1", "n": 1, "drop": False})),
-                                     (b"y", j({"name": "n2", "n": 5, "drop": True})),
-                                     (b"z", j({"name": "n3", "n": 2}))])
-        await run_services([t], broker, until_idle=True)
-        return await records(broker, "other")
-
-    out = run_local(body)
-    assert [(r.key.decode(), json.loads(r.value)) for r in out] == [
-        ("N1-A", 1), ("N1-A", 10), ("N1-B", 2), ("N1-B", 20),
-        ("N3-A", 2), ("N3-A", 20), ("N3-B", 3), ("N3-B", 30)]
-    assert all(r.timestamp_ms == 1000 for r in out[:4]) and all(r.timestamp_ms == 1002 for r in out[4:])
-    assert (tmp_path / "seen.txt").read_text().split() == ["n1", "n3"]
-
-
 def test_log_step_logs_each_event(tmp_path: Path, run_local: RunLocal, caplog: pytest.LogCaptureFixture) -> None:
     t = load(tmp_path, STREAMS + """
 pipelines:
@@ -135,31 +100,6 @@ pipelines:
 async def _run_with(broker, t, topic, items, partitions=1) -> RunStats:
     await produce(broker, topic, items, partitions)
     return await run_services([t], broker, until_idle=True)
-
-
-def test_null_keys_round_robin_and_tombstones_pass_through(tmp_path: Path, run_local: RunLocal) -> None:
-    t = load(tmp_path, STREAMS + """
-  entities: {topic: entities, partitions: 2, type: entity, key: string, value: json}
-pipelines:
-  p:
-    from: in
-    to: out
-  q:
-    from: entities
-    to: other
-""")
-
-    async def body(broker):
-        await produce(broker, "in", [(None, j({"i": i})) for i in range(7)])
-        await produce(broker, "entities", [(b"e1", j({"v": 1})), (b"e1", None)], partitions=2)
-        await run_services([t], broker, until_idle=True)
-        return await records(broker, "out"), await records(broker, "other")
-
-    out, other = run_local(body)
-    assert [(r.partition, json.loads(r.value)["i"]) for r in sorted(out, key=lambda r: json.loads(r.value)["i"])] \
-        == [(0, 0), (1, 1), (2, 2), (0, 3), (1, 4), (2, 5), (0, 6)]
-    assert all(r.key is None for r in out)
-    assert [(r.key, r.value) for r in other] == [(b"e1", b'{"v":1}'), (b"e1", None)]
 
 
 def test_branch_first_match_otherwise_and_per_event_to(tmp_path: Path, run_local: RunLocal) -> None:
@@ -186,30 +126,6 @@ pipelines:
     assert sorted(out, key=str) == sorted([{"n": 20}, 6], key=str)  # first match: 20 not in arm 2/3
     assert other == [8, {"n": 3}]
     assert stats.events_out == 4  # 0 and -1 match no arm: dropped, like a filter
-
-
-def test_merge_joins_from_its_step_on(tmp_path: Path, run_local: RunLocal) -> None:
-    t = load(tmp_path, STREAMS + """
-  extra: {topic: extra, partitions: 1, key: string, value: json}
-pipelines:
-  p:
-    from: in
-    steps:
-      - map_values: "{'n': value.n, 'seen_before_merge': true}"
-      - merge: extra
-      - map_values: "{'n': value.n, 'before': value.seen_before_merge is defined, 'tag': 't'}"
-    to: other
-""")
-
-    async def body(broker):
-        await produce(broker, "in", [(b"a", j({"n": 1}))])
-        await produce(broker, "extra", [(b"b", j({"n": 2}))])
-        await run_services([t], broker, until_idle=True)
-        return values(await records(broker, "other"))
-
-    out = run_local(body)
-    assert sorted(out, key=lambda v: v["n"]) == [{"n": 1, "before": True, "tag": "t"},
-                                                 {"n": 2, "before": False, "tag": "t"}]
 
 
 def test_repartition_internal_topic_new_key_and_partition_count(tmp_path: Path, run_local: RunLocal) -> None:
@@ -245,36 +161,6 @@ pipelines:
         assert [v["n"] for v in values(out) if v["user"] == f"u{u}"] == list(range(u, 20, 5))
     # the user's streams (20 in, 20 out), the repartition topic apart
     assert (stats.events_in, stats.events_out, stats.internal_in, stats.internal_out) == (20, 20, 20, 20)
-
-
-def test_repartition_to_stream_with_round_robin_and_function_partitioners(tmp_path: Path, run_local: RunLocal) -> None:
-    (tmp_path / "parts.py").write_text("def last(key, value, n):\n    return n - 1\n")
-    t = load(tmp_path, STREAMS + """
-  spread: {topic: spread, partitions: 3, key: string, value: json}
-  pinned: {topic: pinned, partitions: 3, key: string, value: json}
-functions:
-  last: {python: parts:last}
-pipelines:
-  a:
-    from: in
-    steps:
-      - repartition: {to: spread, partitioner: round_robin}
-  b:
-    from: spread
-    steps:
-      - repartition: {to: pinned, key: "'p' ~ value.n", partitioner: {function: last}}
-""")
-
-    async def body(broker):
-        await produce(broker, "in", [(b"same", j({"n": i})) for i in range(6)])
-        await run_services([t], broker, until_idle=True)
-        return await records(broker, "spread"), await records(broker, "pinned")
-
-    spread, pinned = run_local(body)
-    assert sorted((r.partition, json.loads(r.value)["n"]) for r in spread) == \
-        [(0, 0), (0, 3), (1, 1), (1, 4), (2, 2), (2, 5)]
-    assert {r.partition for r in pinned} == {2}
-    assert sorted(r.key for r in pinned) == [f"p{i}".encode() for i in range(6)]
 
 
 FAILING = STREAMS + """
@@ -342,19 +228,6 @@ def test_dead_letter_keeps_original_bytes_and_says_why(tmp_path: Path, run_local
     assert (h0["edm.source.topic"], h0["edm.source.partition"], h0["edm.source.offset"]) == (b"in", b"0", b"3")
     assert h1["edm.error"].startswith(b"SerdeError: invalid JSON") and b"decode" in h1["edm.error.step"]
     assert h1["edm.source.offset"] == b"4"
-
-
-def test_stream_on_error_applies_to_decode_errors(tmp_path: Path, run_local: RunLocal) -> None:
-    t = load(tmp_path, STREAMS.replace("in: {topic: in, partitions: 1, key: string, value: json}",
-                                       "in: {topic: in, partitions: 1, key: string, value: json, on_error: skip}")
-             + """
-pipelines:
-  p:
-    from: in
-    to: other
-""")
-    stats, out = run_local(lambda broker: _run_and_read(broker, t, "other"))
-    assert stats.skipped == 1 and len(out) == 5
 
 
 def test_business_services_run_until_idle_across_services(tmp_path: Path, run_local: RunLocal) -> None:

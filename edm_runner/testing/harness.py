@@ -14,8 +14,8 @@ Invariants:
   given, which is then left in place).
 - Keys and values are what `edm produce` reads and `edm consume` prints (JSON; bytes as
   ``{"base64": ...}``), encoded and decoded with the stream's declared formats and without
-  its schema, so a test can write an invalid event; ``bytes`` given in Python are written as
-  they are.
+  its schema, so a test can write an invalid event; ``bytes`` given in Python (a key, a value,
+  a header value) are written as they are.
 - ``records`` returns every record written to a stream since the harness began (the test's
   own included), in the order written; ``store`` reads what ``edm state`` reads, after
   committing what was processed.
@@ -109,7 +109,8 @@ class Harness:
         key_serde, value_serde = plain_serdes(spec.key, spec.value)
         key_bytes = key if isinstance(key, bytes) else from_json(key, key_serde)
         value_bytes = value if isinstance(value, bytes) else from_json(value, value_serde)
-        encoded: Headers = tuple((k, header_from_json(v)) for k, v in (headers or {}).items())
+        encoded: Headers = tuple((k, v if isinstance(v, bytes) else header_from_json(v))
+                                 for k, v in (headers or {}).items())
         if partition is not None and partition >= spec.partitions:
             raise NotDeclared(f"partition {partition} of stream '{stream}' does not exist: "
                               f"it has {spec.partitions}")
