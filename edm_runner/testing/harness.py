@@ -66,8 +66,8 @@ class Harness:
         self.name = name or " and ".join(str(t.source_file) for t in self.services)
         self.streams: dict[str, StreamSpec] = {}
         for topology in self.services:
-            for name, spec in topology.streams.items():
-                self.streams.setdefault(name, spec)
+            for stream, spec in topology.streams.items():
+                self.streams.setdefault(stream, spec)
         self._tmp = None if state_dir is not None else tempfile.mkdtemp(prefix="edm-test-")
         clock = clock_ms if clock_ms is not None else time.time_ns() // 1_000_000
         self.driver = TestDriver(self.services, state_dir or Path(self._tmp), clock_ms=clock,
