@@ -260,7 +260,8 @@ def _defs(step_items: dict) -> dict:
                        "per": {**POSITIVE_DURATION_SCHEMA,
                                "description": "The period, aligned on the UTC clock (default 1d)."}},
                       f"Requests per period; when used up, calls wait for the next period. {per_instance}; "
-                      "counted in memory (a restart starts the period's count over).", ["requests"]),
+                      "the count of the current period survives a restart (kept in the state directory).",
+                      ["requests"]),
         "divide_by_instances": _int("Divide every budget above by this many instances, to keep a "
                                     "cluster-wide budget with that many instances running (default 1)."),
     }, "Limits shared by the `call` steps that name the resource. Every limit is per instance "

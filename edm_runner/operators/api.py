@@ -418,9 +418,12 @@ class BuildContext:
     timestamp_bounds: Mapping[str, TimestampBound] = field(default_factory=dict)  # operators.sink.TimestampBounds
     awaited: bool = False  # an expression compiled since the last ``awaiting`` calls an async function
     # Objects every step of one service shares (the call steps' HTTP session and resources): the
-    # runtime gives every context of a service the same dict and, when the service stops, awaits
-    # ``aclose()`` of each value that has one.
+    # runtime gives every context of a service the same dict, awaits ``run_starts(topic,
+    # partition, offset)`` of each value that has one before a run it drives event by event (every
+    # offset before it is committed), and, when the service stops, ``aclose()`` of each that has one.
     shared: dict[str, Any] = field(default_factory=dict)
+    # Where the instance keeps its local state (``edm run``); None: nothing is kept (``edm test``).
+    state_dir: Path | None = None
 
     def compile(self, source: str, pos: Pos = NOWHERE, params: tuple[str, ...] = ("key", "value", "event")
                 ) -> ExprFn:

@@ -27,6 +27,7 @@ import inspect
 import logging
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from edm_runner.brokers.base import OutRecord, Record, TimestampBound
@@ -134,10 +135,12 @@ class CompiledService:
     """The processors of one microservice and the batch loop body."""
 
     def __init__(self, topology: Topology, stats: ServiceStats,
-                 functions: Mapping[str, Callable[..., Any]] | None = None) -> None:
+                 functions: Mapping[str, Callable[..., Any]] | None = None, state_dir: Path | None = None) -> None:
         """``functions``: replace declared functions by name (``edm test``'s mocks); they are
-        the user's code like the functions they replace (what they raise follows ``on_error``)."""
+        the user's code like the functions they replace (what they raise follows ``on_error``).
+        ``state_dir``: where the instance keeps local state (``BuildContext.state_dir``)."""
         self.topology = topology
+        self.state_dir = state_dir
         self.stats = stats
         self.dag: Dag = build_dag(topology)
         self.outputs: list[OutRecord] = []
@@ -176,7 +179,7 @@ class CompiledService:
                                                      subtopology=key[1], catalog=self.catalog, stats=self.stats,
                                                      internal_topics=self.dag.internal_topics,
                                                      timestamp_bounds=self.timestamp_bounds,
-                                                     shared=self.shared)
+                                                     shared=self.shared, state_dir=self.state_dir)
         return ctx
 
     def _handler(self, pipeline: str, stream: str | None) -> ErrorHandler:
@@ -309,7 +312,12 @@ class CompiledService:
         self._bound = self._journals()
         for journal in self._bound:
             journal.forget()
-        for source in self.sources.get(records[0].topic, ()):
+        first = records[0]
+        for value in self.shared.values():
+            run_starts = getattr(value, "run_starts", None)
+            if run_starts is not None:
+                await run_starts(first.topic, first.partition, first.offset)
+        for source in self.sources.get(first.topic, ()):
             written, dead = len(outputs), stats.dead_lettered
             try:
                 events = self._decode(source, records)

@@ -3,6 +3,7 @@ service (input offsets, internal topics, local state), computed from the broker 
 changes, then applied. The CLI renders the plans; this module prints nothing."""
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,8 +95,11 @@ async def _plan(topology: Topology, topics: _ResetTopics, broker: Broker, state_
 async def apply_reset(plan: ResetPlan, broker: Broker) -> None:
     """Offsets first, then topics, then local state; each step is idempotent, so a reset
     interrupted half-way is completed by running it again."""
+    from edm_runner.state.calls import forget_results
     from edm_runner.state.offline import wipe
     await broker.set_group_offsets(plan.service, {tp: new for tp, (_, new) in plan.offsets.items()})
     await broker.delete_topics(plan.topics)
     if plan.state is not None:
         wipe(plan.state_dir, plan.service)
+    # The replay calls again (the quota counts stay: it cannot exceed a quota either).
+    await asyncio.to_thread(forget_results, plan.state_dir, plan.service)

@@ -80,10 +80,10 @@ class ServiceRunner:
         self.broker = broker
         self.stats = stats
         self.invocation = (invocation or Invocation(str(topology.source_file))).for_service(topology.name)
-        self.compiled = CompiledService(topology, stats)
+        self.state_dir = state_dir = state_dir if state_dir is not None else topology.base_dir / ".edm"
+        self.compiled = CompiledService(topology, stats, state_dir=state_dir)
         self.order = InputOrder(self.compiled.dag)
         self.internal = frozenset(self.compiled.dag.internal_topics)
-        self.state_dir = state_dir = state_dir if state_dir is not None else topology.base_dir / ".edm"
         tasks = TaskManager(self.compiled, state_dir, stats, invocation)
         self.tasks = tasks if tasks.subs else None
         self.standbys = StandbyTasks(tasks) if tasks.subs else None

@@ -52,6 +52,7 @@ class CallFailed(EventError):
 
     def __init__(self, message: str, status: int | None, body: str, attempts: int) -> None:
         super().__init__(message)
+        self.status, self.body, self.attempts = status, body[:BODY_EXCERPT], attempts
         self.dead_letter_headers = (
             ("edm.call.status", str(status if status is not None else "none").encode()),
             ("edm.call.body", body[:BODY_EXCERPT].encode("utf-8", "replace")),

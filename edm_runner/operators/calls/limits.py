@@ -8,16 +8,24 @@ each at least 1 per instance), so N instances together stay within it.
 Every wait is an ``asyncio.sleep`` until the moment a permit exists (computed, never polled),
 and waiters are served in arrival order, so nothing spins and nobody starves. A request
 cancelled while it waits for its rate slot leaves the slot unused (the limiter errs low).
+
+The quota's count survives a restart when the service has a ``QuotaLedger`` (``edm run``:
+the instance's LMDB, ``state.calls``): a unit is counted durably before its request goes out,
+and a restarted instance continues the count of the current period, so a crash loop or a
+replay after ``edm reset`` cannot exceed the quota either.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Callable, Protocol
 
 from edm_runner.language.model import ResourceSpec
+
+log = logging.getLogger("edm.calls")
 
 Clock = Callable[[], float]  # seconds, monotonic
 
@@ -50,17 +58,35 @@ class TokenBucket:
             await asyncio.sleep(wait)
 
 
+class QuotaLedger(Protocol):
+    """Where a quota's use is kept across restarts (per instance)."""
+
+    async def quota_used(self, resource: str, period_ms: int) -> tuple[int, int] | None:
+        """(period index, units used) last counted for ``resource`` with periods of ``period_ms``."""
+
+    async def count(self, resource: str, period_ms: int, index: int, used: int) -> None:
+        """Records ``used`` units of period ``index``; returns once that is durable."""
+
+
 class Quota:
     """At most ``limit`` acquisitions per period of ``period`` seconds, periods aligned on
     ``wall()`` (epoch seconds): when one is used up, ``acquire()`` waits for the next period.
-    Kept in memory: a restart starts the current period over (say so in the docs)."""
 
-    def __init__(self, limit: int, period: float, wall: Clock = time.time) -> None:
+    With a ``ledger``, the first ``acquire`` continues the count the ledger kept for the current
+    period, and each ``acquire`` returns only once its unit is counted there: across restarts
+    at most ``limit`` units of a period are handed out. Without one the count is in memory."""
+
+    def __init__(self, limit: int, period: float, wall: Clock = time.time, ledger: QuotaLedger | None = None,
+                 name: str = "") -> None:
         self.limit = limit
         self.period = period
         self.wall = wall
+        self.ledger = ledger
+        self.name = name
+        self._loaded = ledger is None
         self._period_index = -1
         self._used = 0
+        self._announced = -1  # the last period whose end was logged as awaited
         self._lock = asyncio.Lock()
 
     def remaining(self) -> int:
@@ -76,19 +102,35 @@ class Quota:
         return (self._period_index + 1) * self.period - self.wall()
 
     async def acquire(self) -> None:
+        period_ms = round(self.period * 1000)
         async with self._lock:
+            if not self._loaded:
+                assert self.ledger is not None
+                saved = await self.ledger.quota_used(self.name, period_ms)
+                self._loaded = True
+                if saved is not None and saved[0] == math.floor(self.wall() / self.period):
+                    self._period_index, self._used = saved
             while (wait := self.delay()) > 0:
+                if self._announced != self._period_index:
+                    self._announced = self._period_index
+                    log.info("resource %r: its quota of %d per %.10g s is used up in this period; its calls wait "
+                             "%.0f s for the next one", self.name, self.limit, self.period, wait)
                 await asyncio.sleep(wait)
             self._used += 1
+            index, used = self._period_index, self._used
+        if self.ledger is not None:  # outside the lock: the counts of concurrent requests share a write
+            await self.ledger.count(self.name, period_ms, index, used)
 
 
 class Resource:
     """One named resource of a running service: its limits, shared by every step that names it."""
 
-    def __init__(self, spec: ResourceSpec, clock: Clock = time.monotonic, wall: Clock = time.time) -> None:
+    def __init__(self, spec: ResourceSpec, clock: Clock = time.monotonic, wall: Clock = time.time,
+                 ledger: QuotaLedger | None = None) -> None:
         self.spec = spec = spec.per_instance()
         self.bucket = TokenBucket(spec.rate, spec.per_ms / 1000, spec.burst or 1, clock) if spec.rate else None
-        self.quota = Quota(spec.quota, spec.quota_period_ms / 1000, wall) if spec.quota else None
+        self.quota = (Quota(spec.quota, spec.quota_period_ms / 1000, wall, ledger, spec.name)
+                      if spec.quota else None)
         self.slots = asyncio.Semaphore(spec.max_in_flight) if spec.max_in_flight else None
 
     async def admit(self) -> None:

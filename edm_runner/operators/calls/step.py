@@ -2,12 +2,15 @@
 many events in flight (an ``AsyncPerEventProcessor``, docs/design/concurrency.md).
 
 One ``CallScope`` per service (``BuildContext.shared``): the aiohttp session every call step
-of the service uses (created in the running loop on first use, closed when the service stops)
-and the named resources, so two steps naming one resource share its budget.
+of the service uses (created in the running loop on first use, closed when the service stops),
+the named resources, so two steps naming one resource share its budget, and (under ``edm run``,
+which gives a state directory) the instance's memory of completed calls and quota counts
+(``state.calls``, docs/design/calls.md "Replays").
 """
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -17,9 +20,11 @@ from edm_runner.language.durations import parse_duration
 from edm_runner.language.model import StepSpec, Topology
 from edm_runner.operators.api import AsyncPerEventProcessor, BuildContext, Event, ExprFn
 from edm_runner.operators.calls.cache import ResponseCache
-from edm_runner.operators.calls.client import Breakers, Request, Response, call
+from edm_runner.operators.calls import memory as outcomes
+from edm_runner.operators.calls.client import Breakers, CallFailed, Request, Response, call
 from edm_runner.operators.calls.limits import Resource
 from edm_runner.operators.calls.retry import DEFAULT_RETRY, DEFAULT_SUCCESS, RetryPolicy
+from edm_runner.state.calls import CallMemory, result_key
 
 SCOPE = "call"  # its key in BuildContext.shared
 
@@ -27,13 +32,23 @@ SCOPE = "call"  # its key in BuildContext.shared
 class CallScope:
     """What the call steps of one service share. Invariant: one per running service."""
 
-    def __init__(self, topology: Topology) -> None:
+    def __init__(self, topology: Topology, state_dir: Path | None = None) -> None:
         self.service = topology.name
-        self.resources = {name: Resource(spec) for name, spec in topology.resources.items()}
+        self.state_dir = state_dir
+        ledger = self if state_dir is not None else None
+        self.resources = {name: Resource(spec, ledger=ledger) for name, spec in topology.resources.items()}
+        self._memory: asyncio.Future[CallMemory] | None = None
+        self._steps: dict[str, int] = {}  # pipeline -> its call steps built so far
         self._session: aiohttp.ClientSession | None = None
         # Name (a resource, or a pipeline) -> a stand-in for the session: `edm test`'s mocks.
         # A step uses the first of its names found here, else the real session.
         self.mocks: dict[str, Any] = {}
+
+    def step_name(self, pipeline: str) -> str:
+        """``pipeline#N``: the N-th call step of ``pipeline`` built (steps are built once each, in
+        the topology's order), its name in the memory of completed calls."""
+        n = self._steps[pipeline] = self._steps.get(pipeline, -1) + 1
+        return f"{pipeline}#{n}"
 
     def session_for(self, names: list[str]) -> Any:
         """The session a step with these names (its resources, then its pipeline) calls through."""
@@ -48,16 +63,44 @@ class CallScope:
             self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         return self._session
 
+    async def memory(self) -> CallMemory | None:
+        """The instance's memory of completed calls (opened on first use); None without a
+        state directory (``edm test``)."""
+        if self.state_dir is None:
+            return None
+        if self._memory is None:
+            self._memory = asyncio.ensure_future(CallMemory.open(self.state_dir, self.service))
+        return await asyncio.shield(self._memory)
+
+    async def run_starts(self, topic: str, partition: int, offset: int) -> None:
+        """A run of ``topic``/``partition`` starts at ``offset``: the runner committed every offset
+        before it (docs/design/concurrency.md), so the results remembered below it are forgotten."""
+        memory = await self.memory()
+        if memory is not None:
+            memory.forget_below(topic, partition, offset)
+
+    async def quota_used(self, resource: str, period_ms: int) -> tuple[int, int] | None:
+        memory = await self.memory()
+        return memory.quota_used(resource, period_ms) if memory is not None else None
+
+    async def count(self, resource: str, period_ms: int, index: int, used: int) -> None:
+        memory = await self.memory()
+        if memory is not None:
+            await memory.count(resource, period_ms, index, used)
+
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._memory is not None:
+            memory, self._memory = self._memory, None
+            await (await memory).aclose()
 
 
 def scope(ctx: BuildContext) -> CallScope:
     found = ctx.shared.get(SCOPE)
     if found is None:
-        found = ctx.shared[SCOPE] = CallScope(ctx.topology)
+        found = ctx.shared[SCOPE] = CallScope(ctx.topology, ctx.state_dir)
     return found
 
 
@@ -95,6 +138,11 @@ class CallStep(AsyncPerEventProcessor):
         idem = cfg.get("idempotency_key", {})
         self.idem_header = None if idem is False else idem.get("header", "Idempotency-Key")
         self.idem_value = compile_(idem["value"], step.pos) if idem and "value" in idem else None
+        # The memory of completed calls: this step's name in its keys, and the pipeline's
+        # deliveries (a failure is remembered only at the last one: the earlier ones are retried).
+        self.memory_name = self.scope.step_name(ctx.pipeline)
+        pipeline = ctx.topology.pipelines.get(ctx.pipeline)
+        self.deliveries = pipeline.processing.attempts if pipeline is not None else 1
 
     def request(self, e: Event) -> Request:
         k, v = e.key, e.value
@@ -113,13 +161,46 @@ class CallStep(AsyncPerEventProcessor):
                              f"mapping, got {type(event.value).__name__}; map_values it into one first "
                              f"(\"{{'payload': value}}\")")
         request = self.request(event)
-        if self.cache is None:
-            response = await self._call(request)
+        memory = await self.scope.memory()
+        if memory is None:
+            response = await self._respond(event, request)
         else:
-            response = await self._cached(request, self.cache_key(event.key, event.value, event)
-                                          if self.cache_key is not None else [request.method, request.url])
+            response = await self._remembered(memory, event, request)
         event.value = {**event.value, self.into: response.as_value()}
         return [event]
+
+    async def _respond(self, event: Event, request: Request) -> Response:
+        if self.cache is None:
+            return await self._call(request)
+        return await self._cached(request, self.cache_key(event.key, event.value, event)
+                                  if self.cache_key is not None else [request.method, request.url])
+
+    async def _remembered(self, memory: CallMemory, event: Event, request: Request) -> Response:
+        """The outcome remembered for ``event`` (from before a crash), else the call's, which is
+        remembered before it is returned: the event finishes (and its offset may be committed)
+        only once its outcome is durable."""
+        key = result_key(event.topic, event.partition, event.offset, self.memory_name)
+        digest = outcomes.digest(request)
+        raw = memory.result(key)
+        outcome = outcomes.decode(raw, digest) if raw is not None else None
+        if isinstance(outcome, CallFailed):
+            raise outcome
+        if outcome is not None:
+            return outcome
+        try:
+            response = await self._respond(event, request)
+        except CallFailed as failed:
+            if self._last_delivery(event):
+                await memory.remember(key, outcomes.encode(digest, failed))
+            raise
+        await memory.remember(key, outcomes.encode(digest, response))
+        return response
+
+    def _last_delivery(self, event: Event) -> bool:
+        if self.deliveries == 1:
+            return True
+        attempt = event.header_map.get("edm.delivery.attempt", "1")
+        return attempt.isdigit() and int(attempt) >= self.deliveries
 
     async def _call(self, request: Request) -> Response:
         return await call(self.scope.session_for(self.names), request, self.policy, self.timeout, self.resources,
