@@ -116,7 +116,7 @@ class _Queries:
         return handler
 
     async def _from_standbys(self, request: web.Request, store: ServedStore, partition: int,
-                             error: HttpError) -> tuple[int, dict[str, str], bytes]:
+                             error: HttpError) -> tuple[int, list[tuple[str, str]], bytes]:
         """A stale read whose owner did not answer: the first standby of the partition that does."""
         routing = self.ctx.view.routing()
         if routing is None or store.subtopology is None:

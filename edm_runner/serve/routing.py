@@ -29,17 +29,17 @@ import asyncio
 import hashlib
 from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
 
 from edm_runner.runtime.view import LocalStore, ServedStore
 from edm_runner.serve.context import ServeContext
 from edm_runner.serve.errors import HttpError, unavailable
+from edm_runner.serve.hop import HopError
 from edm_runner.serve.metrics import process_metrics
 
 HOP_HEADER = "X-Edm-Hop"
 INSTANCE_HEADER = "X-Edm-Instance"
-# Hop-by-hop headers (RFC 9110 7.6.1) and those the client session sets itself.
+# Hop-by-hop headers (RFC 9110 7.6.1) and those the hop client sets itself.
 _NOT_FORWARDED = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
                             "trailer", "transfer-encoding", "upgrade", "host", "content-length"})
 # Of the time a request may take, what a proxied request leaves for the answer to travel back.
@@ -123,27 +123,25 @@ def redirect(remote: Remote, request: web.Request) -> web.Response:
 
 
 async def forward(ctx: ServeContext, remote: Remote, request: web.Request,
-                  path_qs: str | None = None) -> tuple[int, dict[str, str], bytes]:
-    """The owner's answer to ``request`` (or to ``path_qs`` on it): status, headers, body.
-    Raises 503 ``owner_unreachable`` when the owner does not answer in time."""
-    headers = {k: v for k, v in request.headers.items() if k.lower() not in _NOT_FORWARDED}
-    headers[HOP_HEADER] = "1"
+                  path_qs: str | None = None) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The owner's answer to ``request`` (or to ``path_qs`` on it): status, headers, body (its
+    bytes as the owner sent them). Raises 503 ``owner_unreachable`` when the owner does not
+    answer in time."""
+    headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _NOT_FORWARDED]
+    headers.append((HOP_HEADER, "1"))
     resource = request.match_info.route.resource
     proxied = process_metrics().http.proxied
     endpoint = resource.canonical if resource is not None else request.path
     body = await request.read() if request.body_exists else None  # read already by ingestion
     timeout = max(0.1, ctx.spec.request_timeout_ms / 1000 - _PROXY_MARGIN_S)
-    assert ctx.client is not None, "the client session opens when the server starts"
+    assert ctx.client is not None, "the hop client opens when the server starts"
     try:
-        async with ctx.client.request(request.method, remote.url + (path_qs or request.path_qs), headers=headers,
-                                      data=body, allow_redirects=False,
-                                      timeout=aiohttp.ClientTimeout(total=timeout)) as response:
-            content = await response.read()
-            kept = {k: v for k, v in response.headers.items() if k.lower() not in _NOT_FORWARDED}
-            proxied.labels(ctx.view.name, endpoint, str(response.status)).inc()
-            return response.status, kept, content
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+        async with asyncio.timeout(timeout):
+            answer = await ctx.client.request(request.method, remote.url, path_qs or request.path_qs, headers, body)
+    except (HopError, OSError, TimeoutError) as e:
         proxied.labels(ctx.view.name, endpoint, "unreachable").inc()
         raise unavailable("owner_unreachable", f"instance {remote.instance!r} at {remote.url} did not answer "
                                                f"({type(e).__name__}: {e or 'timed out'})",
                           owner=remote.instance) from None
+    proxied.labels(ctx.view.name, endpoint, str(answer.status)).inc()
+    return answer.status, [(k, v) for k, v in answer.headers if k.lower() not in _NOT_FORWARDED], bytes(answer.body)

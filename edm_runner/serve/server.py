@@ -19,7 +19,6 @@ import ssl
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Awaitable, Callable
 
-import aiohttp
 from aiohttp import web
 
 from edm_runner.errors import EdmError
@@ -29,6 +28,7 @@ from edm_runner.runtime.view import ServiceView
 from edm_runner.serve import auth, health, ingest, metrics, openapi, queries, ready
 from edm_runner.serve.context import ServeContext
 from edm_runner.serve.errors import HttpError, unavailable
+from edm_runner.serve.hop import HopClient
 
 log = logging.getLogger("edm.serve")
 
@@ -41,7 +41,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class HttpSide:
-    """One service's server: the aiohttp application, its runner and the client session used
+    """One service's server: the aiohttp application, its runner and the hop client used
     to proxy requests to other instances (in ``ctx``, shared with the features)."""
 
     def __init__(self, view: ServiceView) -> None:
@@ -102,9 +102,7 @@ class HttpSide:
         scheme = "https" if tls is not None else "http"
         self.ctx.url = spec.advertised_url or f"{scheme}://{_url_host(spec.host)}:{port}"
         self.view.advertise(self.ctx.url)
-        peers = _peer_tls_context(spec)
-        self.ctx.client = aiohttp.ClientSession(auto_decompress=False,
-                                                connector=aiohttp.TCPConnector(ssl=peers) if peers else None)
+        self.ctx.client = HopClient(_peer_tls_context(spec))
         log.info("%s: serving HTTP on %s (listening on %s:%d)", self.view.name, self.ctx.url, spec.host, port)
 
     async def stop(self) -> None:
