@@ -307,7 +307,9 @@ class CompiledService:
         """``process`` for a topic in ``driven_topics``: the pipelines whose source is ``driven``
         take their events one by one (``_event``), as many at once as their ``processing``
         allows (``runtime.inflight.drive``); it returns once every event is finished. The other
-        pipelines of the topic take the batch path."""
+        pipelines of the topic take the batch path. First it awaits ``run_starts(topic, partition,
+        first offset)`` of every shared object that has one (``BuildContext.shared``): the runner
+        committed every offset before a run it drives (``ServiceRunner._process``)."""
         stats, outputs = self.stats, self.outputs
         self._bound = self._journals()
         for journal in self._bound:

@@ -66,6 +66,7 @@ class CallMemory:
         self.path = path
         self.env, self.results, self.quota = opened
         self._puts: dict[bytes, bytes] = {}  # queued results
+        self._writing: dict[bytes, bytes] = {}  # the results of the write under way
         self._forget: dict[bytes, int] = {}  # partition prefix -> forget the entries below this offset
         self._counts: dict[bytes, bytes] = {}  # queued quota counts (the latest per resource)
         self._waiters: list[asyncio.Future[None]] = []
@@ -79,7 +80,7 @@ class CallMemory:
     # -- reads (on the loop: a short read transaction, no disk wait beyond a page fault) ------
 
     def result(self, key: bytes) -> bytes | None:
-        queued = self._puts.get(key)
+        queued = self._puts.get(key) or self._writing.get(key)
         if queued is not None:
             return queued
         with self.env.begin(db=self.results) as txn:
@@ -132,15 +133,20 @@ class CallMemory:
         while self._waiters:
             puts, forget, counts, waiters = self._puts, self._forget, self._counts, self._waiters
             self._puts, self._forget, self._counts, self._waiters = {}, {}, {}, []
+            self._writing = puts
             try:
                 await asyncio.to_thread(self._write, puts, forget, counts)
-            except BaseException as exc:
+            except Exception as exc:
                 for w in waiters:
                     if not w.done():
-                        w.set_exception(exc if isinstance(exc, Exception) else EdmError(str(exc)))
-                if not isinstance(exc, Exception):
-                    raise
+                        w.set_exception(exc)
                 continue
+            except BaseException:  # cancelled: the loop is closing
+                for w in waiters:
+                    w.cancel()
+                raise
+            finally:
+                self._writing = {}
             for w in waiters:
                 if not w.done():
                     w.set_result(None)
@@ -208,7 +214,11 @@ def forget_results(state_dir: Path, service: str) -> None:
     path = calls_dir(state_dir, service)
     if not (path / "data.mdb").exists():
         return
-    env, results, _ = _env(path)
+    try:
+        env, results, _ = _env(path)
+    except lmdb.Error:  # unreadable: nothing in it can be kept
+        shutil.rmtree(path)
+        return
     try:
         with env.begin(write=True) as txn:
             txn.drop(results, delete=False)
