@@ -13,6 +13,7 @@ from edm_runner.operators.calls.breaker import CircuitBreaker
 from edm_runner.operators.calls.cache import ResponseCache
 from edm_runner.operators.calls.client import Breakers, CallFailed, Request, call, endpoint
 from edm_runner.errors import EventError
+from edm_runner.operators.api import PauseTask
 from edm_runner.language.model import ResourceSpec
 from edm_runner.operators.calls.limits import Quota, Resource, TokenBucket
 from edm_runner.operators.calls.retry import RetryPolicy, parse_retry_after
@@ -197,6 +198,9 @@ def test_backoff_starts_from_retry_after_grows_and_is_capped():
 
 
 def test_the_breaker_opens_pauses_callers_and_closes_on_a_successful_probe():
+    """Open: a caller gets PauseTask at once (the runtime pauses its partitions: nothing waits
+    inside a run); at ``ready`` (half-open) the callers come back, one is the probe and the
+    others wait for its outcome."""
     breakers = Breakers(threshold=2, open_for=0.3)
     once = RetryPolicy(attempts=2, initial=0.01)
 
@@ -207,11 +211,14 @@ def test_the_breaker_opens_pauses_callers_and_closes_on_a_successful_probe():
         breaker = breakers(url)
         assert breaker.state == "open" and len(api.calls) == 2
         api.outage = False
-        waiting = [asyncio.ensure_future(call(session, Request("GET", f"{api.url}/items/b{i}"), once, 5, [],
-                                              breakers)) for i in range(5)]
-        await asyncio.sleep(0)
+        with pytest.raises(PauseTask) as paused:
+            await call(session, Request("GET", f"{api.url}/items/b0"), once, 5, [], breakers)
+        assert "circuit breaker of http://127.0.0.1:" in str(paused.value)
         assert len(api.calls) == 2  # nothing goes out while it is open
-        results = await asyncio.gather(*waiting)
+        await paused.value.until()
+        assert breaker.state == "half_open"
+        results = await asyncio.gather(*(call(session, Request("GET", f"{api.url}/items/b{i}"), once, 5, [],
+                                              breakers) for i in range(5)))
         return api, breaker, results
 
     api, breaker, results = run(_with_api(body, outage=True))
@@ -222,6 +229,24 @@ def test_the_breaker_opens_pauses_callers_and_closes_on_a_successful_probe():
     assert all(c.at >= probe_at for c in api.calls[3:])
 
 
+def test_callers_waiting_on_a_failed_probe_are_paused():
+    clock = Clock()
+    breaker = CircuitBreaker(threshold=1, open_for=5.0, clock=clock)
+
+    async def body():
+        breaker.failure(False)
+        clock.t += 5
+        assert await breaker.permit() is True  # the probe
+        waiter = asyncio.ensure_future(breaker.permit())
+        await asyncio.sleep(0)
+        assert not waiter.done()  # half-open: waits for the probe's outcome
+        breaker.failure(True)
+        with pytest.raises(PauseTask):
+            await waiter
+
+    run(body())
+
+
 def test_a_failed_probe_opens_the_breaker_again():
     clock = Clock()
     breaker = CircuitBreaker(threshold=1, open_for=5.0, clock=clock)
@@ -230,7 +255,10 @@ def test_a_failed_probe_opens_the_breaker_again():
         assert await breaker.permit() is False
         breaker.failure(False)
         assert breaker.state == "open"
+        with pytest.raises(PauseTask):
+            await breaker.permit()
         clock.t += 5
+        await breaker.ready()
         assert await breaker.permit() is True  # the probe
         breaker.failure(True)
         assert breaker.state == "open" and breaker.opened == 2

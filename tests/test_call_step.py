@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 
 from cli_helpers import edm, ok
 from helpers.fake_api import FakeApi
-from helpers.topologies import write_service
+from helpers.topologies import KAFKA_CONSUMER, broker_yaml, write_service
 
 
 @pytest.fixture
@@ -117,31 +118,164 @@ def test_retries_exhaust_into_dead_letters_with_the_last_status_and_body(tmp_pat
     assert "answered HTTP 400, which fails the event" in dead["bad"]["edm.error"]
 
 
-def test_the_breaker_pauses_during_an_outage_and_resumes_after_a_probe(tmp_path: Path, api: FakeApi) -> None:
-    """An outage: the breaker opens after 3 failures; then only probes reach the server, one
-    per open_for, and no event is dead-lettered; once the API is back a probe succeeds and
-    every event goes through."""
+def outage_scenario(tmp_path: Path, api: FakeApi, kafka: str | None) -> None:
+    """An outage longer than the consumer's max_poll_interval_ms (3 s; on Kafka a member that
+    does not poll within it leaves its group): the breaker opens after 3 failures and pauses the
+    partitions of `signups` at the consumer; while it is open only probes reach the server, one
+    per open_for, and another input of the same consumer keeps flowing; once the API is back a
+    probe succeeds, the partitions resume and every event goes through exactly once, with no
+    rebalance and nothing dead-lettered."""
     api.outage = True
-    topology = service(tmp_path, api, "resources: api, retry: {attempts: 20, backoff: 1ms}, "
-                                      "breaker: {failures: 3, open_for: 300ms}",
-                       resources="resources: {api: {max_in_flight: 2}}",
-                       processing="{ordering: none, max_in_flight: 50}")
+    name = f"call-{uuid.uuid4().hex[:8]}"
+    broker = broker_yaml(tmp_path, kafka)
+    if kafka is not None:
+        broker = json.dumps({**json.loads(broker), "consumer": {**KAFKA_CONSUMER, "max_poll_interval_ms": 3000}})
+    topology = tmp_path / f"{name}.yaml"
+    topology.write_text(f"""kind: microservice
+name: {name}
+broker: {broker}
+resources: {{api: {{max_in_flight: 2}}}}
+streams:
+  signups: {{topic: {name}-signups, partitions: 2, key: string, value: json}}
+  enriched: {{topic: {name}-enriched, partitions: 2, key: string, value: json}}
+  dlq: {{topic: {name}-dlq, partitions: 1, key: bytes, value: bytes}}
+  other: {{topic: {name}-other, partitions: 1, key: string, value: json}}
+  copied: {{topic: {name}-copied, partitions: 1, key: string, value: json}}
+pipelines:
+  enrich:
+    from: signups
+    processing: {{ordering: none, max_in_flight: 50}}
+    on_error: {{dead_letter: dlq}}
+    steps:
+      - call: {{url: "'{api.url}/items/' ~ key", resources: api, retry: {{attempts: 20, backoff: 1ms}},
+                breaker: {{failures: 3, open_for: 500ms}}}}
+    to: enriched
+  copy:
+    from: other
+    to: copied
+""")
     state = tmp_path / "state"
     keys = [f"u{i}" for i in range(30)]
     produce(topology, state, keys)
-    back = threading.Thread(target=lambda: (api.reached(8).wait(120), setattr(api, "outage", False)))
-    back.start()
-    ok("run", topology, "--until-idle", "--state-dir", state, timeout=300)
-    back.join()
-    assert sorted(e["key"] for e in consume(topology, state, "enriched")) == sorted(keys)
+    log = tmp_path / "run.log"
+    with log.open("w") as stderr:
+        runner = subprocess.Popen([sys.executable, "-m", "edm_runner", "run", str(topology), "--until-idle",
+                                   "--state-dir", str(state)], stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        assert api.reached(6).wait(120), log.read_text()  # the breaker opened: a probe came
+        # The other input flows while `signups` is paused.
+        ok("produce", "other", "-t", topology, "--state-dir", state,
+           stdin="".join(json.dumps({"key": f"o{i}", "value": {"i": i}}) + "\n" for i in range(5)))
+        deadline = time.monotonic() + 120  # bounds a failing run, asserts no speed
+        while len(consume(topology, state, "copied")) < 5:
+            assert runner.poll() is None and time.monotonic() < deadline, log.read_text()
+        # Probes are at least open_for apart: 16 calls span well over max_poll_interval_ms.
+        assert api.reached(16).wait(120), log.read_text()
+        api.outage = False
+        runner.wait(300)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait()
+    stderr_text = log.read_text()
+    assert runner.returncode == 0, stderr_text
+    assert sorted(e["key"] for e in consume(topology, state, "enriched")) == sorted(keys)  # each once
     assert consume(topology, state, "dlq") == []
+    assert api.answered[200] == 30
     failed = sorted(c.at for c in api.calls if c.status == 503)
     # after the first failures (3 to open it, plus the 2 that were in flight), the probes are
     # at least open_for apart: nothing spins while the breaker is open
     probes = failed[5:]
-    assert len(probes) >= 1
-    assert all(b - a >= 0.3 * 0.9 for a, b in zip(probes, probes[1:]))
-    assert api.answered[200] == 30
+    assert len(probes) >= 10
+    assert all(b - a >= 0.5 * 0.9 for a, b in zip(probes, probes[1:]))
+    # The member stayed in its group: one assignment (Kafka: generation 1 only), nothing revoked.
+    assert stderr_text.count("partition(s); processing after") == 1, stderr_text
+    assert "(generation 2)" not in stderr_text and ": revoked " not in stderr_text, stderr_text
+    assert "paused " in stderr_text and "resumed " in stderr_text, stderr_text
+
+
+def test_the_breaker_pauses_during_an_outage_and_resumes_after_a_probe(tmp_path: Path, api: FakeApi) -> None:
+    outage_scenario(tmp_path, api, None)
+
+
+@pytest.mark.kafka
+def test_the_breaker_pauses_the_partitions_on_kafka_without_leaving_the_group(
+        tmp_path: Path, api: FakeApi, kafka_bootstrap: str) -> None:
+    outage_scenario(tmp_path, api, kafka_bootstrap)
+
+
+def test_a_paused_event_leaves_no_store_write_behind(tmp_path: Path, api: FakeApi) -> None:
+    """`ordering: partition` allows a store before the call: a function counts the events of a
+    key, then the call meets the outage. Each pause gives the event up with its count rolled
+    back, so after the outage the outputs count 1..10, each once (a write left behind by a
+    pause would skip a number)."""
+    api.outage = True
+    name = f"tally-{uuid.uuid4().hex[:8]}"
+    (tmp_path / "tally_rules.py").write_text(
+        "def tally(key, value, *, stores):\n"
+        "    n = (stores['counts'].get(key) or 0) + 1\n"
+        "    stores['counts'].put(key, n)\n"
+        "    return {**value, 'n': n}\n")
+    topology = write_service(tmp_path, name, None, f"""
+streams:
+  signups: {{topic: {name}-signups, partitions: 1, key: string, value: json}}
+  enriched: {{topic: {name}-enriched, partitions: 1, key: string, value: json}}
+stores:
+  counts: {{type: key_value}}
+functions:
+  tally: {{python: tally_rules:tally, stores: [counts]}}
+pipelines:
+  enrich:
+    from: signups
+    steps:
+      - map_values: tally(key, value)
+      - call: {{url: "'{api.url}/items/' ~ key", retry: {{attempts: 20, backoff: 1ms}},
+                breaker: {{failures: 3, open_for: 300ms}}}}
+    to: enriched
+""")
+    state = tmp_path / "state"
+    produce(topology, state, ["k"] * 10)
+    back = threading.Thread(target=lambda: (api.reached(8).wait(120), setattr(api, "outage", False)))
+    back.start()
+    ok("run", topology, "--until-idle", "--state-dir", state, timeout=300)
+    back.join()
+    assert [e["value"]["n"] for e in consume(topology, state, "enriched")] == list(range(1, 11))
+    assert api.answered[503] >= 5 and api.answered[200] == 10
+
+
+def test_events_finished_past_the_lowest_unfinished_one_are_written_once(tmp_path: Path, api: FakeApi) -> None:
+    """`ordering: none`: the first event's key fails until the test clears it, the 29 after it
+    succeed. When the breaker opens, the run is given up from its first event: the outputs of
+    the events that finished after it are dropped and they are processed again after the pause,
+    so each key is written exactly once (and nothing is dead-lettered)."""
+    api.fail_keys = {"bad": 503}
+    name = f"cut-{uuid.uuid4().hex[:8]}"
+    topology = write_service(tmp_path, name, None, f"""
+streams:
+  signups: {{topic: {name}-signups, partitions: 1, key: string, value: json}}
+  enriched: {{topic: {name}-enriched, partitions: 1, key: string, value: json}}
+  dlq: {{topic: {name}-dlq, partitions: 1, key: bytes, value: bytes}}
+pipelines:
+  enrich:
+    from: signups
+    processing: {{ordering: none, max_in_flight: 50}}
+    on_error: {{dead_letter: dlq}}
+    steps:
+      - call: {{url: "'{api.url}/items/' ~ key", retry: {{attempts: 50, backoff: 1ms, max_backoff: 5ms}},
+                breaker: {{failures: 3, open_for: 200ms}}}}
+    to: enriched
+""")
+    state = tmp_path / "state"
+    keys = ["bad", *(f"g{i}" for i in range(29))]
+    produce(topology, state, keys)
+    back = threading.Thread(target=lambda: (api.reached(40).wait(120), api.fail_keys.clear()))
+    back.start()
+    result = ok("run", topology, "--until-idle", "--state-dir", state, timeout=300)
+    back.join()
+    assert "paused " in result.stderr
+    assert sorted(e["key"] for e in consume(topology, state, "enriched")) == sorted(keys)
+    assert consume(topology, state, "dlq") == []
+    assert api.per_key["bad"] >= 3
 
 
 def test_sigkill_with_calls_in_flight_loses_nothing_and_repeats_at_most_the_calls_in_flight(

@@ -125,6 +125,16 @@ class Consumer(Protocol):
 
     def seek(self, tp: TopicPartition, offset: int) -> None: ...
 
+    def pause(self, tps: Sequence[TopicPartition]) -> None:
+        """Stop fetching ``tps`` (assigned partitions) until ``resume``: ``getmany`` returns
+        nothing of them, while the member keeps polling (group membership, heartbeats and the
+        other partitions go on). A rebalance resumes every partition it assigns."""
+        ...
+
+    def resume(self, tps: Sequence[TopicPartition]) -> None:
+        """Fetch ``tps`` again, from their positions (``seek`` while paused moves them)."""
+        ...
+
     async def close(self) -> None: ...
 
 

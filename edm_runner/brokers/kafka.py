@@ -595,6 +595,13 @@ class KafkaConsumer:
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self._consumer.seek(KafkaTP(*tp), offset)
 
+    def pause(self, tps: Sequence[TopicPartition]) -> None:
+        self._consumer.pause(*(KafkaTP(*tp) for tp in tps))
+
+    def resume(self, tps: Sequence[TopicPartition]) -> None:
+        assigned = self._consumer.assignment()  # a rebalance may have taken some away meanwhile
+        self._consumer.resume(*(kafka_tp for kafka_tp in (KafkaTP(*tp) for tp in tps) if kafka_tp in assigned))
+
     async def close(self) -> None:
         if self._consumer is not None:
             await self._consumer.stop()

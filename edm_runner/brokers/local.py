@@ -647,6 +647,7 @@ class LocalConsumer:
         self._from_beginning = from_beginning
         self._positions: dict[TopicPartition, int] = {}
         self._order: list[TopicPartition] = []
+        self._paused: set[TopicPartition] = set()
         self._lock_file: str | None = None
 
     async def start(self) -> None:
@@ -682,13 +683,17 @@ class LocalConsumer:
     async def getmany(self, timeout_ms: int = 0,
                       max_records: int = 10_000) -> dict[TopicPartition, list[Record]]:
         """Up to ``max_records`` records, waiting up to ``timeout_ms`` for new ones by polling
-        with a backoff from 1 ms to 20 ms. Rotates the partition order on every call so no
-        partition is starved."""
+        with a backoff from 1 ms to 20 ms, from the partitions not paused. Rotates the partition
+        order on every call so no partition is starved."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_ms / 1000
         delay = 0.001
+        order = [tp for tp in self._order if tp not in self._paused] if self._paused else self._order
+        if not order:  # every partition paused: nothing to read until one is resumed
+            await asyncio.sleep(timeout_ms / 1000)
+            return {}
         while True:
-            out = self._broker._read_sync(self._positions, self._order, max_records)
+            out = self._broker._read_sync(self._positions, order, max_records)
             if out:
                 for tp, records in out.items():
                     self._positions[tp] = records[-1].offset + 1
@@ -719,6 +724,12 @@ class LocalConsumer:
         if tp not in self._positions:
             raise BrokerError(f"cannot seek {tp.topic}[{tp.partition}]: not assigned to this consumer")
         self._positions[tp] = offset
+
+    def pause(self, tps: Sequence[TopicPartition]) -> None:
+        self._paused.update(tp for tp in tps if tp in self._positions)
+
+    def resume(self, tps: Sequence[TopicPartition]) -> None:
+        self._paused.difference_update(tps)
 
     async def close(self) -> None:
         if self._lock_file is not None:

@@ -35,7 +35,7 @@ import inspect
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
 from edm_runner.errors import EdmError, EventError
 from edm_runner.records import Headers, OutRecord, Record, TimestampBound
@@ -45,7 +45,7 @@ from edm_runner.language.model import NOWHERE, Pos, StoreSpec, StoreType, Stream
 if TYPE_CHECKING:
     from edm_runner.graph.dag import InternalTopic
 
-__all__ = ["AsyncPerEventProcessor", "AwaitedExpressions",
+__all__ = ["AsyncPerEventProcessor", "AwaitedExpressions", "PauseTask",
            "BuildContext", "Counters", "DeadLetters", "Event", "EventwiseProcessor", "ExprFn", "Headers", "LateEvents",
            "OutRecord", "PassThrough", "PerEventProcessor", "Processor", "Record", "StoreCatalog", "StoreUse",
            "TaskStoreRef", "changelog_topic", "event_time", "repartition_topic"]
@@ -186,7 +186,8 @@ class AsyncPerEventProcessor(Processor):
     at its awaits; the language refuses store-writing steps in a concurrent pipeline), it changes
     the event it was given only after its awaits (a retry starts from a fresh copy), and a
     cancellation (the batch failed, the service stops) leaves nothing behind: the event is
-    processed again after the restart."""
+    processed again after the restart. A step that must wait longer than a poll interval
+    raises ``PauseTask`` instead of waiting."""
 
     asynchronous = True
 
@@ -195,6 +196,21 @@ class AsyncPerEventProcessor(Processor):
 
     def process(self, batch: list[Event]) -> list[Event]:
         raise TypeError(f"{self.label} is asynchronous: the runtime awaits process_one_async")
+
+
+class PauseTask(Exception):
+    """Raised by ``process_one_async`` when the step cannot go on for a while (its endpoint's
+    circuit breaker is open). Not an event's failure: no attempt is used, ``on_error`` does not
+    apply. The runtime gives up the event's run from its lowest unfinished event on (nothing of
+    those events is written, their offsets are not committed, the partition is sought back to
+    the first of them), pauses the task's input partitions at the consumer (no fetch, while
+    the member keeps polling) and resumes them once ``until()`` returns; the events are then
+    processed again. ``until`` returns when one request may be tried (the breaker half-open):
+    the resumed events themselves are the probe (docs/design/calls.md)."""
+
+    def __init__(self, reason: str, until: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(reason)
+        self.until = until
 
 
 class AwaitedExpressions(AsyncPerEventProcessor):

@@ -53,6 +53,17 @@ class InputOrder:
     def pending(self) -> bool:
         return any(self._buffers.values())
 
+    def release(self, tp: TopicPartition) -> dict[TopicPartition, int | None]:
+        """The input partitions of ``tp``'s task, each with the offset of its first buffered
+        record (None: nothing buffered); their buffers are dropped (the caller seeks them)."""
+        if tp.topic not in self._siblings:
+            return {tp: None}
+        heads: dict[TopicPartition, int | None] = {}
+        for member in self._group(tp):
+            buffer = self._buffers.pop(member, None)
+            heads[member] = buffer[0].offset if buffer else None
+        return heads
+
     def drop(self, tps: Iterable[TopicPartition]) -> None:
         """Forget buffered records of partitions that are sought again (restore, revocation)."""
         for tp in tps:

@@ -33,7 +33,7 @@ from typing import Any, Callable, Mapping
 from edm_runner.brokers.base import OutRecord, Record, TimestampBound
 from edm_runner.errors import EventError, InternalError, ProcessingError, UserCodeError
 from edm_runner.graph.dag import Dag, Node, build_dag
-from edm_runner.operators.api import BuildContext, DeadLetters, Event, ExprFn, Processor, StoreCatalog
+from edm_runner.operators.api import BuildContext, DeadLetters, Event, ExprFn, PauseTask, Processor, StoreCatalog
 from edm_runner.operators.join import SideInput
 from edm_runner.operators.registry import get as get_operator
 from edm_runner.operators.sink import GroupBySink, TopicWriter, ToSink
@@ -97,6 +97,18 @@ class ErrorHandler:
             f"`on_error: skip` or `on_error: {{dead_letter: <stream>}}` on {self.owner} to keep going") from exc
 
 
+@dataclass(frozen=True)
+class PausedRun:
+    """A run that ``process_async`` gave up at ``next_offset`` (its lowest unfinished event)
+    because a step raised ``PauseTask``: its first ``processed`` records are processed (their
+    outputs in ``outputs``, their store writes in the task's buffers), nothing of the records
+    from ``next_offset`` on is (no output, no store write)."""
+
+    next_offset: int
+    processed: int
+    pause: PauseTask
+
+
 @dataclass(eq=False)
 class Step:
     """A compiled node. ``arms``/``whens`` are set for a branch (``when`` None = otherwise).
@@ -156,6 +168,10 @@ class CompiledService:
         self._handlers: dict[tuple[str, str | None], ErrorHandler] = {}
         self._steps: dict[str, Step] = {}
         self._bound: list[Any] = []  # the journals of the stores bound for the batch being processed
+        # While ``_drive`` runs: (source offset, outputs from, to, dead letters among them) per
+        # stretch of outputs an event appended (``_attribute``), so a pause can drop exactly
+        # those of the events it gives up.
+        self._spans: list[tuple[int, int, int, int]] | None = None
         self.sources: dict[str, list[Source]] = {}
         for node in self.dag.sources():
             source = self._source(node)
@@ -295,7 +311,7 @@ class CompiledService:
                 raise
             except Exception as exc:
                 raise _internal(self.topology.name, source.id, source.pos, records, exc) from exc
-            self._count(source, records, written, dead)
+            self._count(source, len(records), len(outputs) - written, stats.dead_lettered - dead)
 
     async def aclose(self) -> None:
         """Closes what the steps share (``BuildContext.shared``: the call steps' HTTP session)."""
@@ -303,13 +319,20 @@ class CompiledService:
             if hasattr(value, "aclose"):
                 await value.aclose()
 
-    async def process_async(self, records: list[Record]) -> None:
+    async def process_async(self, records: list[Record]) -> PausedRun | None:
         """``process`` for a topic in ``driven_topics``: the pipelines whose source is ``driven``
-        take their events one by one (``_event``), as many at once as their ``processing``
-        allows (``runtime.inflight.drive``); it returns once every event is finished. The other
-        pipelines of the topic take the batch path. First it awaits ``run_starts(topic, partition,
+        take their events one by one (``_drive``), as many at once as their ``processing``
+        allows; it returns once every event is finished. The other pipelines of the topic take
+        the batch path, after the driven ones. First it awaits ``run_starts(topic, partition,
         first offset)`` of every shared object that has one (``BuildContext.shared``): the runner
-        committed every offset before a run it drives (``ServiceRunner._process``)."""
+        committed every offset before a run it drives (``ServiceRunner._process``).
+
+        When a step raises ``PauseTask``, the run is cut at the lowest unfinished event of the
+        pipeline that paused: the pipelines after it process only the records before the cut,
+        and the ``PausedRun`` says where the cut is. When the pipeline that paused is not the
+        first driven one of the topic, the earlier ones processed records past the cut and
+        their store writes cannot be told apart: the whole run is given up (cut at its first
+        record: outputs dropped, store writes rolled back)."""
         stats, outputs = self.stats, self.outputs
         self._bound = self._journals()
         for journal in self._bound:
@@ -319,29 +342,93 @@ class CompiledService:
             run_starts = getattr(value, "run_starts", None)
             if run_starts is not None:
                 await run_starts(first.topic, first.partition, first.offset)
-        for source in self.sources.get(first.topic, ()):
-            written, dead = len(outputs), stats.dead_lettered
+        start, start_dead, marks = len(outputs), stats.dead_lettered, self._mark()
+        cut = len(records)  # every pipeline processes records[:cut]
+        pause: PauseTask | None = None
+        ran: list[tuple[Source, int, int]] = []  # (source, outputs and dead letters before it)
+        for source in sorted(self.sources.get(first.topic, ()), key=lambda s: not s.driven):
+            if cut == 0:
+                break
+            ran.append((source, len(outputs), stats.dead_lettered))
             try:
-                events = self._decode(source, records)
-                if events and source.next is not None:
-                    if source.driven:
-                        p = source.processing
-                        await drive(events, functools.partial(self._event, source), p.ordering, p.max_in_flight,
-                                    _record_key)
-                    else:
+                if source.driven:
+                    stopped = await self._drive(source, records[:cut])
+                    if stopped is not None:
+                        cut, pause = stopped
+                        if len(ran) > 1:
+                            del outputs[start:]
+                            self._rollback(marks)
+                            stats.dead_lettered = start_dead
+                            cut, ran = 0, []
+                else:
+                    events = self._decode(source, records[:cut])
+                    if events and source.next is not None:
                         self._push(source.next, events)
             except (ProcessingError, InternalError):
                 raise
             except Exception as exc:
                 raise _internal(self.topology.name, source.id, source.pos, records, exc) from exc
-            self._count(source, records, written, dead)
+        for i, (source, written, dead) in enumerate(ran):
+            end, end_dead = ran[i + 1][1:] if i + 1 < len(ran) else (len(outputs), stats.dead_lettered)
+            self._count(source, cut, end - written, end_dead - dead)
+        return None if pause is None else PausedRun(records[cut].offset, cut, pause)
 
-    def _count(self, source: Source, records: list[Record], written: int, dead: int) -> None:
-        """Counts ``records`` in and the outputs since ``written`` (dead letters since ``dead`` apart) out."""
+    async def _drive(self, source: Source, records: list[Record]) -> tuple[int, PauseTask] | None:
+        """``records`` through ``source``'s driven pipeline (``runtime.inflight.drive`` under its
+        ``processing``); None once every event finished. On ``PauseTask`` the events in flight
+        are cancelled and the outputs of every event from the lowest unfinished one on are
+        dropped (those that finished past it too: they are processed again after the pause);
+        returns that event's index and the pause. Store writes of the events given up: under
+        ``ordering: partition`` only the event that paused wrote, and ``_event`` rolled it back;
+        the other orderings write no store (``language.concurrency``)."""
+        outputs, stats = self.outputs, self.stats
+        base, finished = len(outputs), bytearray(len(records))
+        spans: list[tuple[int, int, int, int]] = []
+        p = source.processing
+
+        async def one(i: int) -> None:
+            record = records[i]
+            before, dead = len(outputs), stats.dead_lettered
+            events = self._decode(source, [record])
+            self._attribute(record.offset, before, dead)
+            if events and source.next is not None:
+                await self._event(source, events[0])
+            finished[i] = 1
+
+        self._spans = spans
+        try:
+            # ``ordering: key`` orders by the key of the input record, as read
+            await drive(list(range(len(records))), one, p.ordering, p.max_in_flight, lambda i: records[i].key)
+            return None
+        except PauseTask as pause:
+            index = finished.index(0)
+            cut = records[index].offset
+            if sum(end - begin for _, begin, end, _ in spans) != len(outputs) - base:
+                raise InternalError(f"service {self.topology.name!r}: pipeline {source.pipeline!r} wrote outputs no "
+                                    "event owns (an asynchronous step must return its events, not write them); "
+                                    "this is a bug in edm") from pause
+            kept = [o for offset, begin, end, _ in spans if offset < cut for o in outputs[begin:end]]
+            stats.dead_lettered -= sum(dead for offset, _, _, dead in spans if offset >= cut)
+            del outputs[base:]
+            outputs.extend(kept)
+            return index, pause
+        finally:
+            self._spans = None
+
+    def _attribute(self, offset: int, before: int, dead: int) -> None:
+        """Notes that the outputs since index ``before`` (dead letters since ``dead``) belong to
+        the event of source ``offset`` (while ``_drive`` runs; synchronous code only, so no
+        other event appended meanwhile)."""
+        spans = self._spans
+        if spans is not None and len(self.outputs) != before:
+            spans.append((offset, before, len(self.outputs), self.stats.dead_lettered - dead))
+
+    def _count(self, source: Source, count_in: int, written: int, dead: int) -> None:
+        """Counts ``count_in`` records in and ``written`` outputs (``dead`` dead letters apart) out."""
         stats, pipeline = self.stats, source.pipeline
         counted = (pipeline, source.topic)
-        stats.in_by_pipeline[counted] = stats.in_by_pipeline.get(counted, 0) + len(records)
-        written = len(self.outputs) - written - (stats.dead_lettered - dead)
+        stats.in_by_pipeline[counted] = stats.in_by_pipeline.get(counted, 0) + count_in
+        written -= dead
         if written:
             stats.out_by_pipeline[pipeline] = stats.out_by_pipeline.get(pipeline, 0) + written
 
@@ -356,14 +443,23 @@ class CompiledService:
             if attempts > 1:
                 headers = event.headers + (("edm.delivery.attempt", str(attempt).encode()),)
                 e = Event(key, value, event.timestamp, headers, event.origin, old)
-            failed = await self._through(source.next, e)
+            marks = self._mark()
+            try:
+                failed = await self._through(source.next, e)
+            except PauseTask:
+                # Given up, to be processed again: its store writes go (under ``partition``
+                # ordering it is the only event in flight; the others orderings write none).
+                self._rollback(marks)
+                raise
             if failed is None:
                 return
             if attempt < attempts:
                 delay = min(backoff_ms * 2 ** (attempt - 1), MAX_BACKOFF_MS)
                 await asyncio.sleep(random.uniform(delay / 2, delay) / 1000)
         step, label, pos, exc = failed
+        before, dead = len(self.outputs), self.stats.dead_lettered
         step.handler.handle(event.origin, label, pos, exc, attempts)
+        self._attribute(event.origin.offset, before, dead)
 
     async def _through(self, step: Step | None, e: Event) -> tuple[Step, str, Pos, EventError] | None:
         """``e`` through ``step`` and the steps after it, awaiting the asynchronous ones; the
@@ -380,15 +476,23 @@ class CompiledService:
                 step = step.arms[arm]
                 continue
             proc = step.proc
-            marks = None if proc.asynchronous else self._mark()
+            if proc.asynchronous:
+                marks, before, dead = None, 0, 0
+            else:
+                marks, before, dead = self._mark(), len(self.outputs), self.stats.dead_lettered
             try:
                 out = await proc.process_one_async(e) if proc.asynchronous else proc.process_one(e)
             except EventError as exc:
                 if marks is not None:
                     self._rollback(marks)
+                    self._attribute(e.origin.offset, before, dead)
                 return step, f"{step.id} ({step.label})", step.pos, exc
+            except PauseTask:
+                raise
             except Exception as exc:
                 raise _internal(self.topology.name, f"{step.id} ({step.label})", step.pos, [e.origin], exc) from exc
+            if marks is not None:
+                self._attribute(e.origin.offset, before, dead)
             children = step.fanout or [step.next]
             if len(out) == 1 and len(children) == 1:
                 step, e = children[0], out[0]
@@ -526,11 +630,6 @@ def _awaits(step: Step | None) -> bool:
     if step.proc is not None and step.proc.asynchronous:
         return True
     return any(_awaits(s) for s in (step.next, *step.arms, *step.fanout))
-
-
-def _record_key(event: Event) -> bytes | None:
-    """What ``ordering: key`` orders by: the key of the input record, as read."""
-    return event.origin.key
 
 
 def _change_decoder(decode: Callable[[bytes | None], Any]) -> Callable[[bytes | None], Any]:

@@ -9,6 +9,10 @@ Invariants:
   batches before it are flushed and committed before the error propagates, unless they
   share its store transactions (``Checkpointer.abort``).
 - Per input partition, records are processed in offset order.
+- A step that cannot go on for a while (``PauseTask``: a call's breaker open) ends its run at
+  the lowest unfinished event: what was processed before it commits as usual, the task's input
+  partitions are sought back and paused at the consumer until the step may try again
+  (``runtime.pauses``); ``poll`` goes on meanwhile (group membership, other partitions).
 - Stateful services (see ``runtime.tasks``): global tables are bootstrapped and every assigned
   task restored before the first batch; the copartitioning of joins is checked against the
   broker first.
@@ -41,8 +45,9 @@ from edm_runner.runtime.checkpoint import checkpointer
 from edm_runner.runtime.assignment.assignor import EdmAssignor
 from edm_runner.runtime.assignment.consumer import group_consumer
 from edm_runner.runtime.copartition import check_copartitioning
-from edm_runner.runtime.ordering import InputOrder
-from edm_runner.runtime.processing import CompiledService
+from edm_runner.runtime.ordering import InputOrder, Run
+from edm_runner.runtime.pauses import Pauses
+from edm_runner.runtime.processing import CompiledService, PausedRun
 from edm_runner.runtime.stats import ServiceStats
 from edm_runner.runtime.tasks import GlobalTables, StandbyTasks, TaskManager, changelog_partitions, end_offsets
 from edm_runner.state.offline import checkpointed_offsets
@@ -96,6 +101,7 @@ class ServiceRunner:
         self.http_address: str | None = None  # the URL this instance serves HTTP at (runtime.view)
         self.last_commit = time.monotonic()
         self.batch_lock = asyncio.Lock()  # held while a batch is processed, sent, committed
+        self.pauses = Pauses(topology.name)  # partitions paused by a step (a call's breaker open)
         self.rebalance = Rebalance(self)
         # starting -> running (the first assignment restored; later rebalances do not go back)
         # -> stopping -> stopped.
@@ -190,6 +196,8 @@ class ServiceRunner:
             await self.rebalance.adopt()
         if self.standbys is not None and self.standbys.reader is not None:
             await self.standbys.tail()
+        if self.pauses:
+            self.pauses.resume_ready(self.consumer)
         fetched = await self.consumer.getmany(timeout_ms=timeout_ms,
                                               max_records=self.topology.processing.max_batch)
         async with self.batch_lock:
@@ -229,19 +237,30 @@ class ServiceRunner:
         outputs = compiled.outputs
         offsets: dict[TopicPartition, int] = {}
         count = 0
+        done: list[tuple[TopicPartition, int]] = []  # records processed per run
+        paused: set[TopicPartition] = set()  # their later runs in this batch are given up
         dead_before = self.stats.dead_lettered
         started = time.perf_counter()
         try:
-            for tp, records in runs:
+            for i, (tp, records) in enumerate(runs):
+                if tp in paused:
+                    continue
                 if tasks is not None:
                     tasks.bind(tp, records[-1].offset + 1)
+                next_offset, n = records[-1].offset + 1, len(records)
                 if tp.topic in compiled.driven_topics:  # a pipeline awaits per event (runtime.inflight)
-                    await compiled.process_async(records)
+                    stopped = await compiled.process_async(records)
+                    if stopped is not None:
+                        paused |= self._pause(tp, stopped, runs[i + 1:])
+                        next_offset, n = stopped.next_offset, stopped.processed
+                        if tasks is not None:
+                            tasks.bind(tp, next_offset)
                 else:
                     compiled.process(records)
-                offsets[tp] = records[-1].offset + 1
-                count += len(records)
-                checkpoint.processed(tp, offsets[tp], len(outputs))
+                offsets[tp] = next_offset
+                count += n
+                done.append((tp, n))
+                checkpoint.processed(tp, next_offset, len(outputs))
         except (ProcessingError, InternalError):
             outputs.clear()
             await checkpoint.abort()
@@ -249,7 +268,7 @@ class ServiceRunner:
         self.stats.processing.observe(time.perf_counter() - started)
         written = len(outputs) - (self.stats.dead_lettered - dead_before)
         if self.internal:  # the user's streams apart from the repartition topics
-            internal_in = sum(len(records) for tp, records in runs if tp.topic in self.internal)
+            internal_in = sum(n for tp, n in done if tp.topic in self.internal)
             internal_out = sum(1 for record in outputs if record.topic in self.internal)
             self.stats.internal_in += internal_in
             self.stats.internal_out += internal_out
@@ -267,6 +286,23 @@ class ServiceRunner:
         elif self._commit_due():
             await self.commit()
         return count
+
+    def _pause(self, tp: TopicPartition, stopped: PausedRun, later: list[Run]) -> set[TopicPartition]:
+        """A step paused ``tp``'s run (``PauseTask``): the input partitions of its task are
+        sought back to their first record not processed (``tp``: the run's lowest unfinished
+        event; the others: their first record in ``later`` runs of this batch or buffered in
+        ``order``) and paused until the step may try again; returns them (their ``later`` runs
+        are not processed). What was processed before stays, and commits as usual."""
+        heads = self.order.release(tp) if self.order.needed else {tp: None}
+        for other, records in later:
+            if other in heads and other != tp:
+                heads[other] = min(records[0].offset, heads[other] if heads[other] is not None else records[0].offset)
+        heads[tp] = stopped.next_offset
+        for member, offset in heads.items():
+            if offset is not None:
+                self.consumer.seek(member, offset)
+        self.pauses.pause(self.consumer, list(heads), stopped.pause.until, str(stopped.pause))
+        return set(heads)
 
     @property
     def uncommitted(self) -> bool:
@@ -302,6 +338,7 @@ class ServiceRunner:
 
     async def close(self) -> None:
         self.phase = "stopping"
+        self.pauses.close()
         try:
             await self.commit_now()
         finally:
@@ -349,6 +386,7 @@ class Rebalance:
                     log.warning("%s: committing before the rebalance failed (%s); uncommitted "
                                 "input is processed again by the partitions' next owner", runner.name, exc)
                 runner.order.drop(tps)
+                runner.pauses.forget(tps)
                 if runner.tasks is not None:
                     await runner.tasks.close()
         except BaseException:

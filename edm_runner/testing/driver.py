@@ -205,7 +205,9 @@ class TestDriver:
             if record.topic in compiled.driven_topics:  # a pipeline awaits per event (a call step, async def)
                 if self._loop is None:
                     self._loop = asyncio.new_event_loop()
-                self._loop.run_until_complete(compiled.process_async([record]))
+                # A step that paused (a call's breaker open) gave the event up: wait, then again.
+                while (paused := self._loop.run_until_complete(compiled.process_async([record]))) is not None:
+                    self._loop.run_until_complete(paused.pause.until())
             else:
                 compiled.process([record])
         except (ProcessingError, InternalError) as error:

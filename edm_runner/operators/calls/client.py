@@ -1,7 +1,7 @@
 """One call: the attempt loop of the ``call`` step over an aiohttp session, under the step's
 resources, retry policy and the endpoint's circuit breaker.
 
-Per attempt, in this order: the breaker's permit (waiting while it is open, using no attempt),
+Per attempt, in this order: the breaker's permit (``PauseTask`` while it is open, using no attempt),
 an in-flight slot, quota and a rate token of every resource (then the breaker once more: it may
 have opened meanwhile), then the request. So the limits
 govern every request that goes out, retries and replays included.
@@ -79,7 +79,7 @@ class Breakers:
         key = endpoint(url)
         b = self.by_endpoint.get(key)
         if b is None:
-            b = self.by_endpoint[key] = CircuitBreaker(self.threshold, self.open_for)
+            b = self.by_endpoint[key] = CircuitBreaker(self.threshold, self.open_for, name=key)
         return b
 
 
