@@ -169,12 +169,12 @@ BAD_PARAMETERS = [  # (query, the parameter named, its value as given, words of 
     ("after=%21%21", "after", "!!", "`next` cursor"),
     ("from=u-4&to=u-2", "from", "u-4", "give from at or before to"),
     ("stale=maybe", "stale", "maybe", "true or false"),
-    ("redirect=2", "redirect", "2", "true or false"),
     ("limit=0", "limit", "0", "from 1 to 1000"),
     ("limit=%C2%B2", "limit", "\u00b2", "from 1 to 1000"),  # a superscript 2: a digit to str.isdigit
     ("limit=10&limit=20", "limit", "20", "once"),
     ("partition=4", "partition", "4", "from 0 to 3"),
-    ("colour=red", "colour", "red", "prefix, from, to, after, limit, partition"),
+    ("colour=red", "colour", "red", "stale, prefix, from, to, after, limit, partition"),
+    ("redirect=true", "redirect", "true", "stale, prefix"),  # a scan merges pages: nothing to redirect to
 ]
 
 
@@ -197,6 +197,10 @@ def test_a_bad_query_parameter_is_a_400_naming_it_and_what_is_accepted(counted: 
         status, _, body = get(f"{url}/stores/counts/keys/u-1?limit=3")  # a key_value store's GET has no limit
         assert (status, body["parameter"]) == (400, "limit"), body
         assert get(f"{url}/stores/counts/keys/u-1?stale=TRUE&redirect=no")[0] == 200
+        status, _, body = get(f"{url}/stores/counts/keys/u-1?redirect=2")
+        assert (status, body["parameter"]) == (400, "redirect") and "true or false" in body["message"], body
+        status, _, body = get(f"{url}/local/stores/counts/keys/u-1?redirect=true")  # /local never forwards
+        assert (status, body["parameter"]) == (400, "redirect"), body
     finally:
         assert runner.stop() == 0, runner.stderr()
 

@@ -93,7 +93,8 @@ def _query_paths(ctx: ServeContext, security: list | None) -> dict[str, dict]:
     key = {"name": "key", "in": "path", "required": True, "schema": {"type": "string"},
            "description": "The key in the store's key format (GET /stores lists them): as is for string keys, "
                           "JSON for json keys, base64url for bytes."}
-    flags = [{"name": name, "in": "query", "required": False, "schema": {"type": "boolean"}, "description": text}
+    flags = [{"name": name, "in": "query", "required": False, "schema": {"type": "boolean"},
+              "description": text + " Also 1/0, yes/no; the name alone means true."}
              for name, text in (("stale", "Accept a standby's or a restoring copy's data (lag in X-Edm-Lag)."),
                                 ("redirect", "Answer 307 to the owner instead of forwarding."))]
     times = [{"name": name, "in": "query", "required": False, "schema": {"type": "string"},
@@ -119,9 +120,12 @@ def _query_paths(ctx: ServeContext, security: list | None) -> dict[str, dict]:
                           "503": unavailable}}
         listing: dict[str, Any] = {
             "summary": f"A page of a key_value store or table in stored order, {where}.",
-            "parameters": [stores, *scan] + ([{"name": "partition", "in": "query", "required": False,
-                                               "schema": {"type": "integer", "minimum": 0}}] if prefix else []),
-            "responses": {"200": _ok("entries and the next cursor."), "400": _error("A bad parameter."),
+            "parameters": [stores, *scan, flags[0], {"name": "partition", "in": "query", "required": False,
+                                                     "schema": {"type": "integer", "minimum": 0},
+                                                     "description": "Only this partition."}],
+            "responses": {"200": _ok("entries and the next cursor."),
+                          "400": _error("A parameter it does not take, or a value it cannot use (bad_request, "
+                                        "with parameter, value, accepted)."),
                           "404": _error("No such served store."), "503": unavailable}}
         if security:
             get["security"] = listing["security"] = security

@@ -48,8 +48,10 @@ from edm_runner.state.query import Row
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 _LIMIT = params.integer(1, MAX_LIMIT)
-# Every query takes these: where it may be answered (docs/design/http.md, "Routing").
-_ROUTING_PARAMS = {"stale": params.flag(), "redirect": params.flag()}
+# Where a query may be answered (docs/design/http.md, "Routing"): every query takes ``stale``; a
+# key's GET that may be forwarded also ``redirect`` (a scan merges pages: no single owner).
+_STALE = {"stale": params.flag()}
+_ROUTED = {**_STALE, "redirect": params.flag()}
 SOURCE_HEADER = "X-Edm-Source"
 LAG_HEADER = "X-Edm-Lag"
 
@@ -90,7 +92,7 @@ class _Queries:
         async def handler(request: web.Request) -> web.StreamResponse:
             store = self._store(request)
             key, partition = self._key(store, request.match_info["key"])
-            given = self._key_params(store, request)
+            given = self._key_params(store, request, local_only)
             where = self._route(request, store, partition, local_only, given)
             if isinstance(where, Remote):
                 if given.get("redirect"):
@@ -131,9 +133,9 @@ class _Queries:
                 continue
         raise error
 
-    def _key_params(self, store: ServedStore, request: web.Request) -> dict[str, Any]:
+    def _key_params(self, store: ServedStore, request: web.Request, local_only: bool) -> dict[str, Any]:
         """The parameters of a key's GET: a window or session store's also take a time range."""
-        accepted = dict(_ROUTING_PARAMS)
+        accepted = dict(_STALE if local_only else _ROUTED)
         if store.kind != "key_value":
             accepted.update({"from": params.time_ms(), "to": params.time_ms(), "limit": _LIMIT})
         given = params.parse(request.query, accepted)
@@ -212,7 +214,7 @@ class _Queries:
         def key_bound(name: str) -> params.Param:
             return params.Param(lambda text: encode_json(self._parse_key(store, text, name)))
 
-        accepted = {**_ROUTING_PARAMS, "prefix": params.text(), "from": key_bound("from"), "to": key_bound("to"),
+        accepted = {**_STALE, "prefix": params.text(), "from": key_bound("from"), "to": key_bound("to"),
                     "after": params.cursor(_check_cursor), "limit": _LIMIT,
                     "partition": params.integer(0, store.partitions - 1)}
         given = params.parse(request.query, accepted)
