@@ -382,27 +382,25 @@ class CompiledService:
         ``ordering: partition`` only the event that paused wrote, and ``_event`` rolled it back;
         the other orderings write no store (``language.concurrency``)."""
         outputs, stats = self.outputs, self.stats
-        base, finished = len(outputs), bytearray(len(records))
+        base = len(outputs)
         spans: list[tuple[int, int, int, int]] = []
+        finished: set[int] = set()  # offsets of the events finished
         p = source.processing
+        event = functools.partial(self._event, source)
 
-        async def one(i: int) -> None:
-            record = records[i]
-            before, dead = len(outputs), stats.dead_lettered
-            events = self._decode(source, [record])
-            self._attribute(record.offset, before, dead)
-            if events and source.next is not None:
-                await self._event(source, events[0])
-            finished[i] = 1
+        async def one(e: Event) -> None:
+            await event(e)
+            finished.add(e.origin.offset)
 
         self._spans = spans
         try:
-            # ``ordering: key`` orders by the key of the input record, as read
-            await drive(list(range(len(records))), one, p.ordering, p.max_in_flight, lambda i: records[i].key)
+            events = self._decode(source, records)  # a record that fails to decode is finished here
+            if events and source.next is not None:
+                await drive(events, one, p.ordering, p.max_in_flight, _record_key)
             return None
         except PauseTask as pause:
-            index = finished.index(0)
-            cut = records[index].offset
+            cut = next(e.origin.offset for e in events if e.origin.offset not in finished)
+            index = next(i for i, r in enumerate(records) if r.offset == cut)
             if sum(end - begin for _, begin, end, _ in spans) != len(outputs) - base:
                 raise InternalError(f"service {self.topology.name!r}: pipeline {source.pipeline!r} wrote outputs no "
                                     "event owns (an asynchronous step must return its events, not write them); "
@@ -519,7 +517,9 @@ class CompiledService:
                 try:
                     events.append(Event(kd(r.key), vd(r.value), r.timestamp_ms, r.headers, r))
                 except EventError as exc:
+                    before, dead = len(self.outputs), self.stats.dead_lettered
                     source.handler.handle(r, f"{source.id} (decode)", source.pos, exc)
+                    self._attribute(r.offset, before, dead)
         if source.changes:
             for e in events:
                 e.value, e.old = e.value
@@ -630,6 +630,11 @@ def _awaits(step: Step | None) -> bool:
     if step.proc is not None and step.proc.asynchronous:
         return True
     return any(_awaits(s) for s in (step.next, *step.arms, *step.fanout))
+
+
+def _record_key(event: Event) -> bytes | None:
+    """What ``ordering: key`` orders by: the key of the input record, as read."""
+    return event.origin.key
 
 
 def _change_decoder(decode: Callable[[bytes | None], Any]) -> Callable[[bytes | None], Any]:
