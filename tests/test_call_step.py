@@ -243,6 +243,54 @@ pipelines:
     assert api.answered[503] >= 5 and api.answered[200] == 10
 
 
+def two_topics_scenario(tmp_path: Path, api: FakeApi, kafka: str | None) -> None:
+    """A join with a table puts `users` and `signups` in one task, processed in timestamp order
+    (runtime.ordering): user i, then its signup, and so on. The call pauses the task at the
+    first signup: both its partitions are sought back (the table updates fetched but not
+    processed are read again), so after the outage every signup is joined with its user."""
+    api.outage = True
+    name = f"join-{uuid.uuid4().hex[:8]}"
+    topology = write_service(tmp_path, name, kafka, f"""
+streams:
+  users: {{topic: {name}-users, partitions: 1, type: entity, key: string, value: json}}
+  signups: {{topic: {name}-signups, partitions: 1, key: string, value: json}}
+  enriched: {{topic: {name}-enriched, partitions: 1, key: string, value: json}}
+tables: {{users-table: {{from: users}}}}
+pipelines:
+  enrich:
+    from: signups
+    steps:
+      - join: {{table: users-table, kind: left, value: "{{'user': key, 'name': other.name}}"}}
+      - call: {{url: "'{api.url}/items/' ~ key", retry: {{attempts: 20, backoff: 1ms}},
+                breaker: {{failures: 3, open_for: 300ms}}}}
+    to: enriched
+""")
+    state = tmp_path / "state"
+    t0 = 1_700_000_000_000
+    ok("produce", "users", "-t", topology, "--state-dir", state, stdin="".join(
+        json.dumps({"key": f"u{i}", "value": {"name": f"User {i}"}, "timestamp": t0 + 2 * i}) + "\n"
+        for i in range(10)))
+    ok("produce", "signups", "-t", topology, "--state-dir", state, stdin="".join(
+        json.dumps({"key": f"u{i}", "value": {"i": i}, "timestamp": t0 + 2 * i + 1}) + "\n" for i in range(10)))
+    back = threading.Thread(target=lambda: (api.reached(8).wait(120), setattr(api, "outage", False)))
+    back.start()
+    result = ok("run", topology, "--until-idle", "--state-dir", state, timeout=300)
+    back.join()
+    assert "paused " in result.stderr
+    out = consume(topology, state, "enriched")
+    assert sorted((e["key"], e["value"]["name"]) for e in out) == sorted((f"u{i}", f"User {i}") for i in range(10))
+
+
+def test_a_paused_task_reading_two_topics_seeks_both_back(tmp_path: Path, api: FakeApi) -> None:
+    two_topics_scenario(tmp_path, api, None)
+
+
+@pytest.mark.kafka
+def test_a_paused_task_reading_two_topics_seeks_both_back_on_kafka(
+        tmp_path: Path, api: FakeApi, kafka_bootstrap: str) -> None:
+    two_topics_scenario(tmp_path, api, kafka_bootstrap)
+
+
 def test_events_finished_past_the_lowest_unfinished_one_are_written_once(tmp_path: Path, api: FakeApi) -> None:
     """`ordering: none`: the first event's key fails until the test clears it, the 29 after it
     succeed. When the breaker opens, the run is given up from its first event: the outputs of
