@@ -236,6 +236,44 @@ def test_a_retry_with_an_idempotency_key_writes_once_whichever_instance_it_reach
     assert users == ["u-batch-1", "u-batch-2", "u-once"], users
 
 
+@pytest.mark.parametrize("kafka_guarantee", [None, pytest.param("at_least_once", marks=pytest.mark.kafka),
+                                             pytest.param("exactly_once", marks=pytest.mark.kafka)])
+def test_a_service_that_only_ingests_runs_without_a_group(tmp_path: Path, kafka_guarantee: str | None,
+                                                         request: pytest.FixtureRequest) -> None:
+    """No pipeline, so no topic to read: the service joins no group (Kafka refuses a member that
+    subscribes to nothing, and there is nothing to share out), is ready, writes what it accepts,
+    remembers its Idempotency-Keys and stops cleanly."""
+    kafka_bootstrap = None if kafka_guarantee is None else request.getfixturevalue("kafka_bootstrap")
+    name = f"intake-{uuid.uuid4().hex[:8]}"
+    (tmp_path / "click.json").write_text((ROOT / "schemas" / "click.json").read_text())
+    topology = write_service(tmp_path, name, kafka_bootstrap, f"""\
+streams:
+  clicks: {{topic: {name}-clicks, partitions: {PARTITIONS}, key: string, value: {{format: json, schema: click.json}}}}
+http:
+  listen: "127.0.0.1:0"
+  ingest:
+    - {{path: /clicks, stream: clicks, key: {{field: user_id}}}}
+""", processing=None if kafka_guarantee is None else f"{{guarantee: {kafka_guarantee}}}")
+    runner = Runner(topology, "--state-dir", str(tmp_path / "state"))
+    try:
+        url = serving_urls(runner)[name]
+        wait_for_line(runner, READY)
+        status, _, ready = call(f"{url}/readyz")
+        assert (status, ready["tasks"]["active"]) == (200, 0), ready
+        once = {"Idempotency-Key": "k-1"}
+        answers = [post_json(f"{url}/clicks", click("u-1"), headers=once) for _ in range(2)]
+        assert [a[0] for a in answers] == [200, 200] and answers[0][2] == answers[1][2], answers
+        assert answers[1][1].get("Idempotent-Replayed") == "true"
+        status, _, body = post_json(f"{url}/clicks", click("u-2", page=7))
+        assert status == 422, body
+    finally:
+        code = runner.stop()
+    assert code == 0, runner.stderr()
+    assert "Traceback" not in runner.stderr() and "internal error" not in runner.stderr()
+    found = asyncio.run(stream_records(broker_of(tmp_path, kafka_bootstrap), f"{name}-clicks"))
+    assert [json.loads(r.value)["user_id"] for r in found.values()] == ["u-1"]
+
+
 def sigkill_scenario(tmp_path: Path, kafka_bootstrap: str | None) -> None:
     name = f"ingest-{uuid.uuid4().hex[:8]}"
     topology = write_ingest_topology(tmp_path, name, kafka_bootstrap)
