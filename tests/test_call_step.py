@@ -204,11 +204,11 @@ def test_the_breaker_pauses_the_partitions_on_kafka_without_leaving_the_group(
     outage_scenario(tmp_path, api, kafka_bootstrap)
 
 
-def test_a_paused_event_leaves_no_store_write_behind(tmp_path: Path, api: FakeApi) -> None:
+def store_scenario(tmp_path: Path, api: FakeApi, kafka: str | None) -> None:
     """`ordering: partition` allows a store before the call: a function counts the events of a
     key, then the call meets the outage. Each pause gives the event up with its count rolled
     back, so after the outage the outputs count 1..10, each once (a write left behind by a
-    pause would skip a number)."""
+    pause would skip a number). On Kafka under exactly_once."""
     api.outage = True
     name = f"tally-{uuid.uuid4().hex[:8]}"
     (tmp_path / "tally_rules.py").write_text(
@@ -216,7 +216,7 @@ def test_a_paused_event_leaves_no_store_write_behind(tmp_path: Path, api: FakeAp
         "    n = (stores['counts'].get(key) or 0) + 1\n"
         "    stores['counts'].put(key, n)\n"
         "    return {**value, 'n': n}\n")
-    topology = write_service(tmp_path, name, None, f"""
+    topology = write_service(tmp_path, name, kafka, f"""
 streams:
   signups: {{topic: {name}-signups, partitions: 1, key: string, value: json}}
   enriched: {{topic: {name}-enriched, partitions: 1, key: string, value: json}}
@@ -232,7 +232,7 @@ pipelines:
       - call: {{url: "'{api.url}/items/' ~ key", retry: {{attempts: 20, backoff: 1ms}},
                 breaker: {{failures: 3, open_for: 300ms}}}}
     to: enriched
-""")
+""", processing="{guarantee: exactly_once}" if kafka else None)
     state = tmp_path / "state"
     produce(topology, state, ["k"] * 10)
     back = threading.Thread(target=lambda: (api.reached(8).wait(120), setattr(api, "outage", False)))
@@ -241,6 +241,16 @@ pipelines:
     back.join()
     assert [e["value"]["n"] for e in consume(topology, state, "enriched")] == list(range(1, 11))
     assert api.answered[503] >= 5 and api.answered[200] == 10
+
+
+def test_a_paused_event_leaves_no_store_write_behind(tmp_path: Path, api: FakeApi) -> None:
+    store_scenario(tmp_path, api, None)
+
+
+@pytest.mark.kafka
+def test_a_paused_event_leaves_no_store_write_behind_on_kafka_exactly_once(
+        tmp_path: Path, api: FakeApi, kafka_bootstrap: str) -> None:
+    store_scenario(tmp_path, api, kafka_bootstrap)
 
 
 def two_topics_scenario(tmp_path: Path, api: FakeApi, kafka: str | None) -> None:
