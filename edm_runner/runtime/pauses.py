@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Awaitable, Callable, Collection
 
 from edm_runner.brokers.base import Consumer, TopicPartition
@@ -23,9 +24,14 @@ log = logging.getLogger("edm.runtime")
 
 
 class Pauses:
+    """Logs an outage once per partition, not once per probe: the first pause at WARNING, the
+    pauses after a failed probe and the resumes at DEBUG, and at INFO once the partition is
+    processed again (``went_on``), with how long it was paused."""
+
     def __init__(self, service: str) -> None:
         self.service = service
         self._waiting: dict[TopicPartition, asyncio.Task[None]] = {}
+        self.since: dict[TopicPartition, tuple[float, int]] = {}  # paused since, pauses: until ``went_on``
 
     def __contains__(self, tp: TopicPartition) -> bool:
         return tp in self._waiting
@@ -40,7 +46,16 @@ class Pauses:
         for tp in tps:
             self._waiting[tp] = waiter
         consumer.pause(list(tps))
-        log.info("%s: paused %s: %s; resumes when a request may be tried", self.service, _names(tps), reason)
+        now = time.monotonic()
+        new = [tp for tp in tps if tp not in self.since]
+        for tp in tps:
+            since, pauses = self.since.get(tp, (now, 0))
+            self.since[tp] = (since, pauses + 1)
+        if new:
+            log.warning("%s: paused %s (not fetched; the service's other inputs go on): %s; resumes when a "
+                        "request may be tried again, pauses again while it fails", self.service, _names(new), reason)
+        if len(new) < len(tps):
+            log.debug("%s: paused %s again: %s", self.service, _names([tp for tp in tps if tp not in new]), reason)
 
     def resume_ready(self, consumer: Consumer) -> list[TopicPartition]:
         """Resumes the partitions whose ``until`` returned; returns them."""
@@ -49,12 +64,20 @@ class Pauses:
             for tp in ready:
                 del self._waiting[tp]
             consumer.resume(ready)
-            log.info("%s: resumed %s", self.service, _names(ready))
+            log.debug("%s: resumed %s", self.service, _names(ready))
         return ready
+
+    def went_on(self, tp: TopicPartition) -> None:
+        """``tp`` was processed without a pause: its outage, if it had one, is over."""
+        entry = self.since.pop(tp, None)
+        if entry is not None:
+            log.info("%s: %s processed again after %.1f s paused (%d pause(s))", self.service, _names([tp]),
+                     time.monotonic() - entry[0], entry[1])
 
     def forget(self, tps: Collection[TopicPartition]) -> None:
         """Drops ``tps`` (revoked: their pause ends with the assignment)."""
         for tp in tps:
+            self.since.pop(tp, None)
             waiter = self._waiting.pop(tp, None)
             if waiter is not None and waiter not in self._waiting.values():
                 waiter.cancel()

@@ -257,6 +257,8 @@ class ServiceRunner:
                             tasks.bind(tp, next_offset)
                 else:
                     compiled.process(records)
+                if self.pauses.since and tp not in paused:
+                    self.pauses.went_on(tp)  # a partition paused before is processed again
                 offsets[tp] = next_offset
                 count += n
                 done.append((tp, n))
