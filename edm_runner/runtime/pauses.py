@@ -33,9 +33,6 @@ class Pauses:
         self._waiting: dict[TopicPartition, asyncio.Task[None]] = {}
         self.since: dict[TopicPartition, tuple[float, int]] = {}  # paused since, pauses: until ``went_on``
 
-    def __contains__(self, tp: TopicPartition) -> bool:
-        return tp in self._waiting
-
     def __bool__(self) -> bool:
         return bool(self._waiting)
 
