@@ -12,12 +12,18 @@ package reaches it without importing the runtime.
 - ``store_write``:    inside the task's LMDB write transaction, after the store updates were
   put and before the transaction commits.
 
-Invariant: without the variable ``reached`` costs one attribute test; it never raises. With a
-malformed value importing this module raises an ``EdmError``: the runner refuses to start
-(a test typo must not pass silently).
+``EDM_HOLD_AT=POINT:FILE`` makes the runtime wait at ``POINT`` (without blocking the event
+loop) until FILE exists, so a test can look at a runner in the middle of something. Points:
+- ``restore``: a store's restore fetched its next records and has not written them yet (what
+  was restored so far is readable, e.g. by a stale HTTP read).
+
+Invariant: without the variables ``reached`` and ``held`` cost one attribute test; they never
+raise. With a malformed value importing this module raises an ``EdmError``: the runner refuses
+to start (a test typo must not pass silently).
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 
@@ -25,6 +31,8 @@ from edm_runner.errors import EdmError
 
 ENV = "EDM_CRASH_AT"
 POINTS = ("before_produce", "after_produce", "store_write")
+HOLD_ENV = "EDM_HOLD_AT"
+HOLD_POINTS = ("restore",)
 
 
 def _parse(raw: str) -> tuple[str, int] | None:
@@ -37,7 +45,17 @@ def _parse(raw: str) -> tuple[str, int] | None:
     return point, int(count)
 
 
+def _parse_hold(raw: str) -> tuple[str, str] | None:
+    if not raw:
+        return None
+    point, _, path = raw.partition(":")
+    if point not in HOLD_POINTS or not path:
+        raise EdmError(f"{HOLD_ENV}={raw!r} is not POINT:FILE with POINT one of {', '.join(HOLD_POINTS)}")
+    return point, path
+
+
 _target = _parse(os.environ.get(ENV, ""))
+_hold = _parse_hold(os.environ.get(HOLD_ENV, ""))
 _seen = 0
 
 
@@ -49,3 +67,11 @@ def reached(point: str) -> None:
     _seen += 1
     if _seen == _target[1]:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+async def held(point: str) -> None:
+    """Returns at once unless ``EDM_HOLD_AT`` names ``point``; then once its file exists."""
+    if _hold is None or _hold[0] != point:
+        return
+    while not os.path.exists(_hold[1]):
+        await asyncio.sleep(0.02)  # a file another process creates: nothing to await but it

@@ -465,3 +465,61 @@ def test_an_openapi_document_describes_the_service(tmp_path: Path, monkeypatch: 
         assert {"/healthz", "/readyz", "/metrics", "/stores", "/local/stores/{store}/keys"} <= set(doc["paths"])
     finally:
         assert runner.stop() == 0, runner.stderr()
+
+
+def test_a_stale_read_of_a_copy_being_restored_says_how_far_behind_it_is(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copy restored from an old snapshot of the state is held mid-restore (EDM_HOLD_AT): a
+    plain read is a 503 `restoring`, a stale read answers the snapshot's value with X-Edm-Lag =
+    the changelog records it has yet to apply; once restored, the current value, no lag."""
+    topology = write_service(tmp_path, "tally", None, """\
+streams:
+  clicks: {partitions: 1, key: string, value: json}
+  tallies: {partitions: 1, key: string, value: json}
+stores:
+  counts: {type: key_value}
+pipelines:
+  count: {from: clicks, steps: [{group_by_key: {}}, {count: {store: counts}}], to: tallies}
+http:
+  listen: "127.0.0.1:0"
+  serve: [counts]
+""")
+    broker = ["--broker", f"local:{tmp_path / 'broker'}"]
+
+    def changelog_end() -> int:
+        listed = ok("topics", "-t", topology, *broker).stdout
+        return int(next(line for line in listed.splitlines() if "counts-changelog" in line).split()[-1])
+
+    def count(events: int, state: str) -> None:
+        lines = "".join('{"key": "u-1", "value": {"page": "/"}}\n' for _ in range(events))
+        (tmp_path / "events.jsonl").write_text(lines)
+        ok("produce", "clicks", "-t", topology, "-f", tmp_path / "events.jsonl", *broker)
+        ok("run", topology, "--until-idle", "--state-dir", tmp_path / state, *broker)
+
+    count(3, "state")
+    shutil.copytree(tmp_path / "state", tmp_path / "snapshot")  # its checkpoint: the changelog so far
+    snapshot_end = changelog_end()
+    count(2, "state")
+    behind = changelog_end() - snapshot_end
+    assert behind >= 1
+    go = tmp_path / "go"
+    monkeypatch.setenv("EDM_HOLD_AT", f"restore:{go}")
+    runner = Runner(topology, "--state-dir", str(tmp_path / "snapshot"), *broker)
+    try:
+        url = serving_urls(runner)["tally"]
+        deadline = time.monotonic() + 60
+        while (answer := get(f"{url}/stores/counts/keys/u-1"))[0] != 503 or answer[2]["error"] != "restoring":
+            assert time.monotonic() < deadline and runner.alive(), (answer, runner.stderr())
+            time.sleep(0.05)  # until the copy is opened for its restore (held there), in another process
+        assert "Retry-After" in answer[1], answer
+        status, headers, body = get(f"{url}/stores/counts/keys/u-1?stale=true")
+        assert (status, body["value"]) == (200, 3), body
+        assert (headers["X-Edm-Source"], headers["X-Edm-Lag"]) == ("restoring", str(behind)), headers
+        go.touch()
+        wait_for_line(runner, READY)
+        status, headers, body = get(f"{url}/stores/counts/keys/u-1")
+        assert (status, body["value"], headers["X-Edm-Source"]) == (200, 5, "active"), body
+        assert "X-Edm-Lag" not in headers
+    finally:
+        go.touch()
+        assert runner.stop() == 0, runner.stderr()

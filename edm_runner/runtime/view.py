@@ -72,12 +72,14 @@ class ServedStore:
 @dataclass(frozen=True)
 class LocalStore:
     """A store of one partition held here. ``changelog``: the partition whose offsets its
-    checkpoint counts (None: a global table or a store without changelog)."""
+    checkpoint counts (None: a global table or a store without changelog). ``behind``: for a
+    copy being restored, the offsets of its changelog (or table source) it has yet to apply."""
 
     query: StoreQuery
     role: Role
     checkpointed: int | None
     changelog: TopicPartition | None
+    behind: int | None = None
 
 
 class ServiceView:
@@ -164,7 +166,9 @@ class ServiceView:
             task = tasks.get(key)
             if task is not None:
                 checkpointed = task.state.checkpoint().changelogs.get(tp) if tp is not None else None
-                return LocalStore(task.state.query(store), role, checkpointed, tp)  # type: ignore[arg-type]
+                restore = runner.stats.restores.get((store, f"{key[0]}_{key[1]}")) if role == "restoring" else None
+                behind = None if restore is None else max(0, restore.total - restore.done)
+                return LocalStore(task.state.query(store), role, checkpointed, tp, behind)  # type: ignore[arg-type]
         return None
 
     async def changelog_end(self, tp: TopicPartition) -> int | None:

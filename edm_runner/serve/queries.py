@@ -280,6 +280,8 @@ class _Queries:
                      hopped=HOP_HEADER in request.headers)
 
     async def _lag(self, local: LocalStore) -> int | None:
+        if local.behind is not None:  # being restored: what its restore has yet to apply
+            return local.behind
         if local.role not in ("standby", "restoring") or local.changelog is None:
             return None
         end = await self.ctx.view.changelog_end(local.changelog)

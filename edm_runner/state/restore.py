@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping
 
+from edm_runner import faults
 from edm_runner.brokers.base import Consumer, Headers, Record, TopicPartition
 from edm_runner.errors import BrokerError
 from edm_runner.state.progress import RestoreProgress
@@ -234,6 +235,7 @@ class _Copy:
             self.result.input_position = inputs
         if self.before_apply is not None:
             await self.before_apply()
+        await faults.held("restore")
         await self._write(entries, position, inputs)
         self.result.records_read += len(entries)
         if self.progress is not None:
