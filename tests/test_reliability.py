@@ -10,7 +10,10 @@
 """
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Awaitable, Callable
@@ -141,3 +144,10 @@ def test_a_malformed_crash_point_stops_the_runner_before_it_processes(
     assert result.code == 1 and "EDM_CRASH_AT='after_prodcue:1' is not POINT:N" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (service.state_dir / "state").exists()
+
+
+def test_a_malformed_hold_point_is_refused_when_faults_is_imported() -> None:
+    for raw in ("restor:/tmp/go", "restore:", "restore"):
+        result = subprocess.run([sys.executable, "-c", "import edm_runner.faults"], capture_output=True, text=True,
+                                env={**os.environ, "EDM_HOLD_AT": raw})
+        assert result.returncode == 1 and f"EDM_HOLD_AT={raw!r} is not POINT:FILE" in result.stderr, result.stderr
