@@ -24,7 +24,7 @@ import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import lmdb
 
@@ -47,11 +47,13 @@ class Answer:
 class IdempotencyKeys:
     """Recent answers by (scope, Idempotency-Key); ``scope`` is the endpoint's path."""
 
-    def __init__(self, path: Path, *, capacity: int = CAPACITY, ttl_s: float = TTL_S) -> None:
+    def __init__(self, path: Path, *, capacity: int = CAPACITY, ttl_s: float = TTL_S,
+                 clock: Callable[[], float] = time.time) -> None:
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.capacity = capacity
         self.ttl_ms = int(ttl_s * 1000)
+        self.clock = clock  # epoch seconds
         self.env = lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=2, sync=True, metasync=True)
         self.answers = self.env.open_db(b"answers")
         self.by_time = self.env.open_db(b"by_time")
@@ -67,7 +69,7 @@ class IdempotencyKeys:
         if raw is None:
             return None
         doc = json.loads(raw)
-        if doc["t"] < time.time() * 1000 - self.ttl_ms:
+        if doc["t"] < self.clock() * 1000 - self.ttl_ms:
             return None
         return Answer(doc["status"], doc["body"], doc["digest"])
 
@@ -75,7 +77,7 @@ class IdempotencyKeys:
         await asyncio.to_thread(self._put, self._key(scope, key), answer)
 
     def _put(self, key: bytes, answer: Answer) -> None:
-        now = int(time.time() * 1000)
+        now = int(self.clock() * 1000)
         doc = json.dumps({"t": now, "digest": answer.digest, "status": answer.status, "body": answer.body},
                          separators=(",", ":")).encode()
         with self.env.begin(write=True) as txn:
