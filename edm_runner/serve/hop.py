@@ -129,7 +129,8 @@ class HopClient:
         head += [f"{name}: {value}\r\n" for name, value in headers]
         if body or method not in ("GET", "HEAD"):
             head.append(f"Content-Length: {len(body or b'')}\r\n")
-        data = "".join(head).encode("latin-1") + b"\r\n" + (body or b"")
+        # aiohttp decodes header bytes as UTF-8 with surrogateescape: this gives the client's bytes back
+        data = "".join(head).encode("utf-8", "surrogateescape") + b"\r\n" + (body or b"")
         idle = self._idle.setdefault(base_url, [])
         while idle:
             connection = idle.pop()
