@@ -444,3 +444,39 @@ def test_the_cache_makes_one_call_per_key_even_with_many_events_of_a_key_in_flig
     out = consume(topology, state, "enriched")
     assert len(out) == 40 and all(e["value"]["response"]["status"] == 200 for e in out)
     assert len(api.calls) == 4  # one per key: the events that missed it meanwhile waited for its answer
+
+
+def test_probes_that_keep_failing_use_up_the_events_attempts_and_dead_letter_it(tmp_path: Path) -> None:
+    """While the breaker is open the partition pauses and the event is tried again as the probe;
+    a probe that fails counts as an attempt of that event, so an endpoint that never recovers
+    dead-letters each event after its attempts (it looped for ever, the breaker opening again
+    at every probe)."""
+    (tmp_path / "topology.yaml").write_text("""\
+kind: microservice
+name: down
+streams:
+  ins: {partitions: 1, key: string, value: json}
+  outs: {partitions: 1, key: string, value: json}
+  dlq: {partitions: 1, key: bytes, value: bytes}
+pipelines:
+  lookup:
+    from: ins
+    steps:
+      - call: {url: "'http://127.0.0.1:9/x/' ~ key", retry: {attempts: 3, backoff: 1ms},
+               breaker: {failures: 2, open_for: 20ms}}
+    to: outs
+    on_error: {dead_letter: dlq}
+""")
+    (tmp_path / "topology.test.yaml").write_text("""\
+cases:
+  an endpoint that never recovers:
+    mocks: {lookup: {raises: connection refused}}
+    produce:
+      ins: [{key: a, value: {}}, {key: b, value: {}}, {key: c, value: {}}]
+    expect:
+      streams: {outs: {count: 0}}
+      dead_letters: {dlq: [{key: a}, {key: b}, {key: c}]}
+      calls: {lookup: 9}
+""")
+    result = edm("test", tmp_path / "topology.test.yaml", timeout=30)
+    assert result.code == 0, result.stdout + result.stderr

@@ -18,6 +18,7 @@ import aiohttp
 from yarl import URL
 
 from edm_runner.errors import EventError
+from edm_runner.operators.api import PauseTask
 from edm_runner.operators.calls.breaker import CircuitBreaker
 from edm_runner.operators.calls.limits import Resource, request_slot
 from edm_runner.operators.calls.retry import RetryPolicy, parse_retry_after
@@ -83,10 +84,22 @@ class Breakers:
         return b
 
 
+@dataclass
+class Carried:
+    """The attempts an event used before its partition paused (``PauseTask``), and the last
+    failure's status and text: the event's next delivery goes on counting from there, so the
+    probes of an endpoint that does not recover use the event's attempts up."""
+
+    attempts: int = 0
+    status: int | None = None
+    text: str = ""
+
+
 async def call(session: aiohttp.ClientSession, request: Request, policy: RetryPolicy, timeout: float,
                resources: list[Resource], breakers: Breakers | None,
-               keep_headers: tuple[str, ...] = ()) -> Response:
-    """The response of the first attempt whose status is a success, or ``CallFailed``."""
+               keep_headers: tuple[str, ...] = (), carried: Carried | None = None) -> Response:
+    """The response of the first attempt whose status is a success, or ``CallFailed``. With
+    ``carried``, attempts count on from it, and a pause records in it what was used."""
     try:
         data = None if request.body is None else json.dumps(request.body, allow_nan=False).encode()
     except (TypeError, ValueError) as e:
@@ -99,9 +112,9 @@ async def call(session: aiohttp.ClientSession, request: Request, policy: RetryPo
     headers = dict(request.headers)
     if data is not None:
         headers.setdefault("Content-Type", "application/json")
-    status: int | None = None
-    text = ""
-    attempt = 0
+    status: int | None = carried.status if carried is not None else None
+    text = carried.text if carried is not None else ""
+    attempt = carried.attempts if carried is not None else 0
     while True:
         attempt += 1
         retry_after: float | None = None
@@ -127,9 +140,11 @@ async def call(session: aiohttp.ClientSession, request: Request, policy: RetryPo
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
             status, text = None, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
             outcome = "retry"
-        except BaseException:
+        except BaseException as e:
             if breaker is not None:
                 breaker.release(probe)
+            if isinstance(e, PauseTask) and carried is not None:  # this attempt did not go out
+                carried.attempts, carried.status, carried.text = attempt - 1, status, text
             raise
         else:
             text = raw.decode("utf-8", "replace")

@@ -18,15 +18,16 @@ import aiohttp
 from edm_runner.errors import EventError
 from edm_runner.language.durations import parse_duration
 from edm_runner.language.model import StepSpec, Topology
-from edm_runner.operators.api import AsyncPerEventProcessor, BuildContext, Event, ExprFn
+from edm_runner.operators.api import AsyncPerEventProcessor, BuildContext, Event, ExprFn, PauseTask
 from edm_runner.operators.calls.cache import ResponseCache
 from edm_runner.operators.calls import memory as outcomes
-from edm_runner.operators.calls.client import Breakers, CallFailed, Request, Response, call
+from edm_runner.operators.calls.client import Breakers, CallFailed, Carried, Request, Response, call
 from edm_runner.operators.calls.limits import Resource
 from edm_runner.operators.calls.retry import DEFAULT_RETRY, DEFAULT_SUCCESS, RetryPolicy
 from edm_runner.state.calls import CallMemory, result_key
 
 SCOPE = "call"  # its key in BuildContext.shared
+MAX_CARRIED = 10_000  # events whose attempts carry over a pause, per step (the oldest dropped first)
 
 
 class CallScope:
@@ -135,6 +136,7 @@ class CallStep(AsyncPerEventProcessor):
         self.cache = ResponseCache(cache.get("size", 10_000), parse_duration(cache["ttl"]) / 1000) if cache else None
         self.cache_key = compile_(cache["key"], step.pos) if cache and "key" in cache else None
         self._pending: dict[str, asyncio.Future[Response | None]] = {}  # cache key -> the call under way
+        self._carried: dict[tuple, Carried] = {}  # an event given up by a pause -> its attempts so far
         idem = cfg.get("idempotency_key", {})
         self.idem_header = None if idem is False else idem.get("header", "Idempotency-Key")
         self.idem_value = compile_(idem["value"], step.pos) if idem and "value" in idem else None
@@ -170,10 +172,21 @@ class CallStep(AsyncPerEventProcessor):
         return [event]
 
     async def _respond(self, event: Event, request: Request) -> Response:
-        if self.cache is None:
-            return await self._call(request)
-        return await self._cached(request, self.cache_key(event.key, event.value, event)
-                                  if self.cache_key is not None else [request.method, request.url])
+        """The call's response; the attempts of an event given up by a pause carry over to its
+        next delivery (``Carried``, kept per event and request until the call ends)."""
+        identity = (event.topic, event.partition, event.offset, request.method, request.url)
+        carried = self._carried.pop(identity, None) or Carried()
+        try:
+            if self.cache is None:
+                return await self._call(request, carried)
+            return await self._cached(request, self.cache_key(event.key, event.value, event)
+                                      if self.cache_key is not None else [request.method, request.url], carried)
+        except PauseTask:
+            if carried.attempts:
+                if len(self._carried) >= MAX_CARRIED:  # events of a partition revoked meanwhile
+                    del self._carried[next(iter(self._carried))]
+                self._carried[identity] = carried
+            raise
 
     async def _remembered(self, memory: CallMemory, event: Event, request: Request) -> Response:
         """The outcome remembered for ``event`` (from before a crash), else the call's, which is
@@ -202,11 +215,11 @@ class CallStep(AsyncPerEventProcessor):
         attempt = event.header_map.get("edm.delivery.attempt", "1")
         return attempt.isdigit() and int(attempt) >= self.deliveries
 
-    async def _call(self, request: Request) -> Response:
+    async def _call(self, request: Request, carried: Carried) -> Response:
         return await call(self.scope.session_for(self.names), request, self.policy, self.timeout, self.resources,
-                          self.breakers, self.keep_headers)
+                          self.breakers, self.keep_headers, carried)
 
-    async def _cached(self, request: Request, key: Any) -> Response:
+    async def _cached(self, request: Request, key: Any, carried: Carried) -> Response:
         """The cached answer for ``key``; on a miss, one call per key at a time: the events that
         miss the same key meanwhile wait for its answer (and call themselves if it failed)."""
         assert self.cache is not None
@@ -222,7 +235,7 @@ class CallStep(AsyncPerEventProcessor):
         leader = self._pending[name] = asyncio.get_running_loop().create_future()
         answer: Response | None = None
         try:
-            answer = await self._call(request)
+            answer = await self._call(request, carried)
             self.cache.put(key, answer)
             return answer
         finally:
