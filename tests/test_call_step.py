@@ -480,3 +480,24 @@ cases:
 """)
     result = edm("test", tmp_path / "topology.test.yaml", timeout=30)
     assert result.code == 0, result.stdout + result.stderr
+
+
+def test_the_calls_of_events_split_from_one_record_are_remembered_apart(tmp_path: Path, api: FakeApi) -> None:
+    """A flat_map splits each record into two events that share its offset and call different
+    URLs: a crash after their calls and a restart call none of them again (each outcome is
+    remembered under its own request; they overwrote each other, so all but the last called again)."""
+    topology = service(tmp_path, api, "retry: {attempts: 2}")
+    topology.write_text(topology.read_text().replace(
+        "    steps:\n", "    steps:\n      - flat_map_values: \"[{'n': 1}, {'n': 2}]\"\n", 1).replace(
+        "/items/' ~ key", "/items/' ~ key ~ '-' ~ value.n", 1))
+    state = tmp_path / "state"
+    keys = [f"u{i}" for i in range(20)]
+    produce(topology, state, keys)
+    crashed = edm("run", topology, "--until-idle", "--state-dir", state, timeout=300,
+                  env={**os.environ, "EDM_CRASH_AT": "before_produce:1"})
+    assert crashed.code == -signal.SIGKILL, crashed.stderr
+    assert len(api.calls) == 40 and consume(topology, state, "enriched") == []
+    ok("run", topology, "--until-idle", "--state-dir", state, timeout=300)
+    assert sorted(e["key"] for e in consume(topology, state, "enriched")) == sorted(keys * 2)
+    called = Counter(c.key for c in api.calls)
+    assert len(called) == 40 and max(called.values()) == 1, [k for k, n in called.items() if n > 1]

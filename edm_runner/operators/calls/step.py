@@ -192,8 +192,9 @@ class CallStep(AsyncPerEventProcessor):
         """The outcome remembered for ``event`` (from before a crash), else the call's, which is
         remembered before it is returned: the event finishes (and its offset may be committed)
         only once its outcome is durable."""
-        key = result_key(event.topic, event.partition, event.offset, self.memory_name)
         digest = outcomes.digest(request)
+        # The request in the key too: the events a flat_map splits one record into share its offset.
+        key = result_key(event.topic, event.partition, event.offset, f"{self.memory_name}/{digest}")
         raw = memory.result(key)
         outcome = outcomes.decode(raw, digest) if raw is not None else None
         if isinstance(outcome, CallFailed):
