@@ -166,7 +166,7 @@ class ServiceView:
             task = tasks.get(key)
             if task is not None:
                 checkpointed = task.state.checkpoint().changelogs.get(tp) if tp is not None else None
-                restore = runner.stats.restores.get((store, f"{key[0]}_{key[1]}")) if role == "restoring" else None
+                restore = runner.stats.restores.get((store, task.id)) if role == "restoring" else None
                 behind = None if restore is None else max(0, restore.total - restore.done)
                 return LocalStore(task.state.query(store), role, checkpointed, tp, behind)  # type: ignore[arg-type]
         return None
