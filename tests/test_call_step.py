@@ -4,6 +4,7 @@ Kafka. Limits are checked where they matter, at the server: the most calls it sa
 second, and the spacing of the breaker's probes. Nothing here asserts on speed."""
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import edm, ok
+from edm_runner.state.calls import CallMemory
 from helpers.fake_api import FakeApi
 from helpers.topologies import KAFKA_CONSUMER, broker_yaml, write_service
 
@@ -501,3 +503,23 @@ def test_the_calls_of_events_split_from_one_record_are_remembered_apart(tmp_path
     assert sorted(e["key"] for e in consume(topology, state, "enriched")) == sorted(keys * 2)
     called = Counter(c.key for c in api.calls)
     assert len(called) == 40 and max(called.values()) == 1, [k for k, n in called.items() if n > 1]
+
+
+def test_a_cached_answer_is_not_written_to_the_memory_of_completed_calls(tmp_path: Path, api: FakeApi) -> None:
+    """Ten events answered by one cached call: one request, one outcome remembered (an fsynced
+    write per cache hit would cost more than the call it saved)."""
+    topology = service(tmp_path, api, "cache: {ttl: 10m, key: \"'all'\"}", processing="{ordering: partition}")
+    state = tmp_path / "state"
+    produce(topology, state, [f"u{i}" for i in range(10)])
+    ok("run", topology, "--until-idle", "--state-dir", state, timeout=300)
+    assert len(consume(topology, state, "enriched")) == 10 and len(api.calls) == 1
+
+    async def remembered() -> int:
+        memory = await CallMemory.open(state, topology.stem)
+        try:
+            with memory.env.begin() as txn:
+                return txn.stat(memory.results)["entries"]
+        finally:
+            await memory.aclose()
+
+    assert asyncio.run(remembered()) == 1

@@ -179,8 +179,7 @@ class CallStep(AsyncPerEventProcessor):
         try:
             if self.cache is None:
                 return await self._call(request, carried)
-            return await self._cached(request, self.cache_key(event.key, event.value, event)
-                                      if self.cache_key is not None else [request.method, request.url], carried)
+            return await self._cached(request, self._cache_key_of(event, request), carried)
         except PauseTask:
             if carried.attempts:
                 if len(self._carried) >= MAX_CARRIED:  # events of a partition revoked meanwhile
@@ -188,10 +187,17 @@ class CallStep(AsyncPerEventProcessor):
                 self._carried[identity] = carried
             raise
 
+    def _cache_key_of(self, event: Event, request: Request) -> Any:
+        return (self.cache_key(event.key, event.value, event) if self.cache_key is not None
+                else [request.method, request.url])
+
     async def _remembered(self, memory: CallMemory, event: Event, request: Request) -> Response:
         """The outcome remembered for ``event`` (from before a crash), else the call's, which is
         remembered before it is returned: the event finishes (and its offset may be committed)
-        only once its outcome is durable."""
+        only once its outcome is durable. A cached answer is not remembered: no request went out
+        (an fsynced write per cache hit would cost more than the call it saved)."""
+        if self.cache is not None and (hit := self.cache.get(self._cache_key_of(event, request))) is not None:
+            return hit
         digest = outcomes.digest(request)
         # The request in the key too: the events a flat_map splits one record into share its offset.
         key = result_key(event.topic, event.partition, event.offset, f"{self.memory_name}/{digest}")
